@@ -1,0 +1,128 @@
+"""Reads the YAML files and merges them, remembering which file each value came from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import yaml
+
+from regagent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/regagent/conf.d"
+CONFIG_ENV = "REGAGENT_CONFIG"
+
+KeyPath = Tuple[Any, ...]
+
+# Lists under these top-level keys concatenate across files; any other list is replaced.
+CONCATENATED_LISTS = ("services",)
+
+
+@dataclass
+class MergedDocument:
+    """The merged raw mapping plus, for each key path, the file that set it."""
+
+    data: Dict[str, Any] = field(default_factory=dict)
+    origins: Dict[KeyPath, str] = field(default_factory=dict)
+    files: List[str] = field(default_factory=list)
+
+    def origin(self, path: KeyPath) -> str:
+        """The file that set `path`, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            found = self.origins.get(path[:end])
+            if found is not None:
+                return found
+        return self.files[-1] if self.files else "<defaults>"
+
+
+def config_files(path: str) -> List[Path]:
+    """The files that make up the configuration at `path`, in merge order."""
+    target = Path(path)
+    if target.is_dir():
+        return sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if target.exists():
+        return [target]
+    raise ConfigError([f"{path}: no such file or directory"])
+
+
+def resolve_config_path(cli_value: "str | None") -> str:
+    return cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError([f"{path}: {where}: malformed YAML: {problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: malformed YAML: {exc}"]) from None
+
+
+def _merge(
+    target: Dict[str, Any], source: Dict[str, Any], path: KeyPath, src: str, doc: MergedDocument
+) -> None:
+    for key, value in source.items():
+        here = (*path, key)
+        current = target.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            _merge(current, value, here, src, doc)
+            continue
+        if isinstance(current, list) and isinstance(value, list) and here in _list_keys():
+            offset = len(current)
+            current.extend(value)
+            for i in range(len(value)):
+                doc.origins[(*here, offset + i)] = src
+            continue
+        target[key] = _copy_with_origins(value, here, src, doc)
+
+
+def _list_keys() -> Tuple[KeyPath, ...]:
+    return tuple((key,) for key in CONCATENATED_LISTS)
+
+
+def _copy_with_origins(value: Any, path: KeyPath, src: str, doc: MergedDocument) -> Any:
+    doc.origins[path] = src
+    if isinstance(value, dict):
+        return {k: _copy_with_origins(v, (*path, k), src, doc) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_with_origins(v, (*path, i), src, doc) for i, v in enumerate(value)]
+    return value
+
+
+def load_documents(path: str) -> MergedDocument:
+    """Reads every file, reporting all unreadable or malformed ones together."""
+    doc = MergedDocument()
+    problems: List[str] = []
+    for file in config_files(path):
+        try:
+            content = _read_yaml(file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        doc.files.append(str(file))
+        if content is None:
+            continue
+        if not isinstance(content, dict):
+            problems.append(f"{file}: top level must be a mapping, got {_type_name(content)}")
+            continue
+        _merge(doc.data, content, (), str(file), doc)
+    if problems:
+        raise ConfigError(problems)
+    return doc
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,134 @@
+"""The typed configuration. Field defaults here are the built-in defaults.
+
+Each field's metadata may carry a `kind` the validator understands: "duration" (seconds, written
+as `30s`, `5m`, `72h`), "port" (1-65535), "hostport", "port_range", "choice" (with `choices`).
+Secrets are marked `secret=True` so check-config can mask them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+
+def _kind(kind: str, **extra: Any) -> Dict[str, Any]:
+    return {"kind": kind, **extra}
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class ConsulConfig:
+    servers: Tuple[str, ...] = field(
+        default=("127.0.0.1:8500",), metadata=_kind("hostport_list")
+    )
+    scheme: str = field(default="http", metadata=_kind("choice", choices=("http", "https")))
+    datacenter: Optional[str] = None
+    token_file: Optional[str] = field(default=None, metadata=_kind("token_file"))
+    token: Optional[str] = field(default=None, metadata={"secret": True})
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    connect_timeout: float = field(default=2.0, metadata=_kind("duration"))
+    read_timeout: float = field(default=5.0, metadata=_kind("duration"))
+    mode: str = field(default="catalog", metadata=_kind("choice", choices=("catalog", "agent")))
+    agent_address: str = field(default="127.0.0.1:8500", metadata=_kind("hostport"))
+    cooldown_initial: float = field(default=5.0, metadata=_kind("duration"))
+    cooldown_max: float = field(default=300.0, metadata=_kind("duration"))
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: Optional[str] = None  # None: the host name
+    address: str = field(default="auto", metadata=_kind("address_or_auto"))
+    meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("node_meta"))
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    interval: float = field(default=30.0, metadata=_kind("duration"))
+    jitter: float = field(default=5.0, metadata=_kind("duration"))
+    deregister_after: float = field(default=72 * 3600.0, metadata=_kind("duration"))
+    deregister_on_shutdown: bool = False
+    state_dir: str = "/var/lib/regagent"
+
+
+@dataclass(frozen=True)
+class ExporterOverride:
+    """Adjusts discovered exporters matched by exporter name and/or port."""
+
+    exporter: Optional[str] = None
+    port: Optional[int] = field(default=None, metadata=_kind("port"))
+    name: Optional[str] = field(default=None, metadata=_kind("service_name"))
+    tags: Tuple[str, ...] = ()
+    meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("service_meta"))
+    ignore: bool = False
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    enabled: bool = True
+    port_ranges: Tuple[Tuple[int, int], ...] = field(default=(), metadata=_kind("port_ranges"))
+    exclude_ports: Tuple[int, ...] = field(default=(), metadata=_kind("port_list"))
+    exclude_processes: Tuple[str, ...] = ()
+    register_unknown: bool = False
+    probe_timeout: float = field(default=2.0, metadata=_kind("duration"))
+    probe_max_bytes: int = 4 * 1024 * 1024
+    overrides: Tuple[ExporterOverride, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    type: str = field(default="http", metadata=_kind("choice", choices=("http", "tcp", "none")))
+    path: Optional[str] = None  # http: defaults to the service's metrics path
+    timeout: float = field(default=2.0, metadata=_kind("duration"))
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str = field(default="", metadata=_kind("service_name", required=True))
+    port: int = field(default=0, metadata=_kind("port", required=True))
+    id: Optional[str] = None  # default: <name>-<port>
+    address: Optional[str] = None  # default: the node address
+    tags: Tuple[str, ...] = ()
+    meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("service_meta"))
+    metrics_path: str = "/metrics"
+    scheme: str = field(default="http", metadata=_kind("choice", choices=("http", "https")))
+    check: CheckConfig = field(default_factory=CheckConfig)
+
+
+@dataclass(frozen=True)
+class DefaultsConfig:
+    tags: Tuple[str, ...] = ()
+    meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("service_meta"))
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    listen: str = field(default="", metadata=_kind("listen"))  # "" disables the endpoint
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = field(
+        default="info", metadata=_kind("choice", choices=("debug", "info", "warning", "error"))
+    )
+    format: str = field(
+        default="auto", metadata=_kind("choice", choices=("auto", "json", "console"))
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    consul: ConsulConfig = field(default_factory=ConsulConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    services: Tuple[ServiceConfig, ...] = ()
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    log: LogConfig = field(default_factory=LogConfig)

@@ -1,0 +1,109 @@
+"""Registration values shared by discovery, the planner and the Consul pool.
+
+Everything here is plain, frozen data in canonical form, so that equal desired states produce
+byte-identical Consul requests (writes only on change depend on it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Tuple
+
+MANAGED_BY_KEY = "managed-by"
+MANAGED_BY_VALUE = "regagent"
+
+PASSING = "passing"
+WARNING = "warning"
+CRITICAL = "critical"
+CHECK_STATUSES = (PASSING, WARNING, CRITICAL)
+
+
+def canonical_tags(tags: "tuple[str, ...] | list[str]") -> Tuple[str, ...]:
+    """Sorted and de-duplicated: Consul compares tag lists in order, so order must be stable."""
+    return tuple(sorted(set(tags)))
+
+
+@dataclass(frozen=True)
+class NodeRegistration:
+    """The external node that represents this host in the catalog."""
+
+    name: str
+    address: str
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """One service instance as Consul stores it (the fields regagent controls)."""
+
+    id: str
+    name: str
+    port: int
+    address: str = ""
+    tags: Tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def managed(self) -> bool:
+        return self.meta.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
+
+
+@dataclass(frozen=True)
+class CheckState:
+    """A service check's reported state; regagent runs checks itself (Consul never runs catalog checks)."""
+
+    check_id: str
+    service_id: str
+    name: str
+    status: str
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class HealthProbe:
+    """How to check a service from this host: an HTTP GET or a TCP connect."""
+
+    kind: str  # "http" or "tcp"
+    target: str  # URL for http, host:port for tcp
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class ServiceIntent:
+    """A service regagent wants registered, before its check has run.
+
+    `status` is set when the source already knows the health (discovery probed the exporter, or
+    it vanished); otherwise `probe` says how to find out; with neither the service is passing.
+    """
+
+    service: ServiceRegistration
+    source: str  # "discovery", "static" or "self"
+    probe: Optional[HealthProbe] = None
+    status: Optional[Tuple[str, str]] = None  # (status, stable output)
+
+
+def service_check_id(service_id: str) -> str:
+    """Deterministic check ID per service, in the agent's own `service:<id>` convention."""
+    return f"service:{service_id}"
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    node: NodeRegistration
+    services: Tuple[ServiceRegistration, ...]
+    checks: Tuple[CheckState, ...]
+
+
+@dataclass(frozen=True)
+class ActualState:
+    """What Consul holds for this node (all services, owned or not) and their checks."""
+
+    node: Optional[NodeRegistration]
+    services: Tuple[ServiceRegistration, ...]
+    checks: Tuple[CheckState, ...]
+    node_check_ids: Tuple[str, ...] = ()  # node-level checks, e.g. serfHealth of a real agent
+
+
+def meta_dict(pairs: Mapping[str, str]) -> Dict[str, str]:
+    """A plain, key-sorted copy for JSON output."""
+    return {k: pairs[k] for k in sorted(pairs)}
