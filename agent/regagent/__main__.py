@@ -1,0 +1,5 @@
+import sys
+
+from regagent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,41 @@
+"""The effective configuration as plain data, for `regagent check-config`; secrets masked."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict
+
+from regagent.config.model import Config
+
+MASK = "********"
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{round(seconds * 1000)}ms"
+
+
+def to_plain(value: Any, metadata: Any = None) -> Any:
+    kind = (metadata or {}).get("kind")
+    if (metadata or {}).get("secret") and value:
+        return MASK
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: to_plain(getattr(value, f.name), f.metadata) for f in dataclasses.fields(value)
+        }
+    if kind == "duration" and isinstance(value, float):
+        return format_duration(value)
+    if kind == "port_ranges":
+        return [f"{low}-{high}" for low, high in value]
+    if isinstance(value, (tuple, list)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
+def effective_config(config: Config) -> Dict[str, Any]:
+    plain: Dict[str, Any] = to_plain(config)
+    return plain

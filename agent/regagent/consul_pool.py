@@ -1,0 +1,229 @@
+"""Talks to the Consul servers: one explicit client per server, sticky, with cool-down.
+
+Failover policy (design decision 6), applied to every call in one place:
+- connection errors, timeouts and 5xx answers move on to the next server and put the failed one
+  in a cool-down that doubles each time (with jitter) up to `cooldown_max`;
+- `No cluster leader` is a cluster state, not the server's fault: try the others, then give up
+  for this cycle without cooling anyone down;
+- 4xx answers (bad request, ACL denied) are raised at once: another server would say the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, Union
+
+import consul
+import requests
+import structlog
+
+from regagent.config.model import ConsulConfig
+from regagent.errors import ConsulRefused, ConsulUnreachable
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+# python-consul2 lets these override constructor arguments; the pool must not be redirected.
+_CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
+
+
+class NoClusterLeader(ConsulUnreachable):
+    """Servers answer but none knows a leader: writes wait for the next cycle."""
+
+
+@dataclass
+class ServerState:
+    """What the pool knows about one server; shown by `regagent status`."""
+
+    address: str
+    client: Any  # consul.Consul
+    failures: int = 0
+    cooldown_until: float = 0.0
+    last_error: str = ""
+    last_ok: float = 0.0
+    requests: int = 0
+
+    def cooling(self, now: float) -> bool:
+        return now < self.cooldown_until
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential cool-down with jitter, so ten thousand hosts do not retry in step."""
+
+    initial: float
+    maximum: float
+    jitter: float = 0.2
+
+    def delay(self, failures: int, rng: Callable[[], float] = random.random) -> float:
+        base = min(self.maximum, self.initial * 2.0 ** max(0, failures - 1))
+        return base * (1 - self.jitter + 2 * self.jitter * rng())
+
+
+def split_hostport(address: str) -> Tuple[str, int]:
+    """`host:port` or `[v6]:port` to (host-for-a-URL, port)."""
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+@contextlib.contextmanager
+def _without_client_env() -> Iterator[None]:
+    saved = {name: os.environ.pop(name) for name in _CLIENT_ENV if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def make_client(address: str, config: ConsulConfig, token: Optional[str]) -> Any:
+    """A python-consul2 client bound to exactly this server, token and TLS settings."""
+    host, port = split_hostport(address)
+    verify: Union[bool, str] = config.tls.verify
+    if verify and config.tls.ca_file:
+        verify = config.tls.ca_file
+    cert = (config.tls.cert_file, config.tls.key_file) if config.tls.cert_file else None
+    timeout = (config.connect_timeout, config.read_timeout)
+    with _without_client_env():
+        client = consul.Consul(
+            host=host,
+            port=port,
+            token=token,
+            scheme=config.scheme,
+            dc=config.datacenter,
+            verify=verify,
+            cert=cert,
+            timeout=timeout,
+        )
+    client.token = token  # belt and braces: the constructor prefers CONSUL_HTTP_TOKEN
+    return client
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: what went wrong talking to a server, without a requests traceback."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect timed out"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "no answer (read timed out)"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"TLS error: {exc}"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc)
+        if "Connection refused" in text:
+            return "connection refused"
+        return "connection failed"
+    return str(exc).strip()
+
+
+def _is_no_leader(exc: BaseException) -> bool:
+    return isinstance(exc, consul.ConsulException) and "No cluster leader" in str(exc)
+
+
+def _refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
+    """(status, Consul's message) for a 4xx answer, else None."""
+    if isinstance(exc, consul.ACLPermissionDenied):
+        return 403, str(exc)
+    if isinstance(exc, consul.ACLDisabled):
+        return 401, str(exc)
+    if isinstance(exc, (consul.BadRequest, consul.base.ClientError)):
+        code, _, message = str(exc).partition(" ")
+        return (int(code), message) if code.isdigit() else (400, str(exc))
+    return None
+
+
+class ServerPool:
+    """Runs Consul calls against the first healthy server, failing over as described above."""
+
+    def __init__(
+        self,
+        config: ConsulConfig,
+        token: Optional[str] = None,
+        clock: Clock = time.monotonic,
+        client_factory: Callable[[str, ConsulConfig, Optional[str]], Any] = make_client,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.backoff = Backoff(config.cooldown_initial, config.cooldown_max)
+        self.servers: List[ServerState] = [
+            ServerState(address, client_factory(address, config, token))
+            for address in config.servers
+        ]
+        self.current = 0
+
+    @property
+    def current_server(self) -> ServerState:
+        return self.servers[self.current]
+
+    def _candidates(self) -> List[int]:
+        now = self.clock()
+        order = [(self.current + i) % len(self.servers) for i in range(len(self.servers))]
+        return [i for i in order if not self.servers[i].cooling(now)]
+
+    def call(self, what: str, operation: Callable[[Any], T]) -> T:
+        """`operation(client)` on a live server; raises ConsulUnreachable/ConsulRefused."""
+        candidates = self._candidates()
+        if not candidates:
+            wait = min(s.cooldown_until for s in self.servers) - self.clock()
+            raise ConsulUnreachable(
+                f"no Consul server available for {what}: all {len(self.servers)} are cooling "
+                f"down after failures (next retry in {max(wait, 0):.0f}s)"
+            )
+        errors: List[str] = []
+        no_leader = False
+        for index in candidates:
+            server = self.servers[index]
+            server.requests += 1
+            try:
+                result = operation(server.client)
+            except Exception as exc:
+                refusal = _refusal(exc)
+                if refusal is not None:
+                    server.last_error = f"{refusal[0]} {refusal[1]}"
+                    raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
+                if _is_no_leader(exc):
+                    no_leader = True
+                    server.last_error = "no cluster leader"
+                    errors.append(f"{server.address}: no cluster leader")
+                    continue
+                if not isinstance(
+                    exc, (requests.exceptions.RequestException, consul.ConsulException)
+                ):
+                    raise
+                self._cool_down(server, describe_failure(exc), what)
+                errors.append(f"{server.address}: {server.last_error}")
+                continue
+            self._succeeded(index)
+            return result
+        if no_leader:
+            raise NoClusterLeader(
+                f"{what} failed: the Consul cluster has no leader ({'; '.join(errors)})"
+            )
+        raise ConsulUnreachable(f"no Consul server reachable for {what} ({'; '.join(errors)})")
+
+    def _succeeded(self, index: int) -> None:
+        server = self.servers[index]
+        if server.failures:
+            log.info("consul_server_recovered", server=server.address)
+        server.failures = 0
+        server.cooldown_until = 0.0
+        server.last_error = ""
+        server.last_ok = self.clock()
+        self.current = index
+
+    def _cool_down(self, server: ServerState, error: str, what: str) -> None:
+        server.failures += 1
+        delay = self.backoff.delay(server.failures)
+        server.cooldown_until = self.clock() + delay
+        server.last_error = error
+        log.warning(
+            "consul_server_failed",
+            server=server.address,
+            error=error,
+            during=what,
+            cooldown_s=round(delay, 1),
+        )

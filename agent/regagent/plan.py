@@ -1,0 +1,133 @@
+"""The planner: desired registrations vs what Consul holds -> the writes to make. No I/O.
+
+Only services carrying Meta `managed-by=regagent` are ever changed or removed (decision 2); a
+foreign service with an ID regagent wants is reported as a conflict and left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from regagent.model import (
+    ActualState,
+    CheckState,
+    DesiredState,
+    NodeRegistration,
+    ServiceRegistration,
+)
+
+FieldDiff = Tuple[str, object, object]  # (field, old, new)
+
+
+@dataclass(frozen=True)
+class ServiceWrite:
+    """Register (old is None) or update a service together with its check."""
+
+    service: ServiceRegistration
+    check: Optional[CheckState]
+    old: Optional[ServiceRegistration] = None
+    diff: Tuple[FieldDiff, ...] = ()
+
+    @property
+    def is_new(self) -> bool:
+        return self.old is None
+
+
+@dataclass(frozen=True)
+class CheckWrite:
+    """Only the check's status/output changed: write the check alone."""
+
+    check: CheckState
+    old: Optional[CheckState]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    service_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    node: NodeRegistration
+    node_write: Optional[Tuple[FieldDiff, ...]] = None  # None: node unchanged; () new node
+    services: Tuple[ServiceWrite, ...] = ()
+    checks: Tuple[CheckWrite, ...] = ()
+    deregister: Tuple[ServiceRegistration, ...] = ()
+    conflicts: Tuple[Conflict, ...] = field(default=())
+
+    @property
+    def empty(self) -> bool:
+        return not (self.node_write is not None or self.services or self.checks or self.deregister)
+
+    @property
+    def write_count(self) -> int:
+        """Requests apply() will send; a node change rides along with a service write."""
+        node_alone = 1 if self.node_write is not None and not self.services else 0
+        return node_alone + len(self.services) + len(self.checks) + len(self.deregister)
+
+
+def diff_fields(old: object, new: object, names: Tuple[str, ...]) -> Tuple[FieldDiff, ...]:
+    return tuple(
+        (name, getattr(old, name), getattr(new, name))
+        for name in names
+        if getattr(old, name) != getattr(new, name)
+    )
+
+
+SERVICE_FIELDS = ("name", "address", "port", "tags", "meta")
+NODE_FIELDS = ("address", "meta")
+
+
+def _check_changed(old: Optional[CheckState], new: CheckState) -> bool:
+    return old is None or (old.status, old.output, old.name) != (new.status, new.output, new.name)
+
+
+def plan(desired: DesiredState, actual: ActualState) -> Plan:
+    """The minimal set of writes that makes `actual` equal `desired` for regagent's services."""
+    actual_services: Dict[str, ServiceRegistration] = {s.id: s for s in actual.services}
+    actual_checks: Mapping[str, CheckState] = {c.check_id: c for c in actual.checks}
+    desired_checks: Dict[str, CheckState] = {c.service_id: c for c in desired.checks}
+
+    node_write: Optional[Tuple[FieldDiff, ...]] = None
+    if actual.node is None:
+        node_write = ()
+    else:
+        node_diff = diff_fields(actual.node, desired.node, NODE_FIELDS)
+        if node_diff:
+            node_write = node_diff
+
+    service_writes: List[ServiceWrite] = []
+    check_writes: List[CheckWrite] = []
+    conflicts: List[Conflict] = []
+    for service in desired.services:
+        check = desired_checks.get(service.id)
+        current = actual_services.get(service.id)
+        if current is not None and not current.managed:
+            conflicts.append(
+                Conflict(
+                    service.id,
+                    "a service with this ID exists without Meta managed-by=regagent; left alone",
+                )
+            )
+            continue
+        if current is None:
+            service_writes.append(ServiceWrite(service, check))
+            continue
+        changes = diff_fields(current, service, SERVICE_FIELDS)
+        if changes:
+            service_writes.append(ServiceWrite(service, check, current, changes))
+        elif check is not None and _check_changed(actual_checks.get(check.check_id), check):
+            check_writes.append(CheckWrite(check, actual_checks.get(check.check_id)))
+
+    wanted = {s.id for s in desired.services}
+    deregister = tuple(s for s in actual.services if s.managed and s.id not in wanted)
+    return Plan(
+        node=desired.node,
+        node_write=node_write,
+        services=tuple(service_writes),
+        checks=tuple(check_writes),
+        deregister=tuple(sorted(deregister, key=lambda s: s.id)),
+        conflicts=tuple(conflicts),
+    )

@@ -1,0 +1,205 @@
+"""Human and JSON renderings of a sync cycle (the dry-run output).
+
+JSON schema (`regagent sync --format json`), one object:
+  dry_run: bool          - nothing was written
+  in_sync: bool | null   - Consul already matched (null when Consul could not be read)
+  server: str | null     - the server that answered
+  node: {name, address, meta}
+  changes: [ {action: "node"|"register"|"update"|"status"|"deregister",
+              service_id: str | null,
+              service: {id, name, address, port, tags, meta} | null,
+              diff: {field: {old, new}},             # update and node only
+              check: {status, output} | null} ]
+  conflicts: [ {service_id, reason} ]
+  desired: [ {id, name, address, port, tags, meta, check: {status, output}} ]
+  writes: int            - requests sent (0 for a dry run)
+  error: str | null
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from regagent.model import CheckState, DesiredState, ServiceRegistration, meta_dict
+from regagent.plan import FieldDiff, Plan
+from regagent.sync import CycleResult
+
+
+def service_json(service: ServiceRegistration) -> Dict[str, Any]:
+    return {
+        "id": service.id,
+        "name": service.name,
+        "address": service.address,
+        "port": service.port,
+        "tags": list(service.tags),
+        "meta": meta_dict(service.meta),
+    }
+
+
+def _check_json(check: Optional[CheckState]) -> Optional[Dict[str, str]]:
+    return None if check is None else {"status": check.status, "output": check.output}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return meta_dict(value)
+    return value
+
+
+def _diff_json(diff: tuple[FieldDiff, ...]) -> Dict[str, Any]:
+    return {name: {"old": _jsonable(old), "new": _jsonable(new)} for name, old, new in diff}
+
+
+def changes_json(plan: Plan) -> List[Dict[str, Any]]:
+    out: List[Dict[str, Any]] = []
+    if plan.node_write is not None:
+        out.append(
+            {
+                "action": "node",
+                "service_id": None,
+                "service": None,
+                "diff": _diff_json(plan.node_write),
+                "check": None,
+            }
+        )
+    for write in plan.services:
+        out.append(
+            {
+                "action": "register" if write.is_new else "update",
+                "service_id": write.service.id,
+                "service": service_json(write.service),
+                "diff": _diff_json(write.diff),
+                "check": _check_json(write.check),
+            }
+        )
+    for check_write in plan.checks:
+        out.append(
+            {
+                "action": "status",
+                "service_id": check_write.check.service_id,
+                "service": None,
+                "diff": {},
+                "check": _check_json(check_write.check),
+            }
+        )
+    for service in plan.deregister:
+        out.append(
+            {
+                "action": "deregister",
+                "service_id": service.id,
+                "service": service_json(service),
+                "diff": {},
+                "check": None,
+            }
+        )
+    return out
+
+
+def desired_json(desired: DesiredState) -> List[Dict[str, Any]]:
+    checks = {c.service_id: c for c in desired.checks}
+    return [{**service_json(s), "check": _check_json(checks.get(s.id))} for s in desired.services]
+
+
+def cycle_json(result: CycleResult, dry_run: bool) -> Dict[str, Any]:
+    node = result.desired.node if result.desired else None
+    return {
+        "dry_run": dry_run,
+        "in_sync": None if result.plan is None else result.plan.empty,
+        "server": result.server,
+        "node": None
+        if node is None
+        else {"name": node.name, "address": node.address, "meta": meta_dict(node.meta)},
+        "changes": [] if result.plan is None else changes_json(result.plan),
+        "conflicts": []
+        if result.plan is None
+        else [{"service_id": c.service_id, "reason": c.reason} for c in result.plan.conflicts],
+        "desired": [] if result.desired is None else desired_json(result.desired),
+        "writes": result.writes,
+        "error": None if result.error is None else str(result.error),
+    }
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={value[k]}" for k in sorted(value)) + "}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _describe_service(service: ServiceRegistration) -> str:
+    where = f"{service.address}:{service.port}" if service.address else f":{service.port}"
+    return f"{service.name} at {where} tags={_show(service.tags)}"
+
+
+def plan_text(plan: Plan) -> List[str]:
+    lines: List[str] = []
+    if plan.node_write is not None:
+        if plan.node_write:
+            lines.append(f"~ update node {plan.node.name}")
+            lines += [f"    {n}: {_show(o)} -> {_show(v)}" for n, o, v in plan.node_write]
+        else:
+            lines.append(f"+ register node {plan.node.name} ({plan.node.address})")
+    for write in plan.services:
+        check = f" [{write.check.status}]" if write.check else ""
+        if write.is_new:
+            lines.append(
+                f"+ register {write.service.id}: {_describe_service(write.service)}{check}"
+            )
+        else:
+            lines.append(f"~ update {write.service.id}")
+            lines += [f"    {n}: {_show(o)} -> {_show(v)}" for n, o, v in write.diff]
+    for check_write in plan.checks:
+        old = check_write.old.status if check_write.old else "none"
+        new = check_write.check
+        lines.append(f"! status {new.service_id}: {old} -> {new.status} ({new.output})")
+    for service in plan.deregister:
+        lines.append(f"- deregister {service.id}: {_describe_service(service)}")
+    for conflict in plan.conflicts:
+        lines.append(f"? skip {conflict.service_id}: {conflict.reason}")
+    return lines
+
+
+def desired_text(desired: DesiredState) -> List[str]:
+    checks = {c.service_id: c for c in desired.checks}
+    lines = [f"Desired state for node {desired.node.name} ({desired.node.address}):"]
+    if not desired.services:
+        lines.append("  (no services)")
+    for service in desired.services:
+        check = checks.get(service.id)
+        status = f" [{check.status}: {check.output}]" if check else ""
+        lines.append(f"  {service.id}: {_describe_service(service)}{status}")
+    return lines
+
+
+def cycle_text(result: CycleResult, dry_run: bool) -> List[str]:
+    lines: List[str] = []
+    if result.plan is None:
+        if result.desired is not None:
+            lines += desired_text(result.desired)
+        return lines
+    plan = result.plan
+    lines += plan_text(plan)
+    if plan.empty:
+        count = len(result.desired.services) if result.desired else 0
+        lines.append(
+            f"In sync: node {plan.node.name}, {count} service(s), "
+            f"nothing to write (via {result.server})."
+        )
+        return lines
+    counts = {
+        "to register": sum(1 for w in plan.services if w.is_new),
+        "to update": sum(1 for w in plan.services if not w.is_new),
+        "status change(s)": len(plan.checks),
+        "to deregister": len(plan.deregister),
+    }
+    summary = ", ".join(f"{n} {label}" for label, n in counts.items() if n)
+    if dry_run:
+        lines.append(f"Plan: {summary or 'node update only'}. Dry run: nothing written.")
+    else:
+        lines.append(
+            f"Applied: {summary or 'node update'}; {result.writes} write(s) via {result.server}."
+        )
+    return lines

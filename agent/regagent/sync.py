@@ -1,0 +1,186 @@
+"""One sync cycle: read Consul, build the desired state, plan, and (unless dry-run) apply.
+
+`regagent sync` runs one cycle and `regagent run` runs them in a loop; both go through here.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import structlog
+
+from regagent.checks import Result, run_probes
+from regagent.config.model import Config
+from regagent.consul_catalog import (
+    SERF_HEALTH,
+    deregister_node,
+    deregister_request,
+    plan_requests,
+    read_actual,
+    send,
+)
+from regagent.consul_pool import ServerPool
+from regagent.errors import ConsulUnreachable, NodeOwnedByAgent, RegagentError
+from regagent.model import (
+    MANAGED_BY_KEY,
+    MANAGED_BY_VALUE,
+    PASSING,
+    ActualState,
+    CheckState,
+    DesiredState,
+    HealthProbe,
+    NodeRegistration,
+    ServiceIntent,
+    ServiceRegistration,
+    canonical_tags,
+    service_check_id,
+)
+from regagent.node_address import route_source_address
+from regagent.plan import Plan, plan
+
+log = structlog.get_logger(__name__)
+
+IntentSource = Callable[[str], List[ServiceIntent]]  # node address -> services to register
+
+NO_CHECK_OUTPUT = "no health check configured"
+
+
+def node_name(config: Config) -> str:
+    return config.node.name or socket.gethostname()
+
+
+def node_registration(config: Config, address: str) -> NodeRegistration:
+    meta = {"external-node": "true", MANAGED_BY_KEY: MANAGED_BY_VALUE, **config.node.meta}
+    return NodeRegistration(node_name(config), address, meta)
+
+
+def resolve_node_address(config: Config, server: str) -> str:
+    if config.node.address != "auto":
+        return config.node.address
+    try:
+        return route_source_address(server)
+    except OSError as exc:
+        raise ConsulUnreachable(
+            f"cannot find a local address routing to {server} ({exc.strerror or exc}); "
+            "set node.address in the configuration"
+        ) from None
+
+
+def canonical_service(service: ServiceRegistration) -> ServiceRegistration:
+    meta = dict(sorted({**service.meta, MANAGED_BY_KEY: MANAGED_BY_VALUE}.items()))
+    return ServiceRegistration(
+        id=service.id,
+        name=service.name,
+        port=service.port,
+        address=service.address,
+        tags=canonical_tags(service.tags),
+        meta=meta,
+    )
+
+
+def desired_state(
+    node: NodeRegistration, intents: List[ServiceIntent], results: Dict[HealthProbe, Result]
+) -> DesiredState:
+    """Pure: intents plus probe results to canonical registrations and checks."""
+    services: List[ServiceRegistration] = []
+    checks: List[CheckState] = []
+    for intent in sorted(intents, key=lambda i: i.service.id):
+        service = canonical_service(intent.service)
+        if intent.status is not None:
+            status, output = intent.status
+        elif intent.probe is not None:
+            status, output = results[intent.probe]
+        else:
+            status, output = PASSING, NO_CHECK_OUTPUT
+        services.append(service)
+        checks.append(
+            CheckState(
+                service_check_id(service.id), service.id, f"{service.name} health", status, output
+            )
+        )
+    return DesiredState(node=node, services=tuple(services), checks=tuple(checks))
+
+
+@dataclass
+class CycleResult:
+    desired: Optional[DesiredState] = None
+    actual: Optional[ActualState] = None
+    plan: Optional[Plan] = None
+    writes: int = 0
+    server: Optional[str] = None
+    error: Optional[RegagentError] = None
+    notes: List[str] = field(default_factory=list)
+
+
+class SyncEngine:
+    """Holds what lives across cycles (the server pool); each cycle is otherwise stateless."""
+
+    def __init__(self, config: Config, pool: ServerPool, intents: IntentSource) -> None:
+        self.config = config
+        self.pool = pool
+        self.intents = intents
+
+    def build_desired(self, address: str) -> DesiredState:
+        intents = self.intents(address)
+        probes = [i.probe for i in intents if i.status is None and i.probe is not None]
+        results = run_probes(probes)
+        return desired_state(node_registration(self.config, address), intents, results)
+
+    def cycle(self, dry_run: bool = False) -> CycleResult:
+        """Never raises RegagentError: the caller decides how to report `result.error`."""
+        result = CycleResult()
+        name = node_name(self.config)
+        try:
+            result.actual = read_actual(self.pool, name)
+            result.server = self.pool.current_server.address
+        except RegagentError as exc:
+            result.error = exc
+        try:
+            server = result.server or self.config.consul.servers[0]
+            result.desired = self.build_desired(resolve_node_address(self.config, server))
+        except RegagentError as exc:
+            result.error = result.error or exc
+        if result.error is not None or result.actual is None or result.desired is None:
+            return result
+        if SERF_HEALTH in result.actual.node_check_ids:
+            result.error = NodeOwnedByAgent(
+                f"node {name!r} belongs to a running Consul agent (it has a serfHealth check); "
+                "that agent would delete regagent's services. Set node.name to a name of its "
+                "own, or use consul.mode: agent to register through that agent"
+            )
+            return result
+        result.plan = plan(result.desired, result.actual)
+        for conflict in result.plan.conflicts:
+            log.warning(
+                "service_id_conflict", service_id=conflict.service_id, reason=conflict.reason
+            )
+        if dry_run or result.plan.empty:
+            return result
+        try:
+            for request in plan_requests(result.plan, self.config.consul.datacenter):
+                send(self.pool, request)
+                result.writes += 1
+                log.info("consul_write", what=request.what, server=self.pool.current_server.address)
+        except RegagentError as exc:
+            # Everything written is idempotent: the next cycle re-plans and completes the rest.
+            result.error = exc
+        result.server = self.pool.current_server.address
+        return result
+
+
+def deregister_owned(config: Config, pool: ServerPool) -> List[str]:
+    """Removes this node's regagent-owned services, and the node when nothing else is on it."""
+    name = node_name(config)
+    actual = read_actual(pool, name)
+    removed: List[str] = []
+    for service in actual.services:
+        if service.managed:
+            send(pool, deregister_request(name, service.id, config.consul.datacenter))
+            removed.append(service.id)
+    foreign = [s for s in actual.services if not s.managed]
+    if actual.node is not None and not foreign:
+        deregister_node(pool, name, config.consul.datacenter)
+        removed.append(f"node {name}")
+    return removed
