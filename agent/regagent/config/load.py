@@ -47,7 +47,7 @@ def config_files(path: str) -> List[Path]:
     raise ConfigError([f"{path}: no such file or directory"])
 
 
-def resolve_config_path(cli_value: "str | None") -> str:
+def resolve_config_path(cli_value: str | None) -> str:
     return cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
@@ -82,7 +82,7 @@ def _merge(
             offset = len(current)
             current.extend(value)
             for i in range(len(value)):
-                doc.origins[(*here, offset + i)] = src
+                doc.origins[here + (offset + i,)] = src  # noqa: RUF005 (mypy rejects *here in a subscript)
             continue
         target[key] = _copy_with_origins(value, here, src, doc)
 

@@ -25,9 +25,7 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class ConsulConfig:
-    servers: Tuple[str, ...] = field(
-        default=("127.0.0.1:8500",), metadata=_kind("hostport_list")
-    )
+    servers: Tuple[str, ...] = field(default=("127.0.0.1:8500",), metadata=_kind("hostport_list"))
     scheme: str = field(default="http", metadata=_kind("choice", choices=("http", "https")))
     datacenter: Optional[str] = None
     token_file: Optional[str] = field(default=None, metadata=_kind("token_file"))

@@ -105,7 +105,7 @@ class _Validator:
     def value(self, hint: Any, raw: Any, path: KeyPath, meta: Any) -> Any:
         kind = meta.get("kind")
         origin = getattr(hint, "__origin__", None)
-        args = getattr(hint, "__args__", ())
+        args: Tuple[Any, ...] = tuple(getattr(hint, "__args__", ()))
         if origin is Union:  # Optional[X]
             if raw is None:
                 return None
@@ -193,7 +193,9 @@ class _Validator:
 
     def port_ranges(self, raw: Any, path: KeyPath, meta: Any) -> Any:
         if not isinstance(raw, list):
-            self.report(path, f"expected a list of port ranges like '9100-9199', got {_describe(raw)}")
+            self.report(
+                path, f"expected a list of port ranges like '9100-9199', got {_describe(raw)}"
+            )
             return _INVALID
         out: List[Tuple[int, int]] = []
         for i, item in enumerate(raw):
@@ -201,7 +203,9 @@ class _Validator:
             if bounds is None:
                 self.report((*path, i), f"{_show(item)} is not a port range (use e.g. '9100-9199')")
             elif not (1 <= bounds[0] <= bounds[1] <= 65535):
-                self.report((*path, i), f"{_show(item)} is not a valid port range (1-65535, low-high)")
+                self.report(
+                    (*path, i), f"{_show(item)} is not a valid port range (1-65535, low-high)"
+                )
             else:
                 out.append(bounds)
         return tuple(out)
