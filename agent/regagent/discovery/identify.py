@@ -1,0 +1,285 @@
+"""From listening sockets to identified exporters.
+
+A listener becomes a candidate by a hint (a known default port, a configured port range, a known
+process name) but is identified only by what it serves: a short GET of its metrics path must
+return Prometheus exposition format, and a fingerprint metric must name the exporter (design
+decision 8). Listeners on the same port (`0.0.0.0` and `::`, say) are one finding, because they
+become one service `<name>-<port>`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import structlog
+
+from regagent.config.model import Config, DiscoveryConfig
+from regagent.discovery.exporters import ExporterSpec, ExporterTable, load_exporter_table
+from regagent.discovery.listeners import Listener, listening_sockets
+from regagent.discovery.probe import ProbeResult, probe_metrics
+from regagent.discovery.processes import ProcessInfo, ProcessResolver
+
+log = structlog.get_logger(__name__)
+
+IDENTIFIED = "identified"
+UNKNOWN_EXPORTER = "unknown-exporter"
+NOT_EXPORTER = "not-exporter"
+EXCLUDED = "excluded"
+NOT_CANDIDATE = "not-candidate"
+CANDIDATE = "candidate"  # transient: decided by the probe
+
+WILDCARD = "wildcard"
+LOOPBACK = "loopback"
+SPECIFIC = "specific"
+
+GENERIC_SERVICE = "exporter"
+UNKNOWN = "unknown"
+DEFAULT_PATH = "/metrics"
+MAX_CONCURRENT_PROBES = 8
+MAX_PATHS_PER_LISTENER = 2
+
+Prober = Callable[[str, int, str, float, int], ProbeResult]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One port with its listeners: whether it is an exporter, which one, and why (not)."""
+
+    port: int
+    listeners: Tuple[Listener, ...]
+    process: Optional[ProcessInfo]
+    address_kind: str  # wildcard, loopback or specific
+    address: str  # the specific or loopback address; "" for a wildcard (the node address)
+    probe_address: str
+    outcome: str = NOT_CANDIDATE
+    reason: str = ""
+    candidate_reasons: Tuple[str, ...] = ()
+    exporter: Optional[str] = None  # exporter name; "unknown" for an unidentified exporter
+    version: Optional[str] = None
+    metrics_path: str = DEFAULT_PATH
+    scheme: str = "http"
+    in_port_range: bool = False
+
+    @property
+    def is_exporter(self) -> bool:
+        return self.outcome in (IDENTIFIED, UNKNOWN_EXPORTER)
+
+    @property
+    def endpoints(self) -> str:
+        return ", ".join(listener.endpoint for listener in self.listeners)
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    """Everything one discovery pass saw; `complete` is false when listeners could not be read."""
+
+    findings: Tuple[Finding, ...] = ()
+    complete: bool = True
+    error: str = ""
+
+    @property
+    def exporters(self) -> Tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.is_exporter)
+
+
+def discover(
+    config: Config,
+    *,
+    table: Optional[ExporterTable] = None,
+    resolver: Optional[ProcessResolver] = None,
+    list_listeners: Callable[[], List[Listener]] = listening_sockets,
+    prober: Prober = probe_metrics,
+) -> DiscoveryResult:
+    """Lists listeners, picks candidates, probes them concurrently (bounded), identifies them."""
+    table = table or load_exporter_table()
+    resolver = resolver or ProcessResolver()
+    try:
+        listeners = list_listeners()
+    except OSError as exc:
+        log.error("listener discovery failed", error=str(exc))
+        return DiscoveryResult((), complete=False, error=str(exc))
+    groups = group_by_port(listeners)
+    owners = resolver.resolve(
+        (lst.inode for lst in listeners), {lst.inode: lst.uid for lst in listeners}
+    )
+    resolver.forget_except([lst.inode for lst in listeners])
+    findings = [
+        classify(port, group, _owner(group, owners), config, table)
+        for port, group in sorted(groups.items())
+    ]
+    to_probe = [i for i, f in enumerate(findings) if f.outcome == CANDIDATE]
+    if to_probe:
+        workers = min(MAX_CONCURRENT_PROBES, len(to_probe))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
+            probed = pool.map(
+                lambda i: identify(findings[i], config.discovery, table, prober), to_probe
+            )
+            for index, finding in zip(to_probe, probed):
+                findings[index] = finding
+    return DiscoveryResult(tuple(findings))
+
+
+def group_by_port(listeners: Sequence[Listener]) -> Dict[int, Tuple[Listener, ...]]:
+    groups: Dict[int, List[Listener]] = {}
+    for listener in listeners:
+        groups.setdefault(listener.port, []).append(listener)
+    return {port: tuple(sorted(group)) for port, group in groups.items()}
+
+
+def _owner(
+    group: Tuple[Listener, ...], owners: Dict[int, Optional[ProcessInfo]]
+) -> Optional[ProcessInfo]:
+    for listener in group:
+        found = owners.get(listener.inode)
+        if found is not None:
+            return found
+    return None
+
+
+def address_rule(group: Tuple[Listener, ...]) -> Tuple[str, str, str]:
+    """(kind, address to register, address to probe) for the listeners of one port.
+
+    Wildcard: registered at the node address, probed on loopback of the same family.
+    Loopback only: not reachable by Prometheus. Otherwise the first specific address.
+    """
+    wildcards = [lst for lst in group if lst.is_wildcard]
+    if wildcards:
+        ipv4 = any(lst.address == "0.0.0.0" for lst in wildcards)
+        return WILDCARD, "", "127.0.0.1" if ipv4 else "::1"
+    specific = [lst for lst in group if not lst.is_loopback]
+    if specific:
+        chosen = sorted(specific, key=lambda lst: (lst.family, lst.address))[0]
+        return SPECIFIC, chosen.address, chosen.address
+    return LOOPBACK, group[0].address, group[0].address
+
+
+def own_port(config: Config) -> Optional[int]:
+    """Port of regagent's own telemetry endpoint: regagent registers itself, not via discovery."""
+    listen = config.telemetry.listen
+    if not listen or ":" not in listen:
+        return None
+    tail = listen.rsplit(":", 1)[1]
+    return int(tail) if tail.isdigit() else None
+
+
+def classify(
+    port: int,
+    group: Tuple[Listener, ...],
+    process: Optional[ProcessInfo],
+    config: Config,
+    table: ExporterTable,
+) -> Finding:
+    """Candidate or not, excluded or not: everything decidable without a probe."""
+    settings = config.discovery
+    kind, address, probe_address = address_rule(group)
+    in_range = any(lo <= port <= hi for lo, hi in settings.port_ranges)
+    base = Finding(port, group, process, kind, address, probe_address, in_port_range=in_range)
+    reasons: List[str] = []
+    by_port = table.by_port.get(port, ())
+    if by_port:
+        reasons.append("default port of " + "/".join(spec.name for spec in by_port))
+    if in_range:
+        lo, hi = next((lo, hi) for lo, hi in settings.port_ranges if lo <= port <= hi)
+        reasons.append(f"in port range {lo}-{hi}")
+    by_process = _process_specs(process, table)
+    if by_process and process is not None:
+        reasons.append(f"process {process.name or by_process[0].binaries[0]}")
+    if not reasons:
+        return replace(base, reason="not a candidate (port and process unknown)")
+    base = replace(base, candidate_reasons=tuple(reasons))
+    if port in settings.exclude_ports:
+        return replace(base, outcome=EXCLUDED, reason="excluded by discovery.exclude_ports")
+    if port == own_port(config):
+        return replace(base, outcome=EXCLUDED, reason="regagent's own telemetry endpoint")
+    pattern = _excluded_process(process, settings.exclude_processes)
+    if pattern is not None:
+        return replace(
+            base, outcome=EXCLUDED, reason=f"excluded by discovery.exclude_processes ({pattern})"
+        )
+    specs = (*by_process, *by_port)
+    path = specs[0].metrics_path if specs else DEFAULT_PATH
+    return replace(base, outcome=CANDIDATE, metrics_path=path)
+
+
+def _process_specs(process: Optional[ProcessInfo], table: ExporterTable) -> List[ExporterSpec]:
+    if process is None:
+        return []
+    specs: List[ExporterSpec] = []
+    for name in sorted(process.names):
+        for spec in table.by_binary.get(name, ()):
+            if spec not in specs:
+                specs.append(spec)
+    return specs
+
+
+def _excluded_process(process: Optional[ProcessInfo], patterns: Sequence[str]) -> Optional[str]:
+    if process is None:
+        return None
+    for pattern in patterns:
+        if any(fnmatch.fnmatchcase(name, pattern) for name in process.names):
+            return pattern
+    return None
+
+
+def candidate_paths(finding: Finding, table: ExporterTable) -> List[str]:
+    """Metrics paths to try, most specific first, at most MAX_PATHS_PER_LISTENER."""
+    paths = [finding.metrics_path]
+    for spec in (*_process_specs(finding.process, table), *table.by_port.get(finding.port, ())):
+        if spec.metrics_path not in paths:
+            paths.append(spec.metrics_path)
+    if DEFAULT_PATH not in paths:
+        paths.append(DEFAULT_PATH)
+    return paths[:MAX_PATHS_PER_LISTENER]
+
+
+def identify(
+    finding: Finding, settings: DiscoveryConfig, table: ExporterTable, prober: Prober
+) -> Finding:
+    """Probes a candidate and names what it serves."""
+    result: Optional[ProbeResult] = None
+    path = finding.metrics_path
+    for path in candidate_paths(finding, table):
+        result = prober(
+            finding.probe_address,
+            finding.port,
+            path,
+            settings.probe_timeout,
+            settings.probe_max_bytes,
+        )
+        if result.ok:
+            break
+    assert result is not None
+    if not result.ok or result.exposition is None:
+        return replace(finding, outcome=NOT_EXPORTER, reason=result.reason, metrics_path=path)
+    exposition = result.exposition
+    spec = table.match_fingerprint(exposition.names)
+    if spec is None:
+        return replace(
+            finding,
+            outcome=UNKNOWN_EXPORTER,
+            reason="serves metrics, but no known exporter's fingerprint",
+            exporter=UNKNOWN,
+            version=exposition.version_of(),
+            metrics_path=path,
+            scheme=result.scheme,
+        )
+    own = tuple(f for f in spec.fingerprint if f.endswith("_build_info"))
+    return replace(
+        finding,
+        outcome=IDENTIFIED,
+        reason=f"fingerprint {_matched(spec, exposition.names)}",
+        exporter=spec.name,
+        version=exposition.version_of((*own, f"{spec.name}_build_info")),
+        metrics_path=path,
+        scheme=result.scheme,
+    )
+
+
+def _matched(spec: ExporterSpec, names: frozenset[str]) -> str:
+    for prefix in sorted(spec.fingerprint, key=len, reverse=True):
+        if any(name.startswith(prefix) for name in names):
+            return prefix
+    return spec.fingerprint[0]

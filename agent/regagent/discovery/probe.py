@@ -1,0 +1,245 @@
+"""A short GET of a metrics path on a local address, and a check of what came back.
+
+Bounded on both axes: a watchdog closes the socket when the deadline passes (so a server that
+trickles bytes cannot hold a probe longer than `timeout`), and at most `max_bytes` of the body
+are read. The reason texts returned are stable (no timings, no addresses that vary) because they
+end up in check output and discovery reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
+
+ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5,*/*;q=0.1"
+USER_AGENT = "regagent-discovery"
+_CHUNK = 64 * 1024
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_SAMPLE = re.compile(rf"^({_NAME})(\{{.*\}})?\s+(\S+)(?:\s+\S+)?\s*$")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+_COMMENT = re.compile(rf"^#\s+(HELP|TYPE|UNIT)\s+({_NAME})(?:\s|$)")
+_ESCAPE = re.compile(r"\\(.)")
+_HTTPS_HINT = "client sent an http request to an https server"
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """What a metrics body says about its source: metric names and `*_build_info` labels."""
+
+    valid: bool
+    problem: str = ""
+    names: FrozenSet[str] = frozenset()
+    build_info: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def version_of(self, preferred: Tuple[str, ...] = ()) -> Optional[str]:
+        """`version` label of the exporter's own build_info (preferred names first).
+
+        `go_build_info` is the Go runtime's module info, never the exporter's version.
+        """
+        for name in preferred:
+            labels = self.build_info.get(name)
+            if labels and labels.get("version"):
+                return labels["version"]
+        candidates = [
+            labels["version"]
+            for name, labels in sorted(self.build_info.items())
+            if name != "go_build_info" and labels.get("version")
+        ]
+        return candidates[0] if len(candidates) == 1 else None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of one metrics GET; `reason` says why not an exporter when `ok` is false."""
+
+    url: str
+    scheme: str
+    ok: bool
+    reason: str
+    status: Optional[int] = None
+    exposition: Optional[Exposition] = None
+
+
+class ProbeError(Exception):
+    """The GET failed before a body could be judged; the message is stable text."""
+
+
+def url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def probe_metrics(
+    address: str, port: int, path: str, timeout: float, max_bytes: int
+) -> ProbeResult:
+    """GET `path` over http (or https, when the server says it only speaks TLS) and judge it."""
+    scheme = "http"
+    url = f"{scheme}://{url_host(address)}:{port}{path}"
+    try:
+        status, content_type, body, truncated = http_get(address, port, path, timeout, max_bytes)
+        if status == 400 and _HTTPS_HINT in body[:512].decode("latin-1").lower():
+            scheme = "https"
+            url = f"{scheme}://{url_host(address)}:{port}{path}"
+            status, content_type, body, truncated = http_get(
+                address, port, path, timeout, max_bytes, scheme=scheme
+            )
+    except ProbeError as exc:
+        return ProbeResult(url, scheme, False, str(exc))
+    if status != 200:
+        return ProbeResult(url, scheme, False, f"HTTP {status} for {path}", status)
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media and media not in ("text/plain", "application/openmetrics-text"):
+        return ProbeResult(url, scheme, False, f"not a metrics page ({media})", status)
+    exposition = parse_exposition(body.decode("utf-8", errors="replace"), truncated)
+    if not exposition.valid:
+        return ProbeResult(url, scheme, False, exposition.problem, status, exposition)
+    return ProbeResult(url, scheme, True, "", status, exposition)
+
+
+def http_get(
+    address: str, port: int, path: str, timeout: float, max_bytes: int, *, scheme: str = "http"
+) -> Tuple[int, str, bytes, bool]:
+    """(status, content type, body, truncated); raises ProbeError with a stable message."""
+    deadline = time.monotonic() + timeout
+    conn: http.client.HTTPConnection
+    if scheme == "https":
+        # Identification only: local exporters commonly use self-signed certificates.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(address, port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    watchdog = threading.Timer(timeout, _abort, args=(conn,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.request(
+            "GET",
+            path,
+            headers={"Accept": ACCEPT, "User-Agent": USER_AGENT, "Connection": "close"},
+        )
+        response = conn.getresponse()
+        chunks: List[bytes] = []
+        size = 0
+        truncated = False
+        while True:
+            if time.monotonic() > deadline:
+                raise ProbeError(f"timed out after {timeout:g}s")
+            chunk = response.read(min(_CHUNK, max_bytes - size + 1))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                truncated = True
+                break
+        body = b"".join(chunks)[:max_bytes]
+        return response.status, response.getheader("Content-Type", "") or "", body, truncated
+    except ProbeError:
+        raise
+    except socket.timeout:
+        raise ProbeError(f"timed out after {timeout:g}s") from None
+    except ConnectionRefusedError:
+        raise ProbeError("connection refused") from None
+    except ssl.SSLError:
+        raise ProbeError("TLS handshake failed") from None
+    except (http.client.HTTPException, ConnectionError, OSError, ValueError) as exc:
+        if time.monotonic() >= deadline:
+            raise ProbeError(f"timed out after {timeout:g}s") from None
+        raise ProbeError(f"not HTTP ({_error_kind(exc)})") from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+def _abort(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "closed without a response"
+    if isinstance(exc, http.client.BadStatusLine):
+        return "bad status line"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    return type(exc).__name__
+
+
+def parse_exposition(text: str, truncated: bool = False) -> Exposition:
+    """Checks Prometheus text (or OpenMetrics) format and collects names and build_info labels.
+
+    Every line must be a comment or a well-formed sample; a body cut at `max_bytes` may end in a
+    partial line, which is ignored.
+    """
+    lines = text.split("\n")
+    if truncated and lines:
+        lines = lines[:-1]
+    names: set[str] = set()
+    build_info: Dict[str, Dict[str, str]] = {}
+    samples = 0
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            match = _COMMENT.match(line)
+            if match:
+                names.add(match.group(2))
+            continue
+        sample = _SAMPLE.match(line)
+        if sample is None or not _is_number(sample.group(3)):
+            return Exposition(False, f"not Prometheus exposition format (line {number})")
+        name, labels_text = sample.group(1), sample.group(2)
+        names.add(name)
+        samples += 1
+        if name.endswith("_build_info") and name not in build_info:
+            labels = parse_labels(labels_text or "{}")
+            if labels is None:
+                return Exposition(False, f"not Prometheus exposition format (line {number})")
+            build_info[name] = labels
+    if samples == 0:
+        return Exposition(False, "no metrics in response")
+    return Exposition(True, "", frozenset(names), build_info)
+
+
+def parse_labels(text: str) -> Optional[Dict[str, str]]:
+    """`{a="1",b="x\\"y"}` to a dict; None when malformed."""
+    inner = text.strip()
+    if not (inner.startswith("{") and inner.endswith("}")):
+        return None
+    inner = inner[1:-1]
+    labels: Dict[str, str] = {}
+    pos = 0
+    while pos < len(inner):
+        match = _LABEL.match(inner, pos)
+        if match is None:
+            if inner[pos:].strip():
+                return None
+            break
+        labels[match.group(1)] = _unescape(match.group(2))
+        pos = match.end()
+    return labels
+
+
+def _unescape(value: str) -> str:
+    return _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)  # also accepts NaN, +Inf, -Inf as the format allows
+    except ValueError:
+        return False
+    return True
