@@ -1,0 +1,298 @@
+"""Desired services: discovered exporters, static services from config, and `defaults`.
+
+`build_intents` is pure: the same config, node address, discovery result, clock reading and
+previous discovery state always give the same intents and the same new state. Everything that
+reads sockets or files lives in `regagent.discovery`; `desired_intents` is the thin shell the
+sync engine calls each cycle.
+
+Rules (design decisions 3, 4 and 9):
+- Service ID `<name>-<port>` (static services may set their own `id`).
+- Wildcard listener -> the node address; loopback-only -> not registered; specific IP -> that IP.
+- Tags: the exporter name, `defaults.tags`, matching overrides' tags; always canonical.
+- Meta: `defaults.meta`, then metrics_path, scheme, exporter, exporter_version, then overrides'
+  meta; `managed-by=regagent` always wins.
+- A discovered exporter that is identified now is passing, with stable output text. One that
+  was seen before but is gone stays registered as critical ("not listening on :9100 since ...")
+  until `sync.deregister_after` has passed since it was last seen, then it is dropped.
+- A static service wins over a discovered one on the same ID or port.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from regagent.config.model import Config, ExporterOverride, ServiceConfig
+from regagent.discovery.exporters import ExporterTable, load_exporter_table
+from regagent.discovery.identify import (
+    GENERIC_SERVICE,
+    IDENTIFIED,
+    LOOPBACK,
+    UNKNOWN,
+    WILDCARD,
+    DiscoveryResult,
+    Finding,
+)
+from regagent.discovery.probe import url_host
+from regagent.discovery.state import SeenService, format_time
+from regagent.model import (
+    CRITICAL,
+    MANAGED_BY_KEY,
+    MANAGED_BY_VALUE,
+    PASSING,
+    HealthProbe,
+    ServiceIntent,
+    ServiceRegistration,
+    canonical_tags,
+    meta_dict,
+)
+
+SOURCE_DISCOVERY = "discovery"
+SOURCE_STATIC = "static"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A discovered exporter that is not registered, and why (for `discover` and the log)."""
+
+    port: int
+    endpoints: str
+    exporter: Optional[str]
+    reason: str
+
+
+@dataclass(frozen=True)
+class DesiredServices:
+    """The intents, the discovery state to persist, and what was left out."""
+
+    intents: Tuple[ServiceIntent, ...]
+    seen: Mapping[str, SeenService] = field(default_factory=dict)
+    skipped: Tuple[Skipped, ...] = ()
+    expired: Tuple[str, ...] = ()  # service IDs dropped this time after deregister_after
+    by_port: Mapping[int, str] = field(default_factory=dict)  # discovered port -> service ID
+
+
+def build_intents(
+    config: Config,
+    node_address: str,
+    discovery: Optional[DiscoveryResult],
+    now: float,
+    *,
+    previous: Optional[Mapping[str, SeenService]] = None,
+    table: Optional[ExporterTable] = None,
+) -> DesiredServices:
+    """Pure: static services plus discovered (present or vanished-but-kept) exporters.
+
+    `discovery` None means discovery is disabled: only static services, state kept as it was.
+    """
+    previous = dict(previous or {})
+    statics = [static_intent(svc, config, node_address) for svc in config.services]
+    static_ids = {intent.service.id for intent in statics}
+    static_ports = {intent.service.port: intent.service.id for intent in statics}
+    if discovery is None:
+        return DesiredServices(tuple(statics), previous)
+    if not discovery.complete:
+        # Listeners could not be read: nothing is known to have vanished. Keep what was seen,
+        # and let a health probe decide its status instead of guessing.
+        kept = [
+            _unverified_intent(entry, config)
+            for sid, entry in sorted(previous.items())
+            if sid not in static_ids and entry.port not in static_ports
+        ]
+        return DesiredServices(tuple(statics + kept), previous)
+
+    table = table or load_exporter_table()
+    intents: List[ServiceIntent] = list(statics)
+    seen: Dict[str, SeenService] = {}
+    skipped: List[Skipped] = []
+    by_port: Dict[int, str] = {}
+    for finding in discovery.exporters:
+        outcome = _discovered(finding, config, node_address, table)
+        if isinstance(outcome, str):
+            skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, outcome))
+            continue
+        service = outcome.service
+        clash = static_ports.get(service.port) or (service.id if service.id in static_ids else "")
+        if clash:
+            reason = f"port {service.port} is configured as static service {clash}"
+            skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, reason))
+            continue
+        if service.id in seen:
+            reason = f"service ID {service.id} already taken by another listener"
+            skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, reason))
+            continue
+        earlier = previous.get(service.id)
+        seen[service.id] = SeenService(
+            id=service.id,
+            name=service.name,
+            port=service.port,
+            address=service.address,
+            tags=service.tags,
+            meta=dict(service.meta),
+            first_seen=earlier.first_seen if earlier else now,
+            last_seen=now,
+        )
+        by_port[finding.port] = service.id
+        intents.append(outcome)
+
+    listening = {f.port for f in discovery.findings}
+    expired: List[str] = []
+    for sid, entry in sorted(previous.items()):
+        if sid in seen or sid in static_ids or entry.port in static_ports:
+            continue
+        if _ignored(config.discovery.overrides, entry.meta.get("exporter"), entry.port):
+            continue
+        if now - entry.last_seen > config.sync.deregister_after:
+            expired.append(sid)
+            continue
+        seen[sid] = entry
+        intents.append(_vanished_intent(entry, entry.port in listening))
+    return DesiredServices(tuple(intents), seen, tuple(skipped), tuple(expired), by_port)
+
+
+def static_intent(svc: ServiceConfig, config: Config, node_address: str) -> ServiceIntent:
+    """A configured service: ID `<name>-<port>` unless set, node address unless set."""
+    address = svc.address or node_address
+    meta = {
+        **config.defaults.meta,
+        **svc.meta,
+        "metrics_path": svc.metrics_path,
+        "scheme": svc.scheme,
+        MANAGED_BY_KEY: MANAGED_BY_VALUE,
+    }
+    service = ServiceRegistration(
+        id=svc.id or f"{svc.name}-{svc.port}",
+        name=svc.name,
+        port=svc.port,
+        address=address,
+        tags=canonical_tags([*svc.tags, *config.defaults.tags]),
+        meta=meta_dict(meta),
+    )
+    return ServiceIntent(service, SOURCE_STATIC, probe=static_probe(svc, address))
+
+
+def static_probe(svc: ServiceConfig, address: str) -> Optional[HealthProbe]:
+    """http: GET of scheme://address:port/path; tcp: connect to address:port; none: no probe."""
+    check = svc.check
+    if check.type == "http":
+        path = check.path or svc.metrics_path
+        url = f"{svc.scheme}://{url_host(address)}:{svc.port}{path}"
+        return HealthProbe("http", url, check.timeout)
+    if check.type == "tcp":
+        return HealthProbe("tcp", f"{url_host(address)}:{svc.port}", check.timeout)
+    return None
+
+
+def matching_overrides(
+    overrides: Tuple[ExporterOverride, ...], exporter: Optional[str], port: int
+) -> List[ExporterOverride]:
+    """Overrides whose exporter and port (those that are set) both match, in config order."""
+    found = []
+    for override in overrides:
+        if override.exporter is None and override.port is None:
+            continue
+        if override.exporter is not None and override.exporter != exporter:
+            continue
+        if override.port is not None and override.port != port:
+            continue
+        found.append(override)
+    return found
+
+
+def _ignored(overrides: Tuple[ExporterOverride, ...], exporter: Optional[str], port: int) -> bool:
+    return any(o.ignore for o in matching_overrides(overrides, exporter, port))
+
+
+def _discovered(
+    finding: Finding, config: Config, node_address: str, table: ExporterTable
+) -> ServiceIntent | str:
+    """The intent for a present exporter, or the reason it is not registered."""
+    settings = config.discovery
+    if finding.outcome != IDENTIFIED:
+        if not settings.register_unknown:
+            return "unknown exporter (discovery.register_unknown is off)"
+        if not finding.in_port_range:
+            return "unknown exporter outside discovery.port_ranges"
+    if finding.address_kind == LOOPBACK:
+        return f"listens on loopback only ({finding.endpoints}): Prometheus cannot reach it"
+    exporter = finding.exporter or UNKNOWN
+    overrides = matching_overrides(settings.overrides, exporter, finding.port)
+    if any(o.ignore for o in overrides):
+        return "ignored by discovery.overrides"
+    spec = table.by_name.get(exporter)
+    name = spec.service_name if spec is not None else GENERIC_SERVICE
+    tags: List[str] = [exporter] if spec is not None else []
+    tags += config.defaults.tags
+    override_meta: Dict[str, str] = {}
+    for override in overrides:
+        name = override.name or name
+        tags += override.tags
+        override_meta.update(override.meta)
+    address = node_address if finding.address_kind == WILDCARD else finding.address
+    meta = {
+        **config.defaults.meta,
+        "metrics_path": finding.metrics_path,
+        "scheme": finding.scheme,
+        "exporter": exporter,
+        "exporter_version": finding.version or UNKNOWN,
+        **override_meta,
+        MANAGED_BY_KEY: MANAGED_BY_VALUE,
+    }
+    service = ServiceRegistration(
+        id=f"{name}-{finding.port}",
+        name=name,
+        port=finding.port,
+        address=address,
+        tags=canonical_tags(tags),
+        meta=meta_dict(meta),
+    )
+    url = f"{finding.scheme}://{url_host(address)}:{finding.port}{finding.metrics_path}"
+    probe = HealthProbe("http", url, settings.probe_timeout)
+    return ServiceIntent(
+        service, SOURCE_DISCOVERY, probe=probe, status=(PASSING, _ok_text(finding))
+    )
+
+
+def _ok_text(finding: Finding) -> str:
+    # Stable on purpose: Output is compared to decide whether to write (no timings, no clock).
+    what = finding.exporter if finding.outcome == IDENTIFIED else "unknown exporter"
+    version = f" {finding.version}" if finding.version else ""
+    return f"{what}{version} serving {finding.metrics_path} on :{finding.port}"
+
+
+def _vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
+    what = "not serving metrics" if still_listening else "not listening"
+    output = f"{what} on :{entry.port} since {format_time(entry.last_seen)}"
+    return ServiceIntent(_registration(entry), SOURCE_DISCOVERY, status=(CRITICAL, output))
+
+
+def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
+    scheme = entry.meta.get("scheme", "http")
+    path = entry.meta.get("metrics_path", "/metrics")
+    url = f"{scheme}://{url_host(entry.address)}:{entry.port}{path}"
+    probe = HealthProbe("http", url, config.discovery.probe_timeout)
+    return ServiceIntent(_registration(entry), SOURCE_DISCOVERY, probe=probe)
+
+
+def _registration(entry: SeenService) -> ServiceRegistration:
+    return ServiceRegistration(
+        id=entry.id,
+        name=entry.name,
+        port=entry.port,
+        address=entry.address,
+        tags=canonical_tags(entry.tags),
+        meta=meta_dict({**entry.meta, MANAGED_BY_KEY: MANAGED_BY_VALUE}),
+    )
+
+
+def desired_intents(
+    config: Config, node_address: str, now: Optional[float] = None
+) -> List[ServiceIntent]:
+    """The shell for the sync engine: discover, build intents, persist discovery state.
+
+    Keeps caches (process owners, loopback reports) across calls in one process.
+    """
+    from regagent.discovery.runner import default_runner
+
+    return list(default_runner().cycle(config, node_address, time.time() if now is None else now))

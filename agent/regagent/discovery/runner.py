@@ -1,0 +1,115 @@
+"""One discovery cycle with its side effects: sockets, probes, the state file and the log.
+
+`regagent.desired.build_intents` decides; this module feeds it and persists what it returns.
+A runner lives as long as the daemon so that its caches (socket owners by inode, listeners
+already reported) save work and log noise across cycles.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, List, Mapping, Optional, Set, Tuple
+
+import structlog
+
+from regagent.config.model import Config
+from regagent.desired import DesiredServices, build_intents
+from regagent.discovery.exporters import ExporterTable, load_exporter_table
+from regagent.discovery.identify import DiscoveryResult, Prober, discover
+from regagent.discovery.listeners import Listener, listening_sockets
+from regagent.discovery.probe import probe_metrics
+from regagent.discovery.processes import ProcessResolver
+from regagent.discovery.state import SeenService, load_state, save_state, state_path
+from regagent.model import CRITICAL, ServiceIntent
+
+log = structlog.get_logger(__name__)
+
+
+class DiscoveryRunner:
+    """Discovery plus desired-state building, with caches and once-only reports."""
+
+    def __init__(
+        self,
+        *,
+        resolver: Optional[ProcessResolver] = None,
+        list_listeners: Callable[[], List[Listener]] = listening_sockets,
+        prober: Prober = probe_metrics,
+        table: Optional[ExporterTable] = None,
+    ) -> None:
+        self.resolver = resolver or ProcessResolver()
+        self.list_listeners = list_listeners
+        self.prober = prober
+        self.table = table or load_exporter_table()
+        self._reported: Set[Tuple[int, str, str]] = set()
+        self._vanished: Set[str] = set()
+
+    def discover(self, config: Config) -> Optional[DiscoveryResult]:
+        """Findings for this host, or None when discovery is disabled."""
+        if not config.discovery.enabled:
+            return None
+        return discover(
+            config,
+            table=self.table,
+            resolver=self.resolver,
+            list_listeners=self.list_listeners,
+            prober=self.prober,
+        )
+
+    def run(
+        self, config: Config, node_address: str, now: float, persist: bool = True
+    ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
+        """Discover, build intents against the stored state, store the new state if `persist`."""
+        result = self.discover(config)
+        path = state_path(config.sync.state_dir)
+        previous = load_state(path) if result is not None else {}
+        desired = build_intents(
+            config, node_address, result, now, previous=previous, table=self.table
+        )
+        if persist:
+            self._report(desired, previous)
+            if result is not None and result.complete and desired.seen != previous:
+                save_state(path, desired.seen)
+        return result, desired
+
+    def cycle(self, config: Config, node_address: str, now: float) -> Tuple[ServiceIntent, ...]:
+        """The intents for one sync cycle (state persisted)."""
+        return self.run(config, node_address, now)[1].intents
+
+    def _report(self, desired: DesiredServices, previous: Mapping[str, SeenService]) -> None:
+        for item in desired.skipped:
+            key = (item.port, item.endpoints, item.reason)
+            if key not in self._reported:
+                self._reported.add(key)
+                log.warning(
+                    "exporter not registered",
+                    listener=item.endpoints,
+                    exporter=item.exporter,
+                    reason=item.reason,
+                )
+        for service_id in desired.by_port.values():
+            if service_id not in previous:
+                log.info("exporter discovered", service_id=service_id)
+            self._vanished.discard(service_id)
+        for intent in desired.intents:
+            sid = intent.service.id
+            if intent.status is None or intent.status[0] != CRITICAL:
+                continue
+            if sid not in self._vanished:
+                self._vanished.add(sid)
+                log.warning("discovered exporter vanished", service_id=sid, output=intent.status[1])
+        for service_id in desired.expired:
+            self._vanished.discard(service_id)
+            log.info("vanished exporter dropped after sync.deregister_after", service_id=service_id)
+
+
+_default: Optional[DiscoveryRunner] = None
+_default_lock = threading.Lock()
+
+
+def default_runner() -> DiscoveryRunner:
+    """The process-wide runner used by `regagent.desired.desired_intents`."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = DiscoveryRunner()
+        return _default
