@@ -1,0 +1,224 @@
+"""`regagent discover`: what listens here, what it was identified as, what would be registered.
+
+Runs without Consul and without root (process names are then partly unknown). It reads the
+discovery state file, if readable, to show vanished exporters still kept, but never writes it.
+
+JSON schema (`--format json`), one object:
+
+    {
+      "node_address": "192.0.2.10",
+      "discovery_enabled": true,
+      "complete": true,              # false when the listening sockets could not be read
+      "error": "",                   # why not complete
+      "listeners": [                 # one entry per listening port, sorted by port
+        {
+          "port": 9100,
+          "endpoints": ["0.0.0.0:9100", "[::]:9100"],
+          "address_kind": "wildcard",          # wildcard | loopback | specific
+          "process": {"pid": 812, "name": "prometheus-node-exporter", "exe": "/usr/bin/...",
+                      "cmdline": ["..."], "user": "prometheus"} or null (unknown/not permitted),
+          "candidate_reasons": ["default port of node_exporter"],
+          "outcome": "identified",   # identified | unknown-exporter | not-exporter
+                                     # | excluded | not-candidate
+          "reason": "fingerprint node_exporter_build_info",   # how identified, or why not
+          "exporter": "node_exporter" or null,
+          "version": "1.5.0" or null,
+          "metrics_path": "/metrics",
+          "scheme": "http",
+          "service_id": "node-exporter-9100" or null,         # what it is registered as
+          "not_registered": null or "listens on loopback only (...)"
+        }
+      ],
+      "services": [                  # every service that would be registered, sorted by id
+        {
+          "id": "node-exporter-9100", "name": "node-exporter", "address": "192.0.2.10",
+          "port": 9100, "tags": ["node_exporter"], "meta": {"exporter": "node_exporter", ...},
+          "source": "discovery",     # discovery | static
+          "status": "passing" or "critical" or null (decided by the probe),
+          "output": "node_exporter 1.5.0 serving /metrics on :9100" or null,
+          "probe": {"kind": "http", "target": "http://192.0.2.10:9100/metrics"} or null
+        }
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, List, Optional, Sequence, TextIO
+
+from regagent.config.model import Config
+from regagent.desired import DesiredServices
+from regagent.discovery.identify import (
+    EXCLUDED,
+    IDENTIFIED,
+    NOT_CANDIDATE,
+    UNKNOWN_EXPORTER,
+    DiscoveryResult,
+    Finding,
+)
+from regagent.discovery.runner import DiscoveryRunner
+from regagent.model import ServiceIntent, meta_dict
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def discover_command(
+    config: Config,
+    node_address: str,
+    fmt: str,
+    out: TextIO,
+    *,
+    runner: Optional[DiscoveryRunner] = None,
+    now: Optional[float] = None,
+) -> int:
+    """Prints the discovery report as `text` or `json`; 1 when listeners could not be read."""
+    runner = runner or DiscoveryRunner()
+    result, desired = runner.run(
+        config, node_address, time.time() if now is None else now, persist=False
+    )
+    if fmt == "json":
+        doc = report_json(node_address, result, desired)
+        out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    else:
+        out.write("".join(line + "\n" for line in report_text(node_address, result, desired)))
+    return EXIT_FAILED if result is not None and not result.complete else EXIT_OK
+
+
+def report_json(
+    node_address: str, result: Optional[DiscoveryResult], desired: DesiredServices
+) -> Dict[str, Any]:
+    findings = result.findings if result is not None else ()
+    return {
+        "node_address": node_address,
+        "discovery_enabled": result is not None,
+        "complete": result.complete if result is not None else True,
+        "error": result.error if result is not None else "",
+        "listeners": [_finding_json(f, desired) for f in findings],
+        "services": [_intent_json(i) for i in sorted(desired.intents, key=_intent_id)],
+    }
+
+
+def _intent_id(intent: ServiceIntent) -> str:
+    return intent.service.id
+
+
+def _finding_json(finding: Finding, desired: DesiredServices) -> Dict[str, Any]:
+    process = finding.process
+    return {
+        "port": finding.port,
+        "endpoints": [listener.endpoint for listener in finding.listeners],
+        "address_kind": finding.address_kind,
+        "process": None
+        if process is None
+        else {
+            "pid": process.pid,
+            "name": process.name,
+            "exe": process.exe,
+            "cmdline": list(process.cmdline),
+            "user": process.user,
+        },
+        "candidate_reasons": list(finding.candidate_reasons),
+        "outcome": finding.outcome,
+        "reason": finding.reason,
+        "exporter": finding.exporter,
+        "version": finding.version,
+        "metrics_path": finding.metrics_path,
+        "scheme": finding.scheme,
+        "service_id": desired.by_port.get(finding.port),
+        "not_registered": _not_registered(finding, desired),
+    }
+
+
+def _not_registered(finding: Finding, desired: DesiredServices) -> Optional[str]:
+    for item in desired.skipped:
+        if item.port == finding.port:
+            return item.reason
+    return None
+
+
+def _intent_json(intent: ServiceIntent) -> Dict[str, Any]:
+    service = intent.service
+    return {
+        "id": service.id,
+        "name": service.name,
+        "address": service.address,
+        "port": service.port,
+        "tags": list(service.tags),
+        "meta": meta_dict(service.meta),
+        "source": intent.source,
+        "status": intent.status[0] if intent.status else None,
+        "output": intent.status[1] if intent.status else None,
+        "probe": None
+        if intent.probe is None
+        else {"kind": intent.probe.kind, "target": intent.probe.target},
+    }
+
+
+def report_text(
+    node_address: str, result: Optional[DiscoveryResult], desired: DesiredServices
+) -> List[str]:
+    """A table of listeners, then the services that would be registered."""
+    lines: List[str] = []
+    if result is None:
+        lines.append("Discovery is disabled (discovery.enabled: false).")
+    elif not result.complete:
+        lines.append(f"Could not list listening sockets: {result.error}")
+    else:
+        lines.append(f"Listening TCP sockets (node address {node_address}):")
+        rows = [["LISTENER", "PROCESS", "IDENTIFIED AS / WHY NOT", "REGISTERED AS"]]
+        rows += [_finding_row(f, desired) for f in result.findings]
+        lines += _table(rows)
+    lines.append("")
+    intents = sorted(desired.intents, key=_intent_id)
+    lines.append(f"Would register {len(intents)} service(s):")
+    for intent in intents:
+        service = intent.service
+        status = f"{intent.status[0]}: {intent.status[1]}" if intent.status else _probe_text(intent)
+        tags = ",".join(service.tags) or "-"
+        lines.append(
+            f"  {service.id}  {service.name} at {_hostport(service.address, service.port)}"
+            f"  [{intent.source}]  tags={tags}  {status}"
+        )
+    return lines
+
+
+def _probe_text(intent: ServiceIntent) -> str:
+    if intent.probe is None:
+        return "passing (no check)"
+    return f"checked by {intent.probe.kind} {intent.probe.target}"
+
+
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _finding_row(finding: Finding, desired: DesiredServices) -> List[str]:
+    process = finding.process.label if finding.process is not None else "?"
+    if finding.outcome == IDENTIFIED:
+        version = f" {finding.version}" if finding.version else ""
+        what = f"{finding.exporter}{version} ({finding.reason})"
+    elif finding.outcome == UNKNOWN_EXPORTER:
+        what = f"unknown exporter: {finding.reason}"
+    elif finding.outcome in (EXCLUDED, NOT_CANDIDATE):
+        what = finding.reason
+    else:
+        what = f"not an exporter: {finding.reason}"
+    if finding.candidate_reasons and finding.outcome != NOT_CANDIDATE:
+        what += f" [candidate: {'; '.join(finding.candidate_reasons)}]"
+    service_id = desired.by_port.get(finding.port)
+    if service_id is not None:
+        registered = service_id
+    else:
+        skipped = _not_registered(finding, desired)
+        registered = f"no: {skipped}" if skipped else "-"
+    return [finding.endpoints, process, what, registered]
+
+
+def _table(rows: Sequence[List[str]]) -> List[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    ]
