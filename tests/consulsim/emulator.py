@@ -1,0 +1,96 @@
+"""The running emulator: the simulation, its server ports, and the fault operations.
+
+Fault operations touch two layers at once (the simulated cluster and a real socket), so they
+live here rather than in ``sim.py`` or ``listener.py``; ``control.py`` exposes them over HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from .http_api import ConsulAPI
+from .listener import ServerListener
+from .sim import Settings, Simulation
+from .state import check_json, node_json, node_service_json
+
+
+class Emulator:
+    """N server ports sharing one ``Simulation``."""
+
+    def __init__(self, settings: Settings, base_port: int = 0) -> None:
+        self.settings = settings
+        self.sim = Simulation(settings)
+        self.api = ConsulAPI(self.sim)
+        self.listeners = [
+            ServerListener(self.sim, self.api, i, settings.bind, base_port + i if base_port else 0)
+            for i in range(settings.servers)
+        ]
+
+    @property
+    def addresses(self) -> List[str]:
+        return [lst.address for lst in self.listeners]
+
+    def start(self) -> None:
+        """Bind every port, then load the server nodes into the catalog."""
+        for lst in self.listeners:
+            lst.start()
+        self.sim.bootstrap(self.addresses)
+
+    def shutdown(self) -> None:
+        self.sim.close()
+        for lst in self.listeners:
+            lst.stop()
+
+    def _check(self, i: int) -> None:
+        if not 0 <= i < len(self.listeners):
+            raise ValueError(f"no server {i}; servers are 0..{len(self.listeners) - 1}")
+
+    def stop_server(self, i: int) -> None:
+        """Connection refused from now on; the leader marks the server failed."""
+        self._check(i)
+        self.sim.stop_server(i)
+        self.listeners[i].stop()
+
+    def start_server(self, i: int) -> None:
+        """Listen on the same port again, with the server's agent state intact."""
+        self._check(i)
+        self.listeners[i].start()
+        self.sim.start_server(i)
+
+    def blackhole(self, i: int, on: bool) -> None:
+        self._check(i)
+        with self.sim.cond:
+            self.sim.topology.faults[i].blackholed = on
+            self.sim.cond.notify_all()
+
+    def slow(self, i: int, seconds: float) -> None:
+        self._check(i)
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        with self.sim.cond:
+            self.sim.topology.faults[i].slow_seconds = seconds
+            self.sim.cond.notify_all()
+
+    def drop_leader(self) -> Optional[int]:
+        return self.sim.drop_leader()
+
+    def leader(self) -> Optional[int]:
+        with self.sim.cond:
+            return self.sim.topology.leader
+
+    def set_acl(self, config: Optional[Dict[str, Any]]) -> None:
+        with self.sim.cond:
+            self.sim.acl.configure(config)
+
+    def catalog(self) -> Dict[str, Any]:
+        """The whole catalog, for debugging a failing test (not a Consul endpoint)."""
+        store = self.sim.store
+        with self.sim.cond:
+            return {
+                "nodes": [node_json(n) for n in store.all_nodes()],
+                "services": [
+                    {"Node": node["Node"], **node_service_json(svc)}
+                    for node, svc in store.service_rows()
+                ],
+                "checks": [check_json(c) for c in store.all_checks()],
+            }

@@ -1,0 +1,591 @@
+"""The replicated catalog: nodes, services, checks, and Consul's index bookkeeping.
+
+One ``Store`` stands for the Raft-replicated state that all emulated servers share. It follows
+the state store's rules (consul ``agent/consul/state/catalog.go``): every accepted write
+advances the Raft counter, but a row and the indexes behind it (table, per-service, per-node,
+service extinction) move only when the ``IsSame`` comparisons say something changed. That is
+what lets regagent's "writes only on change" be tested, and what decides whether a blocking
+query wakes.
+
+Not thread-safe by itself: the cluster holds its lock around every call.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from .decode import format_go_duration
+
+Record = Dict[str, Any]
+
+CHECK_STATUSES = ("passing", "warning", "critical")
+_META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
+_DEFAULT_WEIGHTS = {"Passing": 1, "Warning": 1}
+
+
+class StoreError(Exception):
+    """A write the server refuses; ``str()`` is Consul's error text (served as 500)."""
+
+
+@dataclass
+class Indexes:
+    """Index table: Raft counter, per-table, per-service and per-node indexes."""
+
+    raft: int = 0
+    tables: Dict[str, int] = field(default_factory=lambda: {"nodes": 0, "services": 0, "checks": 0})
+    service: Dict[str, int] = field(default_factory=dict)
+    node: Dict[str, int] = field(default_factory=dict)
+    service_extinction: int = 0
+
+    def bump(self, idx: int, *tables: str) -> None:
+        for table in tables:
+            self.tables[table] = max(self.tables[table], idx)
+
+
+@dataclass
+class WriteResult:
+    """What one Raft apply did: its index and whether any row changed."""
+
+    index: int
+    changed: bool
+
+
+def validate_meta(meta: Optional[Dict[str, str]]) -> Optional[str]:
+    """Consul's ``validateMetadata`` for service meta; returns the error text or None."""
+    if not meta:
+        return None
+    if len(meta) > 64:
+        return "Node metadata cannot contain more than 64 key/value pairs"
+    for key, value in meta.items():
+        reason = None
+        if key == "":
+            reason = "Key cannot be blank"
+        elif not _META_KEY.match(key):
+            reason = "Key contains invalid characters"
+        elif len(key) > 128:
+            reason = "Key is too long (limit: 128 characters)"
+        elif key.startswith("consul-"):
+            reason = "Key prefix 'consul-' is reserved for internal use"
+        elif len(value) > 512:
+            reason = "Value is too long (limit: 512 characters)"
+        if reason:
+            return f"Couldn't load metadata pair('{key}', '{value}'): {reason}"
+    return None
+
+
+def valid_weights(weights: Optional[Dict[str, int]]) -> Dict[str, int]:
+    """``ToServiceNode``: missing or invalid weights become the default {1, 1}."""
+    if not weights or weights.get("Passing", 0) < 1 or weights.get("Warning", 0) < 0:
+        return dict(_DEFAULT_WEIGHTS)
+    return {"Passing": weights.get("Passing", 0), "Warning": weights.get("Warning", 0)}
+
+
+def check_type(definition: Record) -> str:
+    """``CheckType.Type()`` derived from a check Definition (``http``, ``ttl``, ...)."""
+    interval = definition.get("Interval", 0) > 0
+    if definition.get("GRPC") and interval:
+        return "grpc"
+    if definition.get("HTTP") and interval:
+        return "http"
+    if definition.get("TTL", 0) > 0:
+        return "ttl"
+    for key, name in (("TCP", "tcp"), ("UDP", "udp")):
+        if definition.get(key) and interval:
+            return name
+    if definition.get("AliasNode") or definition.get("AliasService"):
+        return "alias"
+    if definition.get("ScriptArgs"):
+        return "docker" if definition.get("DockerContainerID") else "script"
+    if definition.get("H2PING") and interval:
+        return "h2ping"
+    if definition.get("OSService") and interval:
+        return "os_service"
+    return ""
+
+
+def _norm_definition(definition: Optional[Record]) -> Record:
+    """Definition as Go's DeepEqual sees it: zero scalars dropped, nil vs empty kept."""
+    return {
+        k: v
+        for k, v in (definition or {}).items()
+        if v is not None and not (isinstance(v, (str, int, bool)) and not v)
+    }
+
+
+def definition_json(definition: Optional[Record]) -> Record:
+    """Definition rendered like ``HealthCheckDefinition.MarshalJSON`` (omitempty, durations)."""
+    out: Record = {}
+    for key, value in (definition or {}).items():
+        if not value:
+            continue
+        if key in ("Interval", "Timeout", "DeregisterCriticalServiceAfter", "TTL"):
+            out[key] = format_go_duration(value)
+        else:
+            out[key] = value
+    return out
+
+
+_NODE_FIELDS = ("ID", "Address", "Datacenter", "TaggedAddresses", "Meta")
+_SERVICE_FIELDS = (
+    "Kind",
+    "ID",
+    "Service",
+    "Tags",
+    "Address",
+    "TaggedAddresses",
+    "Meta",
+    "Port",
+    "SocketPath",
+    "Weights",
+    "EnableTagOverride",
+    "Proxy",
+    "Connect",
+    "Locality",
+    "Node",
+)
+_CHECK_FIELDS = (
+    "CheckID",
+    "Name",
+    "Status",
+    "Notes",
+    "Output",
+    "ServiceID",
+    "ServiceName",
+    "ServiceTags",
+    "PeerName",
+)
+
+
+def _opaque(value: Any) -> Any:
+    """Proxy/Connect are value structs in Go: absent and all-zero compare equal."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v not in (None, "", 0, False, {}, [])}
+    return value or {}
+
+
+def service_same(old: Record, new: Record) -> bool:
+    """``NodeService.IsSame`` / ``ServiceNode.IsSameService`` after default weights."""
+    for name in _SERVICE_FIELDS:
+        a, b = old.get(name), new.get(name)
+        if name in ("Proxy", "Connect"):
+            a, b = _opaque(a), _opaque(b)
+        elif name in ("Port",):
+            a, b = a or 0, b or 0
+        elif name in ("Kind", "Address", "SocketPath"):
+            a, b = a or "", b or ""
+        elif name == "EnableTagOverride":
+            a, b = bool(a), bool(b)
+        if a != b:
+            return False
+    return True
+
+
+def check_same(old: Record, new: Record) -> bool:
+    """``HealthCheck.IsSame``: Type, Interval and Timeout are deliberately not compared."""
+    if old["Node"].lower() != new["Node"].lower():
+        return False
+    for name in _CHECK_FIELDS:
+        a, b = old.get(name), new.get(name)
+        if name != "ServiceTags":
+            a, b = a or "", b or ""
+        if a != b:
+            return False
+    return _norm_definition(old.get("Definition")) == _norm_definition(new.get("Definition"))
+
+
+def node_same(old: Record, new: Record) -> bool:
+    """``Node.IsSame`` (and ``ChangesNode``): names compare case-insensitively."""
+    if old["Node"].lower() != new["Node"].lower():
+        return False
+    return all(
+        (old.get(k) or "") == (new.get(k) or "") for k in ("ID", "Address", "Datacenter")
+    ) and all(old.get(k) == new.get(k) for k in ("TaggedAddresses", "Meta"))
+
+
+class Store:
+    """Catalog tables keyed case-insensitively, plus the index table."""
+
+    def __init__(self, datacenter: str) -> None:
+        self.datacenter = datacenter
+        self.nodes: Dict[str, Record] = {}
+        self.services: Dict[Tuple[str, str], Record] = {}
+        self.checks: Dict[Tuple[str, str], Record] = {}
+        self.idx = Indexes()
+        self.writes_applied = 0
+        self.writes_changed = 0
+
+    # ------------------------------------------------------------------ raft
+
+    def next_index(self) -> int:
+        """Append one entry to the (emulated) Raft log; every accepted write does this."""
+        self.idx.raft += 1
+        self.writes_applied += 1
+        return self.idx.raft
+
+    def _finish(self, idx: int, changed: bool) -> WriteResult:
+        if changed:
+            self.writes_changed += 1
+        return WriteResult(idx, changed)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _services_on(self, node_key: str) -> List[Record]:
+        return [svc for (nk, _), svc in self.services.items() if nk == node_key]
+
+    def _service_exists(self, name: str) -> bool:
+        low = name.lower()
+        return any(svc["Service"].lower() == low for svc in self.services.values())
+
+    def _bump_service(self, idx: int, name: str) -> None:
+        self.idx.service[name.lower()] = max(self.idx.service.get(name.lower(), 0), idx)
+
+    def _bump_node_services(self, idx: int, node_key: str) -> None:
+        for svc in self._services_on(node_key):
+            self._bump_service(idx, svc["Service"])
+
+    def _bump_node(self, idx: int, node_key: str) -> None:
+        self.idx.node[node_key] = max(self.idx.node.get(node_key, 0), idx)
+
+    def _service_gone(self, idx: int, name: str) -> None:
+        """After a service row is removed: bump its index, or mark it extinct."""
+        if self._service_exists(name):
+            self._bump_service(idx, name)
+        else:
+            self.idx.service.pop(name.lower(), None)
+            self.idx.service_extinction = idx
+
+    # ------------------------------------------------------------------ writes
+
+    def register(self, req: Record) -> WriteResult:
+        """FSM apply of a (pre-validated) RegisterRequest; atomic, raises StoreError."""
+        idx = self.next_index()
+        node_key = req["Node"].lower()
+        existing = self.nodes.get(node_key)
+        new_node: Optional[Record] = None
+        candidate = {
+            "ID": req.get("ID", ""),
+            "Node": req["Node"],
+            "Address": req.get("Address", ""),
+            "Datacenter": req.get("Datacenter", self.datacenter),
+            "TaggedAddresses": req.get("TaggedAddresses"),
+            "Meta": req.get("NodeMeta"),
+        }
+        if existing is None or (
+            not req.get("SkipNodeUpdate") and not node_same(existing, candidate)
+        ):
+            new_node = candidate
+
+        new_service: Optional[Record] = None
+        old_service: Optional[Record] = None
+        service = req.get("Service")
+        if service is not None:
+            row = dict(service)
+            row["Node"] = req["Node"]
+            row["Weights"] = valid_weights(service.get("Weights"))
+            old_service = self.services.get((node_key, row["ID"].lower()))
+            if old_service is None or not service_same(old_service, row):
+                problem = validate_meta(row.get("Meta"))
+                if problem:
+                    raise StoreError(
+                        f"Invalid Service Meta for node {req['Node']} and serviceID "
+                        f"{row['ID']}: {problem}"
+                    )
+                new_service = row
+
+        new_checks: List[Record] = []
+        for check in req.get("Checks") or []:
+            row = dict(check)
+            if not row.get("Status"):
+                row["Status"] = "critical"  # ensureCheckTxn: an empty Status resets to critical
+            sid = row.get("ServiceID", "")
+            if sid:
+                owner: Optional[Record]
+                if service is not None and service["ID"].lower() == sid.lower():
+                    owner = new_service or old_service
+                else:
+                    owner = self.services.get((node_key, sid.lower()))
+                if owner is None:
+                    if existing is None:
+                        raise StoreError(
+                            f"Unknown service ID '{sid}' for check ID '{row.get('CheckID', '')}'"
+                        )
+                    raise StoreError(
+                        f'failed inserting check on node "{req["Node"]}": '
+                        "Missing service registration"
+                    )
+                row["ServiceName"] = owner["Service"]
+                row["ServiceTags"] = copy.deepcopy(owner.get("Tags"))
+            else:
+                row["ServiceName"] = ""
+                row["ServiceTags"] = None
+            old = self.checks.get((node_key, row["CheckID"].lower()))
+            if old is None or not check_same(old, row):
+                new_checks.append(row)
+
+        changed = new_node is not None or new_service is not None or bool(new_checks)
+        if new_node is not None:
+            new_node["CreateIndex"] = existing["CreateIndex"] if existing else idx
+            new_node["ModifyIndex"] = idx
+            self.nodes[node_key] = new_node
+            self.idx.bump(idx, "nodes")
+            self._bump_node(idx, node_key)
+            self._bump_node_services(idx, node_key)
+        if new_service is not None:
+            new_service["CreateIndex"] = old_service["CreateIndex"] if old_service else idx
+            new_service["ModifyIndex"] = idx
+            self.services[(node_key, new_service["ID"].lower())] = new_service
+            self.idx.bump(idx, "services", "nodes")
+            self._bump_node(idx, node_key)
+            self._bump_service(idx, new_service["Service"])
+            if old_service is not None and old_service["Service"] != new_service["Service"]:
+                self._service_gone(idx, old_service["Service"])
+        for row in new_checks:
+            key = (node_key, row["CheckID"].lower())
+            old = self.checks.get(key)
+            row["CreateIndex"] = old["CreateIndex"] if old else idx
+            row["ModifyIndex"] = idx
+            self.checks[key] = row
+            self.idx.bump(idx, "checks")
+            self._bump_node(idx, node_key)
+            if row.get("ServiceID"):
+                self._bump_service(idx, row["ServiceName"])
+            else:
+                self._bump_node_services(idx, node_key)
+        return self._finish(idx, changed)
+
+    def deregister(self, req: Record) -> WriteResult:
+        """FSM apply of a DeregisterRequest; a missing target is a silent no-op."""
+        idx = self.next_index()
+        node_key = req["Node"].lower()
+        if req.get("ServiceID"):
+            changed = self._delete_service(idx, node_key, req["ServiceID"])
+        elif req.get("CheckID"):
+            changed = self._delete_check(idx, node_key, req["CheckID"])
+        else:
+            changed = self._delete_node(idx, node_key)
+        return self._finish(idx, changed)
+
+    def _delete_check(self, idx: int, node_key: str, check_id: str) -> bool:
+        row = self.checks.pop((node_key, check_id.lower()), None)
+        if row is None:
+            return False
+        self.idx.bump(idx, "checks")
+        self._bump_node(idx, node_key)
+        if row.get("ServiceID"):
+            self._bump_service(idx, row["ServiceName"])
+        else:
+            self._bump_node_services(idx, node_key)
+        return True
+
+    def _delete_service(self, idx: int, node_key: str, service_id: str) -> bool:
+        row = self.services.pop((node_key, service_id.lower()), None)
+        if row is None:
+            return False
+        for key, check in list(self.checks.items()):
+            if key[0] == node_key and (check.get("ServiceID") or "").lower() == service_id.lower():
+                del self.checks[key]
+                self.idx.bump(idx, "checks")
+        self.idx.bump(idx, "services", "nodes")
+        self._bump_node(idx, node_key)
+        self._service_gone(idx, row["Service"])
+        return True
+
+    def _delete_node(self, idx: int, node_key: str) -> bool:
+        if node_key not in self.nodes:
+            return False
+        for svc in self._services_on(node_key):
+            self._delete_service(idx, node_key, svc["ID"])
+        for key in [k for k in self.checks if k[0] == node_key]:
+            del self.checks[key]
+            self.idx.bump(idx, "checks")
+        del self.nodes[node_key]
+        self.idx.node.pop(node_key, None)
+        self.idx.bump(idx, "nodes")
+        return True
+
+    # ------------------------------------------------------------------ reads
+
+    def service_index(self, name: str, with_checks: bool) -> int:
+        """``maxIndexAndWatchChForService``: per-service index, else extinction, else tables."""
+        exists = self._service_exists(name)
+        if not exists and self.idx.service_extinction:
+            return self.idx.service_extinction
+        if name.lower() in self.idx.service:
+            return self.idx.service[name.lower()]
+        tables = ["nodes", "services"] + (["checks"] if with_checks else [])
+        return max(self.idx.tables[t] for t in tables)
+
+    def node_index(self, node: str) -> int:
+        """Per-node index, falling back to the nodes/services tables for an unknown node."""
+        return self.idx.node.get(
+            node.lower(), max(self.idx.tables["nodes"], self.idx.tables["services"])
+        )
+
+    def node(self, name: str) -> Optional[Record]:
+        return self.nodes.get(name.lower())
+
+    def all_nodes(self) -> List[Record]:
+        return [self.nodes[k] for k in sorted(self.nodes)]
+
+    def service_rows(self, name: Optional[str] = None) -> List[Tuple[Record, Record]]:
+        """(node, service) pairs, optionally for one service name, in Consul's ID order."""
+        out = []
+        for key in sorted(self.services):
+            svc = self.services[key]
+            if name is None or svc["Service"].lower() == name.lower():
+                out.append((self.nodes[key[0]], svc))
+        return out
+
+    def node_service_rows(self, node: str) -> List[Record]:
+        return [self.services[k] for k in sorted(self.services) if k[0] == node.lower()]
+
+    def checks_of(self, node: str, service_id: Optional[str]) -> List[Record]:
+        """Node-level checks (``service_id`` None or "") or one service's checks, sorted."""
+        out = []
+        for key in sorted(self.checks):
+            row = self.checks[key]
+            if key[0] != node.lower():
+                continue
+            if (row.get("ServiceID") or "").lower() == (service_id or "").lower():
+                out.append(row)
+        return out
+
+    def all_checks(self) -> Iterable[Record]:
+        return [self.checks[k] for k in sorted(self.checks)]
+
+    def snapshot(self) -> Dict[str, Any]:
+        """Indexes for the stats view."""
+        return {
+            "raft": self.idx.raft,
+            "tables": dict(self.idx.tables),
+            "service": dict(sorted(self.idx.service.items())),
+            "node": dict(sorted(self.idx.node.items())),
+            "service_extinction": self.idx.service_extinction,
+        }
+
+
+# ---------------------------------------------------------------------- JSON shapes
+
+
+def node_json(node: Record) -> Record:
+    """``structs.Node`` as the HTTP API renders it."""
+    return {
+        "ID": node.get("ID", ""),
+        "Node": node["Node"],
+        "Address": node.get("Address", ""),
+        "Datacenter": node.get("Datacenter", ""),
+        "TaggedAddresses": node.get("TaggedAddresses"),
+        "Meta": node.get("Meta"),
+        "CreateIndex": node["CreateIndex"],
+        "ModifyIndex": node["ModifyIndex"],
+    }
+
+
+_ZERO_PROXY = {"Mode": "", "MeshGateway": {}, "Expose": {}}
+
+
+def node_service_json(svc: Record) -> Record:
+    """``structs.NodeService`` JSON; nil Tags become [] as the HTTP handlers rewrite them."""
+    out: Record = {}
+    if svc.get("Kind"):
+        out["Kind"] = svc["Kind"]
+    out.update(
+        {
+            "ID": svc["ID"],
+            "Service": svc["Service"],
+            "Tags": list(svc.get("Tags") or []),
+            "Address": svc.get("Address", ""),
+        }
+    )
+    if svc.get("TaggedAddresses"):
+        out["TaggedAddresses"] = svc["TaggedAddresses"]
+    out["Meta"] = svc.get("Meta")
+    if svc.get("Port"):
+        out["Port"] = svc["Port"]
+    if svc.get("SocketPath"):
+        out["SocketPath"] = svc["SocketPath"]
+    out.update(
+        {
+            "Weights": svc["Weights"],
+            "EnableTagOverride": bool(svc.get("EnableTagOverride")),
+            "Proxy": {**_ZERO_PROXY, **(svc.get("Proxy") or {})},
+            "Connect": svc.get("Connect") or {},
+            "PeerName": "",
+            "CreateIndex": svc["CreateIndex"],
+            "ModifyIndex": svc["ModifyIndex"],
+        }
+    )
+    del out["PeerName"]  # omitempty, and always empty here
+    return out
+
+
+def service_node_json(node: Record, svc: Record) -> Record:
+    """``structs.ServiceNode`` (``/v1/catalog/service``): node fields plus Service* fields."""
+    out = {
+        "ID": node.get("ID", ""),
+        "Node": node["Node"],
+        "Address": node.get("Address", ""),
+        "Datacenter": node.get("Datacenter", ""),
+        "TaggedAddresses": node.get("TaggedAddresses"),
+        "NodeMeta": node.get("Meta"),
+        "ServiceKind": svc.get("Kind", ""),
+        "ServiceID": svc["ID"],
+        "ServiceName": svc["Service"],
+        "ServiceTags": list(svc.get("Tags") or []),
+        "ServiceAddress": svc.get("Address", ""),
+        "ServiceWeights": svc["Weights"],
+        "ServiceMeta": svc.get("Meta"),
+        "ServicePort": svc.get("Port", 0),
+        "ServiceEnableTagOverride": bool(svc.get("EnableTagOverride")),
+        "ServiceProxy": {**_ZERO_PROXY, **(svc.get("Proxy") or {})},
+        "ServiceConnect": svc.get("Connect") or {},
+        "CreateIndex": svc["CreateIndex"],
+        "ModifyIndex": svc["ModifyIndex"],
+    }
+    if svc.get("TaggedAddresses"):
+        out["ServiceTaggedAddresses"] = svc["TaggedAddresses"]
+    return out
+
+
+def check_json(check: Record) -> Record:
+    """``structs.HealthCheck`` JSON; nil ServiceTags become []."""
+    out: Record = {
+        "Node": check["Node"],
+        "CheckID": check["CheckID"],
+        "Name": check.get("Name", ""),
+        "Status": check["Status"],
+        "Notes": check.get("Notes", ""),
+        "Output": check.get("Output", ""),
+        "ServiceID": check.get("ServiceID", ""),
+        "ServiceName": check.get("ServiceName", ""),
+        "ServiceTags": list(check.get("ServiceTags") or []),
+        "Type": check.get("Type", ""),
+    }
+    for key in ("Interval", "Timeout"):
+        if check.get(key):
+            out[key] = check[key]
+    out["ExposedPort"] = check.get("ExposedPort", 0)
+    out["Definition"] = definition_json(check.get("Definition"))
+    out["CreateIndex"] = check["CreateIndex"]
+    out["ModifyIndex"] = check["ModifyIndex"]
+    return out
+
+
+def aggregated_status(checks: List[Record]) -> str:
+    """``HealthChecks.AggregatedStatus``: maintenance > critical > warning > passing."""
+    seen = set()
+    for check in checks:
+        cid = check["CheckID"]
+        if cid == "_node_maintenance" or cid.startswith("_service_maintenance:"):
+            seen.add("maintenance")
+            continue
+        if check["Status"] not in CHECK_STATUSES:
+            return ""
+        seen.add(check["Status"])
+    for status in ("maintenance", "critical", "warning"):
+        if status in seen:
+            return status
+    return "passing"
