@@ -295,7 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(args.log_level or "info")
     try:
         config = load_config(_resolve_path(args.config))
-        configure_logging(args.log_level or config.log.level, config.log.format)
+        # One-shot commands print their own summary; only the daemon logs warnings by default.
+        default_level = config.log.level if args.command == "run" else "error"
+        configure_logging(args.log_level or default_level, config.log.format)
         return COMMANDS[args.command](config, args, sys.stdout)
     except ConfigError as exc:
         print("regagent: invalid configuration:", file=sys.stderr)

@@ -20,6 +20,13 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, Unio
 import consul
 import requests
 import structlog
+from consul.base import (
+    ACLDisabled,
+    ACLPermissionDenied,
+    BadRequest,
+    ClientError,
+    ConsulException,
+)
 
 from regagent.config.model import ConsulConfig
 from regagent.errors import ConsulRefused, ConsulUnreachable
@@ -121,16 +128,16 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def _is_no_leader(exc: BaseException) -> bool:
-    return isinstance(exc, consul.ConsulException) and "No cluster leader" in str(exc)
+    return isinstance(exc, ConsulException) and "No cluster leader" in str(exc)
 
 
 def _refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
     """(status, Consul's message) for a 4xx answer, else None."""
-    if isinstance(exc, consul.ACLPermissionDenied):
+    if isinstance(exc, ACLPermissionDenied):
         return 403, str(exc)
-    if isinstance(exc, consul.ACLDisabled):
+    if isinstance(exc, ACLDisabled):
         return 401, str(exc)
-    if isinstance(exc, (consul.BadRequest, consul.base.ClientError)):
+    if isinstance(exc, (BadRequest, ClientError)):
         code, _, message = str(exc).partition(" ")
         return (int(code), message) if code.isdigit() else (400, str(exc))
     return None
@@ -191,7 +198,7 @@ class ServerPool:
                     errors.append(f"{server.address}: no cluster leader")
                     continue
                 if not isinstance(
-                    exc, (requests.exceptions.RequestException, consul.ConsulException)
+                    exc, (requests.exceptions.RequestException, ConsulException)
                 ):
                     raise
                 self._cool_down(server, describe_failure(exc), what)

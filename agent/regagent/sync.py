@@ -131,6 +131,11 @@ class SyncEngine:
     def cycle(self, dry_run: bool = False) -> CycleResult:
         """Never raises RegagentError: the caller decides how to report `result.error`."""
         result = CycleResult()
+        if self.config.consul.mode != "catalog":
+            result.error = RegagentError(
+                f"consul.mode: {self.config.consul.mode} is not supported yet; use catalog"
+            )
+            return result
         name = node_name(self.config)
         try:
             result.actual = read_actual(self.pool, name)

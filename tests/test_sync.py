@@ -1,0 +1,430 @@
+"""The sync engine against the three-server emulator: real `regagent` processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import consul
+import pytest
+import yaml
+from consulsim import SimCluster
+
+from regagent.config import load_config
+from regagent.consul_pool import ServerPool
+from regagent.model import ServiceIntent, ServiceRegistration
+from regagent.sync import SyncEngine
+
+NODE = "regagent-test-host"
+REGISTER = "PUT /v1/catalog/register"
+DEREGISTER = "PUT /v1/catalog/deregister"
+
+
+def write_config(
+    tmp_path: Path, cluster: SimCluster, services: List[Dict[str, Any]], **sections: Any
+) -> Path:
+    consul_section = {
+        "servers": list(cluster.addresses),
+        "connect_timeout": "1s",
+        "read_timeout": "1s",
+        "cooldown_initial": "200ms",
+        "cooldown_max": "1s",
+        **sections.pop("consul", {}),
+    }
+    config = {
+        "consul": consul_section,
+        "node": {"name": NODE, "meta": {"rack": "r1"}},
+        "sync": {"interval": "300ms", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
+        "discovery": {"enabled": False},
+        "services": services,
+        **sections,
+    }
+    path = tmp_path / "regagent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def static(name: str, port: int, tags: Optional[List[str]] = None) -> Dict[str, Any]:
+    return {"name": name, "port": port, "tags": tags or [], "check": {"type": "none"}}
+
+
+def regagent(
+    config: Path, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def writes(cluster: SimCluster) -> int:
+    return int(cluster.stats()["writes_applied"])
+
+
+def endpoint_count(cluster: SimCluster, prefix: str) -> int:
+    return sum(n for key, n in cluster.stats()["endpoints"].items() if key.startswith(prefix))
+
+
+def node_services(cluster: SimCluster, node: str = NODE, token: str = "") -> Dict[str, Any]:
+    data = cluster.get(cluster.live_server(), f"/v1/catalog/node/{node}?stale", token=token)
+    return {} if data is None else dict(data["Services"])
+
+
+def node_checks(cluster: SimCluster, node: str = NODE) -> Dict[str, Any]:
+    i = cluster.live_server()
+    return {c["CheckID"]: c for c in cluster.get(i, f"/v1/health/node/{node}?stale")}
+
+
+def client(cluster: SimCluster, i: int = 0, token: Optional[str] = None) -> Any:
+    host, port = cluster.host_port(i)
+    return consul.Consul(host=host, port=port, token=token)
+
+
+def test_first_sync_registers_second_writes_nothing_and_a_tag_change_is_one_write(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path, consul_cluster, [static("billing", 8080, ["b", "a", "a"]), static("queue", 9000)]
+    )
+    first = regagent(config, "sync")
+    assert first.returncode == 0, first.stderr
+    services = node_services(consul_cluster)
+    assert set(services) == {"billing-8080", "queue-9000"}
+    assert services["billing-8080"]["Tags"] == ["a", "b"]
+    assert services["billing-8080"]["Meta"]["managed-by"] == "regagent"
+    assert services["billing-8080"]["Address"] == "127.0.0.1"
+    node = consul_cluster.catalog_node_services(NODE)["Node"]
+    assert node["Meta"] == {"external-node": "true", "managed-by": "regagent", "rack": "r1"}
+    checks = node_checks(consul_cluster)
+    assert checks["service:billing-8080"]["Status"] == "passing"
+
+    consul_cluster.reset_stats()
+    second = regagent(config, "sync")
+    assert second.returncode == 0, second.stderr
+    assert "In sync" in second.stdout
+    stats = consul_cluster.stats()
+    assert stats["writes_applied"] == 0
+    assert stats["requests"] <= 2
+
+    write_config(
+        tmp_path, consul_cluster, [static("billing", 8080, ["a", "b", "c"]), static("queue", 9000)]
+    )
+    consul_cluster.reset_stats()
+    third = regagent(config, "sync")
+    assert third.returncode == 0, third.stderr
+    assert writes(consul_cluster) == 1
+    assert node_services(consul_cluster)["billing-8080"]["Tags"] == ["a", "b", "c"]
+
+
+def test_foreign_and_other_node_services_are_never_touched(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    api = client(consul_cluster)
+    api.catalog.register(NODE, "127.0.0.1", service={"ID": "web-80", "Service": "web", "Port": 80})
+    owned_elsewhere = {
+        "ID": "app-1",
+        "Service": "app",
+        "Port": 1,
+        "Meta": {"managed-by": "regagent"},
+    }
+    api.catalog.register("other-host", "127.0.0.2", service=owned_elsewhere)
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    assert regagent(config, "sync").returncode == 0
+    write_config(tmp_path, consul_cluster, [])
+    result = regagent(config, "sync")
+    assert result.returncode == 0, result.stderr
+    assert set(node_services(consul_cluster)) == {"web-80"}
+    assert not node_services(consul_cluster)["web-80"]["Meta"]
+    assert set(node_services(consul_cluster, "other-host")) == {"app-1"}
+
+
+def test_foreign_service_with_the_same_id_is_reported_not_overwritten(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    client(consul_cluster).catalog.register(
+        NODE, "127.0.0.1", service={"ID": "queue-9000", "Service": "queue", "Port": 9000}
+    )
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    result = regagent(config, "sync", "--dry-run")
+    assert "? skip queue-9000" in result.stdout
+    regagent(config, "sync")
+    assert not node_services(consul_cluster)["queue-9000"]["Meta"]
+
+
+def test_dry_run_writes_nothing_and_describes_the_plan(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000, ["x"])])
+    consul_cluster.reset_stats()
+    text = regagent(config, "sync", "--dry-run", "--detailed-exitcode")
+    assert text.returncode == 2, text.stderr
+    assert "+ register queue-9000: queue at 127.0.0.1:9000 tags=[x]" in text.stdout
+    assert "Dry run: nothing written" in text.stdout
+    as_json = regagent(config, "sync", "--dry-run", "--format", "json")
+    assert as_json.returncode == 0
+    report = json.loads(as_json.stdout)
+    assert report["dry_run"] is True and report["in_sync"] is False
+    assert [c["action"] for c in report["changes"]] == ["node", "register"]
+    assert report["changes"][1]["service"]["meta"] == {
+        "managed-by": "regagent",
+        "metrics_path": "/metrics",
+        "scheme": "http",
+    }
+    assert writes(consul_cluster) == 0
+    assert node_services(consul_cluster) == {}
+
+    regagent(config, "sync")
+    write_config(tmp_path, consul_cluster, [static("queue", 9000, ["y"])])
+    update = regagent(config, "sync", "--dry-run", "--format", "json")
+    change = json.loads(update.stdout)["changes"][-1]
+    assert change["action"] == "update"
+    assert change["diff"] == {"tags": {"old": ["x"], "new": ["y"]}}
+
+
+def test_first_server_stopped_sync_goes_through_the_second(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    consul_cluster.stop_server(0)
+    consul_cluster.wait_for_leader()
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    result = regagent(config, "sync")
+    assert result.returncode == 0, result.stderr
+    assert consul_cluster.addresses[1] in result.stdout
+    assert "queue-9000" in node_services(consul_cluster)
+
+
+def _engine(config_path: Path, services: List[ServiceRegistration]) -> SyncEngine:
+    config = load_config(str(config_path))
+    intents = [ServiceIntent(s, "static") for s in services]
+    return SyncEngine(config, ServerPool(config.consul), lambda address: intents)
+
+
+def test_black_holed_first_server_costs_one_timeout_then_is_skipped(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path, consul_cluster, [], consul={"cooldown_initial": "30s", "cooldown_max": "60s"}
+    )
+    engine = _engine(config, [ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1")])
+    consul_cluster.blackhole(0)
+    first = engine.cycle()
+    assert first.error is None
+    assert first.server == consul_cluster.addresses[1]
+    assert engine.pool.servers[0].requests == 1
+    assert engine.pool.servers[0].last_error == "no answer (read timed out)"
+    for _ in range(3):
+        later = engine.cycle()
+        assert later.error is None and later.plan is not None and later.plan.empty
+    assert engine.pool.servers[0].requests == 1  # cooling down: never asked again
+
+
+def test_quorum_lost_writes_fail_cleanly_reads_work_and_state_converges(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    assert regagent(config, "sync").returncode == 0
+    leader = consul_cluster.wait_for_leader()
+    followers = [i for i in range(3) if i != leader]
+    consul_cluster.stop_server(leader)
+    consul_cluster.stop_server(followers[0])
+    write_config(tmp_path, consul_cluster, [static("queue", 9000), static("cache", 6379)])
+
+    failed = regagent(config, "sync")
+    assert failed.returncode == 1
+    assert "no leader" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    planned = regagent(config, "sync", "--dry-run")  # stale reads still answer
+    assert planned.returncode == 0, planned.stderr
+    assert "+ register cache-6379" in planned.stdout
+    status = regagent(config, "status")
+    assert "queue-9000" in status.stdout
+    assert "NO LEADER" in status.stdout
+
+    consul_cluster.start_server(leader)
+    consul_cluster.wait_for_leader()
+    converged = regagent(config, "sync")
+    assert converged.returncode == 0, converged.stderr
+    assert set(node_services(consul_cluster)) == {"queue-9000", "cache-6379"}
+
+
+def test_acl_denial_names_the_missing_permission_and_is_not_sprayed(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    consul_cluster.set_acl(
+        {
+            "default_policy": "deny",
+            "tokens": {
+                "svc-only": {
+                    "AccessorID": "5d0c6b3e-0000-4000-8000-000000000001",
+                    "node_prefix": {"": "read"},
+                    "service_prefix": {"": "write"},
+                }
+            },
+        }
+    )
+    token = tmp_path / "token"
+    token.write_text("svc-only\n")
+    token.chmod(0o600)
+    config = write_config(
+        tmp_path, consul_cluster, [static("queue", 9000)], consul={"token_file": str(token)}
+    )
+    consul_cluster.reset_stats()
+    result = regagent(config, "sync")
+    assert result.returncode == 1
+    assert "lacks permission 'node:write'" in result.stderr
+    assert "svc-only" not in result.stderr + result.stdout  # the secret is never printed
+    assert endpoint_count(consul_cluster, REGISTER) == 1  # refused once, not tried on others
+
+
+def test_half_finished_apply_is_completed_by_the_next_cycle(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    accessor = "5d0c6b3e-0000-4000-8000-000000000002"
+    only_a = {
+        "AccessorID": accessor,
+        "node_prefix": {"": "write"},
+        "service_prefix": {"a": "write"},
+    }
+    consul_cluster.set_acl({"default_policy": "deny", "tokens": {"tok": only_a}})
+    config = write_config(
+        tmp_path, consul_cluster, [static("a-svc", 1), static("b-svc", 2)], consul={"token": "tok"}
+    )
+    half = regagent(config, "sync")
+    assert half.returncode == 1
+    assert set(node_services(consul_cluster, token="tok")) == {"a-svc-1"}
+    consul_cluster.set_acl(
+        {"default_policy": "deny", "tokens": {"tok": {**only_a, "service_prefix": {"": "write"}}}}
+    )
+    consul_cluster.reset_stats()
+    rest = regagent(config, "sync")
+    assert rest.returncode == 0, rest.stderr
+    assert set(node_services(consul_cluster, token="tok")) == {"a-svc-1", "b-svc-2"}
+    assert writes(consul_cluster) == 1
+
+
+def test_run_keeps_running_with_every_server_down_and_registers_when_one_returns(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    for i in range(3):
+        consul_cluster.stop_server(i)
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "regagent", "-c", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        assert daemon.poll() is None, "run must survive every server being down"
+        for i in range(3):
+            consul_cluster.start_server(i)
+        consul_cluster.wait_for_leader()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "queue-9000" not in node_services(consul_cluster):
+            time.sleep(0.2)
+        assert "queue-9000" in node_services(consul_cluster)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            _, err = daemon.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.communicate()
+            raise
+    assert daemon.returncode == 0
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert "sync_failed" in events and "sync_recovered" in events and "stopped" in events
+
+
+def test_node_owned_by_a_consul_agent_is_refused(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    server_node = consul_cluster.stats()["servers"][0]["node"]
+    config = write_config(
+        tmp_path, consul_cluster, [static("queue", 9000)], node={"name": server_node}
+    )
+    result = regagent(config, "sync")
+    assert result.returncode == 1
+    assert "serfHealth" in result.stderr and "mode: agent" in result.stderr
+    assert "queue-9000" not in node_services(consul_cluster, server_node)
+
+
+def test_client_environment_does_not_redirect_the_pool(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    env = {"CONSUL_HTTP_ADDR": "127.0.0.1:1", "CONSUL_HTTP_SSL": "true"}
+    result = regagent(config, "sync", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "queue-9000" in node_services(consul_cluster)
+
+
+def test_deregister_removes_only_owned_services_and_an_empty_node(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    assert regagent(config, "sync").returncode == 0
+    refused = regagent(config, "deregister")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert "queue-9000" in node_services(consul_cluster)
+    done = regagent(config, "deregister", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "- deregistered queue-9000" in done.stdout
+    assert consul_cluster.catalog_node_services(NODE) is None
+
+    assert regagent(config, "sync").returncode == 0
+    client(consul_cluster).catalog.register(
+        NODE, "127.0.0.1", service={"ID": "web-80", "Service": "web", "Port": 80}
+    )
+    assert regagent(config, "deregister", "--yes").returncode == 0
+    assert set(node_services(consul_cluster)) == {"web-80"}
+
+
+def test_no_server_reachable_says_so_and_still_shows_the_desired_state(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "consul": {"servers": ["127.0.0.1:1", "127.0.0.1:2"], "connect_timeout": "500ms"},
+                "node": {"name": NODE},
+                "discovery": {"enabled": False},
+                "sync": {"state_dir": str(tmp_path)},
+                "services": [static("queue", 9000)],
+            }
+        )
+    )
+    result = regagent(config, "sync", "--dry-run")
+    assert result.returncode == 1
+    assert "queue-9000" in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "connection refused" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_status_shows_registrations_and_each_server(
+    consul_cluster: SimCluster, tmp_path: Path, fmt: str
+) -> None:
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    assert regagent(config, "sync").returncode == 0
+    consul_cluster.stop_server(2)
+    result = regagent(config, "status", "--format", fmt)
+    assert result.returncode == 0, result.stderr
+    if fmt == "json":
+        report = json.loads(result.stdout)
+        assert [s["reachable"] for s in report["servers"]] == [True, True, False]
+        assert report["services"][0]["check"]["status"] == "passing"
+    else:
+        assert f"{consul_cluster.addresses[2]}: unreachable (connection refused)" in result.stdout
+        assert "queue-9000 127.0.0.1:9000 [passing" in result.stdout
