@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional
 import consul
 import pytest
 import yaml
-from consulsim import SimCluster
 
+from consulsim import SimCluster
 from regagent.config import load_config
 from regagent.consul_pool import ServerPool
 from regagent.model import ServiceIntent, ServiceRegistration
@@ -61,6 +61,7 @@ def regagent(
     return subprocess.run(
         [sys.executable, "-m", "regagent", "-c", str(config), *args],
         capture_output=True,
+        check=False,
         text=True,
         timeout=timeout,
         env=full_env,
