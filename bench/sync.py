@@ -1,0 +1,149 @@
+"""Sync-cycle costs against the three-server emulator, measured side by side in one run.
+
+Prints: requests and writes per steady-state cycle (goal: 0 writes, <= 2 reads); the extra time
+a cycle pays with server 1 stopped and with server 1 black-holed (first cycle and later ones);
+the time to register 50 services from an empty catalog.
+
+    python3 bench/sync.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from consulsim import SimCluster
+from regagent.config import load_config
+from regagent.consul_pool import ServerPool
+from regagent.logs import configure_logging
+from regagent.model import ServiceIntent, ServiceRegistration
+from regagent.sync import SyncEngine
+
+READ_TIMEOUT = 1.0
+CYCLES = 15
+_engines = 0
+
+
+def make_engine(cluster: SimCluster, workdir: Path, services: int) -> SyncEngine:
+    """A fresh engine (fresh pool) for its own node, so scenarios do not disturb each other."""
+    global _engines
+    _engines += 1
+    path = workdir / f"regagent-{_engines}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "consul": {
+                    "servers": cluster.addresses,
+                    "connect_timeout": "1s",
+                    "read_timeout": f"{READ_TIMEOUT}s",
+                    "cooldown_initial": "60s",
+                    "cooldown_max": "120s",
+                },
+                "node": {"name": f"bench-host-{_engines}", "address": "127.0.0.1"},
+                "discovery": {"enabled": False},
+                "sync": {"state_dir": str(workdir)},
+            }
+        )
+    )
+    config = load_config(str(path))
+    intents = [
+        ServiceIntent(
+            ServiceRegistration(f"svc{i}-{9000 + i}", f"svc{i}", 9000 + i, "127.0.0.1", ("bench",)),
+            "static",
+        )
+        for i in range(services)
+    ]
+    return SyncEngine(config, ServerPool(config.consul), lambda address: intents)
+
+
+def timed(engine: SyncEngine) -> float:
+    started = time.perf_counter()
+    result = engine.cycle()
+    if result.error is not None:
+        raise SystemExit(f"cycle failed: {result.error}")
+    return time.perf_counter() - started
+
+
+def median_ms(samples: List[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def cycles(engine: SyncEngine, n: int) -> List[float]:
+    return [timed(engine) for _ in range(n)]
+
+
+def scenario(
+    cluster: SimCluster, workdir: Path, fault: Callable[[], None], heal: Callable[[], None]
+) -> tuple[float, float]:
+    """(first cycle, median of later cycles) in ms for a fresh engine under `fault`."""
+    engine = make_engine(cluster, workdir, 10)
+    fault()
+    try:
+        first = timed(engine)
+        later = cycles(engine, CYCLES)
+    finally:
+        heal()
+    return first * 1000, median_ms(later)
+
+
+def main() -> None:
+    configure_logging("error")
+    cluster = SimCluster(servers=3, election_delay="0.2s", rpc_hold="0.2s")
+    with cluster, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        engine = make_engine(cluster, workdir, 50)
+        cluster.reset_stats()
+        started = time.perf_counter()
+        timed(engine)
+        register_50 = time.perf_counter() - started
+        initial_writes = cluster.stats()["writes_applied"]
+
+        cluster.reset_stats()
+        cycles(engine, CYCLES)
+        stats = cluster.stats()
+        per_cycle_requests = stats["requests"] / CYCLES
+        per_cycle_writes = stats["writes_applied"] / CYCLES
+
+        base_engine = make_engine(cluster, workdir, 10)
+        timed(base_engine)
+        baseline = median_ms(cycles(base_engine, CYCLES))
+
+        stopped_first, stopped_later = scenario(
+            cluster, workdir, lambda: cluster.stop_server(0), lambda: cluster.start_server(0)
+        )
+        cluster.wait_for_leader()
+        holed_first, holed_later = scenario(
+            cluster, workdir, lambda: cluster.blackhole(0), lambda: cluster.blackhole(0, False)
+        )
+
+    print("regagent sync benchmark (three-server emulator on loopback)")
+    print(
+        f"  register 50 services from empty: {register_50 * 1000:8.1f} ms ({initial_writes} writes)"
+    )
+    print(
+        f"  steady state, per cycle: {per_cycle_requests:.2f} requests, "
+        f"{per_cycle_writes:.2f} writes   (goal: <= 2 reads, 0 writes)"
+    )
+    print(f"  baseline cycle (10 services, all servers up): {baseline:8.2f} ms")
+    print(
+        f"  server 1 stopped:     first cycle {stopped_first:8.2f} ms "
+        f"(+{stopped_first - baseline:.2f}), later {stopped_later:8.2f} ms "
+        f"(x{stopped_later / baseline:.2f} of baseline)"
+    )
+    print(
+        f"  server 1 black-holed: first cycle {holed_first:8.2f} ms "
+        f"(+{holed_first - baseline:.2f}; read timeout {READ_TIMEOUT * 1000:.0f} ms), "
+        f"later {holed_later:8.2f} ms (x{holed_later / baseline:.2f} of baseline)"
+    )
+
+
+if __name__ == "__main__":
+    main()
