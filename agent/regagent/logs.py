@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, List, TextIO
+from typing import Any, List, Optional, TextIO
 
 import structlog
 
@@ -16,8 +16,12 @@ LEVELS = {
 }
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO = sys.stderr) -> None:
-    """Set up structlog once per process; `fmt` is auto, json or console."""
+def configure_logging(
+    level: str = "info", fmt: str = "auto", stream: Optional[TextIO] = None
+) -> None:
+    """Set up structlog for the process; `fmt` is auto, json or console. Logs go to stderr."""
+    # Looked up at call time, not import time, so a replaced sys.stderr (tests) is honoured.
+    stream = sys.stderr if stream is None else stream
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     processors: List[Any] = [
         structlog.processors.add_log_level,

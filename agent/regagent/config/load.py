@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+import structlog
 import yaml
 
 from regagent.errors import ConfigError
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/regagent/conf.d"
 CONFIG_ENV = "REGAGENT_CONFIG"
@@ -41,23 +44,37 @@ def config_files(path: str) -> List[Path]:
     """The files that make up the configuration at `path`, in merge order."""
     target = Path(path)
     if target.is_dir():
-        return sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        try:
+            entries = sorted(target.iterdir())
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot list directory: {exc.strerror or exc}"]) from None
+        files = [p for p in entries if p.suffix in (".yaml", ".yml") and p.is_file()]
+        ignored = [p.name for p in entries if p not in files]
+        if ignored:
+            log.debug("config_files_ignored", directory=path, names=ignored)
+        if not files:
+            log.warning("config_directory_empty", directory=path, using="built-in defaults")
+        return files
     if target.exists():
         return [target]
     raise ConfigError([f"{path}: no such file or directory"])
 
 
 def resolve_config_path(cli_value: str | None) -> str:
+    """-c PATH, else $REGAGENT_CONFIG, else the default conf.d."""
     return cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}: line {line}: not UTF-8 text ({exc.reason})"]) from None
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -75,6 +92,10 @@ def _merge(
     for key, value in source.items():
         here = (*path, key)
         current = target.get(key)
+        if value is None and (isinstance(current, dict) or here in _list_keys()):
+            # `consul:` with every line below it commented out reads as null; it must not
+            # throw away what earlier files set (an empty mapping would change nothing either).
+            continue
         if isinstance(current, dict) and isinstance(value, dict):
             _merge(current, value, here, src, doc)
             continue
@@ -119,6 +140,7 @@ def load_documents(path: str) -> MergedDocument:
         _merge(doc.data, content, (), str(file), doc)
     if problems:
         raise ConfigError(problems)
+    log.debug("config_loaded", path=path, files=doc.files)
     return doc
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -35,8 +36,9 @@ def parse_duration(text: Union[str, int, float]) -> float:
     if isinstance(text, bool):
         raise ValueError(f"{text!r} is not a duration")
     if isinstance(text, (int, float)):
-        if text < 0:
-            raise ValueError(f"{text} is not a duration (negative)")
+        # YAML's .nan and .inf are floats too; neither is a usable interval.
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"{text} is not a duration")
         return float(text)
     match = _DURATION_RE.match(text)
     if not match:
@@ -53,18 +55,25 @@ def format_path(path: KeyPath) -> str:
 
 def meta_problems(meta: Dict[str, str]) -> List[str]:
     """Consul's own Meta rules (structs.ValidateServiceMetadata), checked before Consul does."""
-    problems = []
+    return [message for _, message in _meta_problems_by_key(meta)]
+
+
+def _meta_problems_by_key(meta: Dict[str, str]) -> List[Tuple[Optional[str], str]]:
+    """Each problem with the key it is about, so it can be traced to the file that set that key."""
+    problems: List[Tuple[Optional[str], str]] = []
     if len(meta) > META_MAX_PAIRS:
-        problems.append(f"has {len(meta)} pairs; Consul allows at most {META_MAX_PAIRS}")
+        # Name the key that went over the limit: after a merge, its file is the one to trim.
+        over = list(meta)[META_MAX_PAIRS]
+        problems.append((over, f"has {len(meta)} pairs; Consul allows at most {META_MAX_PAIRS}"))
     for key, value in meta.items():
         if not META_KEY_RE.match(key):
-            problems.append(f"key {key!r} may contain only letters, digits, '_' and '-'")
+            problems.append((key, f"key {key!r} may contain only letters, digits, '_' and '-'"))
         elif len(key) > META_KEY_MAX:
-            problems.append(f"key {key[:20]!r}... is longer than {META_KEY_MAX} characters")
+            problems.append((key, f"key {key[:20]!r}... is longer than {META_KEY_MAX} characters"))
         elif key.startswith("consul-"):
-            problems.append(f"key {key!r} uses the prefix 'consul-', which Consul reserves")
+            problems.append((key, f"key {key!r} uses the prefix 'consul-', which Consul reserves"))
         if len(value) > META_VALUE_MAX:
-            problems.append(f"value of {key!r} is longer than {META_VALUE_MAX} characters")
+            problems.append((key, f"value of {key!r} is longer than {META_VALUE_MAX} characters"))
     return problems
 
 
@@ -72,9 +81,13 @@ class _Validator:
     def __init__(self, doc: MergedDocument) -> None:
         self.doc = doc
         self.problems: List[str] = []
+        # Every section or list item that validated cleanly, by key path, for the cross-checks.
+        self.built: Dict[KeyPath, Any] = {}
 
-    def report(self, path: KeyPath, message: str) -> None:
-        self.problems.append(f"{self.doc.origin(path)}: {format_path(path)}: {message}")
+    def report(self, path: KeyPath, message: str, origin: Optional[KeyPath] = None) -> None:
+        """Records a problem at `path`, naming the file that set `origin` (default: `path`)."""
+        where = self.doc.origin(path if origin is None else origin)
+        self.problems.append(f"{where}: {format_path(path)}: {message}")
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -84,6 +97,7 @@ class _Validator:
         if not isinstance(raw, dict):
             self.report(path, f"expected a mapping, got {_describe(raw)}")
             return _INVALID
+        problems_before = len(self.problems)
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         hints = get_type_hints(cls)
         kwargs: Dict[str, Any] = {}
@@ -97,12 +111,20 @@ class _Validator:
         for name, f in fields.items():
             if f.metadata.get("required") and name not in raw:
                 self.report((*path, name), "is required")
-        try:
-            return cls(**kwargs)
-        except TypeError:  # only reachable after a reported problem dropped a field
+        if path and len(self.problems) > problems_before:
+            # A section with a problem must not reach the cross-checks with placeholder
+            # defaults (a service without a port would become `<name>-0`). The top level is
+            # still built, from its valid sections, so the cross-checks can run on those.
             return _INVALID
+        built = cls(**kwargs)
+        self.built[path] = built
+        return built
 
     def value(self, hint: Any, raw: Any, path: KeyPath, meta: Any) -> Any:
+        if meta.get("secret") and raw is not None and not isinstance(raw, str):
+            # The usual message quotes the value; for a token that would print the secret.
+            self.report(path, "expected a string (the value is secret and not shown)")
+            return _INVALID
         kind = meta.get("kind")
         origin = getattr(hint, "__origin__", None)
         args: Tuple[Any, ...] = tuple(getattr(hint, "__args__", ()))
@@ -122,6 +144,8 @@ class _Validator:
         return self.scalar(hint, raw, path)
 
     def sequence(self, item: Any, raw: Any, path: KeyPath) -> Any:
+        if raw is None:  # `tags:` with every item commented out
+            return ()
         if not isinstance(raw, list):
             self.report(path, f"expected a list, got {_describe(raw)}")
             return _INVALID
@@ -185,6 +209,8 @@ class _Validator:
         return _INVALID
 
     def port_list(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        if raw is None:
+            return ()
         if not isinstance(raw, list):
             self.report(path, f"expected a list of ports, got {_describe(raw)}")
             return _INVALID
@@ -192,6 +218,8 @@ class _Validator:
         return tuple(p for p in ports if p is not _INVALID)
 
     def port_ranges(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        if raw is None:
+            return ()
         if not isinstance(raw, list):
             self.report(
                 path, f"expected a list of port ranges like '9100-9199', got {_describe(raw)}"
@@ -271,8 +299,8 @@ class _Validator:
         values = self.string_map(raw, path)
         if values is _INVALID:
             return values
-        for problem in meta_problems(values):
-            self.report(path, problem)
+        for key, problem in _meta_problems_by_key(values):
+            self.report(path, problem, origin=path if key is None else (*path, key))
         return values
 
     def node_meta(self, raw: Any, path: KeyPath, meta: Any) -> Any:
@@ -314,6 +342,9 @@ _KIND_CHECKS = {
 
 
 def hostport_problem(text: str) -> Optional[str]:
+    if "://" in text:
+        # A common slip: a URL where host:port belongs. The scheme has its own key.
+        return f"{text!r} is a URL; write host:port and set consul.scheme instead"
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         return f"{text!r} is not host:port"
@@ -322,8 +353,14 @@ def hostport_problem(text: str) -> Optional[str]:
     if host.startswith("["):
         if not host.endswith("]"):
             return f"{text!r}: unbalanced brackets around the IPv6 address"
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{text!r}: {host[1:-1]!r} in brackets is not an IPv6 address"
     elif ":" in host:
         return f"{text!r}: write IPv6 addresses in brackets, e.g. [::1]:8500"
+    elif any(c.isspace() for c in host):
+        return f"{text!r}: the host name contains white space"
     return None
 
 
@@ -332,11 +369,16 @@ def token_file_problem(path: str) -> Optional[str]:
     try:
         info = os.stat(path)
         with open(path, encoding="utf-8") as handle:
-            handle.read(1)
+            empty = not handle.read().strip()
     except OSError as exc:
         return f"token file {path} is not readable: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return f"token file {path} is not UTF-8 text"
     if info.st_mode & stat.S_IROTH:
         return f"token file {path} is world-readable; run: chmod o-rwx {path}"
+    if empty:
+        # Caught here so check-config finds it, not the first sync.
+        return f"token file {path} is empty"
     return None
 
 
@@ -391,33 +433,58 @@ def service_id(service: ServiceConfig) -> str:
     return service.id or f"{service.name}-{service.port}"
 
 
-def _cross_checks(validator: _Validator, config: Config) -> None:
+def _duplicate_service_ids(validator: _Validator, count: int) -> None:
+    """Consul keys services by ID on a node: a second one would silently replace the first."""
     seen: Dict[str, int] = {}
-    for index, service in enumerate(config.services):
+    for index in range(count):
+        service = validator.built.get(("services", index))
+        if service is None:  # invalid, already reported
+            continue
         sid = service_id(service)
-        if sid in seen:
+        if sid not in seen:
+            seen[sid] = index
+            continue
+        first = seen[sid]
+        first_file = validator.doc.origin(("services", first))
+        also = f"services[{first}]"
+        if first_file != validator.doc.origin(("services", index)):
+            also += f" in {first_file}"
+        if service.id:
             validator.report(
-                ("services", index, "id"),
-                f"duplicate service ID {sid!r} (also services[{seen[sid]}])",
+                ("services", index, "id"), f"duplicate service ID {sid!r} (also {also})"
             )
         else:
-            seen[sid] = index
-    if config.consul.cooldown_initial > config.consul.cooldown_max:
-        validator.report(("consul", "cooldown_initial"), "is longer than consul.cooldown_max")
-    if config.sync.interval <= 0:
-        validator.report(("sync", "interval"), "must be longer than 0s")
-    if config.sync.jitter >= config.sync.interval > 0:
-        validator.report(("sync", "jitter"), "must be shorter than sync.interval")
-    tls = config.consul.tls
-    if bool(tls.cert_file) != bool(tls.key_file):
-        validator.report(("consul", "tls"), "cert_file and key_file must be set together")
+            validator.report(
+                ("services", index),
+                f"duplicate service ID {sid!r}, derived from name and port (also {also}); "
+                "set a distinct id",
+            )
+
+
+def _cross_checks(validator: _Validator, config: Config) -> None:
+    """Rules across fields; each runs only on sections that validated cleanly."""
+    raw_services = validator.doc.data.get("services")
+    if isinstance(raw_services, list):
+        _duplicate_service_ids(validator, len(raw_services))
+    if ("consul",) in validator.built:
+        consul = config.consul
+        if consul.cooldown_initial > consul.cooldown_max:
+            validator.report(("consul", "cooldown_initial"), "is longer than consul.cooldown_max")
+        if bool(consul.tls.cert_file) != bool(consul.tls.key_file):
+            validator.report(("consul", "tls"), "cert_file and key_file must be set together")
+    if ("sync",) in validator.built:
+        if config.sync.interval <= 0:
+            validator.report(("sync", "interval"), "must be longer than 0s")
+        if config.sync.jitter >= config.sync.interval > 0:
+            validator.report(("sync", "jitter"), "must be shorter than sync.interval")
 
 
 def validate(doc: MergedDocument) -> Config:
     """The typed configuration, or ConfigError listing every problem."""
     validator = _Validator(doc)
     config = validator.build(Config, doc.data, ())
-    if config is not _INVALID and not validator.problems:
+    if config is not _INVALID:
+        # Run even when other problems were found: all errors are reported in one go.
         _cross_checks(validator, config)
     if validator.problems:
         raise ConfigError(validator.problems)
