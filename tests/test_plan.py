@@ -26,7 +26,9 @@ def service(
     tags: Tuple[str, ...] = ("node",),
     meta: Optional[Dict[str, str]] = None,
 ) -> ServiceRegistration:
-    return ServiceRegistration(sid, sid.split("-")[0], port, "10.0.0.5", tags, meta or dict(OWNED))
+    return ServiceRegistration(
+        sid, sid.split("-", maxsplit=1)[0], port, "10.0.0.5", tags, meta or dict(OWNED)
+    )
 
 
 def check(sid: str, status: str = PASSING, output: str = "ok") -> CheckState:
