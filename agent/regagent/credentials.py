@@ -10,6 +10,7 @@ from regagent.errors import ConfigError
 
 
 def load_token(config: ConsulConfig) -> Optional[str]:
+    """The ACL token to send (token_file, else CONSUL_HTTP_TOKEN, else consul.token), or None."""
     if config.token_file:
         try:
             with open(config.token_file, encoding="utf-8") as handle:

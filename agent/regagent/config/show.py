@@ -11,6 +11,7 @@ MASK = "********"
 
 
 def format_duration(seconds: float) -> str:
+    """Seconds back into the largest whole unit the config accepts: 300.0 -> `5m`."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
@@ -18,6 +19,7 @@ def format_duration(seconds: float) -> str:
 
 
 def to_plain(value: Any, metadata: Any = None) -> Any:
+    """A config value as YAML/JSON-ready data, written as a user would write it."""
     kind = (metadata or {}).get("kind")
     if (metadata or {}).get("secret") and value:
         return MASK
@@ -37,5 +39,6 @@ def to_plain(value: Any, metadata: Any = None) -> Any:
 
 
 def effective_config(config: Config) -> Dict[str, Any]:
+    """The whole configuration as plain data, defaults filled in and secrets masked."""
     plain: Dict[str, Any] = to_plain(config)
     return plain

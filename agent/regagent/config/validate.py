@@ -47,6 +47,7 @@ def parse_duration(text: Union[str, int, float]) -> float:
 
 
 def format_path(path: KeyPath) -> str:
+    """`("services", 0, "port")` -> `services[0].port`, as the user would point at it."""
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -342,6 +343,7 @@ _KIND_CHECKS = {
 
 
 def hostport_problem(text: str) -> Optional[str]:
+    """Why `text` is not a usable host:port ([v6]:port for IPv6), or None if it is."""
     if "://" in text:
         # A common slip: a URL where host:port belongs. The scheme has its own key.
         return f"{text!r} is a URL; write host:port and set consul.scheme instead"
@@ -430,6 +432,7 @@ def _did_you_mean(key: Any, fields: Dict[str, Any]) -> str:
 
 
 def service_id(service: ServiceConfig) -> str:
+    """The Consul service ID: the configured `id`, else `<name>-<port>`."""
     return service.id or f"{service.name}-{service.port}"
 
 
