@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from structlog.testing import capture_logs
 
 from regagent.config.model import Config, DiscoveryConfig, ExporterOverride, SyncConfig
 from regagent.discovery.command import discover_command
@@ -35,7 +36,12 @@ from regagent.discovery.identify import (
     Finding,
     discover,
 )
-from regagent.discovery.listeners import listening_sockets_netlink, listening_sockets_proc
+from regagent.discovery.listeners import (
+    Listener,
+    listening_sockets,
+    listening_sockets_netlink,
+    listening_sockets_proc,
+)
 from regagent.discovery.processes import ProcessResolver
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.model import CRITICAL, PASSING
@@ -123,6 +129,16 @@ def config_for(*ports: int, tmp: Path, **discovery: object) -> Config:
     return Config(discovery=settings, sync=SyncConfig(state_dir=str(tmp), deregister_after=3600))
 
 
+def only(*ports: int) -> Callable[[], List[Listener]]:
+    """Real listener discovery, restricted to the test's own ports: other listeners on this
+    host (a developer's exporters, other tests' servers) must not change the outcome."""
+
+    def listeners() -> List[Listener]:
+        return [lst for lst in listening_sockets() if lst.port in ports]
+
+    return listeners
+
+
 def by_port(result: DiscoveryResult) -> Dict[int, Finding]:
     return {f.port: f for f in result.findings}
 
@@ -137,7 +153,7 @@ def test_real_node_exporter_on_wildcard_is_identified_with_version(
     start: Callable[..., Started], tmp_path: Path
 ) -> None:
     node = start("node_exporter", "")
-    result = discover(config_for(node.port, tmp=tmp_path))
+    result = discover(config_for(node.port, tmp=tmp_path), list_listeners=only(node.port))
     finding = by_port(result)[node.port]
     assert finding.outcome == IDENTIFIED
     assert finding.exporter == "node_exporter"
@@ -165,7 +181,10 @@ def test_prometheus_client_posing_as_exporters(
     mysqld = start("exporter", "0.0.0.0", "mysqld_exporter_build_info", "0.14.0")
     redis = start("exporter", "127.0.0.1", "redis_exporter_build_info", "v1.50.0")
     ipv6 = start("exporter", "::1", "postgres_exporter_build_info", "0.12.1")
-    result = discover(config_for(mysqld.port, redis.port, ipv6.port, tmp=tmp_path))
+    result = discover(
+        config_for(mysqld.port, redis.port, ipv6.port, tmp=tmp_path),
+        list_listeners=only(mysqld.port, redis.port, ipv6.port),
+    )
     found = by_port(result)
     assert (found[mysqld.port].exporter, found[mysqld.port].version) == (
         "mysqld_exporter",
@@ -183,7 +202,9 @@ def test_ipv6_wildcard_listener_is_probed_on_ipv6_loopback(
     start: Callable[..., Started], tmp_path: Path
 ) -> None:
     server = start("exporter", "::", "memcached_exporter_build_info", "0.11.0")
-    finding = by_port(discover(config_for(server.port, tmp=tmp_path)))[server.port]
+    finding = by_port(
+        discover(config_for(server.port, tmp=tmp_path), list_listeners=only(server.port))
+    )[server.port]
     assert finding.address_kind == WILDCARD
     assert finding.probe_address == "::1"
     assert (finding.exporter, finding.version) == ("memcached_exporter", "0.11.0")
@@ -217,7 +238,7 @@ def test_unknown_exporter_registered_only_with_register_unknown(
 ) -> None:
     custom = start("exporter", "0.0.0.0", "acme_app_build_info", "2.3.4")
     off = config_for(custom.port, tmp=tmp_path)
-    runner = DiscoveryRunner()
+    runner = DiscoveryRunner(list_listeners=only(custom.port))
     result, desired = runner.run(off, NODE, now=1_000_000.0, persist=False)
     assert result is not None
     finding = by_port(result)[custom.port]
@@ -251,8 +272,9 @@ def test_discover_command_text_and_json(start: Callable[..., Started], tmp_path:
     loop = start("exporter", "127.0.0.1", "mysqld_exporter_build_info", "0.14.0")
     html = start("html", "127.0.0.1")
     config = config_for(node.port, loop.port, html.port, tmp=tmp_path)
+    runner = DiscoveryRunner(list_listeners=only(node.port, loop.port, html.port))
     out = io.StringIO()
-    assert discover_command(config, NODE, "json", out) == 0
+    assert discover_command(config, NODE, "json", out, runner=runner) == 0
     doc = json.loads(out.getvalue())
     rows = {row["port"]: row for row in doc["listeners"]}
     assert rows[node.port]["outcome"] == "identified"
@@ -266,7 +288,7 @@ def test_discover_command_text_and_json(start: Callable[..., Started], tmp_path:
     assert not (tmp_path / "discovered.json").exists()  # discover never writes state
 
     text = io.StringIO()
-    assert discover_command(config, NODE, "text", text) == 0
+    assert discover_command(config, NODE, "text", text, runner=runner) == 0
     report = text.getvalue()
     assert f"node-exporter-{node.port}" in report
     assert "loopback only" in report
@@ -283,7 +305,7 @@ def test_vanish_and_return_within_grace_then_expiry(
         discovery=config.discovery,
         sync=SyncConfig(state_dir=str(tmp_path), deregister_after=600.0),
     )
-    runner = DiscoveryRunner()
+    runner = DiscoveryRunner(list_listeners=only(port))
     exporter = start("exporter", "0.0.0.0", "node_exporter_build_info", "1.5.0", port=port)
     t0 = 1_800_000_000.0
     (present,) = runner.cycle(config, NODE, t0)
@@ -314,13 +336,15 @@ def test_vanished_exporter_dropped_after_deregister_after(
     )
     exporter = start("exporter", "0.0.0.0", "redis_exporter_build_info", "1.0", port=port)
     t0 = 1_800_000_000.0
-    assert len(DiscoveryRunner().cycle(config, NODE, t0)) == 1
+    assert len(DiscoveryRunner(list_listeners=only(port)).cycle(config, NODE, t0)) == 1
     stop(exporter.proc)
     # A new runner: the state on disk, not memory, carries the first/last-seen times.
-    assert [i.status[0] for i in DiscoveryRunner().cycle(config, NODE, t0 + 60) if i.status] == [
-        CRITICAL
-    ]
-    assert DiscoveryRunner().cycle(config, NODE, t0 + 61) == ()
+    assert [
+        i.status[0]
+        for i in DiscoveryRunner(list_listeners=only(port)).cycle(config, NODE, t0 + 60)
+        if i.status
+    ] == [CRITICAL]
+    assert DiscoveryRunner(list_listeners=only(port)).cycle(config, NODE, t0 + 61) == ()
     state = json.loads((tmp_path / "discovered.json").read_text())
     assert state["services"] == {}
 
@@ -329,7 +353,9 @@ def test_corrupt_state_is_rebuilt_not_fatal(start: Callable[..., Started], tmp_p
     server = start("exporter", "0.0.0.0", "redis_exporter_build_info", "1.0")
     (tmp_path / "discovered.json").write_text("{ this is not json")
     config = config_for(server.port, tmp=tmp_path)
-    (intent,) = DiscoveryRunner().cycle(config, NODE, 1_800_000_000.0)
+    (intent,) = DiscoveryRunner(list_listeners=only(server.port)).cycle(
+        config, NODE, 1_800_000_000.0
+    )
     assert intent.status is not None and intent.status[0] == PASSING
     state = json.loads((tmp_path / "discovered.json").read_text())
     assert list(state["services"]) == [f"redis-exporter-{server.port}"]
@@ -345,7 +371,9 @@ def test_override_renames_and_tags(start: Callable[..., Started], tmp_path: Path
             ExporterOverride(port=server.port, meta={"team": "db"}),
         ),
     )
-    (intent,) = DiscoveryRunner().cycle(config, NODE, 1_800_000_000.0)
+    (intent,) = DiscoveryRunner(list_listeners=only(server.port)).cycle(
+        config, NODE, 1_800_000_000.0
+    )
     assert intent.service.id == f"redis-cache-{server.port}"
     assert intent.service.tags == ("cache", "redis_exporter")
     assert intent.service.meta["team"] == "db"
@@ -426,3 +454,18 @@ def test_discover_works_unprivileged_with_process_unknown(
     assert rows[server.port]["process"] is None
     assert rows[server.port]["exporter"] == "mysqld_exporter"
     assert rows[server.port]["version"] == "0.14.0"
+
+
+def test_loopback_only_exporter_is_reported_once(
+    start: Callable[..., Started], tmp_path: Path
+) -> None:
+    server = start("exporter", "127.0.0.1", "redis_exporter_build_info", "1.0")
+    config = config_for(server.port, tmp=tmp_path)
+    runner = DiscoveryRunner(list_listeners=only(server.port))
+    with capture_logs() as logs:
+        for step in range(3):
+            assert runner.cycle(config, NODE, 1_800_000_000.0 + step) == ()
+    reports = [e for e in logs if e["event"] == "exporter not registered"]
+    assert len(reports) == 1
+    assert reports[0]["log_level"] == "warning"
+    assert reports[0]["listener"] == f"127.0.0.1:{server.port}"

@@ -206,7 +206,7 @@ def _finding_row(finding: Finding, desired: DesiredServices) -> List[str]:
         what = finding.reason
     else:
         what = f"not an exporter: {finding.reason}"
-    if finding.candidate_reasons and finding.outcome != NOT_CANDIDATE:
+    if finding.candidate_reasons and finding.outcome not in (IDENTIFIED, NOT_CANDIDATE):
         what += f" [candidate: {'; '.join(finding.candidate_reasons)}]"
     service_id = desired.by_port.get(finding.port)
     if service_id is not None:

@@ -80,7 +80,10 @@ class DiscoveryRunner:
             key = (item.port, item.endpoints, item.reason)
             if key not in self._reported:
                 self._reported.add(key)
-                log.warning(
+                # Loopback-only is a likely misconfiguration (Prometheus cannot scrape it);
+                # the other reasons are choices made in the configuration.
+                report = log.warning if item.reason.startswith("listens on loopback") else log.info
+                report(
                     "exporter not registered",
                     listener=item.endpoints,
                     exporter=item.exporter,
