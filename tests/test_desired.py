@@ -317,3 +317,13 @@ def test_pure_same_inputs_same_outputs() -> None:
     first = build_intents(config, NODE, DiscoveryResult(findings), NOW)
     second = build_intents(config, NODE, DiscoveryResult(findings), NOW)
     assert first == second
+
+
+def test_rename_supersedes_the_old_registration_on_the_same_port() -> None:
+    previous = {"node-exporter-9100": seen_entry(NOW - 100, NOW - 50)}
+    config = Config(
+        discovery=DiscoveryConfig(overrides=(ExporterOverride(port=9100, name="node"),))
+    )
+    result = run(config, finding(), previous=previous)
+    assert ids(result.intents) == ["node-9100"]
+    assert list(result.seen) == ["node-9100"]

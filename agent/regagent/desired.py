@@ -14,7 +14,8 @@ Rules (design decisions 3, 4 and 9):
 - A discovered exporter that is identified now is passing, with stable output text. One that
   was seen before but is gone stays registered as critical ("not listening on :9100 since ...")
   until `sync.deregister_after` has passed since it was last seen, then it is dropped.
-- A static service wins over a discovered one on the same ID or port.
+- A static service wins over a discovered one on the same ID or port, and a present exporter
+  supersedes a vanished one that was registered on the same port (e.g. after a rename).
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ def build_intents(
     expired: List[str] = []
     for sid, entry in sorted(previous.items()):
         if sid in seen or sid in static_ids or entry.port in static_ports:
+            continue
+        if entry.port in by_port:
+            # The port now serves a (possibly renamed) exporter under another ID: keeping the
+            # old registration would make Prometheus scrape the same endpoint twice.
             continue
         if _ignored(config.discovery.overrides, entry.meta.get("exporter"), entry.port):
             continue
