@@ -464,6 +464,16 @@ def test_agent_registration_belongs_to_that_server(
         assert b.agent.checks()["service:redis-1"]["Status"] == status
     _, checks = client(2).health.checks("redis")
     assert (checks[0]["Status"], checks[0]["Output"]) == ("passing", "now passing")
+    resp = raw(
+        consul_cluster,
+        1,
+        "PUT",
+        "/v1/agent/check/update/service:redis-1",
+        json={"Status": "warning", "Output": "slow"},
+    )
+    assert (resp.status_code, resp.text) == (200, "")
+    _, checks = client(2).health.checks("redis")
+    assert (checks[0]["Status"], checks[0]["Output"]) == ("warning", "slow")
 
     # the same ID through another server is a second instance, on that server's node
     client(2).agent.service.register("redis", service_id="redis-1", address="10.0.0.7", port=9121)
@@ -474,6 +484,38 @@ def test_agent_registration_belongs_to_that_server(
     assert b.agent.service.deregister("redis-1") is False  # 404 for an unknown ID
     nodes = [e["Node"]["Node"] for e in client(0).health.service("redis")[1]]
     assert nodes == ["consul-server-3"]
+
+
+def test_agent_state_survives_restart_and_turns_critical_meanwhile(
+    consul_cluster: SimCluster, client: Client
+) -> None:
+    client(1).agent.service.register(
+        "redis", service_id="redis-1", port=9121, check=consul.Check.ttl("30s")
+    )
+    client(1).agent.check.ttl_pass("service:redis-1")
+    assert client(0).health.service("redis", passing=True)[1]
+    consul_cluster.stop_server(1)
+    # serfHealth of the dead server's node turns every service on it critical
+    assert client(0).health.service("redis", passing=True)[1] == []
+    assert len(client(0).health.service("redis")[1]) == 1
+    consul_cluster.start_server(1)
+    assert set(client(1).agent.services()) == {"redis-1"}
+    assert client(0).health.service("redis", passing=True)[1]
+
+
+def test_refused_write_still_consumes_a_raft_index(consul_cluster: SimCluster) -> None:
+    raft = consul_cluster.stats()["raft_index"]
+    resp = raw(
+        consul_cluster,
+        0,
+        "PUT",
+        "/v1/catalog/register",
+        json={"Node": "h", "Address": "a", "Service": {"Service": "x", "Meta": {"": "1"}}},
+    )
+    assert resp.status_code == 500
+    stats = consul_cluster.stats()
+    assert stats["raft_index"] == raft + 1
+    assert stats["indexes"]["tables"]["nodes"] < stats["raft_index"]  # nothing was stored
 
 
 def test_agent_errors(consul_cluster: SimCluster, client: Client) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import decode
-from .acl import Policy
+from .acl import PermissionDenied, Policy
 from .agent_local import AgentError, AgentState
 from .sim import ApiError, ReadMeta, Simulation
 from .state import (
@@ -432,7 +432,7 @@ class ConsulAPI:
     def _require(self, policy: Optional[Policy], resource: str, name: str, need: str) -> None:
         try:
             self.sim.acl.require(policy, resource, name, need)
-        except Exception as exc:
+        except PermissionDenied as exc:
             raise ApiError(403, str(exc)) from None
 
     def agent_self(self, req: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Set, Tuple
 from urllib.parse import parse_qs, urlsplit
@@ -89,6 +90,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         except Exception as exc:  # a bug in the emulator: answer like Consul's generic 500
+            traceback.print_exc()  # to the process's stderr, which SimCluster keeps
             resp = Response(500, f"consulsim internal error: {exc!r}".encode())
         if not owner.running():
             self.close_connection = True

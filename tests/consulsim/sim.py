@@ -440,7 +440,7 @@ def _parse_wait(query: Dict[str, List[str]]) -> Tuple[int, float]:
             raise ApiError(400, "Invalid wait time") from None
     raw_index = (query.get("index") or [""])[0]
     if raw_index:
-        if not raw_index.isdigit():
+        if not raw_index.isascii() or not raw_index.isdigit():
             raise ApiError(400, "Invalid index")
         index = int(raw_index)
     return index, wait
