@@ -621,15 +621,26 @@ def test_slow_server_delays_answers(consul_cluster: SimCluster) -> None:
     assert time.monotonic() - start < 0.3
 
 
-def test_drop_leader_elects_another(consul_cluster: SimCluster, client: Client) -> None:
-    assert consul_cluster.drop_leader() == 0
-    assert client(1).status.leader() == ""
-    with pytest.raises(consul.ConsulException, match="500 No cluster leader"):
-        register_web(client(1))  # rpc-hold 0.2s < election delay 0.3s
-    new = consul_cluster.wait_for_leader(timeout=5)
-    assert new != 0
-    assert client(0).status.leader() == consul_cluster.addresses[new]
-    assert register_web(client(0))
+def test_drop_leader_elects_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONSUL_HTTP_ADDR", raising=False)
+    # own cluster: an election delay well above the RPC hold, so the leaderless window is
+    # observable even on a loaded machine
+    with SimCluster(election_delay="1.5s", rpc_hold="0.2s") as cluster:
+
+        def c(i: int) -> Any:
+            host, port = cluster.host_port(i)
+            return consul.Consul(host=host, port=port, timeout=10)
+
+        assert cluster.drop_leader() == 0
+        assert c(1).status.leader() == ""
+        start = time.monotonic()
+        with pytest.raises(consul.ConsulException, match="500 No cluster leader"):
+            register_web(c(1))
+        assert time.monotonic() - start >= 0.2  # held for a leader first
+        new = cluster.wait_for_leader(timeout=5)
+        assert new != 0  # the dropped leader sits the election out
+        assert c(0).status.leader() == cluster.addresses[new]
+        assert register_web(c(0))
 
 
 def test_quorum_loss_fails_writes_but_serves_stale_reads(
@@ -760,6 +771,14 @@ def test_acl_filters_reads_silently(consul_cluster: SimCluster, client: Client) 
     assert resp.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
     assert resp.headers["X-Consul-Default-ACL-Policy"] == "deny"
     assert client(0).catalog.services()[1] == {}  # anonymous reads nothing
+
+
+def test_other_loopback_address() -> None:
+    with SimCluster(servers=1, bind="127.0.0.2") as cluster:
+        assert cluster.addresses[0].startswith("127.0.0.2:")
+        assert cluster.leader() == 0  # a single server is its own quorum
+        node = cluster.catalog_node_services("consul-server-1")
+        assert node["Node"]["Address"] == "127.0.0.2"
 
 
 def test_acl_file_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
