@@ -61,7 +61,7 @@ def make_engine(cluster: SimCluster, workdir: Path, services: int) -> SyncEngine
         )
         for i in range(services)
     ]
-    return SyncEngine(config, ServerPool(config.consul), lambda address: intents)
+    return SyncEngine(config, ServerPool(config.consul), lambda *_: intents)
 
 
 def timed(engine: SyncEngine) -> float:

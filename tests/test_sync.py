@@ -208,7 +208,7 @@ def test_first_server_stopped_sync_goes_through_the_second(
 def _engine(config_path: Path, services: List[ServiceRegistration]) -> SyncEngine:
     config = load_config(str(config_path))
     intents = [ServiceIntent(s, "static") for s in services]
-    return SyncEngine(config, ServerPool(config.consul), lambda address: intents)
+    return SyncEngine(config, ServerPool(config.consul), lambda *_: intents)
 
 
 def test_black_holed_first_server_costs_one_timeout_then_is_skipped(

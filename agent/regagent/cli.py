@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 import structlog
 import yaml
@@ -24,7 +24,9 @@ from regagent.consul_pool import ServerPool, describe_failure
 from regagent.credentials import load_token
 from regagent.errors import ConfigError, RegagentError
 from regagent.logs import configure_logging
-from regagent.model import ServiceIntent
+
+if TYPE_CHECKING:
+    from regagent.sync import IntentSource
 
 log = structlog.get_logger(__name__)
 
@@ -108,11 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def intent_source(config: Config) -> Callable[[str], List[ServiceIntent]]:
+def intent_source(config: Config) -> IntentSource:
     """Discovery plus static services, as the sync engine consumes them."""
     from regagent.desired import desired_intents
 
-    return lambda address: desired_intents(config, address)
+    return lambda address, registered, persist: desired_intents(
+        config, address, registered=registered, persist=persist
+    )
 
 
 def _pool(config: Config) -> ServerPool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
@@ -291,13 +291,48 @@ def _registration(entry: SeenService) -> ServiceRegistration:
     )
 
 
+def adopt_registered(
+    previous: Mapping[str, SeenService], registered: Sequence[ServiceRegistration], now: float
+) -> Dict[str, SeenService]:
+    """Discovered services Consul holds but the state file lacks (lost or rebuilt file).
+
+    Without this, a lost state file would make every vanished exporter look unknown and the
+    planner would deregister it at once: a silent drop (decision 4). Adopted entries count as
+    seen now, so they get the full `deregister_after` grace.
+    """
+    adopted = dict(previous)
+    for service in registered:
+        if service.id in adopted or not service.managed or "exporter" not in service.meta:
+            continue
+        adopted[service.id] = SeenService(
+            id=service.id,
+            name=service.name,
+            port=service.port,
+            address=service.address,
+            tags=service.tags,
+            meta={k: v for k, v in service.meta.items() if k != MANAGED_BY_KEY},
+            first_seen=now,
+            last_seen=now,
+        )
+    return adopted
+
+
 def desired_intents(
-    config: Config, node_address: str, now: Optional[float] = None
+    config: Config,
+    node_address: str,
+    now: Optional[float] = None,
+    *,
+    registered: Sequence[ServiceRegistration] = (),
+    persist: bool = True,
 ) -> List[ServiceIntent]:
     """The shell for the sync engine: discover, build intents, persist discovery state.
 
-    Keeps caches (process owners, loopback reports) across calls in one process.
+    `registered` is what Consul holds for this node (adopted when the state file lacks it);
+    `persist` False (dry-run) leaves the state file untouched. Keeps caches (process owners,
+    loopback reports) across calls in one process.
     """
     from regagent.discovery.runner import default_runner
 
-    return list(default_runner().cycle(config, node_address, time.time() if now is None else now))
+    moment = time.time() if now is None else now
+    runner = default_runner()
+    return list(runner.run(config, node_address, moment, persist, registered)[1].intents)

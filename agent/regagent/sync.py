@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import structlog
 
@@ -42,7 +42,8 @@ from regagent.plan import Plan, plan
 
 log = structlog.get_logger(__name__)
 
-IntentSource = Callable[[str], List[ServiceIntent]]  # node address -> services to register
+# (node address, what Consul holds for this node, persist discovery state?) -> services wanted
+IntentSource = Callable[[str, Tuple[ServiceRegistration, ...], bool], List[ServiceIntent]]
 
 NO_CHECK_OUTPUT = "no health check configured"
 
@@ -122,8 +123,10 @@ class SyncEngine:
         self.pool = pool
         self.intents = intents
 
-    def build_desired(self, address: str) -> DesiredState:
-        intents = self.intents(address)
+    def build_desired(
+        self, address: str, registered: Tuple[ServiceRegistration, ...] = (), persist: bool = True
+    ) -> DesiredState:
+        intents = self.intents(address, registered, persist)
         probes = [i.probe for i in intents if i.status is None and i.probe is not None]
         results = run_probes(probes)
         return desired_state(node_registration(self.config, address), intents, results)
@@ -144,7 +147,9 @@ class SyncEngine:
             result.error = exc
         try:
             server = result.server or self.config.consul.servers[0]
-            result.desired = self.build_desired(resolve_node_address(self.config, server))
+            address = resolve_node_address(self.config, server)
+            registered = result.actual.services if result.actual else ()
+            result.desired = self.build_desired(address, registered, persist=not dry_run)
         except RegagentError as exc:
             result.error = result.error or exc
         if result.error is not None or result.actual is None or result.desired is None:

@@ -8,19 +8,19 @@ already reported) save work and log noise across cycles.
 from __future__ import annotations
 
 import threading
-from typing import Callable, List, Mapping, Optional, Set, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import structlog
 
 from regagent.config.model import Config
-from regagent.desired import DesiredServices, build_intents
+from regagent.desired import DesiredServices, adopt_registered, build_intents
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
 from regagent.discovery.identify import DiscoveryResult, Prober, discover
 from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.processes import ProcessResolver
 from regagent.discovery.state import SeenService, load_state, save_state, state_path
-from regagent.model import CRITICAL, ServiceIntent
+from regagent.model import CRITICAL, ServiceIntent, ServiceRegistration
 
 log = structlog.get_logger(__name__)
 
@@ -56,18 +56,26 @@ class DiscoveryRunner:
         )
 
     def run(
-        self, config: Config, node_address: str, now: float, persist: bool = True
+        self,
+        config: Config,
+        node_address: str,
+        now: float,
+        persist: bool = True,
+        registered: Sequence[ServiceRegistration] = (),
     ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
         """Discover, build intents against the stored state, store the new state if `persist`."""
         result = self.discover(config)
         path = state_path(config.sync.state_dir)
-        previous = load_state(path) if result is not None else {}
+        stored = load_state(path) if result is not None else {}
+        previous = adopt_registered(stored, registered, now) if result is not None else {}
+        for sid in sorted(set(previous) - set(stored)):
+            log.warning("discovery state lacked a registered exporter; adopted", service_id=sid)
         desired = build_intents(
             config, node_address, result, now, previous=previous, table=self.table
         )
         if persist:
             self._report(desired, previous)
-            if result is not None and result.complete and desired.seen != previous:
+            if result is not None and result.complete and desired.seen != stored:
                 save_state(path, desired.seen)
         return result, desired
 

@@ -1,0 +1,118 @@
+"""Discovery feeding real syncs: a real node_exporter comes, goes and survives a lost state file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from consulsim import SimCluster
+from test_sync import node_checks, node_services, regagent, write_config
+
+NODE_EXPORTER = shutil.which("prometheus-node-exporter")
+pytestmark = pytest.mark.skipif(NODE_EXPORTER is None, reason="prometheus-node-exporter missing")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Exporter:
+    """Debian's node_exporter on a wildcard address, started and stopped by pid."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert NODE_EXPORTER is not None
+        self.proc = subprocess.Popen(
+            [
+                NODE_EXPORTER,
+                f"--web.listen-address=:{self.port}",
+                "--collector.disable-defaults",
+                "--collector.loadavg",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("node_exporter did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, 15)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def exporter() -> Iterator[Exporter]:
+    running = Exporter(free_port())
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_vanished_exporter_stays_critical_even_when_the_state_file_is_lost(
+    consul_cluster: SimCluster, tmp_path: Path, exporter: Exporter
+) -> None:
+    port = exporter.port
+    sid = f"node-exporter-{port}"
+    config = write_config(
+        tmp_path,
+        consul_cluster,
+        [],
+        discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+    )
+    state_file = tmp_path / "state" / "discovered.json"
+
+    planned = regagent(config, "sync", "--dry-run")
+    assert f"+ register {sid}" in planned.stdout, planned.stdout + planned.stderr
+    assert not state_file.exists(), "a dry run writes nothing, not even discovery state"
+
+    assert regagent(config, "sync").returncode == 0
+    service = node_services(consul_cluster)[sid]
+    assert service["Meta"]["exporter"] == "node_exporter"
+    assert service["Meta"]["exporter_version"] not in ("", "unknown")
+    assert service["Address"] == "127.0.0.1"
+    assert node_checks(consul_cluster)[f"service:{sid}"]["Status"] == "passing"
+    assert state_file.exists()
+
+    exporter.stop()
+    gone = regagent(config, "sync")
+    assert gone.returncode == 0, gone.stderr
+    check = node_checks(consul_cluster)[f"service:{sid}"]
+    assert check["Status"] == "critical"
+    assert check["Output"].startswith(f"not listening on :{port} since ")
+
+    state_file.unlink()
+    consul_cluster.reset_stats()
+    after_loss = regagent(config, "sync")
+    assert after_loss.returncode == 0, after_loss.stderr
+    assert sid in node_services(consul_cluster), "lost state must not drop the target"
+    assert node_checks(consul_cluster)[f"service:{sid}"]["Status"] == "critical"
+    assert consul_cluster.stats()["endpoints"].get("PUT /v1/catalog/deregister", 0) == 0
+
+    exporter.start()
+    back = regagent(config, "sync")
+    assert back.returncode == 0, back.stderr
+    assert node_checks(consul_cluster)[f"service:{sid}"]["Status"] == "passing"
+    assert f"! status {sid}: critical -> passing" in back.stdout
