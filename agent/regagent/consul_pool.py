@@ -197,9 +197,7 @@ class ServerPool:
                     server.last_error = "no cluster leader"
                     errors.append(f"{server.address}: no cluster leader")
                     continue
-                if not isinstance(
-                    exc, (requests.exceptions.RequestException, ConsulException)
-                ):
+                if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
                     raise
                 self._cool_down(server, describe_failure(exc), what)
                 errors.append(f"{server.address}: {server.last_error}")

@@ -18,7 +18,7 @@ CRITICAL = "critical"
 CHECK_STATUSES = (PASSING, WARNING, CRITICAL)
 
 
-def canonical_tags(tags: "tuple[str, ...] | list[str]") -> Tuple[str, ...]:
+def canonical_tags(tags: tuple[str, ...] | list[str]) -> Tuple[str, ...]:
     """Sorted and de-duplicated: Consul compares tag lists in order, so order must be stable."""
     return tuple(sorted(set(tags)))
 
@@ -50,7 +50,7 @@ class ServiceRegistration:
 
 @dataclass(frozen=True)
 class CheckState:
-    """A service check's reported state; regagent runs checks itself (Consul never runs catalog checks)."""
+    """A service check's state; regagent runs checks itself (Consul never runs catalog checks)."""
 
     check_id: str
     service_id: str
