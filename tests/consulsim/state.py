@@ -419,10 +419,10 @@ class Store:
         return max(self.idx.tables[t] for t in tables)
 
     def node_index(self, node: str) -> int:
-        """Per-node index, falling back to the nodes/services tables for an unknown node."""
-        return self.idx.node.get(
-            node.lower(), max(self.idx.tables["nodes"], self.idx.tables["services"])
-        )
+        """``NodeServices``: max of the nodes and services tables; 0 for an unknown node."""
+        if node.lower() not in self.nodes:
+            return 0  # served as 1: X-Consul-Index is never 0
+        return max(self.idx.tables["nodes"], self.idx.tables["services"])
 
     def node(self, name: str) -> Optional[Record]:
         return self.nodes.get(name.lower())
