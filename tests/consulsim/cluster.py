@@ -263,7 +263,7 @@ class SimCluster:
                 return i
         raise SimClusterError("no server is up")
 
-    def catalog_node_services(self, node: str, server: Optional[int] = None) -> Optional[Any]:
+    def catalog_node_services(self, node: str, server: Optional[int] = None) -> Any:
         """``/v1/catalog/node/<node>?stale`` from a live server: None for an unknown node."""
         i = self.live_server() if server is None else server
         return self.get(i, f"/v1/catalog/node/{urllib.parse.quote(node)}?stale")
