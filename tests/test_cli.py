@@ -419,3 +419,37 @@ def test_log_level_debug_shows_which_files_were_merged(tmp_path: Path) -> None:
     assert by_event["config_loaded"]["level"] == "debug"
     assert by_event["config_loaded"]["files"] == [str(first), str(second)]
     assert by_event["config_files_ignored"]["names"] == ["README"]
+
+
+def test_config_option_also_accepted_after_the_command() -> None:
+    shipped = str(Path(__file__).resolve().parent.parent / "conf.d")
+    before = subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", shipped, "check-config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    after = subprocess.run(
+        [sys.executable, "-m", "regagent", "check-config", "-c", shipped, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert json.loads(before.stdout) == json.loads(after.stdout)
+
+
+def test_check_config_names_the_environment_token_source_masked(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("consul:\n  servers: ['127.0.0.1:8500']\n")
+    env = {**os.environ, "CONSUL_HTTP_TOKEN": "env-secret-123"}
+    result = subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", str(config), "check-config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["consul"]["token"] == "******** (from CONSUL_HTTP_TOKEN)"
+    assert "env-secret-123" not in result.stdout + result.stderr

@@ -429,3 +429,45 @@ def test_status_shows_registrations_and_each_server(
     else:
         assert f"{consul_cluster.addresses[2]}: unreachable (connection refused)" in result.stdout
         assert "queue-9000 127.0.0.1:9000 [passing" in result.stdout
+
+
+@pytest.mark.parametrize("deregister_on_shutdown", [False, True])
+def test_stopping_the_daemon_keeps_registrations_unless_configured(
+    consul_cluster: SimCluster, tmp_path: Path, deregister_on_shutdown: bool
+) -> None:
+    config = write_config(
+        tmp_path,
+        consul_cluster,
+        [static("queue", 9000)],
+        sync={
+            "interval": "300ms",
+            "jitter": "50ms",
+            "state_dir": str(tmp_path / "state"),
+            "deregister_on_shutdown": deregister_on_shutdown,
+        },
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "regagent", "-c", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "queue-9000" not in node_services(consul_cluster):
+            time.sleep(0.1)
+        assert "queue-9000" in node_services(consul_cluster)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.communicate()
+            raise
+    assert daemon.returncode == 0
+    registered = consul_cluster.catalog_node_services(NODE)
+    if deregister_on_shutdown:
+        assert registered is None
+    else:
+        assert "queue-9000" in registered["Services"]

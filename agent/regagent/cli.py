@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TextIO
@@ -41,22 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 ok, 1 runtime error, 2 bad configuration or usage.",
     )
     parser.add_argument("--version", action="version", version=f"regagent {__version__}")
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="PATH",
-        help="YAML file, or directory whose *.yaml files merge in name order",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        help="overrides log.level from the configuration",
-    )
+    _add_common_options(parser, argparse.SUPPRESS)
+    # The same options after the command too: `regagent sync -c x` works like `regagent -c x sync`.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
     check = commands.add_parser(
-        "check-config",
+        parents=[common],
+        name="check-config",
         help="validate and print the effective config",
         description="Validates the configuration and prints the merged, "
         "effective result with secrets masked. Exit 2 if invalid.",
@@ -64,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=("yaml", "json"), default="yaml")
 
     sync = commands.add_parser(
-        "sync",
+        parents=[common],
+        name="sync",
         help="run one sync cycle (or plan it with --dry-run)",
         description="Discovers services, reads this node's registrations "
         "from Consul, and writes only what differs.",
@@ -78,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     discover = commands.add_parser(
-        "discover",
+        parents=[common],
+        name="discover",
         help="show the exporters found on this host",
         description="Lists listening sockets, how each was identified "
         "and what would be registered. Needs no Consul.",
@@ -86,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--format", choices=("text", "json"), default="text")
 
     status = commands.add_parser(
-        "status",
+        parents=[common],
+        name="status",
         help="what Consul holds for this node, per server",
         description="Shows this node's registrations and check states "
         "as Consul sees them, and the state of each configured server.",
@@ -94,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--format", choices=("text", "json"), default="text")
 
     dereg = commands.add_parser(
-        "deregister",
+        parents=[common],
+        name="deregister",
         help="remove this node's regagent registrations",
         description="Removes every regagent-owned service of this node, "
         "and the node itself when nothing else is registered on it.",
@@ -102,12 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
     dereg.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     commands.add_parser(
-        "run",
+        parents=[common],
+        name="run",
         help="run the daemon loop until SIGTERM/SIGINT",
         description="Syncs every sync.interval (+/- sync.jitter). Errors are "
         "logged and retried; the daemon keeps running with every server down.",
     )
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        default=default,
+        help="YAML file, or directory whose *.yaml files merge in name order",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=default,
+        help="log level (default: log.level for run, error for other commands)",
+    )
 
 
 def intent_source(config: Config) -> IntentSource:
@@ -127,6 +143,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
     plain = effective_config(config)
     if config.consul.token_file:
         plain["consul"]["token"] = f"{MASK} (from {config.consul.token_file})"
+    elif os.environ.get("CONSUL_HTTP_TOKEN"):
+        plain["consul"]["token"] = f"{MASK} (from CONSUL_HTTP_TOKEN)"
     if args.format == "json":
         out.write(json.dumps(plain, indent=2) + "\n")
     else:
@@ -296,6 +314,8 @@ COMMANDS: Dict[str, Callable[[Config, argparse.Namespace, TextIO], int]] = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.config = getattr(args, "config", None)
+    args.log_level = getattr(args, "log_level", None)
     configure_logging(args.log_level or "info")
     try:
         config = load_config(_resolve_path(args.config))

@@ -12,7 +12,7 @@ import structlog
 
 from regagent.config.model import Config
 from regagent.errors import RegagentError
-from regagent.sync import SyncEngine
+from regagent.sync import SyncEngine, deregister_owned
 
 log = structlog.get_logger(__name__)
 
@@ -74,5 +74,16 @@ class Daemon:
             if max_cycles is not None and cycles >= max_cycles:
                 break
             self.stop.wait(max(0.1, next_delay(self.config, self.rng)))
+        if self.config.sync.deregister_on_shutdown:
+            self._deregister()
         log.info("stopped", cycles=cycles)
         return 0
+
+    def _deregister(self) -> None:
+        """Opt-in (sync.deregister_on_shutdown): a reboot would otherwise hide targets."""
+        try:
+            removed = deregister_owned(self.config, self.engine.pool)
+        except RegagentError as exc:
+            log.error("deregister_on_shutdown_failed", error=str(exc))
+        else:
+            log.info("deregistered_on_shutdown", removed=removed)
