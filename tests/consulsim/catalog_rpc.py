@@ -11,7 +11,7 @@ import re
 from typing import Any, Dict, Optional
 
 from .acl import ACL, Policy
-from .state import Store, check_type, node_same
+from .state import Store, check_type
 
 Record = Dict[str, Any]
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -83,18 +83,7 @@ def vet_register(acl: ACL, policy: Optional[Policy], store: Store, req: Record) 
         return
     node_key = req["Node"].lower()
     existing = store.node(req["Node"])
-    candidate = {
-        "Node": req["Node"],
-        "ID": req.get("ID", ""),
-        "Address": req.get("Address", ""),
-        "Datacenter": req.get("Datacenter", ""),
-        "TaggedAddresses": req.get("TaggedAddresses"),
-        "Meta": req.get("NodeMeta"),
-    }
-    needs_node = existing is None or (
-        not req.get("SkipNodeUpdate") and not node_same(existing, candidate)
-    )
-    if needs_node:
+    if store.changes_node(req):
         acl.require(policy, "node", req["Node"], "write")
     service = req.get("Service")
     if service is not None:

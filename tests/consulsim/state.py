@@ -205,6 +205,18 @@ def node_same(old: Record, new: Record) -> bool:
     ) and all(old.get(k) == new.get(k) for k in ("TaggedAddresses", "Meta"))
 
 
+def node_from_request(req: Record) -> Record:
+    """The ``structs.Node`` a RegisterRequest describes."""
+    return {
+        "ID": req.get("ID", ""),
+        "Node": req["Node"],
+        "Address": req.get("Address", ""),
+        "Datacenter": req.get("Datacenter", ""),
+        "TaggedAddresses": req.get("TaggedAddresses"),
+        "Meta": req.get("NodeMeta"),
+    }
+
+
 class Store:
     """Catalog tables keyed case-insensitively, plus the index table."""
 
@@ -259,24 +271,24 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
+    def changes_node(self, req: Record) -> bool:
+        """``RegisterRequest.ChangesNode``: a new node, or different node fields."""
+        existing = self.nodes.get(req["Node"].lower())
+        if existing is None:
+            return True
+        return not req.get("SkipNodeUpdate") and not node_same(existing, node_from_request(req))
+
     def register(self, req: Record) -> WriteResult:
         """FSM apply of a (pre-validated) RegisterRequest; atomic, raises StoreError."""
         idx = self.next_index()
         node_key = req["Node"].lower()
         existing = self.nodes.get(node_key)
         new_node: Optional[Record] = None
-        candidate = {
-            "ID": req.get("ID", ""),
-            "Node": req["Node"],
-            "Address": req.get("Address", ""),
-            "Datacenter": req.get("Datacenter", self.datacenter),
-            "TaggedAddresses": req.get("TaggedAddresses"),
-            "Meta": req.get("NodeMeta"),
-        }
-        if existing is None or (
-            not req.get("SkipNodeUpdate") and not node_same(existing, candidate)
-        ):
-            new_node = candidate
+        if self.changes_node(req):
+            new_node = {
+                **node_from_request(req),
+                "Datacenter": req.get("Datacenter", self.datacenter),
+            }
 
         new_service: Optional[Record] = None
         old_service: Optional[Record] = None
