@@ -222,12 +222,42 @@ def test_check_config_masks_token_from_file(
 
 def test_check_config_masks_inline_token(tmp_path: Path) -> None:
     config = write(tmp_path / "regagent.yaml", f"consul:\n  token: {SECRET_TOKEN}\n")
+    config.chmod(0o600)
 
     result = run_regagent(["-c", str(config), "check-config"], tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert SECRET_TOKEN not in result.stdout + result.stderr
     assert yaml.safe_load(result.stdout)["consul"]["token"] == MASK
+
+
+def test_inline_token_in_a_world_readable_file_is_refused(tmp_path: Path) -> None:
+    config = write(tmp_path / "regagent.yaml", f"consul:\n  token: {SECRET_TOKEN}\n")
+    config.chmod(0o644)
+
+    result = run_regagent(["-c", str(config), "check-config"], tmp_path)
+
+    assert result.returncode == 2
+    assert f"{config}: consul.token: holds a token but {config} is world-readable" in result.stderr
+    assert SECRET_TOKEN not in result.stdout + result.stderr
+
+
+def test_combined_defaults_and_service_meta_over_consul_limit_is_refused(tmp_path: Path) -> None:
+    defaults = "\n".join(f"    d{i}: v" for i in range(40))
+    service_meta = "\n".join(f"        s{i}: v" for i in range(30))
+    config = write(
+        tmp_path / "regagent.yaml",
+        f"defaults:\n  meta:\n{defaults}\nservices:\n  - name: app\n    port: 8080\n"
+        f"    meta:\n{service_meta}\n",
+    )
+
+    result = run_regagent(["-c", str(config), "check-config"], tmp_path)
+
+    assert result.returncode == 2
+    assert (
+        "services[0].meta: with defaults.meta and the 5 keys regagent adds this makes 75 pairs"
+        in (result.stderr)
+    )
 
 
 def test_check_config_never_prints_consul_http_token(site_config: Path, tmp_path: Path) -> None:

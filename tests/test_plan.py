@@ -123,3 +123,12 @@ def test_tag_order_in_consul_counts_as_a_change() -> None:
     want = desired(service("node-9100", tags=("a", "b")))
     have = actual_of(desired(service("node-9100", tags=("b", "a"))))
     assert len(plan(want, have).services) == 1
+
+
+def test_service_with_meta_consul_would_refuse_is_skipped_and_its_registration_kept() -> None:
+    registered = service("node-9100")
+    broken = service("node-9100", meta={**OWNED, "exporter_version": "x" * 600})
+    result = plan(desired(broken), actual_of(desired(registered)))
+    assert result.empty  # neither updated (Consul would refuse) nor deregistered
+    assert [c.service_id for c in result.conflicts] == ["node-9100"]
+    assert "longer than 512" in result.conflicts[0].reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,9 @@ import yaml
 
 from consulsim import SimCluster
 from regagent.config import load_config
+from regagent.consul_catalog import checked_response
 from regagent.consul_pool import ServerPool
+from regagent.errors import ConsulRefused
 from regagent.model import ServiceIntent, ServiceRegistration
 from regagent.sync import SyncEngine
 
@@ -47,6 +50,7 @@ def write_config(
     }
     path = tmp_path / "regagent.yaml"
     path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)  # it may hold a token
     return path
 
 
@@ -131,7 +135,10 @@ def test_first_sync_registers_second_writes_nothing_and_a_tag_change_is_one_writ
 def test_foreign_and_other_node_services_are_never_touched(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    assert regagent(config, "sync").returncode == 0
     api = client(consul_cluster)
+    # Another tool adds a service to our node (its register carries no NodeMeta).
     api.catalog.register(NODE, "127.0.0.1", service={"ID": "web-80", "Service": "web", "Port": 80})
     owned_elsewhere = {
         "ID": "app-1",
@@ -140,8 +147,7 @@ def test_foreign_and_other_node_services_are_never_touched(
         "Meta": {"managed-by": "regagent"},
     }
     api.catalog.register("other-host", "127.0.0.2", service=owned_elsewhere)
-    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
-    assert regagent(config, "sync").returncode == 0
+    assert regagent(config, "sync").returncode == 0  # restores our NodeMeta, keeps web-80
     write_config(tmp_path, consul_cluster, [])
     result = regagent(config, "sync")
     assert result.returncode == 0, result.stderr
@@ -153,10 +159,15 @@ def test_foreign_and_other_node_services_are_never_touched(
 def test_foreign_service_with_the_same_id_is_reported_not_overwritten(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
+    config = write_config(tmp_path, consul_cluster, [static("cache", 6379)])
+    assert regagent(config, "sync").returncode == 0
     client(consul_cluster).catalog.register(
-        NODE, "127.0.0.1", service={"ID": "queue-9000", "Service": "queue", "Port": 9000}
+        NODE,
+        "127.0.0.1",
+        service={"ID": "queue-9000", "Service": "queue", "Port": 9000},
+        skipnodeupdate=True,
     )
-    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    write_config(tmp_path, consul_cluster, [static("cache", 6379), static("queue", 9000)])
     result = regagent(config, "sync", "--dry-run")
     assert "? skip queue-9000" in result.stdout
     regagent(config, "sync")
@@ -362,7 +373,7 @@ def test_node_owned_by_a_consul_agent_is_refused(
     assert "queue-9000" not in node_services(consul_cluster, server_node)
 
 
-def test_client_environment_does_not_redirect_the_pool(
+def test_consul_client_environment_does_not_redirect_the_pool(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
@@ -387,7 +398,10 @@ def test_deregister_removes_only_owned_services_and_an_empty_node(
 
     assert regagent(config, "sync").returncode == 0
     client(consul_cluster).catalog.register(
-        NODE, "127.0.0.1", service={"ID": "web-80", "Service": "web", "Port": 80}
+        NODE,
+        "127.0.0.1",
+        service={"ID": "web-80", "Service": "web", "Port": 80},
+        skipnodeupdate=True,
     )
     assert regagent(config, "deregister", "--yes").returncode == 0
     assert set(node_services(consul_cluster)) == {"web-80"}
@@ -471,3 +485,128 @@ def test_stopping_the_daemon_keeps_registrations_unless_configured(
         assert registered is None
     else:
         assert "queue-9000" in registered["Services"]
+
+
+def test_another_tools_node_is_never_taken_over_or_deleted(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    client(consul_cluster).catalog.register(
+        NODE,
+        "10.0.0.10",
+        node_meta={"external-probe": "true", "owner": "dba"},
+        service={"ID": "db-5432", "Service": "db", "Port": 5432},
+    )
+    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    synced = regagent(config, "sync")
+    assert synced.returncode == 1
+    assert "without NodeMeta managed-by=regagent" in synced.stderr
+    removed = regagent(config, "deregister", "--yes")
+    assert removed.returncode == 1
+    node = consul_cluster.catalog_node_services(NODE)
+    assert node["Node"]["Address"] == "10.0.0.10"
+    assert node["Node"]["Meta"] == {"external-probe": "true", "owner": "dba"}
+    assert set(node["Services"]) == {"db-5432"}
+
+
+def test_deregister_refuses_a_consul_agents_node(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    server_node = consul_cluster.stats()["servers"][0]["node"]
+    config = write_config(tmp_path, consul_cluster, [], node={"name": server_node})
+    result = regagent(config, "deregister", "--yes")
+    assert result.returncode == 1
+    assert "serfHealth" in result.stderr
+    assert consul_cluster.catalog_node_services(server_node) is not None
+
+
+def test_a_server_address_that_is_not_consul_fails_over_without_a_traceback(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    port = free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_port(port)
+        config = write_config(
+            tmp_path,
+            consul_cluster,
+            [static("queue", 9000)],
+            consul={"servers": [f"127.0.0.1:{port}", *consul_cluster.addresses]},
+        )
+        result = regagent(config, "sync")
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "queue-9000" in node_services(consul_cluster)
+        status = regagent(config, "status")
+        assert "Traceback" not in status.stderr + status.stdout
+    finally:
+        web.terminate()
+        web.wait(timeout=10)
+
+
+def test_proxy_and_token_environment_do_not_redirect_the_pool(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    accessor = "5d0c6b3e-0000-4000-8000-000000000003"
+    rules = {"AccessorID": accessor, "node_prefix": {"": "write"}, "service_prefix": {"": "write"}}
+    consul_cluster.set_acl({"default_policy": "deny", "tokens": {"right": rules}})
+    token = tmp_path / "token"
+    token.write_text("right\n")
+    token.chmod(0o600)
+    config = write_config(
+        tmp_path, consul_cluster, [static("queue", 9000)], consul={"token_file": str(token)}
+    )
+    env = {
+        "HTTP_PROXY": "http://127.0.0.1:1",
+        "http_proxy": "http://127.0.0.1:1",
+        "CONSUL_HTTP_TOKEN": "wrong",
+        "CONSUL_HTTP_ADDR": "127.0.0.1:1",
+    }
+    result = regagent(config, "sync", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "queue-9000" in node_services(consul_cluster, token="right")
+
+
+def test_consul_validation_error_is_a_refusal_not_a_dead_server(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = load_config(str(write_config(tmp_path, consul_cluster, [])))
+    pool = ServerPool(config.consul)
+    body = {
+        "Node": NODE,
+        "Address": "127.0.0.1",
+        "Service": {"ID": "x", "Service": "x", "Meta": {"consul-bad": "1"}},
+    }
+    consul_cluster.reset_stats()
+    with pytest.raises(ConsulRefused) as refused:
+        pool.call(
+            "register x",
+            lambda c: c.http.put(
+                checked_response, path="/v1/catalog/register", data=json.dumps(body)
+            ),
+        )
+    assert "Invalid Service Meta" in refused.value.message
+    assert consul_cluster.stats()["endpoints"][REGISTER] == 1
+    assert all(not s.cooling(time.monotonic()) for s in pool.servers)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")

@@ -17,6 +17,9 @@ from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe
 
 Result = Tuple[str, str]  # (status, output)
 
+# Checks go straight to the service: an http_proxy in the environment must not answer for it.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError):
@@ -38,7 +41,7 @@ def http_check(url: str, timeout: float) -> Result:
     """2xx passing, 429 warning, anything else critical: Consul's own HTTP check rules."""
     request = urllib.request.Request(url, headers={"User-Agent": "regagent-check"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             code = response.status
     except urllib.error.HTTPError as exc:
         code = exc.code

@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 from consul.base import CB
 
-from regagent.consul_pool import ServerPool
+from regagent.consul_pool import ServerPool, UnexpectedAnswer
+from regagent.errors import ConsulUnreachable
 from regagent.model import (
     ActualState,
     CheckState,
@@ -29,18 +30,46 @@ def _headers(client: Any) -> Dict[str, str]:
     return {"X-Consul-Token": client.token} if client.token else {}
 
 
-def _stale_get(client: Any, path: str) -> Any:
+@dataclass(frozen=True)
+class ReadAnswer:
+    data: Any
+    known_leader: bool
+
+
+def checked_response(response: Any) -> Any:
+    """Raises python-consul2's exceptions for 4xx/5xx, UnexpectedAnswer for a 404 or non-200."""
+    CB._status(response, allow_404=False)  # 400/403/5xx -> its typed exceptions
+    if response.code != 200:
+        raise UnexpectedAnswer(f"{response.code} unexpected answer (is this a Consul server?)")
+    return response
+
+
+def _read_answer(response: Any) -> ReadAnswer:
+    checked_response(response)
+    try:
+        data = json.loads(response.body)
+    except ValueError:
+        raise UnexpectedAnswer("answer is not JSON (is this a Consul server?)") from None
+    return ReadAnswer(data, response.headers.get("X-Consul-KnownLeader") == "true")
+
+
+def _stale_get(client: Any, path: str, shape: type) -> ReadAnswer:
     """A stale read: any server answers from its replica, with or without a leader."""
     params: List[Tuple[str, str]] = [("stale", "1")]
     if client.dc:
         params.append(("dc", client.dc))
-    return client.http.get(CB.json(), path=path, params=params, headers=_headers(client))
+    answer: ReadAnswer = client.http.get(
+        _read_answer, path=path, params=params, headers=_headers(client)
+    )
+    if answer.data is not None and not isinstance(answer.data, shape):
+        kind = type(answer.data).__name__
+        raise UnexpectedAnswer(f"{path} answered a JSON {kind}, not a {shape.__name__}")
+    return answer
 
 
-def _put(client: Any, path: str, body: Dict[str, Any]) -> bool:
+def _put(client: Any, path: str, body: Dict[str, Any]) -> None:
     data = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    result: bool = client.http.put(CB.bool(), path=path, data=data, headers=_headers(client))
-    return result
+    client.http.put(checked_response, path=path, data=data, headers=_headers(client))
 
 
 def parse_node(data: Any) -> Tuple[Optional[NodeRegistration], Tuple[ServiceRegistration, ...]]:
@@ -88,11 +117,25 @@ def parse_checks(data: Any) -> Tuple[Tuple[CheckState, ...], Tuple[str, ...]]:
 def read_actual(pool: ServerPool, node_name: str) -> ActualState:
     """This node's registrations: exactly two stale reads per cycle."""
     path = quote(node_name, safe="")
-    node_data = pool.call("read node services", lambda c: _stale_get(c, f"/v1/catalog/node/{path}"))
-    check_data = pool.call("read node checks", lambda c: _stale_get(c, f"/v1/health/node/{path}"))
-    node, services = parse_node(node_data)
-    checks, node_checks = parse_checks(check_data)
-    return ActualState(node=node, services=services, checks=checks, node_check_ids=node_checks)
+    node_answer = pool.call(
+        "read node services", lambda c: _stale_get(c, f"/v1/catalog/node/{path}", dict)
+    )
+    check_answer = pool.call(
+        "read node checks", lambda c: _stale_get(c, f"/v1/health/node/{path}", list)
+    )
+    try:
+        node, services = parse_node(node_answer.data)
+        checks, node_checks = parse_checks(check_answer.data)
+    except (KeyError, TypeError, ValueError) as exc:
+        server = pool.current_server.address
+        raise ConsulUnreachable(f"{server} sent a malformed catalog answer ({exc!r})") from None
+    return ActualState(
+        node=node,
+        services=services,
+        checks=checks,
+        node_check_ids=node_checks,
+        known_leader=node_answer.known_leader and check_answer.known_leader,
+    )
 
 
 def node_fields(node: NodeRegistration, datacenter: Optional[str]) -> Dict[str, Any]:

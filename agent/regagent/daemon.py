@@ -12,7 +12,7 @@ import structlog
 
 from regagent.config.model import Config
 from regagent.errors import RegagentError
-from regagent.sync import SyncEngine, deregister_owned
+from regagent.sync import CycleResult, SyncEngine, deregister_owned
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +66,11 @@ class Daemon:
         )
         cycles = 0
         while not self.stop.is_set():
-            result = self.engine.cycle()
+            try:
+                result = self.engine.cycle()
+            except Exception:  # a bug must cost one cycle, not every target on the host
+                log.exception("sync_cycle_crashed")
+                result = CycleResult(error=RegagentError("internal error; see the log"))
             cycles += 1
             self.reporter.report(result.error)
             if result.writes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from regagent.config.validate import meta_problems
 from regagent.model import (
     ActualState,
     CheckState,
@@ -104,6 +105,11 @@ def plan(desired: DesiredState, actual: ActualState) -> Plan:
     for service in desired.services:
         check = desired_checks.get(service.id)
         current = actual_services.get(service.id)
+        invalid = meta_problems(dict(service.meta))
+        if invalid:
+            # Consul would refuse it; an existing registration stays as it is (never dropped).
+            conflicts.append(Conflict(service.id, "invalid Meta: " + "; ".join(invalid)))
+            continue
         if current is not None and not current.managed:
             conflicts.append(
                 Conflict(

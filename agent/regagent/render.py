@@ -198,6 +198,11 @@ def cycle_text(result: CycleResult, dry_run: bool) -> List[str]:
     summary = ", ".join(f"{n} {label}" for label, n in counts.items() if n)
     if dry_run:
         lines.append(f"Plan: {summary or 'node update only'}. Dry run: nothing written.")
+    elif result.error is not None:
+        lines.append(
+            f"Planned: {summary or 'node update'}; only {result.writes} of "
+            f"{plan.write_count} write(s) done before the error (the next cycle completes them)."
+        )
     else:
         lines.append(
             f"Applied: {summary or 'node update'}; {result.writes} write(s) via {result.server}."

@@ -21,8 +21,8 @@ from regagent.consul_catalog import (
     read_actual,
     send,
 )
-from regagent.consul_pool import ServerPool
-from regagent.errors import ConsulUnreachable, NodeOwnedByAgent, RegagentError
+from regagent.consul_pool import NoClusterLeader, ServerPool
+from regagent.errors import ConsulRefused, ConsulUnreachable, NodeOwnedByAgent, RegagentError
 from regagent.model import (
     MANAGED_BY_KEY,
     MANAGED_BY_VALUE,
@@ -53,7 +53,7 @@ def node_name(config: Config) -> str:
 
 
 def node_registration(config: Config, address: str) -> NodeRegistration:
-    meta = {"external-node": "true", MANAGED_BY_KEY: MANAGED_BY_VALUE, **config.node.meta}
+    meta = {**config.node.meta, "external-node": "true", MANAGED_BY_KEY: MANAGED_BY_VALUE}
     return NodeRegistration(node_name(config), address, meta)
 
 
@@ -154,43 +154,91 @@ class SyncEngine:
             result.error = result.error or exc
         if result.error is not None or result.actual is None or result.desired is None:
             return result
-        if SERF_HEALTH in result.actual.node_check_ids:
-            result.error = NodeOwnedByAgent(
-                f"node {name!r} belongs to a running Consul agent (it has a serfHealth check); "
-                "that agent would delete regagent's services. Set node.name to a name of its "
-                "own, or use consul.mode: agent to register through that agent"
-            )
+        result.error = ownership_problem(name, result.actual)
+        if result.error is not None:
             return result
         result.plan = plan(result.desired, result.actual)
         for conflict in result.plan.conflicts:
-            log.warning(
-                "service_id_conflict", service_id=conflict.service_id, reason=conflict.reason
-            )
+            log.warning("service_skipped", service_id=conflict.service_id, reason=conflict.reason)
         if dry_run or result.plan.empty:
             return result
-        try:
-            for request in plan_requests(result.plan, self.config.consul.datacenter):
-                send(self.pool, request)
-                result.writes += 1
-                log.info("consul_write", what=request.what, server=self.pool.current_server.address)
-        except RegagentError as exc:
-            # Everything written is idempotent: the next cycle re-plans and completes the rest.
-            result.error = exc
-        result.server = self.pool.current_server.address
+        if not result.actual.known_leader:
+            # A write would wait out Consul's rpc_hold_timeout (7s) only to fail: skip it.
+            result.error = NoClusterLeader(
+                f"the Consul cluster has no leader (says {result.server}); "
+                f"{result.plan.write_count} write(s) postponed to the next cycle"
+            )
+            return result
+        self.apply(result)
         return result
+
+    def apply(self, result: CycleResult) -> None:
+        """Sends the plan; a refused write is skipped, a lost cluster stops the apply.
+
+        Everything written is idempotent: the next cycle re-plans and completes the rest.
+        """
+        assert result.plan is not None
+        requests = plan_requests(result.plan, self.config.consul.datacenter)
+        failures: List[RegagentError] = []
+        for request in requests:
+            try:
+                send(self.pool, request)
+            except ConsulRefused as exc:
+                failures.append(exc)
+                log.error("consul_write_refused", what=request.what, error=str(exc))
+                continue
+            except RegagentError as exc:
+                failures.append(exc)
+                break
+            result.writes += 1
+            log.info("consul_write", what=request.what, server=self.pool.current_server.address)
+        result.server = self.pool.current_server.address
+        if failures:
+            first = failures[0]
+            result.error = (
+                first
+                if len(failures) == 1
+                else RegagentError(
+                    f"{len(failures)} of {len(requests)} writes failed; first: {first}"
+                )
+            )
+
+
+def ownership_problem(name: str, actual: ActualState) -> Optional[RegagentError]:
+    """regagent only writes a node it created (decision 2): never a real agent's, never another
+    tool's external node."""
+    if SERF_HEALTH in actual.node_check_ids:
+        return NodeOwnedByAgent(
+            f"node {name!r} belongs to a running Consul agent (it has a serfHealth check); "
+            "that agent would delete regagent's services. Set node.name to a name of its "
+            "own, or use consul.mode: agent to register through that agent"
+        )
+    ours = actual.node is None or actual.node.meta.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
+    # A catalog register without NodeMeta (another tool adding a service) wipes the node's meta:
+    # regagent-owned services on the node still prove it is ours.
+    if not ours and not any(s.managed for s in actual.services):
+        return NodeOwnedByAgent(
+            f"node {name!r} already exists in Consul without NodeMeta "
+            f"{MANAGED_BY_KEY}={MANAGED_BY_VALUE}, so regagent will not take it over. "
+            "Set node.name to a name of its own, or remove that node first"
+        )
+    return None
 
 
 def deregister_owned(config: Config, pool: ServerPool) -> List[str]:
     """Removes this node's regagent-owned services, and the node when nothing else is on it."""
     name = node_name(config)
     actual = read_actual(pool, name)
+    problem = ownership_problem(name, actual)
+    if problem is not None:
+        raise problem
     removed: List[str] = []
     for service in actual.services:
         if service.managed:
             send(pool, deregister_request(name, service.id, config.consul.datacenter))
             removed.append(service.id)
     foreign = [s for s in actual.services if not s.managed]
-    if actual.node is not None and not foreign:
+    if actual.node is not None and not foreign and not actual.node_check_ids:
         deregister_node(pool, name, config.consul.datacenter)
         removed.append(f"node {name}")
     return removed

@@ -32,7 +32,8 @@ class ConsulConfig:
     token: Optional[str] = field(default=None, metadata={"secret": True})
     tls: TLSConfig = field(default_factory=TLSConfig)
     connect_timeout: float = field(default=2.0, metadata=_kind("duration"))
-    read_timeout: float = field(default=5.0, metadata=_kind("duration"))
+    # Above Consul's rpc_hold_timeout (7s), so "No cluster leader" arrives before a timeout.
+    read_timeout: float = field(default=10.0, metadata=_kind("duration"))
     mode: str = field(default="catalog", metadata=_kind("choice", choices=("catalog", "agent")))
     agent_address: str = field(default="127.0.0.1:8500", metadata=_kind("hostport"))
     cooldown_initial: float = field(default=5.0, metadata=_kind("duration"))

@@ -475,11 +475,49 @@ def _cross_checks(validator: _Validator, config: Config) -> None:
             validator.report(("consul", "cooldown_initial"), "is longer than consul.cooldown_max")
         if bool(consul.tls.cert_file) != bool(consul.tls.key_file):
             validator.report(("consul", "tls"), "cert_file and key_file must be set together")
+    if ("defaults",) in validator.built:
+        _combined_meta(validator, config)
+    if ("consul",) in validator.built and config.consul.token:
+        problem = _inline_token_problem(validator.doc.origin(("consul", "token")))
+        if problem:
+            validator.report(("consul", "token"), problem)
     if ("sync",) in validator.built:
         if config.sync.interval <= 0:
             validator.report(("sync", "interval"), "must be longer than 0s")
         if config.sync.jitter >= config.sync.interval > 0:
             validator.report(("sync", "jitter"), "must be shorter than sync.interval")
+
+
+# Meta keys regagent adds to every service (metrics_path, scheme, exporter, exporter_version,
+# managed-by): they count against Consul's 64-pair limit too.
+AUTOMATIC_META_KEYS = 5
+
+
+def _combined_meta(validator: _Validator, config: Config) -> None:
+    """defaults.meta and a service's meta are merged before Consul sees them: check the sum."""
+    for index, service in enumerate(config.services):
+        merged = {**config.defaults.meta, **service.meta}
+        total = len(merged) + AUTOMATIC_META_KEYS
+        if total > META_MAX_PAIRS:
+            validator.report(
+                ("services", index, "meta"),
+                f"with defaults.meta and the {AUTOMATIC_META_KEYS} keys regagent adds this makes "
+                f"{total} pairs; Consul allows at most {META_MAX_PAIRS}",
+            )
+
+
+def _inline_token_problem(path: str) -> Optional[str]:
+    """An inline token is as secret as a token file: its file must not be world-readable."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if mode & stat.S_IROTH:
+        return (
+            f"holds a token but {path} is world-readable; move it to consul.token_file "
+            f"or run: chmod o-rwx {path}"
+        )
+    return None
 
 
 def validate(doc: MergedDocument) -> Config:
