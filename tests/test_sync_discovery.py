@@ -108,11 +108,51 @@ def test_vanished_exporter_stays_critical_even_when_the_state_file_is_lost(
     after_loss = regagent(config, "sync")
     assert after_loss.returncode == 0, after_loss.stderr
     assert sid in node_services(consul_cluster), "lost state must not drop the target"
-    assert node_checks(consul_cluster)[f"service:{sid}"]["Status"] == "critical"
-    assert consul_cluster.stats()["endpoints"].get("PUT /v1/catalog/deregister", 0) == 0
+    after = node_checks(consul_cluster)[f"service:{sid}"]
+    assert (after["Status"], after["Output"]) == ("critical", check["Output"])  # same "since"
+    assert consul_cluster.stats()["writes_applied"] == 0
+
+    # An unwritable state directory (here: below a regular file) changes nothing either.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    write_config(
+        tmp_path,
+        consul_cluster,
+        [],
+        discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+        sync={"interval": "300ms", "jitter": "50ms", "state_dir": str(blocker / "state")},
+    )
+    for _ in range(2):
+        assert regagent(config, "sync").returncode == 0
+    assert consul_cluster.stats()["writes_applied"] == 0
+    write_config(
+        tmp_path,
+        consul_cluster,
+        [],
+        discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+    )
 
     exporter.start()
     back = regagent(config, "sync")
     assert back.returncode == 0, back.stderr
     assert node_checks(consul_cluster)[f"service:{sid}"]["Status"] == "passing"
     assert f"! status {sid}: critical -> passing" in back.stdout
+
+
+def test_excluding_a_vanished_exporters_port_deregisters_it_at_once(
+    consul_cluster: SimCluster, tmp_path: Path, exporter: Exporter
+) -> None:
+    port = exporter.port
+    sid = f"node-exporter-{port}"
+    discovery = {"enabled": True, "port_ranges": [f"{port}-{port}"]}
+    config = write_config(tmp_path, consul_cluster, [], discovery=discovery)
+    assert regagent(config, "sync").returncode == 0
+    exporter.stop()
+    assert regagent(config, "sync").returncode == 0
+    assert node_checks(consul_cluster)[f"service:{sid}"]["Status"] == "critical"
+
+    write_config(tmp_path, consul_cluster, [], discovery={**discovery, "exclude_ports": [port]})
+    dropped = regagent(config, "sync")
+    assert dropped.returncode == 0, dropped.stderr
+    assert f"- deregister {sid}" in dropped.stdout
+    assert sid not in node_services(consul_cluster)

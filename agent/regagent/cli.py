@@ -130,8 +130,8 @@ def intent_source(config: Config) -> IntentSource:
     """Discovery plus static services, as the sync engine consumes them."""
     from regagent.desired import desired_intents
 
-    return lambda address, registered, persist: desired_intents(
-        config, address, registered=registered, persist=persist
+    return lambda address, actual, persist: desired_intents(
+        config, address, actual=actual, persist=persist
     )
 
 

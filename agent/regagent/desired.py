@@ -20,13 +20,15 @@ Rules (design decisions 3, 4 and 9):
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
 from regagent.discovery.identify import (
+    EXCLUDED,
     GENERIC_SERVICE,
     IDENTIFIED,
     LOOPBACK,
@@ -36,12 +38,14 @@ from regagent.discovery.identify import (
     Finding,
 )
 from regagent.discovery.probe import url_host
-from regagent.discovery.state import SeenService, format_time
+from regagent.discovery.state import SeenService, format_time, parse_time
 from regagent.model import (
     CRITICAL,
     MANAGED_BY_KEY,
     MANAGED_BY_VALUE,
     PASSING,
+    ActualState,
+    CheckState,
     HealthProbe,
     ServiceIntent,
     ServiceRegistration,
@@ -138,6 +142,7 @@ def build_intents(
         intents.append(outcome)
 
     listening = {f.port for f in discovery.findings}
+    excluded_now = {f.port for f in discovery.findings if f.outcome == EXCLUDED}
     expired: List[str] = []
     for sid, entry in sorted(previous.items()):
         if sid in seen or sid in static_ids or entry.port in static_ports:
@@ -147,6 +152,10 @@ def build_intents(
             # old registration would make Prometheus scrape the same endpoint twice.
             continue
         if _ignored(config.discovery.overrides, entry.meta.get("exporter"), entry.port):
+            continue
+        if entry.port in config.discovery.exclude_ports or entry.port in excluded_now:
+            continue  # the operator asked to drop it: no 72h of a critical target
+        if entry.meta.get("exporter") == UNKNOWN and not config.discovery.register_unknown:
             continue
         if now - entry.last_seen > config.sync.deregister_after:
             expired.append(sid)
@@ -291,19 +300,39 @@ def _registration(entry: SeenService) -> ServiceRegistration:
     )
 
 
+_SINCE = re.compile(r" since (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$")
+
+
+def _last_seen_from_check(check: Optional[CheckState], now: float) -> float:
+    """A vanished exporter's check says since when; that survives a lost state file."""
+    if check is not None and check.status == CRITICAL:
+        match = _SINCE.search(check.output)
+        if match:
+            try:
+                return min(parse_time(match.group(1)), now)
+            except ValueError:
+                pass
+    return now
+
+
 def adopt_registered(
-    previous: Mapping[str, SeenService], registered: Sequence[ServiceRegistration], now: float
+    previous: Mapping[str, SeenService], actual: Optional[ActualState], now: float
 ) -> Dict[str, SeenService]:
-    """Discovered services Consul holds but the state file lacks (lost or rebuilt file).
+    """Discovered services Consul holds but the state file lacks (lost or unwritable file).
 
     Without this, a lost state file would make every vanished exporter look unknown and the
-    planner would deregister it at once: a silent drop (decision 4). Adopted entries count as
-    seen now, so they get the full `deregister_after` grace.
+    planner would deregister it at once: a silent drop (decision 4). The last-seen time comes
+    from the critical check's own "since" text when there is one, so the grace period neither
+    restarts nor drifts (a drifting text would also cost a Consul write every cycle).
     """
     adopted = dict(previous)
-    for service in registered:
+    if actual is None:
+        return adopted
+    checks = {c.service_id: c for c in actual.checks}
+    for service in actual.services:
         if service.id in adopted or not service.managed or "exporter" not in service.meta:
             continue
+        seen = _last_seen_from_check(checks.get(service.id), now)
         adopted[service.id] = SeenService(
             id=service.id,
             name=service.name,
@@ -311,8 +340,8 @@ def adopt_registered(
             address=service.address,
             tags=service.tags,
             meta={k: v for k, v in service.meta.items() if k != MANAGED_BY_KEY},
-            first_seen=now,
-            last_seen=now,
+            first_seen=seen,
+            last_seen=seen,
         )
     return adopted
 
@@ -322,12 +351,12 @@ def desired_intents(
     node_address: str,
     now: Optional[float] = None,
     *,
-    registered: Sequence[ServiceRegistration] = (),
+    actual: Optional[ActualState] = None,
     persist: bool = True,
 ) -> List[ServiceIntent]:
     """The shell for the sync engine: discover, build intents, persist discovery state.
 
-    `registered` is what Consul holds for this node (adopted when the state file lacks it);
+    `actual` is what Consul holds for this node (adopted when the state file lacks it);
     `persist` False (dry-run) leaves the state file untouched. Keeps caches (process owners,
     loopback reports) across calls in one process.
     """
@@ -335,4 +364,4 @@ def desired_intents(
 
     moment = time.time() if now is None else now
     runner = default_runner()
-    return list(runner.run(config, node_address, moment, persist, registered)[1].intents)
+    return list(runner.run(config, node_address, moment, persist, actual)[1].intents)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import structlog
 
@@ -42,8 +42,8 @@ from regagent.plan import Plan, plan
 
 log = structlog.get_logger(__name__)
 
-# (node address, what Consul holds for this node, persist discovery state?) -> services wanted
-IntentSource = Callable[[str, Tuple[ServiceRegistration, ...], bool], List[ServiceIntent]]
+# (node address, what Consul holds for this node if known, persist discovery state?) -> wanted
+IntentSource = Callable[[str, Optional[ActualState], bool], List[ServiceIntent]]
 
 NO_CHECK_OUTPUT = "no health check configured"
 
@@ -124,9 +124,9 @@ class SyncEngine:
         self.intents = intents
 
     def build_desired(
-        self, address: str, registered: Tuple[ServiceRegistration, ...] = (), persist: bool = True
+        self, address: str, actual: Optional[ActualState] = None, persist: bool = True
     ) -> DesiredState:
-        intents = self.intents(address, registered, persist)
+        intents = self.intents(address, actual, persist)
         probes = [i.probe for i in intents if i.status is None and i.probe is not None]
         results = run_probes(probes)
         return desired_state(node_registration(self.config, address), intents, results)
@@ -148,8 +148,7 @@ class SyncEngine:
         try:
             server = result.server or self.config.consul.servers[0]
             address = resolve_node_address(self.config, server)
-            registered = result.actual.services if result.actual else ()
-            result.desired = self.build_desired(address, registered, persist=not dry_run)
+            result.desired = self.build_desired(address, result.actual, persist=not dry_run)
         except RegagentError as exc:
             result.error = result.error or exc
         if result.error is not None or result.actual is None or result.desired is None:

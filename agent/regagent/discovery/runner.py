@@ -8,7 +8,7 @@ already reported) save work and log noise across cycles.
 from __future__ import annotations
 
 import threading
-from typing import Callable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, List, Mapping, Optional, Set, Tuple
 
 import structlog
 
@@ -20,7 +20,7 @@ from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.processes import ProcessResolver
 from regagent.discovery.state import SeenService, load_state, save_state, state_path
-from regagent.model import CRITICAL, ServiceIntent, ServiceRegistration
+from regagent.model import CRITICAL, ActualState, ServiceIntent
 
 log = structlog.get_logger(__name__)
 
@@ -61,13 +61,13 @@ class DiscoveryRunner:
         node_address: str,
         now: float,
         persist: bool = True,
-        registered: Sequence[ServiceRegistration] = (),
+        actual: Optional[ActualState] = None,
     ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
         """Discover, build intents against the stored state, store the new state if `persist`."""
         result = self.discover(config)
         path = state_path(config.sync.state_dir)
         stored = load_state(path) if result is not None else {}
-        previous = adopt_registered(stored, registered, now) if result is not None else {}
+        previous = adopt_registered(stored, actual, now) if result is not None else {}
         for sid in sorted(set(previous) - set(stored)):
             log.warning("discovery state lacked a registered exporter; adopted", service_id=sid)
         desired = build_intents(
