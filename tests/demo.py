@@ -4,7 +4,7 @@ Starts the bundled three-server Consul emulator, discovers this host's exporters
 static service stands in when none is found), runs `regagent sync` against the emulator, shows
 what Consul now holds, and stops the emulator.
 
-    python3 -m pip install -e . && python3 -m tests.demo
+    python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python -m tests.demo
 """
 
 from __future__ import annotations
