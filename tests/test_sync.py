@@ -18,7 +18,7 @@ import yaml
 
 from consulsim import SimCluster
 from regagent.config import load_config
-from regagent.consul_catalog import checked_response
+from regagent.consul_catalog import checked_response, read_actual
 from regagent.consul_pool import ServerPool
 from regagent.errors import ConsulRefused
 from regagent.model import ServiceIntent, ServiceRegistration
@@ -610,3 +610,17 @@ def wait_for_port(port: int) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def test_status_survey_cools_a_black_holed_server_so_reads_skip_it(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = load_config(str(write_config(tmp_path, consul_cluster, [])))
+    pool = ServerPool(config.consul)
+    consul_cluster.blackhole(0)
+    reports = pool.survey()
+    assert [r.reachable for r in reports] == [False, True, True]
+    assert reports[0].error == "no answer (read timed out)"
+    assert reports[1].leader is not None
+    read_actual(pool, NODE)
+    assert pool.servers[0].requests == 0  # the timeout was paid once, by the survey

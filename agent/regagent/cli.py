@@ -11,8 +11,8 @@ import argparse
 import json
 import os
 import sys
-import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TextIO
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TextIO
 
 import structlog
 import yaml
@@ -21,7 +21,7 @@ from regagent import __version__
 from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
 from regagent.config import resolve_config_path as _resolve_path
 from regagent.config.show import MASK, effective_config
-from regagent.consul_pool import ServerPool, describe_failure
+from regagent.consul_pool import ServerPool
 from regagent.credentials import load_token
 from regagent.errors import ConfigError, RegagentError
 from regagent.logs import configure_logging
@@ -183,42 +183,13 @@ def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return discover_command(config, address, args.format, out)
 
 
-def server_states(config: Config, pool: ServerPool) -> List[Dict[str, Any]]:
-    """Asks every server for its leader: reachable, leader known, last error."""
-    states = []
-    for server in pool.servers:
-        started = time.monotonic()
-        try:
-            leader = server.client.status.leader()
-            states.append(
-                {
-                    "server": server.address,
-                    "reachable": True,
-                    "leader": leader or None,
-                    "error": None if leader else "no cluster leader",
-                    "latency_ms": round((time.monotonic() - started) * 1000),
-                }
-            )
-        except Exception as exc:
-            states.append(
-                {
-                    "server": server.address,
-                    "reachable": False,
-                    "leader": None,
-                    "error": describe_failure(exc),
-                    "latency_ms": None,
-                }
-            )
-    return states
-
-
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from regagent.consul_catalog import read_actual
     from regagent.render import service_json
     from regagent.sync import node_name
 
     pool = _pool(config)
-    servers = server_states(config, pool)
+    servers = [asdict(report) for report in pool.survey()]
     report: Dict[str, Any] = {
         "node": node_name(config),
         "servers": servers,

@@ -16,6 +16,7 @@ import random
 import re
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Set, Tuple, TypeVar, Union
 
@@ -75,7 +76,6 @@ class ServerState:
     failures: int = 0
     cooldown_until: float = 0.0
     last_error: str = ""
-    last_ok: float = 0.0
     requests: int = 0
 
     def cooling(self, now: float) -> bool:
@@ -216,6 +216,31 @@ def _refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
     return None
 
 
+@dataclass(frozen=True)
+class ServerReport:
+    """One server as `regagent status` shows it."""
+
+    server: str
+    reachable: bool
+    leader: Optional[str]
+    error: Optional[str]
+    latency_ms: Optional[int]
+
+
+def _ask_leader(server: ServerState) -> ServerReport:
+    started = time.monotonic()
+    try:
+        leader = server.client.status.leader()
+    except Exception as exc:  # reported, never raised: status must show every server
+        return ServerReport(server.address, False, None, describe_failure(exc), None)
+    latency = round((time.monotonic() - started) * 1000)
+    if not isinstance(leader, str):
+        return ServerReport(server.address, False, None, "unexpected answer", latency)
+    return ServerReport(
+        server.address, True, leader or None, None if leader else "no cluster leader", latency
+    )
+
+
 class ServerPool:
     """Runs Consul calls against the first healthy server, failing over as described above."""
 
@@ -283,6 +308,19 @@ class ServerPool:
             )
         raise ConsulUnreachable(f"no Consul server reachable for {what} ({'; '.join(errors)})")
 
+    def survey(self) -> List[ServerReport]:
+        """Asks every server, in parallel, for its leader; unreachable ones start cooling down
+        so the reads that follow do not pay their timeout a second time."""
+        with ThreadPoolExecutor(max_workers=len(self.servers)) as executor:
+            reports = list(executor.map(_ask_leader, self.servers))
+        for index, report in enumerate(reports):
+            server = self.servers[index]
+            if report.reachable:
+                server.last_error = report.error or ""
+            else:
+                self._cool_down(server, report.error or "unreachable", "status")
+        return reports
+
     def _succeeded(self, index: int) -> None:
         server = self.servers[index]
         if server.failures:
@@ -290,7 +328,6 @@ class ServerPool:
         server.failures = 0
         server.cooldown_until = 0.0
         server.last_error = ""
-        server.last_ok = self.clock()
         self.current = index
 
     def _cool_down(self, server: ServerState, error: str, what: str) -> None:
