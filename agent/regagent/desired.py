@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
@@ -220,7 +220,7 @@ def _ignored(overrides: Tuple[ExporterOverride, ...], exporter: Optional[str], p
 
 def _discovered(
     finding: Finding, config: Config, node_address: str, table: ExporterTable
-) -> ServiceIntent | str:
+) -> Union[ServiceIntent, str]:
     """The intent for a present exporter, or the reason it is not registered."""
     settings = config.discovery
     if finding.outcome != IDENTIFIED:

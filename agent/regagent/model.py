@@ -7,7 +7,7 @@ byte-identical Consul requests (writes only on change depend on it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 MANAGED_BY_KEY = "managed-by"
 MANAGED_BY_VALUE = "regagent"
@@ -18,7 +18,7 @@ CRITICAL = "critical"
 CHECK_STATUSES = (PASSING, WARNING, CRITICAL)
 
 
-def canonical_tags(tags: tuple[str, ...] | list[str]) -> Tuple[str, ...]:
+def canonical_tags(tags: Sequence[str]) -> Tuple[str, ...]:
     """Sorted and de-duplicated: Consul compares tag lists in order, so order must be stable."""
     return tuple(sorted(set(tags)))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import structlog
 
@@ -278,7 +278,7 @@ def identify(
     )
 
 
-def _matched(spec: ExporterSpec, names: frozenset[str]) -> str:
+def _matched(spec: ExporterSpec, names: FrozenSet[str]) -> str:
     for prefix in sorted(spec.fingerprint, key=len, reverse=True):
         if any(name.startswith(prefix) for name in names):
             return prefix

@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 
 ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5,*/*;q=0.1"
 USER_AGENT = "regagent-discovery"
@@ -186,7 +186,7 @@ def parse_exposition(text: str, truncated: bool = False) -> Exposition:
     lines = text.split("\n")
     if truncated and lines:
         lines = lines[:-1]
-    names: set[str] = set()
+    names: Set[str] = set()
     build_info: Dict[str, Dict[str, str]] = {}
     samples = 0
     for number, raw in enumerate(lines, start=1):
