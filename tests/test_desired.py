@@ -30,7 +30,14 @@ from regagent.discovery.identify import (
 )
 from regagent.discovery.listeners import Listener
 from regagent.discovery.state import SeenService
-from regagent.model import CRITICAL, PASSING, HealthProbe, ServiceIntent
+from regagent.model import (
+    CRITICAL,
+    PASSING,
+    HealthProbe,
+    ServiceIntent,
+    ServiceRegistration,
+    canonical_service,
+)
 
 NODE = "192.0.2.10"
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -327,3 +334,31 @@ def test_rename_supersedes_the_old_registration_on_the_same_port() -> None:
     result = run(config, finding(), previous=previous)
     assert ids(result.intents) == ["node-9100"]
     assert list(result.seen) == ["node-9100"]
+
+
+def test_canonical_service_sorts_and_marks_ownership() -> None:
+    raw = ServiceRegistration(
+        "app-1",
+        "app",
+        1,
+        "192.0.2.1",
+        ("b", "a", "b"),
+        {"z": "1", "managed-by": "puppet", "a": "2"},
+    )
+    service = canonical_service(raw)
+    assert service.tags == ("a", "b")
+    assert list(service.meta.items()) == [("a", "2"), ("managed-by", "regagent"), ("z", "1")]
+    assert (service.id, service.name, service.port, service.address) == (
+        "app-1",
+        "app",
+        1,
+        "192.0.2.1",
+    )
+    assert canonical_service(service) == service
+
+
+def test_static_meta_cannot_take_ownership_away() -> None:
+    config = Config(services=(ServiceConfig(name="app", port=8080, meta={"managed-by": "x"}),))
+    (intent,) = build_intents(config, NODE, None, NOW).intents
+    assert intent.service == canonical_service(intent.service)
+    assert intent.service.meta["managed-by"] == "regagent"

@@ -41,16 +41,13 @@ from regagent.discovery.probe import url_host
 from regagent.discovery.state import SeenService, format_time, parse_time
 from regagent.model import (
     CRITICAL,
-    MANAGED_BY_KEY,
-    MANAGED_BY_VALUE,
     PASSING,
     ActualState,
     CheckState,
     HealthProbe,
     ServiceIntent,
     ServiceRegistration,
-    canonical_tags,
-    meta_dict,
+    canonical_service,
 )
 
 SOURCE_DISCOVERY = "discovery"
@@ -128,16 +125,7 @@ def build_intents(
             skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, reason))
             continue
         earlier = previous.get(service.id)
-        seen[service.id] = SeenService(
-            id=service.id,
-            name=service.name,
-            port=service.port,
-            address=service.address,
-            tags=service.tags,
-            meta=dict(service.meta),
-            first_seen=earlier.first_seen if earlier else now,
-            last_seen=now,
-        )
+        seen[service.id] = _seen_entry(service, earlier.first_seen if earlier else now, now)
         by_port[finding.port] = service.id
         intents.append(outcome)
 
@@ -173,15 +161,16 @@ def static_intent(svc: ServiceConfig, config: Config, node_address: str) -> Serv
         **svc.meta,
         "metrics_path": svc.metrics_path,
         "scheme": svc.scheme,
-        MANAGED_BY_KEY: MANAGED_BY_VALUE,
     }
-    service = ServiceRegistration(
-        id=svc.id or f"{svc.name}-{svc.port}",
-        name=svc.name,
-        port=svc.port,
-        address=address,
-        tags=canonical_tags([*svc.tags, *config.defaults.tags]),
-        meta=meta_dict(meta),
+    service = canonical_service(
+        ServiceRegistration(
+            id=svc.id or f"{svc.name}-{svc.port}",
+            name=svc.name,
+            port=svc.port,
+            address=address,
+            tags=(*svc.tags, *config.defaults.tags),
+            meta=meta,
+        )
     )
     return ServiceIntent(service, SOURCE_STATIC, probe=static_probe(svc, address))
 
@@ -251,15 +240,16 @@ def _discovered(
         "exporter": exporter,
         "exporter_version": finding.version or UNKNOWN,
         **override_meta,
-        MANAGED_BY_KEY: MANAGED_BY_VALUE,
     }
-    service = ServiceRegistration(
-        id=f"{name}-{finding.port}",
-        name=name,
-        port=finding.port,
-        address=address,
-        tags=canonical_tags(tags),
-        meta=meta_dict(meta),
+    service = canonical_service(
+        ServiceRegistration(
+            id=f"{name}-{finding.port}",
+            name=name,
+            port=finding.port,
+            address=address,
+            tags=tuple(tags),
+            meta=meta,
+        )
     )
     url = f"{finding.scheme}://{url_host(address)}:{finding.port}{finding.metrics_path}"
     probe = HealthProbe("http", url, settings.probe_timeout)
@@ -290,13 +280,22 @@ def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
 
 
 def _registration(entry: SeenService) -> ServiceRegistration:
-    return ServiceRegistration(
-        id=entry.id,
-        name=entry.name,
-        port=entry.port,
-        address=entry.address,
-        tags=canonical_tags(entry.tags),
-        meta=meta_dict({**entry.meta, MANAGED_BY_KEY: MANAGED_BY_VALUE}),
+    return canonical_service(
+        ServiceRegistration(entry.id, entry.name, entry.port, entry.address, entry.tags, entry.meta)
+    )
+
+
+def _seen_entry(service: ServiceRegistration, first_seen: float, last_seen: float) -> SeenService:
+    """The state entry for a registration: what to re-create byte-identically if it vanishes."""
+    return SeenService(
+        id=service.id,
+        name=service.name,
+        port=service.port,
+        address=service.address,
+        tags=tuple(service.tags),
+        meta=dict(service.meta),
+        first_seen=first_seen,
+        last_seen=last_seen,
     )
 
 
@@ -333,16 +332,7 @@ def adopt_registered(
         if service.id in adopted or not service.managed or "exporter" not in service.meta:
             continue
         seen = _last_seen_from_check(checks.get(service.id), now)
-        adopted[service.id] = SeenService(
-            id=service.id,
-            name=service.name,
-            port=service.port,
-            address=service.address,
-            tags=service.tags,
-            meta={k: v for k, v in service.meta.items() if k != MANAGED_BY_KEY},
-            first_seen=seen,
-            last_seen=seen,
-        )
+        adopted[service.id] = _seen_entry(service, seen, seen)
     return adopted
 
 

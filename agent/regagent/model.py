@@ -48,6 +48,19 @@ class ServiceRegistration:
         return self.meta.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
 
 
+def canonical_service(service: ServiceRegistration) -> ServiceRegistration:
+    """The form regagent writes: tags canonical, meta key-sorted, `managed-by=regagent` always
+    set (it wins over any value the config or Consul had), so equal services compare equal."""
+    return ServiceRegistration(
+        id=service.id,
+        name=service.name,
+        port=service.port,
+        address=service.address,
+        tags=canonical_tags(service.tags),
+        meta=meta_dict({**service.meta, MANAGED_BY_KEY: MANAGED_BY_VALUE}),
+    )
+
+
 @dataclass(frozen=True)
 class CheckState:
     """A service check's state; regagent runs checks itself (Consul never runs catalog checks)."""
