@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
+import subprocess
+import sys
 from dataclasses import replace
 from typing import Dict, Optional
 
@@ -362,3 +365,24 @@ def test_static_meta_cannot_take_ownership_away() -> None:
     (intent,) = build_intents(config, NODE, None, NOW).intents
     assert intent.service == canonical_service(intent.service)
     assert intent.service.meta["managed-by"] == "regagent"
+
+
+def test_desired_intents_is_the_runners_and_the_pure_module_does_not_import_it() -> None:
+    from regagent.desired import desired_intents as compat
+    from regagent.discovery.runner import desired_intents
+
+    assert compat is desired_intents  # kept for cli.py until it imports from the runner
+    assert str(inspect.signature(desired_intents)) == (
+        "(config: 'Config', node_address: 'str', now: 'Optional[float]' = None, *, "
+        "actual: 'Optional[ActualState]' = None, persist: 'bool' = True) "
+        "-> 'List[ServiceIntent]'"
+    )
+    config = Config(
+        discovery=DiscoveryConfig(enabled=False), services=(ServiceConfig(name="a", port=1),)
+    )
+    assert ids(tuple(desired_intents(config, NODE, NOW, persist=False))) == ["a-1"]
+    probe = "import sys, regagent.desired; print('regagent.discovery.runner' in sys.modules)"
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert shown.stdout.strip() == "False"

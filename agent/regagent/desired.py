@@ -2,8 +2,8 @@
 
 `build_intents` is pure: the same config, node address, discovery result, clock reading and
 previous discovery state always give the same intents and the same new state. Everything that
-reads sockets or files lives in `regagent.discovery`; `desired_intents` is the thin shell the
-sync engine calls each cycle.
+reads sockets or files lives in `regagent.discovery`; `regagent.discovery.runner.desired_intents`
+is the thin shell the sync engine calls each cycle.
 
 Rules (design decisions 3, 4 and 9):
 - Service ID `<name>-<port>` (static services may set their own `id`).
@@ -21,9 +21,8 @@ Rules (design decisions 3, 4 and 9):
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
@@ -336,22 +335,12 @@ def adopt_registered(
     return adopted
 
 
-def desired_intents(
-    config: Config,
-    node_address: str,
-    now: Optional[float] = None,
-    *,
-    actual: Optional[ActualState] = None,
-    persist: bool = True,
-) -> List[ServiceIntent]:
-    """The shell for the sync engine: discover, build intents, persist discovery state.
+def __getattr__(name: str) -> Any:
+    # Compatibility: `desired_intents` (the I/O shell) moved to regagent.discovery.runner so that
+    # this pure module no longer imports its shell; cli.py still imports it from here. Remove
+    # once it imports `from regagent.discovery.runner import desired_intents`.
+    if name == "desired_intents":
+        from regagent.discovery.runner import desired_intents
 
-    `actual` is what Consul holds for this node (adopted when the state file lacks it);
-    `persist` False (dry-run) leaves the state file untouched. Keeps caches (process owners,
-    loopback reports) across calls in one process.
-    """
-    from regagent.discovery.runner import default_runner
-
-    moment = time.time() if now is None else now
-    runner = default_runner()
-    return list(runner.run(config, node_address, moment, persist, actual)[1].intents)
+        return desired_intents
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

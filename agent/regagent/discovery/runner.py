@@ -1,6 +1,7 @@
 """One discovery cycle with its side effects: sockets, probes, the state file and the log.
 
 `regagent.desired.build_intents` decides; this module feeds it and persists what it returns.
+`desired_intents` is the entry point the sync engine calls each cycle.
 A runner lives as long as the daemon so that its caches (socket owners by inode, listeners
 already reported) save work and log noise across cycles.
 """
@@ -8,6 +9,7 @@ already reported) save work and log noise across cycles.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, List, Mapping, Optional, Set, Tuple
 
 import structlog
@@ -118,9 +120,27 @@ _default_lock = threading.Lock()
 
 
 def default_runner() -> DiscoveryRunner:
-    """The process-wide runner used by `regagent.desired.desired_intents`."""
+    """The process-wide runner used by `desired_intents`."""
     global _default
     with _default_lock:
         if _default is None:
             _default = DiscoveryRunner()
         return _default
+
+
+def desired_intents(
+    config: Config,
+    node_address: str,
+    now: Optional[float] = None,
+    *,
+    actual: Optional[ActualState] = None,
+    persist: bool = True,
+) -> List[ServiceIntent]:
+    """The shell for the sync engine: discover, build intents, persist discovery state.
+
+    `actual` is what Consul holds for this node (adopted when the state file lacks it);
+    `persist` False (dry-run) leaves the state file untouched. Keeps caches (process owners,
+    loopback reports) across calls in one process.
+    """
+    moment = time.time() if now is None else now
+    return list(default_runner().run(config, node_address, moment, persist, actual)[1].intents)
