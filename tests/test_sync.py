@@ -18,7 +18,8 @@ import yaml
 
 from consulsim import SimCluster
 from regagent.config import load_config
-from regagent.consul_catalog import checked_response, read_actual
+from regagent.consul_catalog import read_actual
+from regagent.consul_http import checked_response
 from regagent.consul_pool import ServerPool
 from regagent.errors import ConsulRefused
 from regagent.model import ServiceIntent, ServiceRegistration

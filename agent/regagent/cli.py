@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TextIO
 
 import structlog
@@ -136,7 +136,11 @@ def intent_source(config: Config) -> IntentSource:
 
 
 def _pool(config: Config) -> ServerPool:
-    return ServerPool(config.consul, load_token(config.consul))
+    """The servers, or in agent mode only the local agent (which forwards to them)."""
+    consul = config.consul
+    if consul.mode == "agent":
+        consul = replace(consul, servers=(consul.agent_address,))
+    return ServerPool(consul, load_token(config.consul))
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> int:
@@ -184,6 +188,7 @@ def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.consul_agent import read_agent_actual
     from regagent.consul_catalog import read_actual
     from regagent.render import service_json
     from regagent.sync import node_name
@@ -197,7 +202,11 @@ def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         "error": None,
     }
     try:
-        actual = read_actual(pool, node_name(config))
+        if config.consul.mode == "agent":
+            actual = read_agent_actual(pool)
+            report["node"] = actual.node.name if actual.node else report["node"]
+        else:
+            actual = read_actual(pool, node_name(config))
     except RegagentError as exc:
         report["error"] = str(exc)
     else:

@@ -6,14 +6,11 @@ byte-identical requests (Consul then changes no index, decision 3).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
-from consul.base import CB
-
-from regagent.consul_pool import ServerPool, UnexpectedAnswer
+from regagent.consul_http import WriteRequest, send, stale_get
+from regagent.consul_pool import ServerPool
 from regagent.errors import ConsulUnreachable
 from regagent.model import (
     ActualState,
@@ -24,52 +21,6 @@ from regagent.model import (
 from regagent.plan import Plan
 
 SERF_HEALTH = "serfHealth"
-
-
-def _headers(client: Any) -> Dict[str, str]:
-    return {"X-Consul-Token": client.token} if client.token else {}
-
-
-@dataclass(frozen=True)
-class ReadAnswer:
-    data: Any
-    known_leader: bool
-
-
-def checked_response(response: Any) -> Any:
-    """Raises python-consul2's exceptions for 4xx/5xx, UnexpectedAnswer for a 404 or non-200."""
-    CB._status(response, allow_404=False)  # 400/403/5xx -> its typed exceptions
-    if response.code != 200:
-        raise UnexpectedAnswer(f"{response.code} unexpected answer (is this a Consul server?)")
-    return response
-
-
-def _read_answer(response: Any) -> ReadAnswer:
-    checked_response(response)
-    try:
-        data = json.loads(response.body)
-    except ValueError:
-        raise UnexpectedAnswer("answer is not JSON (is this a Consul server?)") from None
-    return ReadAnswer(data, response.headers.get("X-Consul-KnownLeader") == "true")
-
-
-def _stale_get(client: Any, path: str, shape: type) -> ReadAnswer:
-    """A stale read: any server answers from its replica, with or without a leader."""
-    params: List[Tuple[str, str]] = [("stale", "1")]
-    if client.dc:
-        params.append(("dc", client.dc))
-    answer: ReadAnswer = client.http.get(
-        _read_answer, path=path, params=params, headers=_headers(client)
-    )
-    if answer.data is not None and not isinstance(answer.data, shape):
-        kind = type(answer.data).__name__
-        raise UnexpectedAnswer(f"{path} answered a JSON {kind}, not a {shape.__name__}")
-    return answer
-
-
-def _put(client: Any, path: str, body: Dict[str, Any]) -> None:
-    data = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    client.http.put(checked_response, path=path, data=data, headers=_headers(client))
 
 
 def parse_node(data: Any) -> Tuple[Optional[NodeRegistration], Tuple[ServiceRegistration, ...]]:
@@ -118,10 +69,10 @@ def read_actual(pool: ServerPool, node_name: str) -> ActualState:
     """This node's registrations: exactly two stale reads per cycle."""
     path = quote(node_name, safe="")
     node_answer = pool.call(
-        "read node services", lambda c: _stale_get(c, f"/v1/catalog/node/{path}", dict)
+        "read node services", lambda c: stale_get(c, f"/v1/catalog/node/{path}", dict)
     )
     check_answer = pool.call(
-        "read node checks", lambda c: _stale_get(c, f"/v1/health/node/{path}", list)
+        "read node checks", lambda c: stale_get(c, f"/v1/health/node/{path}", list)
     )
     try:
         node, services = parse_node(node_answer.data)
@@ -182,15 +133,6 @@ def register_body(
     return body
 
 
-@dataclass(frozen=True)
-class WriteRequest:
-    """One catalog write, described for logs and dry-run JSON."""
-
-    path: str
-    body: Dict[str, Any]
-    what: str
-
-
 def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
     """The exact catalog requests that carry out `plan`, in a safe order."""
     requests: List[WriteRequest] = []
@@ -225,12 +167,8 @@ def deregister_request(node: str, service_id: str, datacenter: Optional[str]) ->
     return WriteRequest("/v1/catalog/deregister", body, f"deregister {service_id}")
 
 
-def send(pool: ServerPool, request: WriteRequest) -> None:
-    pool.call(request.what, lambda c: _put(c, request.path, request.body))
-
-
 def deregister_node(pool: ServerPool, node_name: str, datacenter: Optional[str]) -> None:
     body: Dict[str, Any] = {"Node": node_name}
     if datacenter:
         body["Datacenter"] = datacenter
-    pool.call("deregister node", lambda c: _put(c, "/v1/catalog/deregister", body))
+    send(pool, WriteRequest("/v1/catalog/deregister", body, "deregister node"))

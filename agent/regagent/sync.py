@@ -6,21 +6,22 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
 import structlog
 
 from regagent.checks import Result, run_probes
 from regagent.config.model import Config
+from regagent.consul_agent import agent_deregister_request, agent_requests, read_agent_actual
 from regagent.consul_catalog import (
     SERF_HEALTH,
     deregister_node,
     deregister_request,
     plan_requests,
     read_actual,
-    send,
 )
+from regagent.consul_http import WriteRequest, send
 from regagent.consul_pool import NoClusterLeader, ServerPool
 from regagent.errors import ConsulRefused, ConsulUnreachable, NodeOwnedByAgent, RegagentError
 from regagent.model import (
@@ -92,7 +93,8 @@ def desired_state(
         if intent.status is not None:
             status, output = intent.status
         elif intent.probe is not None:
-            status, output = results[intent.probe]
+            # Absent only in agent mode, where the agent runs the probe and owns the status.
+            status, output = results.get(intent.probe, (PASSING, "checked by the Consul agent"))
         else:
             status, output = PASSING, NO_CHECK_OUTPUT
         services.append(service)
@@ -122,11 +124,16 @@ class SyncEngine:
         self.config = config
         self.pool = pool
         self.intents = intents
+        self.agent_mode = config.consul.mode == "agent"
+        self.probes: Dict[str, Optional[HealthProbe]] = {}  # service ID -> its probe (agent mode)
 
     def build_desired(
         self, address: str, actual: Optional[ActualState] = None, persist: bool = True
     ) -> DesiredState:
         intents = self.intents(address, actual, persist)
+        self.probes = {i.service.id: i.probe for i in intents}
+        if self.agent_mode:  # the agent runs the checks; regagent only registers them
+            return desired_state(actual_node_or(actual, self.config, address), intents, {})
         probes = [i.probe for i in intents if i.status is None and i.probe is not None]
         results = run_probes(probes)
         return desired_state(node_registration(self.config, address), intents, results)
@@ -134,29 +141,34 @@ class SyncEngine:
     def cycle(self, dry_run: bool = False) -> CycleResult:
         """Never raises RegagentError: the caller decides how to report `result.error`."""
         result = CycleResult()
-        if self.config.consul.mode != "catalog":
-            result.error = RegagentError(
-                f"consul.mode: {self.config.consul.mode} is not supported yet; use catalog"
-            )
-            return result
         name = node_name(self.config)
         try:
-            result.actual = read_actual(self.pool, name)
+            if self.agent_mode:
+                result.actual = read_agent_actual(self.pool)
+            else:
+                result.actual = read_actual(self.pool, name)
             result.server = self.pool.current_server.address
         except RegagentError as exc:
             result.error = exc
         try:
-            server = result.server or self.config.consul.servers[0]
+            # Agent mode: the agent is local, so route towards the servers for our address.
+            server = (not self.agent_mode and result.server) or self.config.consul.servers[0]
             address = resolve_node_address(self.config, server)
             result.desired = self.build_desired(address, result.actual, persist=not dry_run)
         except RegagentError as exc:
             result.error = result.error or exc
         if result.error is not None or result.actual is None or result.desired is None:
             return result
-        result.error = ownership_problem(name, result.actual)
-        if result.error is not None:
-            return result
-        result.plan = plan(result.desired, result.actual)
+        if self.agent_mode:
+            # Check status belongs to the agent that runs the checks: compare services only.
+            result.plan = plan(
+                replace(result.desired, checks=()), replace(result.actual, checks=())
+            )
+        else:
+            result.error = ownership_problem(name, result.actual)
+            if result.error is not None:
+                return result
+            result.plan = plan(result.desired, result.actual)
         for conflict in result.plan.conflicts:
             log.warning("service_skipped", service_id=conflict.service_id, reason=conflict.reason)
         if dry_run or result.plan.empty:
@@ -171,13 +183,18 @@ class SyncEngine:
         self.apply(result)
         return result
 
+    def requests(self, plan: Plan) -> List[WriteRequest]:
+        if self.agent_mode:
+            return agent_requests(plan, self.probes, self.config.sync.interval)
+        return plan_requests(plan, self.config.consul.datacenter)
+
     def apply(self, result: CycleResult) -> None:
         """Sends the plan; a refused write is skipped, a lost cluster stops the apply.
 
         Everything written is idempotent: the next cycle re-plans and completes the rest.
         """
         assert result.plan is not None
-        requests = plan_requests(result.plan, self.config.consul.datacenter)
+        requests = self.requests(result.plan)
         failures: List[RegagentError] = []
         for request in requests:
             try:
@@ -224,14 +241,27 @@ def ownership_problem(name: str, actual: ActualState) -> Optional[RegagentError]
     return None
 
 
+def actual_node_or(actual: Optional[ActualState], config: Config, address: str) -> NodeRegistration:
+    """Agent mode: the node is the agent's own (never written), else what config says."""
+    if actual is not None and actual.node is not None:
+        return actual.node
+    return node_registration(config, address)
+
+
 def deregister_owned(config: Config, pool: ServerPool) -> List[str]:
     """Removes this node's regagent-owned services, and the node when nothing else is on it."""
+    removed: List[str] = []
+    if config.consul.mode == "agent":
+        for service in read_agent_actual(pool).services:
+            if service.managed:
+                send(pool, agent_deregister_request(service.id))
+                removed.append(service.id)
+        return removed
     name = node_name(config)
     actual = read_actual(pool, name)
     problem = ownership_problem(name, actual)
     if problem is not None:
         raise problem
-    removed: List[str] = []
     for service in actual.services:
         if service.managed:
             send(pool, deregister_request(name, service.id, config.consul.datacenter))

@@ -1,0 +1,77 @@
+"""HTTP details shared by catalog and agent mode: strict answer checks and canonical writes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from consul.base import CB
+
+from regagent.consul_pool import ServerPool, UnexpectedAnswer
+
+
+def _headers(client: Any) -> Dict[str, str]:
+    return {"X-Consul-Token": client.token} if client.token else {}
+
+
+@dataclass(frozen=True)
+class ReadAnswer:
+    data: Any
+    known_leader: bool
+
+
+def checked_response(response: Any) -> Any:
+    """Raises python-consul2's exceptions for 4xx/5xx, UnexpectedAnswer for a 404 or non-200."""
+    CB._status(response, allow_404=False)  # 400/403/5xx -> its typed exceptions
+    if response.code != 200:
+        raise UnexpectedAnswer(f"{response.code} unexpected answer (is this a Consul server?)")
+    return response
+
+
+def read_answer(response: Any) -> ReadAnswer:
+    checked_response(response)
+    try:
+        data = json.loads(response.body)
+    except ValueError:
+        raise UnexpectedAnswer("answer is not JSON (is this a Consul server?)") from None
+    return ReadAnswer(data, response.headers.get("X-Consul-KnownLeader") == "true")
+
+
+def stale_get(client: Any, path: str, shape: type) -> ReadAnswer:
+    """A stale read: any server answers from its replica, with or without a leader."""
+    params: List[Tuple[str, str]] = [("stale", "1")]
+    if client.dc:
+        params.append(("dc", client.dc))
+    return get_json(client, path, shape, params)
+
+
+def get_json(
+    client: Any, path: str, shape: type, params: Optional[List[Tuple[str, str]]] = None
+) -> ReadAnswer:
+    """GET a JSON document of the expected shape, or raise UnexpectedAnswer."""
+    answer: ReadAnswer = client.http.get(
+        read_answer, path=path, params=params, headers=_headers(client)
+    )
+    if answer.data is not None and not isinstance(answer.data, shape):
+        kind = type(answer.data).__name__
+        raise UnexpectedAnswer(f"{path} answered a JSON {kind}, not a {shape.__name__}")
+    return answer
+
+
+def _put(client: Any, path: str, body: Dict[str, Any]) -> None:
+    data = json.dumps(body, sort_keys=True, separators=(",", ":")) if body else ""
+    client.http.put(checked_response, path=path, data=data, headers=_headers(client))
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    """One write, described for logs and dry-run JSON."""
+
+    path: str
+    body: Dict[str, Any]
+    what: str
+
+
+def send(pool: ServerPool, request: WriteRequest) -> None:
+    pool.call(request.what, lambda c: _put(c, request.path, request.body))

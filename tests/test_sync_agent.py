@@ -1,0 +1,78 @@
+"""Agent mode: register through a local Consul agent's API and let it run the checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import consul
+
+from consulsim import SimCluster
+from test_sync import regagent, static, write_config
+
+AGENT_REGISTER = "PUT /v1/agent/service/register"
+
+
+def agent_config(tmp_path: Path, cluster: SimCluster, services: Any) -> Path:
+    return write_config(
+        tmp_path, cluster, services, consul={"mode": "agent", "agent_address": cluster.addresses[1]}
+    )
+
+
+def agent_services(cluster: SimCluster) -> Dict[str, Any]:
+    return dict(cluster.get(1, "/v1/agent/services"))
+
+
+def agent_registers(cluster: SimCluster) -> int:
+    return int(cluster.stats()["servers"][1]["endpoints"].get(AGENT_REGISTER, 0))
+
+
+def test_agent_mode_registers_through_the_agent_and_writes_only_on_change(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    web = {**static("web", 8080), "check": {"type": "http"}}
+    config = agent_config(tmp_path, consul_cluster, [web, static("queue", 9000, ["a"])])
+    first = regagent(config, "sync")
+    assert first.returncode == 0, first.stderr
+    services = agent_services(consul_cluster)
+    assert set(services) == {"web-8080", "queue-9000"}
+    assert services["queue-9000"]["Meta"]["managed-by"] == "regagent"
+    checks = consul_cluster.get(1, "/v1/agent/checks")
+    assert checks["service:web-8080"]["ServiceID"] == "web-8080"  # the agent runs this one
+    server_node = consul_cluster.stats()["servers"][1]["node"]
+    catalog = consul_cluster.catalog_node_services(server_node)
+    assert "web-8080" in catalog["Services"]
+
+    consul_cluster.reset_stats()
+    again = regagent(config, "sync")
+    assert again.returncode == 0, again.stderr
+    assert "In sync" in again.stdout
+    assert agent_registers(consul_cluster) == 0
+
+    agent_config(tmp_path, consul_cluster, [web, static("queue", 9000, ["b"])])
+    changed = regagent(config, "sync")
+    assert changed.returncode == 0, changed.stderr
+    assert agent_registers(consul_cluster) == 1
+    assert agent_services(consul_cluster)["queue-9000"]["Tags"] == ["b"]
+
+
+def test_agent_mode_removes_only_its_own_services(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    host, port = consul_cluster.host_port(1)
+    consul.Consul(host=host, port=port).agent.service.register("app", service_id="app-1", port=1)
+    config = agent_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    assert regagent(config, "sync").returncode == 0
+    agent_config(tmp_path, consul_cluster, [])
+    removed = regagent(config, "sync")
+    assert removed.returncode == 0, removed.stderr
+    assert "- deregister queue-9000" in removed.stdout
+    assert set(agent_services(consul_cluster)) == {"app-1"}
+
+    agent_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    assert regagent(config, "sync").returncode == 0
+    status = regagent(config, "status")
+    assert "queue-9000" in status.stdout and "app-1" in status.stdout
+    gone = regagent(config, "deregister", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert set(agent_services(consul_cluster)) == {"app-1"}
