@@ -132,3 +132,16 @@ def test_service_with_meta_consul_would_refuse_is_skipped_and_its_registration_k
     assert result.empty  # neither updated (Consul would refuse) nor deregistered
     assert [c.service_id for c in result.conflicts] == ["node-9100"]
     assert "longer than 512" in result.conflicts[0].reason
+
+
+def test_node_change_rides_along_with_a_check_write() -> None:
+    from regagent.consul_catalog import plan_requests
+
+    want = desired(service("node-9100"), statuses={"node-9100": CRITICAL})
+    moved = NodeRegistration("host1", "10.0.0.9", dict(NODE.meta))
+    have = ActualState(moved, want.services, desired(service("node-9100")).checks)
+    result = plan(want, have)
+    requests = plan_requests(result, None)
+    assert result.write_count == len(requests) == 1
+    assert requests[0].body["Address"] == "10.0.0.5"
+    assert requests[0].body["Check"]["Status"] == CRITICAL

@@ -176,14 +176,13 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from regagent.discovery.command import discover_command
-    from regagent.node_address import route_source_address
+    from regagent.sync import resolve_node_address
 
-    address = config.node.address
-    if address == "auto":
-        try:
-            address = route_source_address(config.consul.servers[0])
-        except OSError:
-            address = "127.0.0.1"
+    try:
+        address = resolve_node_address(config, config.consul.servers[0])
+    except RegagentError as exc:  # discover needs no Consul: say so, and carry on
+        print(f"regagent: {exc}; showing addresses as 127.0.0.1", file=sys.stderr)
+        address = "127.0.0.1"
     return discover_command(config, address, args.format, out)
 
 

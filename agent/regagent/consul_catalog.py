@@ -136,7 +136,7 @@ def register_body(
 def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
     """The exact catalog requests that carry out `plan`, in a safe order."""
     requests: List[WriteRequest] = []
-    if plan.node_write is not None and not plan.services:
+    if plan.node_write is not None and not plan.services and not plan.checks:
         requests.append(
             WriteRequest("/v1/catalog/register", register_body(plan.node, datacenter), "node")
         )

@@ -64,8 +64,8 @@ class Plan:
 
     @property
     def write_count(self) -> int:
-        """Requests apply() will send; a node change rides along with a service write."""
-        node_alone = 1 if self.node_write is not None and not self.services else 0
+        """Catalog requests apply() sends: a node change rides along with any other write."""
+        node_alone = 1 if self.node_write is not None and not (self.services or self.checks) else 0
         return node_alone + len(self.services) + len(self.checks) + len(self.deregister)
 
 
