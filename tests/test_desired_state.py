@@ -77,7 +77,7 @@ def test_corrupt_file_is_rebuilt_with_a_warning(tmp_path: Path, text: str) -> No
     with capture_logs() as logs:
         assert load_state(str(path)) == {}
     assert [e["log_level"] for e in logs] == ["warning"]
-    assert logs[0]["event"] == "discovery state corrupt, rebuilding it"
+    assert logs[0]["event"] == "discovery_state_corrupt"
     assert save_state(str(path), {"node-exporter-9100": entry()})
     assert list(load_state(str(path))) == ["node-exporter-9100"]
 

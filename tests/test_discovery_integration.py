@@ -465,7 +465,7 @@ def test_loopback_only_exporter_is_reported_once(
     with capture_logs() as logs:
         for step in range(3):
             assert runner.cycle(config, NODE, 1_800_000_000.0 + step) == ()
-    reports = [e for e in logs if e["event"] == "exporter not registered"]
+    reports = [e for e in logs if e["event"] == "exporter_not_registered"]
     assert len(reports) == 1
     assert reports[0]["log_level"] == "warning"
     assert reports[0]["listener"] == f"127.0.0.1:{server.port}"

@@ -99,7 +99,7 @@ def discover(
     try:
         listeners = list_listeners()
     except OSError as exc:
-        log.error("listener discovery failed", error=str(exc))
+        log.error("listener_discovery_failed", error=str(exc))
         return DiscoveryResult((), complete=False, error=str(exc))
     groups = group_by_port(listeners)
     owners = resolver.resolve(

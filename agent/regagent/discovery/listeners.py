@@ -109,7 +109,7 @@ def _warn_fallback_once(exc: OSError) -> None:
     global _fallback_warned
     if not _fallback_warned:
         _fallback_warned = True
-        log.warning("netlink sock_diag unavailable, reading /proc/net/tcp instead", error=str(exc))
+        log.warning("listener_netlink_unavailable", error=str(exc), fallback="/proc/net/tcp")
 
 
 def dedupe(listeners: Iterable[Listener]) -> List[Listener]:

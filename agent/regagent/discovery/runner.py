@@ -71,7 +71,11 @@ class DiscoveryRunner:
         stored = load_state(path) if result is not None else {}
         previous = adopt_registered(stored, actual, now) if result is not None else {}
         for sid in sorted(set(previous) - set(stored)):
-            log.warning("discovery state lacked a registered exporter; adopted", service_id=sid)
+            log.warning(
+                "discovery_state_adopted",
+                service_id=sid,
+                reason="registered in Consul but missing from the discovery state file",
+            )
         desired = build_intents(
             config, node_address, result, now, previous=previous, table=self.table
         )
@@ -94,14 +98,14 @@ class DiscoveryRunner:
                 # the other reasons are choices made in the configuration.
                 report = log.warning if item.reason.startswith("listens on loopback") else log.info
                 report(
-                    "exporter not registered",
+                    "exporter_not_registered",
                     listener=item.endpoints,
                     exporter=item.exporter,
                     reason=item.reason,
                 )
         for service_id in desired.by_port.values():
             if service_id not in previous:
-                log.info("exporter discovered", service_id=service_id)
+                log.info("exporter_discovered", service_id=service_id)
             self._vanished.discard(service_id)
         for intent in desired.intents:
             sid = intent.service.id
@@ -109,10 +113,12 @@ class DiscoveryRunner:
                 continue
             if sid not in self._vanished:
                 self._vanished.add(sid)
-                log.warning("discovered exporter vanished", service_id=sid, output=intent.status[1])
+                log.warning("exporter_vanished", service_id=sid, output=intent.status[1])
         for service_id in desired.expired:
             self._vanished.discard(service_id)
-            log.info("vanished exporter dropped after sync.deregister_after", service_id=service_id)
+            log.info(
+                "exporter_expired", service_id=service_id, reason="sync.deregister_after passed"
+            )
 
 
 _default: Optional[DiscoveryRunner] = None

@@ -76,12 +76,14 @@ def load_state(path: str) -> Dict[str, SeenService]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        log.warning("discovery state unreadable, starting empty", path=path, error=str(exc))
+        log.warning(
+            "discovery_state_unreadable", path=path, error=str(exc), action="starting empty"
+        )
         return {}
     try:
         return decode_state(raw)
     except (ValueError, TypeError, KeyError) as exc:
-        log.warning("discovery state corrupt, rebuilding it", path=path, error=str(exc))
+        log.warning("discovery_state_corrupt", path=path, error=str(exc), action="rebuilding it")
         return {}
 
 
@@ -157,7 +159,7 @@ def save_state(path: str, entries: Mapping[str, SeenService]) -> bool:
             raise
         _fsync_directory(directory)
     except OSError as exc:
-        log.warning("cannot write discovery state", path=path, error=str(exc))
+        log.warning("discovery_state_unwritable", path=path, error=str(exc))
         return False
     return True
 

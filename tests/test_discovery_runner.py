@@ -1,0 +1,132 @@
+"""DiscoveryRunner over a fake host: listeners, probe answers and process owners are data.
+
+The runner is the long-lived part of discovery (caches, once-only reports, the state file);
+these tests drive it cycle by cycle with an explicit clock, without sockets or processes.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Collection, Dict, Iterable, List, Mapping, Optional, Set
+
+import pytest
+from structlog.testing import capture_logs
+
+from regagent.config.model import Config, DiscoveryConfig, SyncConfig
+from regagent.discovery.listeners import Listener
+from regagent.discovery.probe import Exposition, ProbeResult
+from regagent.discovery.processes import ProcessInfo, ProcessResolver
+from regagent.discovery.runner import DiscoveryRunner
+from regagent.model import ActualState, ServiceIntent, ServiceRegistration
+
+NODE = "192.0.2.10"
+T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+PORT = 9100
+SID = f"node-exporter-{PORT}"
+
+
+class FakeHost:
+    """What the runner sees: listeners by port and which ports serve node_exporter metrics."""
+
+    def __init__(self) -> None:
+        self.listening: Dict[int, List[Listener]] = {}
+        self.serving: Set[int] = set()
+        self.probes = 0
+
+    def listen(self, port: int, address: str = "0.0.0.0", *, serving: bool = True) -> None:
+        inode = 100_000 + port + 1000 * len(self.listening.get(port, []))
+        self.listening.setdefault(port, []).append(Listener(address, port, socket.AF_INET, inode))
+        if serving:
+            self.serving.add(port)
+
+    def close(self, port: int) -> None:
+        self.listening.pop(port, None)
+        self.serving.discard(port)
+
+    def listeners(self) -> List[Listener]:
+        return [lst for group in self.listening.values() for lst in group]
+
+    def prober(
+        self, address: str, port: int, path: str, timeout: float, max_bytes: int
+    ) -> ProbeResult:
+        self.probes += 1
+        url = f"http://{address}:{port}{path}"
+        if port not in self.serving:
+            return ProbeResult(url, "http", False, "timed out after 2s")
+        exposition = Exposition(
+            True,
+            names=frozenset({"node_exporter_build_info", "node_load1"}),
+            build_info={"node_exporter_build_info": {"version": "1.5.0"}},
+        )
+        return ProbeResult(url, "http", True, "", 200, exposition)
+
+
+class FakeResolver(ProcessResolver):
+    """Owners by inode, recording which inodes discovery asked about."""
+
+    def __init__(self, owners: Optional[Mapping[int, ProcessInfo]] = None) -> None:
+        super().__init__(proc_root="/nonexistent")
+        self.owners = dict(owners or {})
+        self.asked: Set[int] = set()
+
+    def resolve(
+        self, inodes: Iterable[int], uid_hints: Optional[Mapping[int, int]] = None
+    ) -> Dict[int, Optional[ProcessInfo]]:
+        wanted = set(inodes)
+        self.asked |= wanted
+        return {inode: self.owners.get(inode) for inode in wanted}
+
+    def forget_except(self, live_inodes: Collection[int]) -> None:
+        pass
+
+
+@pytest.fixture
+def host() -> FakeHost:
+    fake = FakeHost()
+    fake.listen(PORT)
+    return fake
+
+
+def config_for(tmp_path: Path, **discovery: object) -> Config:
+    settings = DiscoveryConfig(port_ranges=((PORT, PORT),), **discovery)  # type: ignore[arg-type]
+    return Config(discovery=settings, sync=SyncConfig(state_dir=str(tmp_path)))
+
+
+def runner_for(host: FakeHost, resolver: Optional[ProcessResolver] = None) -> DiscoveryRunner:
+    return DiscoveryRunner(
+        list_listeners=host.listeners, prober=host.prober, resolver=resolver or FakeResolver()
+    )
+
+
+def only(intents: Iterable[ServiceIntent]) -> ServiceIntent:
+    (intent,) = intents
+    return intent
+
+
+def test_log_events_are_snake_case_keys(host: FakeHost, tmp_path: Path) -> None:
+    host.listen(9400, "127.0.0.1")  # a loopback-only exporter: reported, not registered
+    config = Config(
+        discovery=DiscoveryConfig(port_ranges=((PORT, PORT), (9400, 9400))),
+        sync=SyncConfig(state_dir=str(tmp_path), deregister_after=60),
+    )
+    runner = runner_for(host)
+    with capture_logs() as logs:
+        runner.cycle(config, NODE, T0)
+        host.close(PORT)
+        runner.cycle(config, NODE, T0 + 30)
+        runner.cycle(config, NODE, T0 + 91)  # deregister_after passed
+    events = [(e["event"], e.get("service_id")) for e in logs]
+    assert events == [
+        ("exporter_not_registered", None),
+        ("exporter_discovered", SID),
+        ("exporter_vanished", SID),
+        ("exporter_expired", SID),
+    ]
+
+    # The state file is gone while Consul still holds the service: adopted, and said so.
+    meta = {"exporter": "node_exporter", "managed-by": "regagent"}
+    registered = ServiceRegistration(SID, "node-exporter", PORT, NODE, ("node_exporter",), meta)
+    with capture_logs() as logs:
+        runner_for(host).run(config, NODE, T0 + 100, actual=ActualState(None, (registered,), ()))
+    assert ("discovery_state_adopted", SID) in [(e["event"], e.get("service_id")) for e in logs]
