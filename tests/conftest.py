@@ -2,6 +2,7 @@
 
 ``consul_cluster``: a fresh three-server Consul emulator (tests/consulsim) per test, with short
 wait cap, election delay and RPC hold so fault tests run in well under a second each.
+``tls_files``: a throwaway CA with server (127.0.0.1) and client certificates, made by openssl.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from consulsim import SimCluster
+from tls_pki import TLSFiles, make_tls_files, openssl_available
 
 
 @pytest.fixture
@@ -29,3 +31,11 @@ def consul_cluster() -> Iterator[SimCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """CA, server and client certificates made at test time in a temporary directory."""
+    if not openssl_available():
+        pytest.skip("the openssl command is not installed: it makes the test certificates")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

@@ -15,7 +15,8 @@ import consul
 import pytest
 import requests
 
-from consulsim import SimCluster
+from consulsim import SimCluster, SimClusterError
+from tls_pki import TLSFiles
 
 Client = Callable[..., consul.Consul]
 
@@ -789,3 +790,75 @@ def test_acl_file_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(consul.ACLPermissionDenied):
             consul.Consul(host=host, port=port).catalog.register("h", "1.2.3.4")
         assert consul.Consul(host=host, port=port, token="writer").catalog.register("h", "1.2.3.4")
+
+
+# ---------------------------------------------------------------------- TLS
+
+
+def _tls_cluster(files: TLSFiles, **kw: Any) -> SimCluster:
+    return SimCluster(
+        servers=2,
+        tls_cert=str(files.server_cert),
+        tls_key=str(files.server_key),
+        tls_ca=str(files.ca),
+        **kw,
+    )
+
+
+def test_tls_servers_speak_https_and_keep_their_faults(tls_files: TLSFiles) -> None:
+    with _tls_cluster(tls_files) as cluster:
+        assert cluster.url(0).startswith("https://127.0.0.1:")
+        assert cluster.get(0, "/v1/status/leader") in cluster.addresses
+        host, port = cluster.host_port(0)
+        api = consul.Consul(host=host, port=port, scheme="https", verify=str(tls_files.ca))
+        assert api.catalog.register("h", "10.0.0.1", service={"Service": "web", "Port": 80})
+        assert "web" in cluster.get(1, "/v1/catalog/services?stale")
+
+        https = {"verify": str(tls_files.ca), "timeout": 10}
+        cluster.blackhole(0)
+        with pytest.raises(requests.exceptions.ReadTimeout):  # handshake done, never answered
+            requests.get(cluster.url(0) + "/v1/status/leader", **{**https, "timeout": 0.5})
+        cluster.blackhole(0, on=False)
+        cluster.slow(0, 0.4)
+        start = time.monotonic()
+        assert requests.get(cluster.url(0) + "/v1/status/leader", **https).status_code == 200
+        assert time.monotonic() - start >= 0.4
+        cluster.slow(0, 0)
+        cluster.stop_server(1)
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(cluster.url(1) + "/v1/status/leader", **https)
+        cluster.start_server(1)
+        assert requests.get(cluster.url(1) + "/v1/status/leader", **https).status_code == 200
+
+
+def test_tls_port_answers_plain_http_like_go(tls_files: TLSFiles) -> None:
+    with _tls_cluster(tls_files) as cluster:
+        plain = requests.get(f"http://{cluster.addresses[0]}/v1/status/leader", timeout=10)
+        assert plain.status_code == 400
+        assert plain.text == "Client sent an HTTP request to an HTTPS server.\n"
+        assert cluster.stats()["requests"] == 0  # the control port stays plain HTTP
+
+
+def test_tls_client_ca_requires_a_client_certificate(tls_files: TLSFiles) -> None:
+    client_cert = (str(tls_files.client_cert), str(tls_files.client_key))
+    with _tls_cluster(
+        tls_files,
+        tls_client_ca=str(tls_files.ca),
+        tls_client_cert=client_cert[0],
+        tls_client_key=client_cert[1],
+    ) as cluster:
+        url = cluster.url(0) + "/v1/status/leader"
+        with pytest.raises(requests.exceptions.SSLError, match="certificate required"):
+            requests.get(url, verify=str(tls_files.ca), timeout=10)
+        answer = requests.get(url, verify=str(tls_files.ca), cert=client_cert, timeout=10)
+        assert answer.status_code == 200
+        assert cluster.get(1, "/v1/status/leader") == answer.json()  # get() presents it too
+
+
+def test_tls_flags_are_checked_at_start(tls_files: TLSFiles) -> None:
+    with pytest.raises(SimClusterError, match="--tls-cert and --tls-key go together"):
+        SimCluster(servers=1, tls_cert=str(tls_files.server_cert)).start()
+    with pytest.raises(SimClusterError, match="cannot load the TLS files"):
+        SimCluster(
+            servers=1, tls_cert=str(tls_files.server_cert), tls_key=str(tls_files.client_key)
+        ).start()

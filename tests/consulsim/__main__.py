@@ -1,8 +1,8 @@
 """``python -m tests.consulsim``: run the emulator until SIGTERM/SIGINT.
 
 Prints one JSON line when every port is listening, e.g.
-``{"servers": ["127.0.0.1:18500", ...], "control": "127.0.0.1:18599", "pid": 1234}``,
-so a test (or a person) can start it and read where it listens.
+``{"servers": ["127.0.0.1:18500", ...], "scheme": "http", "control": "127.0.0.1:18599",
+"pid": 1234}``, so a test (or a person) can start it and read where it listens.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 from typing import List, Optional
@@ -18,6 +19,7 @@ from typing import List, Optional
 from .control import ControlServer
 from .decode import DecodeError, parse_go_duration
 from .emulator import Emulator
+from .listener import server_tls_context
 from .sim import Settings
 
 
@@ -83,13 +85,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ae-interval", type=_duration, default=60.0, help="agent anti-entropy period (Consul: 1m)"
     )
+    parser.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM server certificate: the server ports speak HTTPS"
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="PEM CA that client certificates must chain to; makes them required "
+        "(Consul's verify_incoming)",
+    )
     return parser
+
+
+def _tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """The server ports' TLS context from the --tls-* flags; raises ValueError if unusable."""
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+    try:
+        return server_tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the TLS files: {exc}") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.servers < 1:
         print("consulsim: --servers must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        tls = _tls_context(args)
+    except ValueError as exc:
+        print(f"consulsim: {exc}", file=sys.stderr)
         return 2
     settings = Settings(
         servers=args.servers,
@@ -102,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rpc_hold=args.rpc_hold,
         ae_interval=args.ae_interval,
     )
-    emulator = Emulator(settings, base_port=args.base_port)
+    emulator = Emulator(settings, base_port=args.base_port, tls=tls)
     if args.acl_file:
         with open(args.acl_file, encoding="utf-8") as fh:
             emulator.set_acl(json.load(fh))
@@ -114,7 +143,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     print(
-        json.dumps({"servers": emulator.addresses, "control": control.address, "pid": os.getpid()}),
+        json.dumps(
+            {
+                "servers": emulator.addresses,
+                "scheme": emulator.scheme,
+                "control": control.address,
+                "pid": os.getpid(),
+            }
+        ),
         flush=True,
     )
     done.wait()  # a signal handler runs on this thread and sets the event

@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -53,11 +54,22 @@ class SimCluster:
         acl: Optional[Dict[str, Any]] = None,
         datacenter: str = "dc1",
         start_timeout: float = 15.0,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_client_ca: Optional[str] = None,
+        tls_ca: Optional[str] = None,
+        tls_client_cert: Optional[str] = None,
+        tls_client_key: Optional[str] = None,
     ) -> None:
+        """``tls_cert``/``tls_key`` turn HTTPS on (``tls_client_ca`` also requires client
+        certificates); ``tls_ca`` (default: ``tls_cert`` itself) and ``tls_client_cert``/
+        ``tls_client_key`` are what this handle's own ``get`` uses to talk to it."""
         self.servers = servers
         self.bind = bind
         self.acl = acl
         self.start_timeout = start_timeout
+        self.scheme = "https" if tls_cert else "http"
+        self._client_tls = (tls_ca or tls_cert, tls_client_cert, tls_client_key)
         self._args = [
             "--servers",
             str(servers),
@@ -82,6 +94,13 @@ class SimCluster:
             "--ae-interval",
             _arg(ae_interval),
         ]
+        for flag, value in (
+            ("--tls-cert", tls_cert),
+            ("--tls-key", tls_key),
+            ("--tls-client-ca", tls_client_ca),
+        ):
+            if value:
+                self._args += [flag, value]
         self.addresses: List[str] = []
         self.control = ""
         self.pid: Optional[int] = None
@@ -170,8 +189,8 @@ class SimCluster:
     # ------------------------------------------------------------------ addresses
 
     def url(self, i: int) -> str:
-        """``http://host:port`` of server ``i``."""
-        return f"http://{self.addresses[i]}"
+        """``http://host:port`` of server ``i`` (``https://`` with TLS on)."""
+        return f"{self.scheme}://{self.addresses[i]}"
 
     def host_port(self, i: int) -> tuple[str, int]:
         host, port = self.addresses[i].rsplit(":", 1)
@@ -249,11 +268,22 @@ class SimCluster:
 
     # ------------------------------------------------------------------ Consul helpers
 
+    def ssl_context(self) -> Optional[ssl.SSLContext]:
+        """Client-side TLS that trusts the servers (and presents the client certificate, if
+        one was given); None with TLS off."""
+        if self.scheme != "https":
+            return None
+        ca_file, cert_file, key_file = self._client_tls
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file:
+            context.load_cert_chain(cert_file, key_file)
+        return context
+
     def get(self, i: int, path: str, token: str = "") -> Any:
         """GET a Consul API path on server ``i`` and decode the JSON answer."""
         headers = {"X-Consul-Token": token} if token else {}
         req = urllib.request.Request(self.url(i) + path, headers=headers)
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=self.ssl_context()) as resp:
             return json.loads(resp.read())
 
     def live_server(self) -> int:

@@ -6,6 +6,7 @@ live here rather than in ``sim.py`` or ``listener.py``; ``control.py`` exposes t
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Dict, List, Optional
 
 from .http_api import ConsulAPI
@@ -17,14 +18,23 @@ from .state import check_json, node_json, node_service_json
 class Emulator:
     """N server ports sharing one ``Simulation``."""
 
-    def __init__(self, settings: Settings, base_port: int = 0) -> None:
+    def __init__(
+        self, settings: Settings, base_port: int = 0, tls: Optional[ssl.SSLContext] = None
+    ) -> None:
         self.settings = settings
         self.sim = Simulation(settings)
         self.api = ConsulAPI(self.sim)
+        self.tls = tls
         self.listeners = [
-            ServerListener(self.sim, self.api, i, settings.bind, base_port + i if base_port else 0)
+            ServerListener(
+                self.sim, self.api, i, settings.bind, base_port + i if base_port else 0, tls=tls
+            )
             for i in range(settings.servers)
         ]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
 
     @property
     def addresses(self) -> List[str]:

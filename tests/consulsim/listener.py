@@ -4,13 +4,19 @@
   ``start`` binds the same port again;
 * black-holed: connections are accepted and requests read, but never answered;
 * slow: every answer is delayed by a fixed number of seconds.
+
+With a TLS context the port speaks HTTPS. The handshake runs in the connection's own thread
+(never in the accept loop, so a client that connects and says nothing cannot stall the port),
+and a plain-HTTP request gets the answer Go's net/http gives it (Consul is a Go program).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Set, Tuple
@@ -18,6 +24,33 @@ from urllib.parse import parse_qs, urlsplit
 
 from .http_api import ConsulAPI, Request, Response
 from .sim import ServerDown, Simulation
+
+# A client that connects but never completes the TLS handshake is dropped after this long.
+HANDSHAKE_TIMEOUT = 10.0
+# After a failed handshake, how long the client gets to read the alert and close.
+LINGER_TIMEOUT = 1.0
+
+# Go's net/http answers a plain-HTTP request on a TLS port with exactly this, then closes
+# (server.go: tlsRecordHeaderLooksLikeHTTP), so Consul with TLS on does too.
+_HTTP_ON_TLS_PORT = (
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
+_HTTP_RECORD_HEADERS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO")
+_TLS_HANDSHAKE_RECORD = 0x16
+
+
+def server_tls_context(
+    cert_file: str, key_file: str, client_ca_file: Optional[str] = None
+) -> ssl.SSLContext:
+    """Server-side TLS like Consul's HTTPS port; a client CA makes client certificates required
+    (Consul's ``verify_incoming``). Raises OSError/ssl.SSLError for unusable files."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # Consul's default tls_min_version
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.load_verify_locations(cafile=client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class _Server(ThreadingHTTPServer):
@@ -48,7 +81,67 @@ class _Server(ThreadingHTTPServer):
             conns = list(self.connections)
         for conn in conns:
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown, also for a TLS connection: SSLSocket.shutdown
+                # would drop the SSL object under the thread that is reading through it.
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the connection's thread: the TLS handshake (if any), then the handler."""
+        context = self.owner.tls
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        if not self._looks_like_tls(request):
+            return
+        conn = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        # wrap_socket took over the file descriptor: track the TLS socket from now on.
+        with self.conn_lock:
+            self.connections.discard(request)
+            self.connections.add(conn)
+        try:
+            try:
+                conn.do_handshake()
+            except (ssl.SSLError, OSError):
+                # Missing or untrusted client certificate, or a client that gave up: OpenSSL
+                # has sent the alert. Nothing to answer, but let the client read that alert.
+                self._linger(conn)
+                return
+            conn.settimeout(None)
+            super().finish_request(conn, client_address)
+        finally:
+            with self.conn_lock:
+                self.connections.discard(conn)
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+            conn.close()
+
+    @staticmethod
+    def _linger(conn: socket.socket) -> None:
+        """Half-close and drain briefly before closing: under TLS 1.3 the client has sent its
+        request before the server rejects its certificate, and closing with that request
+        unread makes the kernel send a reset that can destroy the alert in flight (the client
+        would then report a bare EOF instead of "certificate required")."""
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(conn, socket.SHUT_WR)
+            socket.socket.settimeout(conn, LINGER_TIMEOUT)
+            deadline = time.monotonic() + LINGER_TIMEOUT
+            while time.monotonic() < deadline and socket.socket.recv(conn, 4096):
+                pass
+
+    @staticmethod
+    def _looks_like_tls(request: socket.socket) -> bool:
+        """False (after answering like Go, if it is HTTP) when the client did not start TLS."""
+        try:
+            head = request.recv(5, socket.MSG_PEEK)
+        except OSError:
+            return False
+        if head and head[0] == _TLS_HANDSHAKE_RECORD:
+            return True
+        if head in _HTTP_RECORD_HEADERS:
+            with contextlib.suppress(OSError):
+                request.sendall(_HTTP_ON_TLS_PORT)
+        return False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -115,12 +208,22 @@ class _Handler(BaseHTTPRequestHandler):
 class ServerListener:
     """The HTTP endpoint of emulated server ``index``; survives stop/start on one port."""
 
-    def __init__(self, sim: Simulation, api: ConsulAPI, index: int, host: str, port: int) -> None:
+    def __init__(
+        self,
+        sim: Simulation,
+        api: ConsulAPI,
+        index: int,
+        host: str,
+        port: int,
+        *,
+        tls: Optional[ssl.SSLContext] = None,
+    ) -> None:
         self.sim = sim
         self.api = api
         self.index = index
         self.host = host
         self.port = port
+        self.tls = tls  # server-side context: HTTPS when set
         self._httpd: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
 
