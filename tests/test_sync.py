@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import consul
 import pytest
@@ -72,6 +73,31 @@ def regagent(
         env=full_env,
         stdin=subprocess.DEVNULL,
     )
+
+
+class Daemon(subprocess.Popen):  # type: ignore[type-arg]
+    stderr_text = ""
+
+
+@contextlib.contextmanager
+def running_daemon(config: Path) -> Iterator[Daemon]:
+    """`regagent run` as a real process; SIGTERM on exit (KILL if it hangs), stderr kept."""
+    daemon = Daemon(
+        [sys.executable, "-m", "regagent", "-c", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield daemon
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.stderr_text = daemon.communicate(timeout=15)[1]
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.communicate()
+            raise
 
 
 def writes(cluster: SimCluster) -> int:
@@ -332,13 +358,7 @@ def test_run_keeps_running_with_every_server_down_and_registers_when_one_returns
     for i in range(3):
         consul_cluster.stop_server(i)
     config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "regagent", "-c", str(config), "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with running_daemon(config) as daemon:
         time.sleep(2)
         assert daemon.poll() is None, "run must survive every server being down"
         for i in range(3):
@@ -348,15 +368,8 @@ def test_run_keeps_running_with_every_server_down_and_registers_when_one_returns
         while time.monotonic() < deadline and "queue-9000" not in node_services(consul_cluster):
             time.sleep(0.2)
         assert "queue-9000" in node_services(consul_cluster)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            _, err = daemon.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.communicate()
-            raise
     assert daemon.returncode == 0
+    err = daemon.stderr_text
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert "sync_failed" in events and "sync_recovered" in events and "stopped" in events
 
@@ -461,25 +474,11 @@ def test_stopping_the_daemon_keeps_registrations_unless_configured(
             "deregister_on_shutdown": deregister_on_shutdown,
         },
     )
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "regagent", "-c", str(config), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with running_daemon(config) as daemon:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and "queue-9000" not in node_services(consul_cluster):
             time.sleep(0.1)
         assert "queue-9000" in node_services(consul_cluster)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.communicate()
-            raise
     assert daemon.returncode == 0
     registered = consul_cluster.catalog_node_services(NODE)
     if deregister_on_shutdown:

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import quote
 
 from regagent.config.show import format_duration
+from regagent.consul_catalog import parse_service
 from regagent.consul_http import WriteRequest, get_json
 from regagent.consul_pool import ServerPool
 from regagent.errors import ConsulUnreachable
@@ -34,17 +35,7 @@ def read_agent_actual(pool: ServerPool) -> ActualState:
         node = NodeRegistration(str(me["Config"]["NodeName"]), "", {})
         return ActualState(
             node=node,
-            services=tuple(
-                ServiceRegistration(
-                    id=raw["ID"],
-                    name=raw["Service"],
-                    port=int(raw.get("Port") or 0),
-                    address=raw.get("Address") or "",
-                    tags=tuple(raw.get("Tags") or ()),
-                    meta=dict(raw.get("Meta") or {}),
-                )
-                for _, raw in sorted((services.data or {}).items())
-            ),
+            services=tuple(parse_service(raw) for _, raw in sorted((services.data or {}).items())),
             checks=tuple(
                 CheckState(
                     raw["CheckID"],

@@ -32,17 +32,22 @@ def parse_node(data: Any) -> Tuple[Optional[NodeRegistration], Tuple[ServiceRegi
         raw_node["Node"], raw_node.get("Address", ""), dict(raw_node.get("Meta") or {})
     )
     services = tuple(
-        ServiceRegistration(
-            id=raw["ID"],
-            name=raw["Service"],
-            port=int(raw.get("Port") or 0),
-            address=raw.get("Address") or "",
-            tags=tuple(raw.get("Tags") or ()),
-            meta=dict(raw.get("Meta") or {}),
-        )
+        parse_service(raw)
         for raw in sorted((data.get("Services") or {}).values(), key=lambda s: str(s["ID"]))
     )
     return node, services
+
+
+def parse_service(raw: Any) -> ServiceRegistration:
+    """A NodeService / AgentService JSON object (the same fields in both APIs)."""
+    return ServiceRegistration(
+        id=raw["ID"],
+        name=raw["Service"],
+        port=int(raw.get("Port") or 0),
+        address=raw.get("Address") or "",
+        tags=tuple(raw.get("Tags") or ()),
+        meta=dict(raw.get("Meta") or {}),
+    )
 
 
 def parse_checks(data: Any) -> Tuple[Tuple[CheckState, ...], Tuple[str, ...]]:
