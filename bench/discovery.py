@@ -6,7 +6,14 @@ median time of:
   - `psutil.net_connections("tcp")`,
   - `ss -Htln` (a subprocess, as an operator would run it: mostly process start-up),
   - for information, regagent's /proc/net/tcp fallback (which is O(connections)),
-with the ratios psutil/regagent and regagent/ss.
+with the ratios psutil/regagent and regagent/ss; then the median time of a whole discovery pass
+(`regagent.discovery.identify.discover` over this host's real listeners, probes stubbed so that
+only regagent's own work is timed):
+  - warm: the process-owner cache kept between passes, as the daemon keeps it between cycles,
+  - cold: a fresh cache each pass (the first cycle, or a new listener whose port is unknown),
+  - every owner: for comparison, looking up the owner of every listener with a cold cache, which
+    is what each pass paid for new listeners before owners were looked up only when needed.
+An owner lookup walks every process's descriptors, so its cost grows with the connections.
 
 The server ends of the connections live in a helper process (this script with --serve), so
 that each process stays under its open-file limit; the limit is raised to the hard limit (and,
@@ -28,6 +35,13 @@ import subprocess
 import sys
 import time
 from typing import Callable, List, Tuple
+
+from regagent.config.model import Config
+from regagent.discovery.exporters import load_exporter_table
+from regagent.discovery.identify import discover, group_by_port, needs_owner
+from regagent.discovery.listeners import listening_sockets, listening_sockets_proc
+from regagent.discovery.probe import ProbeResult
+from regagent.discovery.processes import ProcessResolver
 
 LISTENER_PORTS = 4
 
@@ -81,6 +95,40 @@ def run_ss(ss: str) -> None:
     subprocess.run([ss, "-Htln"], check=True, capture_output=True)
 
 
+def stub_probe(address: str, port: int, path: str, timeout: float, max_bytes: int) -> ProbeResult:
+    return ProbeResult(f"http://{address}:{port}{path}", "http", False, "stubbed")
+
+
+class PassTimer:
+    """Whole discovery passes with the default configuration, probes stubbed."""
+
+    def __init__(self) -> None:
+        self.config = Config()
+        self.table = load_exporter_table()
+        self.warm_resolver = ProcessResolver()
+
+    def run(self, resolver: ProcessResolver) -> None:
+        discover(self.config, table=self.table, resolver=resolver, prober=stub_probe)
+
+    def warm(self) -> None:
+        self.run(self.warm_resolver)
+
+    def cold(self) -> None:
+        self.run(ProcessResolver())
+
+    @staticmethod
+    def every_owner() -> None:
+        listeners = listening_sockets()
+        ProcessResolver().resolve([lst.inode for lst in listeners])
+
+    def counts(self) -> Tuple[int, int]:
+        """(listeners on this host, listeners whose owner a pass looks up)."""
+        listeners = listening_sockets()
+        groups = group_by_port(listeners)
+        needing = [g for p, g in groups.items() if needs_owner(p, g, self.config, self.table)]
+        return len(listeners), sum(len(g) for g in needing)
+
+
 def median_ms(func: Callable[[], object], repeat: int) -> float:
     func()  # warm-up (imports, caches)
     samples = []
@@ -103,8 +151,6 @@ def main() -> int:
 
     import psutil
 
-    from regagent.discovery.listeners import listening_sockets, listening_sockets_proc
-
     levels = [int(x) for x in args.levels.split(",")]
     limit = raise_nofile(max(levels) + 1000)
     if limit < max(levels) + 100:
@@ -120,6 +166,8 @@ def main() -> int:
     )
     clients: List[socket.socket] = []
     rows: List[Tuple[int, float, float, float, float]] = []
+    passes: List[Tuple[int, float, float, float, Tuple[int, int]]] = []
+    timer = PassTimer()
     try:
         assert helper.stdout is not None and helper.stdin is not None
         ports = [int(p) for p in helper.stdout.readline().split()]
@@ -140,6 +188,10 @@ def main() -> int:
             ss_ms = median_ms(lambda: run_ss(ss), args.repeat) if ss else float("nan")
             fallback = median_ms(listening_sockets_proc, args.repeat)
             rows.append((level, ours, theirs, ss_ms, fallback))
+            warm = median_ms(timer.warm, args.repeat)
+            cold = median_ms(timer.cold, max(3, args.repeat // 2))
+            every = median_ms(timer.every_owner, max(3, args.repeat // 2))
+            passes.append((level, warm, cold, every, timer.counts()))
     finally:
         for sock in clients:
             sock.close()
@@ -161,6 +213,17 @@ def main() -> int:
         print(
             f"{level:>11,}  {ours:>9.2f}  {theirs:>9.2f}  {ss_ms:>9.2f}"
             f"  {theirs / ours:>14.1f}x  {ours / ss_ms:>10.3f}x  {fallback:>14.2f}"
+        )
+    print()
+    print("discover() pass, probes stubbed, median (ms)")
+    print(
+        f"{'established':>11}  {'warm':>9}  {'cold':>9}  {'every owner':>11}"
+        f"  {'listeners':>9}  {'owner needed':>12}"
+    )
+    for level, warm, cold, every, (listeners, needing) in passes:
+        print(
+            f"{level:>11,}  {warm:>9.2f}  {cold:>9.2f}  {every:>11.2f}"
+            f"  {listeners:>9}  {needing:>12}"
         )
     return 0
 

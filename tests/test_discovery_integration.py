@@ -159,20 +159,20 @@ def test_real_node_exporter_on_wildcard_is_identified_with_version(
     assert finding.exporter == "node_exporter"
     assert finding.version and finding.version[0].isdigit()
     assert finding.address_kind == WILDCARD
-    assert finding.process is not None and finding.process.pid == node.pid
-    assert "prometheus-node-exporter" in finding.process.names
+    assert finding.process is None  # a candidate by its port: the owner is not looked up
 
 
 @needs_node_exporter
 def test_node_exporter_found_by_process_name_alone(
     start: Callable[..., Started], tmp_path: Path
 ) -> None:
-    node = start("node_exporter", "127.0.0.1")
-    result = discover(Config(sync=SyncConfig(state_dir=str(tmp_path))))  # no port ranges
-    finding = by_port(result)[node.port]
+    node = start("node_exporter", "")
+    config = Config(sync=SyncConfig(state_dir=str(tmp_path)))  # no port ranges
+    finding = by_port(discover(config, list_listeners=only(node.port)))[node.port]
     assert finding.candidate_reasons == ("process prometheus-node-exporter",)
     assert finding.outcome == IDENTIFIED
-    assert finding.address_kind == LOOPBACK
+    assert finding.process is not None and finding.process.pid == node.pid
+    assert "prometheus-node-exporter" in finding.process.names
 
 
 def test_prometheus_client_posing_as_exporters(

@@ -5,6 +5,10 @@ process name) but is identified only by what it serves: a short GET of its metri
 return Prometheus exposition format, and a fingerprint metric must name the exporter (design
 decision 8). Listeners on the same port (`0.0.0.0` and `::`, say) are one finding, because they
 become one service `<name>-<port>`.
+
+Finding a socket's process costs a walk of every process's descriptors, O(connections) on a busy
+host (design decision 7), so it is done only for listeners whose outcome can depend on the
+process: see `needs_owner`.
 """
 
 from __future__ import annotations
@@ -102,9 +106,13 @@ def discover(
         log.error("listener_discovery_failed", error=str(exc))
         return DiscoveryResult((), complete=False, error=str(exc))
     groups = group_by_port(listeners)
-    owners = resolver.resolve(
-        (lst.inode for lst in listeners), {lst.inode: lst.uid for lst in listeners}
-    )
+    wanted = [
+        lst
+        for port, group in groups.items()
+        if needs_owner(port, group, config, table)
+        for lst in group
+    ]
+    owners = resolver.resolve((lst.inode for lst in wanted), {lst.inode: lst.uid for lst in wanted})
     resolver.forget_except([lst.inode for lst in listeners])
     findings = [
         classify(port, group, _owner(group, owners), config, table)
@@ -127,6 +135,25 @@ def group_by_port(listeners: Sequence[Listener]) -> Dict[int, Tuple[Listener, ..
     for listener in listeners:
         groups.setdefault(listener.port, []).append(listener)
     return {port: tuple(sorted(group)) for port, group in groups.items()}
+
+
+def needs_owner(
+    port: int, group: Tuple[Listener, ...], config: Config, table: ExporterTable
+) -> bool:
+    """Whether the owning process can change what becomes of this port's listeners.
+
+    A process name can only add a candidate or exclude one. Loopback-only listeners are never
+    registered and excluded ports never probed, whatever the process; a port that is already a
+    candidate (a known default port, a configured range) needs the owner only to apply
+    `exclude_processes`. Everything else needs the name to be recognised at all.
+    """
+    settings = config.discovery
+    if port in settings.exclude_ports or port == own_port(config):
+        return False
+    if address_rule(group)[0] == LOOPBACK:
+        return False
+    by_port = port in table.by_port or any(lo <= port <= hi for lo, hi in settings.port_ranges)
+    return not by_port or bool(settings.exclude_processes)
 
 
 def _owner(
