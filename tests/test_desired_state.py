@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from regagent.discovery.state import (
     parse_time,
     save_state,
     state_path,
+    worth_saving,
 )
 
 T0 = 1_800_000_000.0
@@ -111,3 +113,14 @@ def test_unknown_keys_survive_a_rewrite() -> None:
 def test_time_format() -> None:
     assert format_time(T0 + 0.9) == "2027-01-15T08:00:00Z"
     assert parse_time("2027-01-15T08:00:00Z") == T0
+
+
+def test_worth_saving_ignores_last_seen_creeping_below_the_step() -> None:
+    stored = {"x": entry("x")}
+    assert not worth_saving(stored, stored)
+    assert not worth_saving(stored, {"x": replace(entry("x"), last_seen=T0 + 60 + 599)})
+    assert worth_saving(stored, {"x": replace(entry("x"), last_seen=T0 + 60 + 600)})
+    assert worth_saving(stored, {"x": replace(entry("x"), meta={"exporter": "other"})})
+    assert worth_saving(stored, {"x": replace(entry("x"), first_seen=T0 - 1)})
+    assert worth_saving(stored, {})
+    assert worth_saving(stored, {**stored, "y": entry("y")})

@@ -14,11 +14,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
+from regagent.discovery import runner as runner_module
 from regagent.discovery.listeners import Listener
 from regagent.discovery.probe import Exposition, ProbeResult
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
 from regagent.discovery.runner import DiscoveryRunner
-from regagent.model import ActualState, ServiceIntent, ServiceRegistration
+from regagent.discovery.state import SeenService, format_time
+from regagent.model import CRITICAL, ActualState, ServiceIntent, ServiceRegistration
 
 NODE = "192.0.2.10"
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -32,6 +34,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.listening: Dict[int, List[Listener]] = {}
         self.serving: Set[int] = set()
+        self.version = "1.5.0"
         self.probes = 0
 
     def listen(self, port: int, address: str = "0.0.0.0", *, serving: bool = True) -> None:
@@ -57,7 +60,7 @@ class FakeHost:
         exposition = Exposition(
             True,
             names=frozenset({"node_exporter_build_info", "node_load1"}),
-            build_info={"node_exporter_build_info": {"version": "1.5.0"}},
+            build_info={"node_exporter_build_info": {"version": self.version}},
         )
         return ProbeResult(url, "http", True, "", 200, exposition)
 
@@ -130,3 +133,38 @@ def test_log_events_are_snake_case_keys(host: FakeHost, tmp_path: Path) -> None:
     with capture_logs() as logs:
         runner_for(host).run(config, NODE, T0 + 100, actual=ActualState(None, (registered,), ()))
     assert ("discovery_state_adopted", SID) in [(e["event"], e.get("service_id")) for e in logs]
+
+
+def test_state_file_is_rewritten_on_change_not_every_cycle(
+    host: FakeHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saves: List[float] = []
+    real_save = runner_module.save_state
+
+    def counting_save(path: str, entries: Mapping[str, SeenService]) -> bool:
+        saves.append(entries[SID].last_seen)
+        return real_save(path, entries)
+
+    monkeypatch.setattr(runner_module, "save_state", counting_save)
+    config = config_for(tmp_path)
+    runner = runner_for(host)
+    for step in range(20):  # a new exporter, then 9.5 minutes of 30 s cycles
+        runner.cycle(config, NODE, T0 + 30 * step)
+    assert saves == [T0]
+    runner.cycle(config, NODE, T0 + 600)  # last_seen has moved by the coarse step
+    runner.cycle(config, NODE, T0 + 900)
+    assert saves == [T0, T0 + 600]
+
+    host.close(PORT)
+    gone = only(runner.cycle(config, NODE, T0 + 930))
+    since = f"not listening on :{PORT} since {format_time(T0 + 600)}"  # the stored last_seen
+    assert gone.status == (CRITICAL, since)
+    assert only(runner.cycle(config, NODE, T0 + 960)).status == gone.status
+    assert only(runner_for(host).cycle(config, NODE, T0 + 990)).status == gone.status  # restart
+    assert saves == [T0, T0 + 600]  # nothing changed while it was gone
+
+    host.listen(PORT)
+    host.version = "1.6.0"  # back, upgraded: a new registration is saved at once
+    back = only(runner.cycle(config, NODE, T0 + 1000))
+    assert back.service.meta["exporter_version"] == "1.6.0"
+    assert saves == [T0, T0 + 600, T0 + 1000]

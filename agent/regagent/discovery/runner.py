@@ -21,7 +21,13 @@ from regagent.discovery.identify import DiscoveryResult, Prober, discover
 from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.processes import ProcessResolver
-from regagent.discovery.state import SeenService, load_state, save_state, state_path
+from regagent.discovery.state import (
+    SeenService,
+    load_state,
+    save_state,
+    state_path,
+    worth_saving,
+)
 from regagent.model import CRITICAL, ActualState, ServiceIntent
 
 log = structlog.get_logger(__name__)
@@ -81,7 +87,7 @@ class DiscoveryRunner:
         )
         if persist:
             self._report(desired, previous)
-            if result is not None and result.complete and desired.seen != stored:
+            if result is not None and result.complete and worth_saving(stored, desired.seen):
                 save_state(path, desired.seen)
         return result, desired
 

@@ -20,6 +20,14 @@ Format (version 1):
 
 Writes are atomic (temporary file, fsync, rename, fsync of the directory). A missing file is an
 empty state; an unreadable or corrupt one is reported and replaced, never fatal.
+
+The file is rewritten only when an entry comes, goes or changes its registration, or when a
+last-seen time has moved by `LAST_SEEN_STEP` (see `worth_saving`), not every cycle: a present
+exporter's last_seen advances every 30 s, and an fsync'd rewrite per cycle on every host buys
+nothing. The price: a stored last_seen may lag the truth by up to the step, so a vanished
+exporter's "since" (which is its stored last_seen) reads up to 10 minutes early and its
+`sync.deregister_after` grace ends up to 10 minutes early. The text itself stays stable, across
+cycles and restarts, because it comes from the file.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE = "discovered.json"
 STATE_VERSION = 1
+LAST_SEEN_STEP = 600.0  # seconds a stored last_seen may lag before the file is rewritten
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,31 @@ def encode_state(entries: Mapping[str, SeenService]) -> str:
         for service_id, entry in sorted(entries.items())
     }
     return json.dumps({"version": STATE_VERSION, "services": services}, indent=2, sort_keys=True)
+
+
+def worth_saving(
+    stored: Mapping[str, SeenService],
+    current: Mapping[str, SeenService],
+    step: float = LAST_SEEN_STEP,
+) -> bool:
+    """Whether `current` differs from the file's `stored` by more than last_seen creeping on.
+
+    Entries added or dropped, or a changed registration or first_seen, are saved at once;
+    last_seen only once it has moved by `step` (the file keeps whole seconds).
+    """
+    if stored.keys() != current.keys():
+        return True
+    for service_id, entry in current.items():
+        old = stored[service_id]
+        if _registered(entry) != _registered(old) or int(entry.first_seen) != int(old.first_seen):
+            return True
+        if abs(entry.last_seen - old.last_seen) >= step:
+            return True
+    return False
+
+
+def _registered(entry: SeenService) -> Tuple[str, int, str, Tuple[str, ...], Dict[str, str]]:
+    return entry.name, entry.port, entry.address, tuple(entry.tags), dict(entry.meta)
 
 
 def save_state(path: str, entries: Mapping[str, SeenService]) -> bool:
