@@ -18,11 +18,12 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar, Union
 
 import consul
 import requests
 import structlog
+import urllib3
 from consul.base import (
     ACLDisabled,
     ACLPermissionDenied,
@@ -133,7 +134,21 @@ def make_client(address: str, config: ConsulConfig, token: Optional[str]) -> Any
     # requests would otherwise honour HTTP_PROXY (sending the token to a proxy), NO_PROXY,
     # REQUESTS_CA_BUNDLE and ~/.netrc: the pool talks to exactly the configured servers.
     client.http.session.trust_env = False
+    if not config.tls.verify and config.scheme == "https":
+        _warn_once_tls_unverified()
     return client
+
+
+_tls_warning_given = False
+
+
+def _warn_once_tls_unverified() -> None:
+    """One structured warning instead of urllib3's two-line warning on every request."""
+    global _tls_warning_given
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    if not _tls_warning_given:
+        _tls_warning_given = True
+        log.warning("consul_tls_verify_off", hint="set consul.tls.ca_file instead")
 
 
 def _ssl_cause(exc: BaseException) -> Optional[ssl.SSLError]:
@@ -278,7 +293,7 @@ class ServerPool:
                 f"no Consul server available for {what}: all {len(self.servers)} are cooling "
                 f"down after failures (next retry in {max(wait, 0):.0f}s)"
             )
-        errors: List[str] = []
+        errors: Dict[str, List[str]] = {}  # reason -> servers, so one cause reads once
         no_leader = False
         for index in candidates:
             server = self.servers[index]
@@ -293,20 +308,19 @@ class ServerPool:
                 if _is_no_leader(exc):
                     no_leader = True
                     server.last_error = "no cluster leader"
-                    errors.append(f"{server.address}: no cluster leader")
+                    errors.setdefault("no cluster leader", []).append(server.address)
                     continue
                 if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
                     raise
                 self._cool_down(server, describe_failure(exc), what)
-                errors.append(f"{server.address}: {server.last_error}")
+                errors.setdefault(server.last_error, []).append(server.address)
                 continue
             self._succeeded(index)
             return result
+        detail = "; ".join(f"{', '.join(where)}: {reason}" for reason, where in errors.items())
         if no_leader:
-            raise NoClusterLeader(
-                f"{what} failed: the Consul cluster has no leader ({'; '.join(errors)})"
-            )
-        raise ConsulUnreachable(f"no Consul server reachable for {what} ({'; '.join(errors)})")
+            raise NoClusterLeader(f"{what} failed: the Consul cluster has no leader ({detail})")
+        raise ConsulUnreachable(f"no Consul server reachable for {what} ({detail})")
 
     def survey(self) -> List[ServerReport]:
         """Asks every server, in parallel, for its leader; unreachable ones start cooling down
