@@ -5,7 +5,8 @@ Failover policy (design decision 6), applied to every call in one place:
   in a cool-down that doubles each time (with jitter) up to `cooldown_max`;
 - `No cluster leader` is a cluster state, not the server's fault: try the others, then give up
   for this cycle without cooling anyone down;
-- 4xx answers (bad request, ACL denied) are raised at once: another server would say the same.
+- 4xx answers (bad request, ACL denied) and Consul's 500 validation errors are raised at once:
+  another server would say the same (classification in consul_errors.py).
 """
 
 from __future__ import annotations
@@ -13,26 +14,19 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import re
-import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import consul
 import requests
 import structlog
 import urllib3
-from consul.base import (
-    ACLDisabled,
-    ACLPermissionDenied,
-    BadRequest,
-    ClientError,
-    ConsulException,
-)
+from consul.base import ConsulException
 
 from regagent.config.model import ConsulConfig
+from regagent.consul_errors import classify_refusal, describe_failure, is_no_leader
 from regagent.errors import ConsulRefused, ConsulUnreachable
 
 log = structlog.get_logger(__name__)
@@ -42,26 +36,6 @@ Clock = Callable[[], float]
 
 # python-consul2 lets these override constructor arguments; the pool must not be redirected.
 _CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
-
-
-class UnexpectedAnswer(ConsulException):  # type: ignore[misc]
-    """The server answered, but not as a Consul API would (404 page, HTML, wrong JSON shape):
-    a misconfigured address or a proxy in the way. Treated like a failed server."""
-
-
-# Consul answers a request it rejects on validation with 500, not 400 (consul-api.md 1.1):
-# these are the request's fault, so another server would refuse it too.
-_VALIDATION_ERRORS = (
-    "Invalid Service Meta",
-    "Invalid service address",
-    "Invalid check",
-    "Must provide",
-    "Missing service registration",
-    "Unknown service ID",
-    "Unknown check ID",
-    "Bad node ID",
-    "doesn't match register request node",
-)
 
 
 class NoClusterLeader(ConsulUnreachable):
@@ -151,86 +125,6 @@ def _warn_once_tls_unverified() -> None:
         log.warning("consul_tls_verify_off", hint="set consul.tls.ca_file instead")
 
 
-def _ssl_cause(exc: BaseException) -> Optional[ssl.SSLError]:
-    """The `ssl` error under requests' and urllib3's wrappers, if there is one."""
-    seen: Set[int] = set()
-    pending: List[object] = [exc]
-    while pending:
-        item = pending.pop(0)
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, ssl.SSLError):
-            return item
-        # urllib3's MaxRetryError keeps the cause in `.reason`; the others in args or chaining.
-        pending += [getattr(item, "reason", None), *item.args, item.__cause__, item.__context__]
-    return None
-
-
-# OpenSSL's "[SSL: REASON_CODE] text (_ssl.c:1006)" without the codes around the text.
-_SSL_TEXT = re.compile(r"^(?:\[[^\]]*\]\s*)?(?P<text>.*?)(?:\s*\(_ssl\.c:\d+\))?$")
-
-# Alerts a server sends about the client certificate, in words a person can act on.
-_CLIENT_CERT_ALERTS = {
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "the server rejected the client certificate",
-    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the client certificate's CA",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the server says the client certificate has expired",
-}
-
-
-def _describe_ssl(err: ssl.SSLError) -> str:
-    """`TLS error: <what>` in OpenSSL's words, minus its codes, with a hint for alerts."""
-    if isinstance(err, ssl.SSLCertVerificationError):
-        detail = str(err.verify_message or "").rstrip(".")
-        return "TLS error: certificate verify failed" + (f" ({detail})" if detail else "")
-    if isinstance(err, ssl.SSLEOFError):
-        return "TLS error: the server closed the connection unexpectedly (EOF during TLS)"
-    raw = err.args[1] if len(err.args) > 1 and isinstance(err.args[1], str) else str(err)
-    match = _SSL_TEXT.match(raw.strip())
-    text = match.group("text") if match else raw.strip()
-    hint = _CLIENT_CERT_ALERTS.get(str(getattr(err, "reason", "") or ""))
-    return f"TLS error: {hint} ({text})" if hint else f"TLS error: {text}"
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line: what went wrong talking to a server, without a requests traceback."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connect timed out"
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return "no answer (read timed out)"
-    ssl_error = _ssl_cause(exc)
-    if ssl_error is not None:
-        return _describe_ssl(ssl_error)
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS error"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        text = str(exc)
-        if "Connection refused" in text:
-            return "connection refused"
-        return "connection failed"
-    return str(exc).strip()
-
-
-def _is_no_leader(exc: BaseException) -> bool:
-    return isinstance(exc, ConsulException) and "No cluster leader" in str(exc)
-
-
-def _refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
-    """(status, Consul's message) for a 4xx answer, else None."""
-    if isinstance(exc, ACLPermissionDenied):
-        return 403, str(exc)
-    if isinstance(exc, ACLDisabled):
-        return 401, str(exc)
-    if isinstance(exc, (BadRequest, ClientError)):
-        code, _, message = str(exc).partition(" ")
-        return (int(code), message) if code.isdigit() else (400, str(exc))
-    if type(exc) is ConsulException and any(text in str(exc) for text in _VALIDATION_ERRORS):
-        code, _, message = str(exc).partition(" ")
-        return (int(code), message) if code.isdigit() else (500, str(exc))
-    return None
-
-
 @dataclass(frozen=True)
 class ServerReport:
     """One server as `regagent status` shows it."""
@@ -301,11 +195,11 @@ class ServerPool:
             try:
                 result = operation(server.client)
             except Exception as exc:
-                refusal = _refusal(exc)
+                refusal = classify_refusal(exc)
                 if refusal is not None:
                     server.last_error = f"{refusal[0]} {refusal[1]}"
                     raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
-                if _is_no_leader(exc):
+                if is_no_leader(exc):
                     no_leader = True
                     server.last_error = "no cluster leader"
                     errors.setdefault("no cluster leader", []).append(server.address)
