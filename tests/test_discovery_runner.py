@@ -20,7 +20,7 @@ from regagent.discovery.probe import Exposition, ProbeResult
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.discovery.state import SeenService, format_time
-from regagent.model import CRITICAL, ActualState, ServiceIntent, ServiceRegistration
+from regagent.model import CRITICAL, PASSING, ActualState, ServiceIntent, ServiceRegistration
 
 NODE = "192.0.2.10"
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -168,3 +168,67 @@ def test_state_file_is_rewritten_on_change_not_every_cycle(
     back = only(runner.cycle(config, NODE, T0 + 1000))
     assert back.service.meta["exporter_version"] == "1.6.0"
     assert saves == [T0, T0 + 600, T0 + 1000]
+
+
+def test_a_failing_probe_turns_a_known_exporter_critical_only_after_three_in_a_row(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    config = config_for(tmp_path)
+    runner = runner_for(host)
+    present = only(runner.cycle(config, NODE, T0))
+    assert present.status == (PASSING, f"node_exporter 1.5.0 serving /metrics on :{PORT}")
+
+    host.serving.discard(PORT)  # still listening, but the probe times out
+    with capture_logs() as logs:
+        first = only(runner.cycle(config, NODE, T0 + 30))
+        second = only(runner.cycle(config, NODE, T0 + 60))
+    for held in (first, second):  # the last good registration and output: no Consul write
+        assert (held.service, held.status) == (present.service, present.status)
+    assert [(e["event"], e["failures"], e["reason"]) for e in logs] == [
+        ("exporter_probe_failed", 1, "timed out after 2s"),
+        ("exporter_probe_failed", 2, "timed out after 2s"),
+    ]
+    third = only(runner.cycle(config, NODE, T0 + 90))
+    assert third.status == (CRITICAL, f"not serving metrics on :{PORT} since {format_time(T0)}")
+    assert only(runner.cycle(config, NODE, T0 + 120)).status == third.status
+
+    host.serving.add(PORT)  # recovers at once, and the count starts again
+    assert only(runner.cycle(config, NODE, T0 + 150)).status == present.status
+    host.serving.discard(PORT)
+    assert only(runner.cycle(config, NODE, T0 + 180)).status == present.status
+
+
+def test_a_vanished_listener_is_critical_at_once(host: FakeHost, tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    runner = runner_for(host)
+    runner.cycle(config, NODE, T0)
+    host.close(PORT)
+    gone = only(runner.cycle(config, NODE, T0 + 30))
+    assert gone.status == (CRITICAL, f"not listening on :{PORT} since {format_time(T0)}")
+
+    host.listen(PORT, serving=False)  # back on the port, but not serving: nothing to hold
+    back = only(runner.cycle(config, NODE, T0 + 60))
+    assert back.status == (CRITICAL, f"not serving metrics on :{PORT} since {format_time(T0)}")
+
+
+def test_a_new_runner_has_no_last_good_result_to_hold(host: FakeHost, tmp_path: Path) -> None:
+    """A one-shot `regagent sync` reports what it sees: no memory, no hold."""
+    config = config_for(tmp_path)
+    runner_for(host).cycle(config, NODE, T0)
+    host.serving.discard(PORT)
+    (intent,) = runner_for(host).cycle(config, NODE, T0 + 30)
+    assert intent.status is not None and intent.status[0] == CRITICAL
+
+
+def test_one_failure_is_enough_when_so_configured(host: FakeHost, tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    runner = DiscoveryRunner(
+        list_listeners=host.listeners,
+        prober=host.prober,
+        resolver=FakeResolver(),
+        failures_before_critical=1,
+    )
+    runner.cycle(config, NODE, T0)
+    host.serving.discard(PORT)
+    (intent,) = runner.cycle(config, NODE, T0 + 30)
+    assert intent.status is not None and intent.status[0] == CRITICAL

@@ -1,7 +1,8 @@
 """Health checks run on the host (Consul never runs catalog checks, design decision 5).
 
 Output text is stable on purpose: no latencies, no timestamps, so an unchanged result is an
-unchanged check and costs no Consul write.
+unchanged check and costs no Consul write. `FlapGuard` holds the last good result through a few
+consecutive failures, so one slow answer does not flip a target to critical and back.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Tuple
+from typing import Dict, Generic, Hashable, Iterable, List, Tuple, TypeVar
 
 from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe
 
 Result = Tuple[str, str]  # (status, output)
+K = TypeVar("K", bound=Hashable)
+
+# Consecutive critical results before a target that was passing is reported critical. To become
+# the config knob sync.failures_before_critical (>= 1; 1 reports the first failure).
+FAILURES_BEFORE_CRITICAL = 3
 
 # Checks go straight to the service: an http_proxy in the environment must not answer for it.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -74,3 +80,60 @@ def run_probes(probes: List[HealthProbe], workers: int = 8) -> Dict[HealthProbe,
         return {}
     with ThreadPoolExecutor(max_workers=min(workers, len(unique))) as executor:
         return dict(zip(unique, executor.map(run_probe, unique)))
+
+
+class FlapGuard(Generic[K]):
+    """Reports a check critical only after consecutive failures (design decision 5).
+
+    Each flip costs a Consul write and a health flap in Prometheus service discovery, and a busy
+    exporter misses a 2 s deadline now and then. Until `failures_before_critical` results in a
+    row are critical, the last good result for the key stands. A guard that has seen no good
+    result for a key (a one-shot `regagent sync` is a new process) reports failures at once.
+    """
+
+    def __init__(self, failures_before_critical: int = FAILURES_BEFORE_CRITICAL) -> None:
+        self.failures_before_critical = failures_before_critical
+        self._failures: Dict[K, int] = {}
+        self._last_good: Dict[K, Result] = {}
+
+    def observe(self, key: K, result: Result) -> Result:
+        """The result to report for `key` now that `result` was measured."""
+        if result[0] != CRITICAL:
+            self._failures.pop(key, None)
+            self._last_good[key] = result
+            return result
+        count = self._failures.get(key, 0) + 1
+        self._failures[key] = count
+        good = self._last_good.get(key)
+        if good is None or count >= self.failures_before_critical:
+            return result
+        return good
+
+    def failures(self, key: K) -> int:
+        """Consecutive critical results observed for `key`."""
+        return self._failures.get(key, 0)
+
+    def forget(self, key: K) -> None:
+        """No hold for `key` next time (it failed in a way that must show at once)."""
+        self._failures.pop(key, None)
+        self._last_good.pop(key, None)
+
+    def retain(self, keys: Iterable[K]) -> None:
+        """Drops what is known about any other key, so the guard stays as small as the host."""
+        keep = set(keys)
+        for table in (self._failures, self._last_good):
+            for key in [k for k in table if k not in keep]:
+                del table[key]
+
+
+class HealthChecks:
+    """`run_probes` through a FlapGuard, for a caller that lives across cycles (the daemon)."""
+
+    def __init__(self, failures_before_critical: int = FAILURES_BEFORE_CRITICAL) -> None:
+        self.guard: FlapGuard[HealthProbe] = FlapGuard(failures_before_critical)
+
+    def run(self, probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
+        """Every probe's result, a recent failure of a passing one held as its last good one."""
+        results = run_probes(probes)
+        self.guard.retain(results)
+        return {probe: self.guard.observe(probe, result) for probe, result in results.items()}

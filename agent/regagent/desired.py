@@ -72,6 +72,9 @@ class DesiredServices:
     skipped: Tuple[Skipped, ...] = ()
     expired: Tuple[str, ...] = ()  # service IDs dropped this time after deregister_after
     by_port: Mapping[int, str] = field(default_factory=dict)  # discovered port -> service ID
+    # Seen before, still listening, but the probe failed now: critical here, and a candidate
+    # for the runner's flap protection (a vanished listener is not).
+    not_serving: Tuple[str, ...] = ()
 
 
 def build_intents(
@@ -131,6 +134,7 @@ def build_intents(
     listening = {f.port for f in discovery.findings}
     excluded_now = {f.port for f in discovery.findings if f.outcome == EXCLUDED}
     expired: List[str] = []
+    not_serving: List[str] = []
     for sid, entry in sorted(previous.items()):
         if sid in seen or sid in static_ids or entry.port in static_ports:
             continue
@@ -149,7 +153,11 @@ def build_intents(
             continue
         seen[sid] = entry
         intents.append(_vanished_intent(entry, entry.port in listening))
-    return DesiredServices(tuple(intents), seen, tuple(skipped), tuple(expired), by_port)
+        if entry.port in listening:
+            not_serving.append(sid)
+    return DesiredServices(
+        tuple(intents), seen, tuple(skipped), tuple(expired), by_port, tuple(not_serving)
+    )
 
 
 def static_intent(svc: ServiceConfig, config: Config, node_address: str) -> ServiceIntent:

@@ -3,19 +3,22 @@
 `regagent.desired.build_intents` decides; this module feeds it and persists what it returns.
 `desired_intents` is the entry point the sync engine calls each cycle.
 A runner lives as long as the daemon so that its caches (socket owners by inode, listeners
-already reported) save work and log noise across cycles.
+already reported) save work and log noise across cycles, and so that it can count consecutive
+probe failures: one failed probe of a known exporter does not turn it critical (decision 5).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, List, Mapping, Optional, Set, Tuple
 
 import structlog
 
+from regagent.checks import FAILURES_BEFORE_CRITICAL, FlapGuard
 from regagent.config.model import Config
-from regagent.desired import DesiredServices, adopt_registered, build_intents
+from regagent.desired import SOURCE_DISCOVERY, DesiredServices, adopt_registered, build_intents
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
 from regagent.discovery.identify import DiscoveryResult, Prober, discover
 from regagent.discovery.listeners import Listener, listening_sockets
@@ -34,7 +37,8 @@ log = structlog.get_logger(__name__)
 
 
 class DiscoveryRunner:
-    """Discovery plus desired-state building, with caches and once-only reports."""
+    """Discovery plus desired-state building, with caches, once-only reports and flap
+    protection."""
 
     def __init__(
         self,
@@ -43,6 +47,7 @@ class DiscoveryRunner:
         list_listeners: Callable[[], List[Listener]] = listening_sockets,
         prober: Prober = probe_metrics,
         table: Optional[ExporterTable] = None,
+        failures_before_critical: int = FAILURES_BEFORE_CRITICAL,
     ) -> None:
         self.resolver = resolver or ProcessResolver()
         self.list_listeners = list_listeners
@@ -50,6 +55,7 @@ class DiscoveryRunner:
         self.table = table or load_exporter_table()
         self._reported: Set[Tuple[int, str, str]] = set()
         self._vanished: Set[str] = set()
+        self._health: FlapGuard[str] = FlapGuard(failures_before_critical)
 
     def discover(self, config: Config) -> Optional[DiscoveryResult]:
         """Findings for this host, or None when discovery is disabled."""
@@ -85,6 +91,8 @@ class DiscoveryRunner:
         desired = build_intents(
             config, node_address, result, now, previous=previous, table=self.table
         )
+        if result is not None:
+            desired = self._hold_failures(desired, result)
         if persist:
             self._report(desired, previous)
             if result is not None and result.complete and worth_saving(stored, desired.seen):
@@ -94,6 +102,40 @@ class DiscoveryRunner:
     def cycle(self, config: Config, node_address: str, now: float) -> Tuple[ServiceIntent, ...]:
         """The intents for one sync cycle (state persisted)."""
         return self.run(config, node_address, now)[1].intents
+
+    def _hold_failures(self, desired: DesiredServices, result: DiscoveryResult) -> DesiredServices:
+        """A known exporter whose probe failed stays passing with its last good output until
+        `failures_before_critical` probes in a row failed; a vanished listener (nothing listens
+        on its port) is critical at once, as nothing will answer Prometheus either."""
+        not_serving = set(desired.not_serving)
+        reasons = {finding.port: finding.reason for finding in result.findings}
+        intents = tuple(self._held(i, not_serving, reasons) for i in desired.intents)
+        self._health.retain(intent.service.id for intent in intents)
+        return replace(desired, intents=intents)
+
+    def _held(
+        self, intent: ServiceIntent, not_serving: Set[str], reasons: Mapping[int, str]
+    ) -> ServiceIntent:
+        sid = intent.service.id
+        if intent.source != SOURCE_DISCOVERY or intent.status is None:
+            return intent
+        if sid not in not_serving:
+            if intent.status[0] == CRITICAL:
+                self._health.forget(sid)
+            else:
+                self._health.observe(sid, intent.status)
+            return intent
+        status = self._health.observe(sid, intent.status)
+        if status == intent.status:
+            return intent
+        log.info(
+            "exporter_probe_failed",
+            service_id=sid,
+            reason=reasons.get(intent.service.port, ""),
+            failures=self._health.failures(sid),
+            failures_before_critical=self._health.failures_before_critical,
+        )
+        return replace(intent, status=status)
 
     def _report(self, desired: DesiredServices, previous: Mapping[str, SeenService]) -> None:
         for item in desired.skipped:
