@@ -5,9 +5,18 @@ Servers are in-process threads on loopback, shut down when each test ends.
 
 from __future__ import annotations
 
+import http.server
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+from typing import Iterator, Tuple
 
-from regagent.checks import FlapGuard, HealthChecks
+import pytest
+
+from regagent.checks import FlapGuard, HealthChecks, http_check
 from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe
 
 GOOD = (PASSING, "HTTP GET http://127.0.0.1:9100/metrics: 200 OK")
@@ -64,3 +73,63 @@ def test_health_checks_hold_a_static_service_through_a_short_outage() -> None:
         CRITICAL,
         f"TCP connect 127.0.0.1:{port}: connection refused",
     )
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> Tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl command missing")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    argv = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    argv += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    argv += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        argv,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def https_port(self_signed: Tuple[Path, Path]) -> Iterator[int]:
+    """An HTTPS server with that certificate, in a thread; shut down afterwards."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(self_signed[0]), str(self_signed[1]))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+def test_self_signed_certificate_reads_as_such(https_port: int) -> None:
+    url = f"https://127.0.0.1:{https_port}/metrics"
+    assert http_check(url, 5.0) == (
+        CRITICAL,
+        f"HTTP GET {url}: certificate verify failed (self-signed certificate)",
+    )
+
+
+def test_other_tls_failures_name_the_reason() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/metrics"  # plain HTTP answers
+        assert http_check(url, 5.0) == (
+            CRITICAL,
+            f"HTTP GET {url}: TLS error (wrong version number)",
+        )
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()

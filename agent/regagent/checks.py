@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,12 @@ def _reason(exc: BaseException) -> str:
         return "connection reset"
     if isinstance(exc, http.client.HTTPException):
         return "not an HTTP answer"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # The message text carries the C source line (`_ssl.c:1006`), which changes with Python.
+        detail = exc.verify_message
+        return f"certificate verify failed ({detail})" if detail else "certificate verify failed"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error ({(exc.reason or type(exc).__name__).lower().replace('_', ' ')})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return type(exc).__name__
