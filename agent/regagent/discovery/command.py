@@ -16,7 +16,8 @@ JSON schema (`--format json`), one object:
           "endpoints": ["0.0.0.0:9100", "[::]:9100"],
           "address_kind": "wildcard",          # wildcard | loopback | specific
           "process": {"pid": 812, "name": "prometheus-node-exporter", "exe": "/usr/bin/...",
-                      "cmdline": ["..."], "user": "prometheus"} or null (unknown/not permitted),
+                      "cmdline": ["..."], "user": "prometheus"} or null (unknown, not
+                      permitted, or not looked up: only where it can change the outcome),
           "candidate_reasons": ["default port of node_exporter"],
           "outcome": "identified",   # identified | unknown-exporter | not-exporter
                                      # | excluded | not-candidate
