@@ -624,3 +624,51 @@ def test_status_survey_cools_a_black_holed_server_so_reads_skip_it(
     assert reports[1].leader is not None
     read_actual(pool, NODE)
     assert pool.servers[0].requests == 0  # the timeout was paid once, by the survey
+
+
+def test_static_check_turns_critical_only_after_consecutive_failures(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    port = free_port()
+    app = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    (tmp_path / "metrics").write_text("up 1\n")
+    try:
+        wait_for_port(port)
+        service = {"name": "app", "port": port, "check": {"type": "http"}}
+        path = write_config(
+            tmp_path,
+            consul_cluster,
+            [service],
+            sync={
+                "interval": "1s",
+                "jitter": "0s",
+                "state_dir": str(tmp_path / "state"),
+                "failures_before_critical": 2,
+            },
+        )
+        config = load_config(str(path))
+        from regagent.discovery.runner import desired_intents
+
+        engine = SyncEngine(
+            config,
+            ServerPool(config.consul),
+            lambda address, actual, persist: desired_intents(
+                config, address, actual=actual, persist=persist
+            ),
+        )
+        check_id = f"service:app-{port}"
+        assert engine.cycle().error is None
+        assert node_checks(consul_cluster)[check_id]["Status"] == "passing"
+        (tmp_path / "metrics").unlink()  # now a 404: a failed check
+        assert engine.cycle().writes == 0  # one failure is held back
+        assert node_checks(consul_cluster)[check_id]["Status"] == "passing"
+        assert engine.cycle().writes == 1  # the second in a row turns it critical
+        assert node_checks(consul_cluster)[check_id]["Status"] == "critical"
+    finally:
+        app.terminate()
+        app.wait(timeout=10)

@@ -128,7 +128,7 @@ def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def intent_source(config: Config) -> IntentSource:
     """Discovery plus static services, as the sync engine consumes them."""
-    from regagent.desired import desired_intents
+    from regagent.discovery.runner import desired_intents
 
     return lambda address, actual, persist: desired_intents(
         config, address, actual=actual, persist=persist

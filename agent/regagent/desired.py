@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
@@ -341,14 +341,3 @@ def adopt_registered(
         seen = _last_seen_from_check(checks.get(service.id), now)
         adopted[service.id] = _seen_entry(service, seen, seen)
     return adopted
-
-
-def __getattr__(name: str) -> Any:
-    # Compatibility: `desired_intents` (the I/O shell) moved to regagent.discovery.runner so that
-    # this pure module no longer imports its shell; cli.py still imports it from here. Remove
-    # once it imports `from regagent.discovery.runner import desired_intents`.
-    if name == "desired_intents":
-        from regagent.discovery.runner import desired_intents
-
-        return desired_intents
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

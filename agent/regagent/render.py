@@ -18,7 +18,7 @@ JSON schema (`regagent sync --format json`), one object:
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from regagent.model import CheckState, DesiredState, ServiceRegistration, meta_dict
 from regagent.plan import FieldDiff, Plan
@@ -48,7 +48,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _diff_json(diff: tuple[FieldDiff, ...]) -> Dict[str, Any]:
+def _diff_json(diff: Tuple[FieldDiff, ...]) -> Dict[str, Any]:
     return {name: {"old": _jsonable(old), "new": _jsonable(new)} for name, old, new in diff}
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional
 
 import structlog
 
-from regagent.checks import Result, run_probes
+from regagent.checks import HealthChecks, Result
 from regagent.config.model import Config
 from regagent.consul_agent import agent_deregister_request, agent_requests, read_agent_actual
 from regagent.consul_catalog import (
@@ -35,7 +35,7 @@ from regagent.model import (
     NodeRegistration,
     ServiceIntent,
     ServiceRegistration,
-    canonical_tags,
+    canonical_service,
     service_check_id,
 )
 from regagent.node_address import route_source_address
@@ -68,18 +68,6 @@ def resolve_node_address(config: Config, server: str) -> str:
             f"cannot find a local address routing to {server} ({exc.strerror or exc}); "
             "set node.address in the configuration"
         ) from None
-
-
-def canonical_service(service: ServiceRegistration) -> ServiceRegistration:
-    meta = dict(sorted({**service.meta, MANAGED_BY_KEY: MANAGED_BY_VALUE}.items()))
-    return ServiceRegistration(
-        id=service.id,
-        name=service.name,
-        port=service.port,
-        address=service.address,
-        tags=canonical_tags(service.tags),
-        meta=meta,
-    )
 
 
 def desired_state(
@@ -126,6 +114,7 @@ class SyncEngine:
         self.intents = intents
         self.agent_mode = config.consul.mode == "agent"
         self.probes: Dict[str, Optional[HealthProbe]] = {}  # service ID -> its probe (agent mode)
+        self.checks = HealthChecks(config.sync.failures_before_critical)
 
     def build_desired(
         self, address: str, actual: Optional[ActualState] = None, persist: bool = True
@@ -135,7 +124,7 @@ class SyncEngine:
         if self.agent_mode:  # the agent runs the checks; regagent only registers them
             return desired_state(actual_node_or(actual, self.config, address), intents, {})
         probes = [i.probe for i in intents if i.status is None and i.probe is not None]
-        results = run_probes(probes)
+        results = self.checks.run(probes)
         return desired_state(node_registration(self.config, address), intents, results)
 
     def cycle(self, dry_run: bool = False) -> CycleResult:

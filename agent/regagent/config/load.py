@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import structlog
 import yaml
@@ -60,7 +60,7 @@ def config_files(path: str) -> List[Path]:
     raise ConfigError([f"{path}: no such file or directory"])
 
 
-def resolve_config_path(cli_value: str | None) -> str:
+def resolve_config_path(cli_value: Optional[str]) -> str:
     """-c PATH, else $REGAGENT_CONFIG, else the default conf.d."""
     return cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 

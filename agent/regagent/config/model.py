@@ -53,6 +53,8 @@ class SyncConfig:
     jitter: float = field(default=5.0, metadata=_kind("duration"))
     deregister_after: float = field(default=72 * 3600.0, metadata=_kind("duration"))
     deregister_on_shutdown: bool = False
+    # Consecutive failed probes before a registered service turns critical (against flapping).
+    failures_before_critical: int = 3
     state_dir: str = "/var/lib/regagent"
 
 

@@ -482,6 +482,8 @@ def _cross_checks(validator: _Validator, config: Config) -> None:
         if problem:
             validator.report(("consul", "token"), problem)
     if ("sync",) in validator.built:
+        if config.sync.failures_before_critical < 1:
+            validator.report(("sync", "failures_before_critical"), "must be 1 or more")
         if config.sync.interval <= 0:
             validator.report(("sync", "interval"), "must be longer than 0s")
         if config.sync.jitter >= config.sync.interval > 0:

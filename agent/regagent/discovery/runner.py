@@ -78,6 +78,7 @@ class DiscoveryRunner:
         actual: Optional[ActualState] = None,
     ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
         """Discover, build intents against the stored state, store the new state if `persist`."""
+        self._health.failures_before_critical = config.sync.failures_before_critical
         result = self.discover(config)
         path = state_path(config.sync.state_dir)
         stored = load_state(path) if result is not None else {}
