@@ -368,10 +368,10 @@ def test_static_meta_cannot_take_ownership_away() -> None:
 
 
 def test_desired_intents_is_the_runners_and_the_pure_module_does_not_import_it() -> None:
-    from regagent.desired import desired_intents as compat
+    import regagent.desired
     from regagent.discovery.runner import desired_intents
 
-    assert compat is desired_intents  # kept for cli.py until it imports from the runner
+    assert not hasattr(regagent.desired, "desired_intents")  # the pure module has no shell
     assert str(inspect.signature(desired_intents)) == (
         "(config: 'Config', node_address: 'str', now: 'Optional[float]' = None, *, "
         "actual: 'Optional[ActualState]' = None, persist: 'bool' = True) "

@@ -7,6 +7,7 @@ these tests drive it cycle by cycle with an explicit clock, without sockets or p
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Collection, Dict, Iterable, List, Mapping, Optional, Set
 
@@ -221,13 +222,10 @@ def test_a_new_runner_has_no_last_good_result_to_hold(host: FakeHost, tmp_path: 
 
 
 def test_one_failure_is_enough_when_so_configured(host: FakeHost, tmp_path: Path) -> None:
-    config = config_for(tmp_path)
-    runner = DiscoveryRunner(
-        list_listeners=host.listeners,
-        prober=host.prober,
-        resolver=FakeResolver(),
-        failures_before_critical=1,
+    config = replace(
+        config_for(tmp_path), sync=SyncConfig(state_dir=str(tmp_path), failures_before_critical=1)
     )
+    runner = runner_for(host)
     runner.cycle(config, NODE, T0)
     host.serving.discard(PORT)
     (intent,) = runner.cycle(config, NODE, T0 + 30)

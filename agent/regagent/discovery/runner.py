@@ -16,7 +16,7 @@ from typing import Callable, List, Mapping, Optional, Set, Tuple
 
 import structlog
 
-from regagent.checks import FAILURES_BEFORE_CRITICAL, FlapGuard
+from regagent.checks import FlapGuard
 from regagent.config.model import Config
 from regagent.desired import SOURCE_DISCOVERY, DesiredServices, adopt_registered, build_intents
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
@@ -47,7 +47,6 @@ class DiscoveryRunner:
         list_listeners: Callable[[], List[Listener]] = listening_sockets,
         prober: Prober = probe_metrics,
         table: Optional[ExporterTable] = None,
-        failures_before_critical: int = FAILURES_BEFORE_CRITICAL,
     ) -> None:
         self.resolver = resolver or ProcessResolver()
         self.list_listeners = list_listeners
@@ -55,7 +54,8 @@ class DiscoveryRunner:
         self.table = table or load_exporter_table()
         self._reported: Set[Tuple[int, str, str]] = set()
         self._vanished: Set[str] = set()
-        self._health: FlapGuard[str] = FlapGuard(failures_before_critical)
+        # Its threshold is set from sync.failures_before_critical on every run.
+        self._health: FlapGuard[str] = FlapGuard()
 
     def discover(self, config: Config) -> Optional[DiscoveryResult]:
         """Findings for this host, or None when discovery is disabled."""
