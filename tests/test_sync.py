@@ -20,8 +20,8 @@ import yaml
 from consulsim import SimCluster
 from regagent.config import load_config
 from regagent.consul_catalog import read_actual
-from regagent.consul_http import checked_response
-from regagent.consul_pool import ServerPool
+from regagent.consul_http import ReadAnswer, checked_response
+from regagent.consul_pool import ServerPool, make_client
 from regagent.errors import ConsulRefused
 from regagent.model import ServiceIntent, ServiceRegistration
 from regagent.sync import SyncEngine
@@ -672,3 +672,35 @@ def test_static_check_turns_critical_only_after_consecutive_failures(
     finally:
         app.terminate()
         app.wait(timeout=10)
+
+
+def test_a_server_cut_off_from_the_leader_does_not_block_writes(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """The emulator cannot partition one server, so server 1's answers are marked leaderless
+    (X-Consul-KnownLeader: false) on their way into regagent; the data stays real."""
+    config = load_config(str(write_config(tmp_path, consul_cluster, [])))
+
+    def clients(address: str, consul_config: Any, token: Optional[str]) -> Any:
+        client = make_client(address, consul_config, token)
+        if address == consul_cluster.addresses[0]:
+            real_get = client.http.get
+
+            def leaderless_get(callback: Any, path: str, **kwargs: Any) -> Any:
+                answer = real_get(callback, path=path, **kwargs)
+                return ReadAnswer(answer.data, False) if isinstance(answer, ReadAnswer) else answer
+
+            client.http.get = leaderless_get
+        return client
+
+    intents = [
+        ServiceIntent(ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1"), "static")
+    ]
+    engine = SyncEngine(
+        config, ServerPool(config.consul, client_factory=clients), lambda *_: intents
+    )
+    result = engine.cycle()
+    assert result.error is None, result.error
+    assert result.writes == 1
+    assert result.server == consul_cluster.addresses[1]
+    assert "queue-9000" in node_services(consul_cluster)

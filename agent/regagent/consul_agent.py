@@ -32,7 +32,8 @@ def read_agent_actual(pool: ServerPool) -> ActualState:
     services = pool.call("read agent services", lambda c: get_json(c, "/v1/agent/services", dict))
     checks = pool.call("read agent checks", lambda c: get_json(c, "/v1/agent/checks", dict))
     try:
-        node = NodeRegistration(str(me["Config"]["NodeName"]), "", {})
+        member = me.get("Member") or {}
+        node = NodeRegistration(str(me["Config"]["NodeName"]), str(member.get("Addr") or ""), {})
         return ActualState(
             node=node,
             services=tuple(parse_service(raw) for _, raw in sorted((services.data or {}).items())),

@@ -216,6 +216,16 @@ class ServerPool:
             raise NoClusterLeader(f"{what} failed: the Consul cluster has no leader ({detail})")
         raise ConsulUnreachable(f"no Consul server reachable for {what} ({detail})")
 
+    def move_on(self, reason: str) -> bool:
+        """Prefer the next available server from now on (the current one answered, but
+        uselessly); False when there is no other to try."""
+        self.current_server.last_error = reason
+        candidates = [i for i in self._candidates() if i != self.current]
+        if not candidates:
+            return False
+        self.current = candidates[0]
+        return True
+
     def survey(self) -> List[ServerReport]:
         """Asks every server, in parallel, for its leader; unreachable ones start cooling down
         so the reads that follow do not pay their timeout a second time."""

@@ -132,17 +132,12 @@ class SyncEngine:
         result = CycleResult()
         name = node_name(self.config)
         try:
-            if self.agent_mode:
-                result.actual = read_agent_actual(self.pool)
-            else:
-                result.actual = read_actual(self.pool, name)
+            result.actual = self._read(name)
             result.server = self.pool.current_server.address
         except RegagentError as exc:
             result.error = exc
         try:
-            # Agent mode: the agent is local, so route towards the servers for our address.
-            server = (not self.agent_mode and result.server) or self.config.consul.servers[0]
-            address = resolve_node_address(self.config, server)
+            address = self._node_address(result)
             result.desired = self.build_desired(address, result.actual, persist=not dry_run)
         except RegagentError as exc:
             result.error = result.error or exc
@@ -171,6 +166,28 @@ class SyncEngine:
             return result
         self.apply(result)
         return result
+
+    def _read(self, name: str) -> ActualState:
+        if self.agent_mode:
+            return read_agent_actual(self.pool)
+        actual = read_actual(self.pool, name)
+        # A server cut off from the others still answers stale reads but knows no leader: ask
+        # the next ones before concluding that the cluster has none (bounded by the pool size).
+        for _ in range(len(self.pool.servers) - 1):
+            if actual.known_leader or not self.pool.move_on("no cluster leader"):
+                break
+            actual = read_actual(self.pool, name)
+        return actual
+
+    def _node_address(self, result: CycleResult) -> str:
+        """`node.address`, or for `auto` the local end of the route to the server that answered.
+
+        In agent mode the agent's own advertised address (services belong to its node)."""
+        agent_node = result.actual.node if self.agent_mode and result.actual else None
+        if self.config.node.address == "auto" and agent_node is not None and agent_node.address:
+            return agent_node.address
+        server = (not self.agent_mode and result.server) or self.config.consul.servers[0]
+        return resolve_node_address(self.config, server)
 
     def requests(self, plan: Plan) -> List[WriteRequest]:
         if self.agent_mode:
