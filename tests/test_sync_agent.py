@@ -76,3 +76,27 @@ def test_agent_mode_removes_only_its_own_services(
     gone = regagent(config, "deregister", "--yes")
     assert gone.returncode == 0, gone.stderr
     assert set(agent_services(consul_cluster)) == {"app-1"}
+
+
+def test_agent_mode_follows_check_definition_changes_and_type_none(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    tcp = {**static("db", 5432), "check": {"type": "tcp"}}
+    config = agent_config(tmp_path, consul_cluster, [tcp, static("plain", 7000)])
+    assert regagent(config, "sync").returncode == 0
+    checks = consul_cluster.get(1, "/v1/agent/checks")
+    assert "service:db-5432" in checks
+    assert "service:plain-7000" not in checks  # check type none: no check, not a guessed GET
+    meta = agent_services(consul_cluster)["db-5432"]["Meta"]
+    assert meta["regagent-check"] == "tcp 127.0.0.1:5432 every 300ms"
+
+    agent_config(
+        tmp_path, consul_cluster, [{**tcp, "check": {"type": "http"}}, static("plain", 7000)]
+    )
+    consul_cluster.reset_stats()
+    changed = regagent(config, "sync")
+    assert changed.returncode == 0, changed.stderr
+    assert agent_registers(consul_cluster) == 1
+    assert agent_services(consul_cluster)["db-5432"]["Meta"]["regagent-check"] == (
+        "http http://127.0.0.1:5432/metrics every 300ms"
+    )

@@ -7,6 +7,7 @@ check status is the agent's business, so the plan compares services only.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import quote
 
@@ -14,12 +15,15 @@ from regagent.config.show import format_duration
 from regagent.consul_catalog import parse_service
 from regagent.consul_http import WriteRequest, get_json
 from regagent.consul_pool import ServerPool
+from regagent.desired import SOURCE_DISCOVERY
+from regagent.discovery.probe import url_host
 from regagent.errors import ConsulUnreachable
 from regagent.model import (
     ActualState,
     CheckState,
     HealthProbe,
     NodeRegistration,
+    ServiceIntent,
     ServiceRegistration,
     service_check_id,
 )
@@ -54,16 +58,43 @@ def read_agent_actual(pool: ServerPool) -> ActualState:
         raise ConsulUnreachable(f"{server} sent a malformed agent answer ({exc!r})") from None
 
 
+CHECK_META_KEY = "regagent-check"
+
+
+def agent_probe(intent: ServiceIntent) -> Optional[HealthProbe]:
+    """What the agent should run: the intent's probe; for a discovered exporter without one (it
+    vanished) a GET of its metrics URL, so the agent reports it critical; else nothing
+    (a static service with `check: {type: none}`)."""
+    if intent.probe is not None or intent.source != SOURCE_DISCOVERY:
+        return intent.probe
+    service = intent.service
+    if "metrics_path" not in service.meta or not service.address:
+        return None
+    url = (
+        f"{service.meta.get('scheme', 'http')}://{url_host(service.address)}:{service.port}"
+        f"{service.meta['metrics_path']}"
+    )
+    return HealthProbe("http", url)
+
+
+def describe_check(probe: Optional[HealthProbe], interval: float) -> str:
+    """Stable one-line description of the check definition, kept in the service's Meta: the
+    agent does not echo definitions back, so a changed definition must change the service."""
+    if probe is None:
+        return "none"
+    return f"{probe.kind} {probe.target} every {format_duration(interval)}"
+
+
+def with_check_meta(
+    service: ServiceRegistration, probe: Optional[HealthProbe], interval: float
+) -> ServiceRegistration:
+    meta = {**service.meta, CHECK_META_KEY: describe_check(probe, interval)}
+    return replace(service, meta=meta)
+
+
 def check_definition(
     service: ServiceRegistration, probe: Optional[HealthProbe], interval: float
 ) -> Optional[Dict[str, Any]]:
-    """What the agent should run: the service's own probe, else a GET of its metrics URL."""
-    if probe is None and "metrics_path" in service.meta and service.address:
-        url = (
-            f"{service.meta.get('scheme', 'http')}://{service.address}:{service.port}"
-            f"{service.meta['metrics_path']}"
-        )
-        probe = HealthProbe("http", url)
     if probe is None:
         return None
     check: Dict[str, Any] = {

@@ -13,7 +13,13 @@ import structlog
 
 from regagent.checks import HealthChecks, Result
 from regagent.config.model import Config
-from regagent.consul_agent import agent_deregister_request, agent_requests, read_agent_actual
+from regagent.consul_agent import (
+    agent_deregister_request,
+    agent_probe,
+    agent_requests,
+    read_agent_actual,
+    with_check_meta,
+)
 from regagent.consul_catalog import (
     SERF_HEALTH,
     deregister_node,
@@ -120,8 +126,13 @@ class SyncEngine:
         self, address: str, actual: Optional[ActualState] = None, persist: bool = True
     ) -> DesiredState:
         intents = self.intents(address, actual, persist)
-        self.probes = {i.service.id: i.probe for i in intents}
         if self.agent_mode:  # the agent runs the checks; regagent only registers them
+            interval = self.config.sync.interval
+            self.probes = {i.service.id: agent_probe(i) for i in intents}
+            intents = [
+                replace(i, service=with_check_meta(i.service, self.probes[i.service.id], interval))
+                for i in intents
+            ]
             return desired_state(actual_node_or(actual, self.config, address), intents, {})
         probes = [i.probe for i in intents if i.status is None and i.probe is not None]
         results = self.checks.run(probes)
