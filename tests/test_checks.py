@@ -10,9 +10,10 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -133,3 +134,33 @@ def test_other_tls_failures_name_the_reason() -> None:
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+def test_http_check_has_an_overall_deadline_against_a_trickling_server(tmp_path: Path) -> None:
+    fake = Path(__file__).parent / "data" / "discovery" / "fake_server.py"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, str(fake), "drip", "127.0.0.1", str(port), "--lifetime", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):  # bounded wait for the listener
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                threading.Event().wait(0.025)
+        outcome: List[Tuple[str, str]] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(http_check(f"http://127.0.0.1:{port}/metrics", 0.5)),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(timeout=30)  # each byte resets a per-read timeout: only a deadline ends it
+        assert outcome == [(CRITICAL, f"HTTP GET http://127.0.0.1:{port}/metrics: timed out")]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

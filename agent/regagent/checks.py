@@ -10,11 +10,14 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import threading
+import time
 import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Generic, Hashable, Iterable, List, Tuple, TypeVar
 
+from regagent.discovery.probe import abort_connection
 from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe
 
 Result = Tuple[str, str]  # (status, output)
@@ -23,9 +26,6 @@ K = TypeVar("K", bound=Hashable)
 # Consecutive critical results before a target that was passing is reported critical. To become
 # the config knob sync.failures_before_critical (>= 1; 1 reports the first failure).
 FAILURES_BEFORE_CRITICAL = 3
-
-# Checks go straight to the service: an http_proxy in the environment must not answer for it.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _reason(exc: BaseException) -> str:
@@ -50,14 +50,39 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _status_of(url: str, timeout: float) -> int:
+    """The HTTP status of a GET, within `timeout` overall: a watchdog closes the socket, so a
+    server that trickles its answer a byte at a time cannot hold the cycle (or SIGTERM).
+    http.client ignores proxy settings: the check goes straight to the service."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    watchdog = threading.Timer(timeout, abort_connection, args=(conn,))
+    watchdog.daemon = True
+    watchdog.start()
+    deadline = time.monotonic() + timeout
+    try:
+        path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        conn.request("GET", path, headers={"User-Agent": "regagent-check", "Connection": "close"})
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:  # the watchdog's close shows up as either
+        if time.monotonic() >= deadline:
+            raise socket.timeout("timed out") from None
+        raise exc from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
 def http_check(url: str, timeout: float) -> Result:
     """2xx passing, 429 warning, anything else critical: Consul's own HTTP check rules."""
-    request = urllib.request.Request(url, headers={"User-Agent": "regagent-check"})
     try:
-        with _DIRECT.open(request, timeout=timeout) as response:
-            code = response.status
-    except urllib.error.HTTPError as exc:
-        code = exc.code
+        code = _status_of(url, timeout)
     except Exception as exc:  # any failure to get an answer is a failed check
         return CRITICAL, f"HTTP GET {url}: {_reason(exc)}"
     status = PASSING if 200 <= code < 300 else WARNING if code == 429 else CRITICAL

@@ -117,7 +117,7 @@ def http_get(
         conn = http.client.HTTPSConnection(address, port, timeout=timeout, context=context)
     else:
         conn = http.client.HTTPConnection(address, port, timeout=timeout)
-    watchdog = threading.Timer(timeout, _abort, args=(conn,))
+    watchdog = threading.Timer(timeout, abort_connection, args=(conn,))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -160,7 +160,7 @@ def http_get(
         conn.close()
 
 
-def _abort(conn: http.client.HTTPConnection) -> None:
+def abort_connection(conn: http.client.HTTPConnection) -> None:
     sock = conn.sock
     if sock is not None:
         with contextlib.suppress(OSError):
