@@ -543,6 +543,18 @@ def test_a_server_address_that_is_not_consul_fails_over_without_a_traceback(
         assert "queue-9000" in node_services(consul_cluster)
         status = regagent(config, "status")
         assert "Traceback" not in status.stderr + status.stdout
+        write_config(
+            tmp_path,
+            consul_cluster,
+            [static("queue", 9000)],
+            consul={"servers": [f"127.0.0.1:{port}"]},
+        )
+        alone = regagent(config, "sync")
+        assert alone.returncode == 1
+        assert alone.stderr.strip() == (
+            "regagent: no Consul server reachable for read node services "
+            f"(127.0.0.1:{port}: 404 Not Found (is this a Consul server?))"
+        )
     finally:
         web.terminate()
         web.wait(timeout=10)

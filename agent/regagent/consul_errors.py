@@ -97,7 +97,13 @@ def describe_failure(exc: BaseException) -> str:
         if "Connection refused" in text:
             return "connection refused"
         return "connection failed"
-    return str(exc).strip()
+    return one_line(str(exc))
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """An error body fit for one log line: an HTML error page must not flood the terminal."""
+    first = " ".join(text.split())
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def is_no_leader(exc: BaseException) -> bool:

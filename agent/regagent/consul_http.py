@@ -24,6 +24,10 @@ class ReadAnswer:
 
 def checked_response(response: Any) -> Any:
     """Raises python-consul2's exceptions for 4xx/5xx, UnexpectedAnswer for a 404 or non-200."""
+    if response.code == 404:
+        if response.body.startswith(("Unknown service ID", "Unknown check ID")):
+            return response  # deregistering what is already gone: done, as in the catalog API
+        raise UnexpectedAnswer("404 Not Found (is this a Consul server?)")
     CB._status(response, allow_404=False)  # 400/403/5xx -> its typed exceptions
     if response.code != 200:
         raise UnexpectedAnswer(f"{response.code} unexpected answer (is this a Consul server?)")

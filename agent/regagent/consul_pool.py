@@ -183,9 +183,10 @@ class ServerPool:
         candidates = self._candidates()
         if not candidates:
             wait = min(s.cooldown_until for s in self.servers) - self.clock()
+            causes = "; ".join(f"{s.address}: {s.last_error}" for s in self.servers)
             raise ConsulUnreachable(
                 f"no Consul server available for {what}: all {len(self.servers)} are cooling "
-                f"down after failures (next retry in {max(wait, 0):.0f}s)"
+                f"down after failures (next retry in {max(wait, 0):.0f}s; {causes})"
             )
         errors: Dict[str, List[str]] = {}  # reason -> servers, so one cause reads once
         no_leader = False
