@@ -147,7 +147,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
     plain = effective_config(config)
     if config.consul.token_file:
         plain["consul"]["token"] = f"{MASK} (from {config.consul.token_file})"
-    elif os.environ.get("CONSUL_HTTP_TOKEN"):
+    elif not config.consul.token and os.environ.get("CONSUL_HTTP_TOKEN"):
         plain["consul"]["token"] = f"{MASK} (from CONSUL_HTTP_TOKEN)"
     if args.format == "json":
         out.write(json.dumps(plain, indent=2) + "\n")
@@ -260,7 +260,12 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        answer = input(f"Remove every regagent registration of node {node_name(config)}? [y/N] ")
+        try:
+            answer = input(
+                f"Remove every regagent registration of node {node_name(config)}? [y/N] "
+            )
+        except EOFError:  # Ctrl-D: no
+            answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing removed.", file=out)
             return EXIT_OK

@@ -10,7 +10,9 @@ from regagent.errors import ConfigError
 
 
 def load_token(config: ConsulConfig) -> Optional[str]:
-    """The ACL token to send (token_file, else CONSUL_HTTP_TOKEN, else consul.token), or None."""
+    """The ACL token to send: token_file, else consul.token, else CONSUL_HTTP_TOKEN, or None.
+
+    What the configuration names wins over an operator's shell variable (decision 6)."""
     if config.token_file:
         try:
             with open(config.token_file, encoding="utf-8") as handle:
@@ -22,4 +24,4 @@ def load_token(config: ConsulConfig) -> Optional[str]:
         if not token:
             raise ConfigError([f"consul.token_file: {config.token_file} is empty"])
         return token
-    return os.environ.get("CONSUL_HTTP_TOKEN") or config.token
+    return config.token or os.environ.get("CONSUL_HTTP_TOKEN")

@@ -88,7 +88,7 @@ def desired_state(
             status, output = intent.status
         elif intent.probe is not None:
             # Absent only in agent mode, where the agent runs the probe and owns the status.
-            status, output = results.get(intent.probe, (PASSING, "checked by the Consul agent"))
+            status, output = results.get(intent.probe, ("agent", "checked by the Consul agent"))
         else:
             status, output = PASSING, NO_CHECK_OUTPUT
         services.append(service)
@@ -121,6 +121,7 @@ class SyncEngine:
         self.agent_mode = config.consul.mode == "agent"
         self.probes: Dict[str, Optional[HealthProbe]] = {}  # service ID -> its probe (agent mode)
         self.checks = HealthChecks(config.sync.failures_before_critical)
+        self._auto_address: Optional[str] = None
 
     def build_desired(
         self, address: str, actual: Optional[ActualState] = None, persist: bool = True
@@ -197,8 +198,15 @@ class SyncEngine:
         agent_node = result.actual.node if self.agent_mode and result.actual else None
         if self.config.node.address == "auto" and agent_node is not None and agent_node.address:
             return agent_node.address
-        server = (not self.agent_mode and result.server) or self.config.consul.servers[0]
-        return resolve_node_address(self.config, server)
+        if self._auto_address is not None:
+            return self._auto_address
+        answered = not self.agent_mode and result.server
+        address = resolve_node_address(self.config, answered or self.config.consul.servers[0])
+        if answered and self.config.node.address == "auto":
+            # Kept for the process: on a multi-homed host a failover to a server behind another
+            # interface must not rewrite the node and every service address (and back again).
+            self._auto_address = address
+        return address
 
     def requests(self, plan: Plan) -> List[WriteRequest]:
         if self.agent_mode:

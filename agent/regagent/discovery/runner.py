@@ -54,6 +54,7 @@ class DiscoveryRunner:
         self.table = table or load_exporter_table()
         self._reported: Set[Tuple[int, str, str]] = set()
         self._vanished: Set[str] = set()
+        self._adopted: Set[str] = set()
         # Its threshold is set from sync.failures_before_critical on every run.
         self._health: FlapGuard[str] = FlapGuard()
 
@@ -83,7 +84,8 @@ class DiscoveryRunner:
         path = state_path(config.sync.state_dir)
         stored = load_state(path) if result is not None else {}
         previous = adopt_registered(stored, actual, now) if result is not None else {}
-        for sid in sorted(set(previous) - set(stored)):
+        for sid in sorted(set(previous) - set(stored) - self._adopted):
+            self._adopted.add(sid)  # once per process: an unwritable state dir repeats it
             log.warning(
                 "discovery_state_adopted",
                 service_id=sid,

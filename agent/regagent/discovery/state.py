@@ -38,7 +38,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Set, Tuple
 
 import structlog
 
@@ -77,6 +77,16 @@ def parse_time(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 
+_warned: Set[Tuple[str, str, str]] = set()
+
+
+def _warn_once(event: str, path: str, error: str, **fields: str) -> None:
+    """A broken state directory stays broken for every 30 s cycle: say so once per cause."""
+    if (event, path, error) not in _warned:
+        _warned.add((event, path, error))
+        log.warning(event, path=path, error=error, **fields)
+
+
 def load_state(path: str) -> Dict[str, SeenService]:
     """The stored entries; {} (with a warning unless simply absent) when missing or corrupt."""
     try:
@@ -85,9 +95,7 @@ def load_state(path: str) -> Dict[str, SeenService]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        log.warning(
-            "discovery_state_unreadable", path=path, error=str(exc), action="starting empty"
-        )
+        _warn_once("discovery_state_unreadable", path, str(exc), action="starting empty")
         return {}
     try:
         return decode_state(raw)
@@ -193,7 +201,7 @@ def save_state(path: str, entries: Mapping[str, SeenService]) -> bool:
             raise
         _fsync_directory(directory)
     except OSError as exc:
-        log.warning("discovery_state_unwritable", path=path, error=str(exc))
+        _warn_once("discovery_state_unwritable", path, str(exc))
         return False
     return True
 
