@@ -370,9 +370,9 @@ def test_token_file_wins_over_environment(tmp_path: Path, monkeypatch: pytest.Mo
     consul = ConsulConfig
 
     assert load_token(consul(token_file=str(token_file), token="inline")) == "from-file"
-    assert load_token(consul(token="inline")) == "from-env"
+    assert load_token(consul(token="inline")) == "inline"  # the config wins over the shell
+    assert load_token(consul()) == "from-env"
     monkeypatch.delenv("CONSUL_HTTP_TOKEN")
-    assert load_token(consul(token="inline")) == "inline"
     assert load_token(consul()) is None
 
 
