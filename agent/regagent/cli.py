@@ -189,7 +189,7 @@ def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from regagent.consul_agent import read_agent_actual
     from regagent.consul_catalog import read_actual
-    from regagent.render import service_json
+    from regagent.model import service_json
     from regagent.sync import node_name
 
     pool = _pool(config)

@@ -7,7 +7,7 @@ byte-identical Consul requests (writes only on change depend on it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 MANAGED_BY_KEY = "managed-by"
 MANAGED_BY_VALUE = "regagent"
@@ -121,3 +121,15 @@ class ActualState:
 def meta_dict(pairs: Mapping[str, str]) -> Dict[str, str]:
     """A plain, key-sorted copy for JSON output."""
     return {k: pairs[k] for k in sorted(pairs)}
+
+
+def service_json(service: ServiceRegistration) -> Dict[str, Any]:
+    """The JSON form every command prints (sync, status, discover)."""
+    return {
+        "id": service.id,
+        "name": service.name,
+        "address": service.address,
+        "port": service.port,
+        "tags": list(service.tags),
+        "meta": meta_dict(service.meta),
+    }

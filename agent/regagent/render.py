@@ -20,20 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from regagent.model import CheckState, DesiredState, ServiceRegistration, meta_dict
+from regagent.model import CheckState, DesiredState, ServiceRegistration, meta_dict, service_json
 from regagent.plan import FieldDiff, Plan
 from regagent.sync import CycleResult
-
-
-def service_json(service: ServiceRegistration) -> Dict[str, Any]:
-    return {
-        "id": service.id,
-        "name": service.name,
-        "address": service.address,
-        "port": service.port,
-        "tags": list(service.tags),
-        "meta": meta_dict(service.meta),
-    }
 
 
 def _check_json(check: Optional[CheckState]) -> Optional[Dict[str, str]]:

@@ -60,7 +60,7 @@ from regagent.discovery.identify import (
     Finding,
 )
 from regagent.discovery.runner import DiscoveryRunner
-from regagent.model import ServiceIntent, meta_dict
+from regagent.model import ServiceIntent, service_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -141,14 +141,8 @@ def _not_registered(finding: Finding, desired: DesiredServices) -> Optional[str]
 
 
 def _intent_json(intent: ServiceIntent) -> Dict[str, Any]:
-    service = intent.service
     return {
-        "id": service.id,
-        "name": service.name,
-        "address": service.address,
-        "port": service.port,
-        "tags": list(service.tags),
-        "meta": meta_dict(service.meta),
+        **service_json(intent.service),
         "source": intent.source,
         "status": intent.status[0] if intent.status else None,
         "output": intent.status[1] if intent.status else None,
