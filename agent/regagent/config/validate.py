@@ -13,7 +13,7 @@ import math
 import os
 import re
 import stat
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, Union, get_type_hints
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Union, get_type_hints
 
 from regagent.config.load import KeyPath, MergedDocument
 from regagent.config.model import Config, ServiceConfig
@@ -239,15 +239,21 @@ class _Validator:
                 out.append(bounds)
         return tuple(out)
 
-    def hostport(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+    def checked_text(
+        self, raw: Any, path: KeyPath, problem_of: Callable[[str], Optional[str]]
+    ) -> Any:
+        """A string that `problem_of` finds nothing wrong with, else reported and _INVALID."""
         text = self.text(raw, path)
         if text is None:
             return _INVALID
-        problem = hostport_problem(text)
+        problem = problem_of(text)
         if problem:
             self.report(path, problem)
             return _INVALID
         return text
+
+    def hostport(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        return self.checked_text(raw, path, hostport_problem)
 
     def hostport_list(self, raw: Any, path: KeyPath, meta: Any) -> Any:
         if not isinstance(raw, list):
@@ -308,14 +314,7 @@ class _Validator:
         return self.service_meta(raw, path, meta)
 
     def token_file(self, raw: Any, path: KeyPath, meta: Any) -> Any:
-        text = self.text(raw, path)
-        if text is None:
-            return _INVALID
-        problem = token_file_problem(text)
-        if problem:
-            self.report(path, problem)
-            return _INVALID
-        return text
+        return self.checked_text(raw, path, token_file_problem)
 
     def choice(self, raw: Any, path: KeyPath, meta: Any) -> Any:
         choices = meta["choices"]
