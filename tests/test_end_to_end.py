@@ -43,6 +43,8 @@ scrape_configs:
         action: keep
       - source_labels: [__meta_consul_service_metadata_metrics_path]
         target_label: __metrics_path__
+      - source_labels: [__meta_consul_service_metadata_scheme]
+        target_label: __scheme__
       - source_labels: [__meta_consul_service]
         target_label: service
       - source_labels: [__meta_consul_service_metadata_exporter_version]
