@@ -716,3 +716,45 @@ def test_a_server_cut_off_from_the_leader_does_not_block_writes(
     assert result.writes == 1
     assert result.server == consul_cluster.addresses[1]
     assert "queue-9000" in node_services(consul_cluster)
+
+
+def test_a_restarted_daemon_holds_the_first_failure_of_a_service_consul_shows_passing(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    port = free_port()
+    app = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    (tmp_path / "metrics").write_text("up 1\n")
+    try:
+        wait_for_port(port)
+        service = {"name": "app", "port": port, "check": {"type": "http"}}
+        sync = {
+            "interval": "1s",
+            "jitter": "0s",
+            "state_dir": str(tmp_path / "state"),
+            "failures_before_critical": 2,
+        }
+        config = write_config(tmp_path, consul_cluster, [service], sync=sync)
+        assert regagent(config, "sync").returncode == 0  # Consul now shows it passing
+        (tmp_path / "metrics").unlink()
+        loaded = load_config(str(config))
+        from regagent.discovery.runner import desired_intents
+
+        restarted = SyncEngine(  # a fresh process: no memory but what Consul shows
+            loaded,
+            ServerPool(loaded.consul),
+            lambda address, actual, persist: desired_intents(
+                loaded, address, actual=actual, persist=persist
+            ),
+        )
+        assert restarted.cycle().writes == 0
+        assert node_checks(consul_cluster)[f"service:app-{port}"]["Status"] == "passing"
+        assert restarted.cycle().writes == 1
+        assert node_checks(consul_cluster)[f"service:app-{port}"]["Status"] == "critical"
+    finally:
+        app.terminate()
+        app.wait(timeout=10)

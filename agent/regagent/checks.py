@@ -141,6 +141,12 @@ class FlapGuard(Generic[K]):
             return result
         return good
 
+    def remember(self, key: K, result: Result) -> None:
+        """A good result known from elsewhere (what Consul shows after a daemon restart), so
+        the first failure after a restart is held back like any other."""
+        if result[0] != CRITICAL:
+            self._last_good.setdefault(key, result)
+
     def failures(self, key: K) -> int:
         """Consecutive critical results observed for `key`."""
         return self._failures.get(key, 0)

@@ -136,6 +136,12 @@ class SyncEngine:
             ]
             return desired_state(actual_node_or(actual, self.config, address), intents, {})
         probes = [i.probe for i in intents if i.status is None and i.probe is not None]
+        if actual is not None:  # after a restart, Consul remembers the last good results
+            shown = {c.service_id: c for c in actual.checks}
+            for intent in intents:
+                check = shown.get(intent.service.id)
+                if intent.probe is not None and check is not None:
+                    self.checks.guard.remember(intent.probe, (check.status, check.output))
         results = self.checks.run(probes)
         return desired_state(node_registration(self.config, address), intents, results)
 

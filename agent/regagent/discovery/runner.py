@@ -80,6 +80,9 @@ class DiscoveryRunner:
     ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
         """Discover, build intents against the stored state, store the new state if `persist`."""
         self._health.failures_before_critical = config.sync.failures_before_critical
+        for check in actual.checks if actual is not None else ():
+            # After a restart, Consul remembers the last good results: hold the first failure.
+            self._health.remember(check.service_id, (check.status, check.output))
         result = self.discover(config)
         path = state_path(config.sync.state_dir)
         stored = load_state(path) if result is not None else {}
