@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import consul
 import pytest
 import yaml
 
 from consulsim import SimCluster
+from regagent.cli import intent_source
 from regagent.config import load_config
 from regagent.consul_catalog import read_actual
 from regagent.consul_http import ReadAnswer, checked_response
@@ -520,44 +521,26 @@ def test_deregister_refuses_a_consul_agents_node(
 
 
 def test_a_server_address_that_is_not_consul_fails_over_without_a_traceback(
-    consul_cluster: SimCluster, tmp_path: Path
+    consul_cluster: SimCluster, tmp_path: Path, web_server: Tuple[int, Path]
 ) -> None:
-    port = free_port()
-    web = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
+    port, _ = web_server
+    servers = [f"127.0.0.1:{port}", *consul_cluster.addresses]
+    config = write_config(
+        tmp_path, consul_cluster, [static("queue", 9000)], consul={"servers": servers}
     )
-    try:
-        wait_for_port(port)
-        config = write_config(
-            tmp_path,
-            consul_cluster,
-            [static("queue", 9000)],
-            consul={"servers": [f"127.0.0.1:{port}", *consul_cluster.addresses]},
-        )
-        result = regagent(config, "sync")
-        assert result.returncode == 0, result.stderr
-        assert "Traceback" not in result.stderr
-        assert "queue-9000" in node_services(consul_cluster)
-        status = regagent(config, "status")
-        assert "Traceback" not in status.stderr + status.stdout
-        write_config(
-            tmp_path,
-            consul_cluster,
-            [static("queue", 9000)],
-            consul={"servers": [f"127.0.0.1:{port}"]},
-        )
-        alone = regagent(config, "sync")
-        assert alone.returncode == 1
-        assert alone.stderr.strip() == (
-            "regagent: no Consul server reachable for read node services "
-            f"(127.0.0.1:{port}: 404 Not Found (is this a Consul server?))"
-        )
-    finally:
-        web.terminate()
-        web.wait(timeout=10)
+    result = regagent(config, "sync")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "queue-9000" in node_services(consul_cluster)
+    status = regagent(config, "status")
+    assert "Traceback" not in status.stderr + status.stdout
+    write_config(tmp_path, consul_cluster, [static("queue", 9000)], consul={"servers": servers[:1]})
+    alone = regagent(config, "sync")
+    assert alone.returncode == 1
+    assert alone.stderr.strip() == (
+        "regagent: no Consul server reachable for read node services "
+        f"(127.0.0.1:{port}: 404 Not Found (is this a Consul server?))"
+    )
 
 
 def test_proxy_and_token_environment_do_not_redirect_the_pool(
@@ -638,54 +621,6 @@ def test_status_survey_cools_a_black_holed_server_so_reads_skip_it(
     assert pool.servers[0].requests == 0  # the timeout was paid once, by the survey
 
 
-def test_static_check_turns_critical_only_after_consecutive_failures(
-    consul_cluster: SimCluster, tmp_path: Path
-) -> None:
-    port = free_port()
-    app = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    (tmp_path / "metrics").write_text("up 1\n")
-    try:
-        wait_for_port(port)
-        service = {"name": "app", "port": port, "check": {"type": "http"}}
-        path = write_config(
-            tmp_path,
-            consul_cluster,
-            [service],
-            sync={
-                "interval": "1s",
-                "jitter": "0s",
-                "state_dir": str(tmp_path / "state"),
-                "failures_before_critical": 2,
-            },
-        )
-        config = load_config(str(path))
-        from regagent.discovery.runner import desired_intents
-
-        engine = SyncEngine(
-            config,
-            ServerPool(config.consul),
-            lambda address, actual, persist: desired_intents(
-                config, address, actual=actual, persist=persist
-            ),
-        )
-        check_id = f"service:app-{port}"
-        assert engine.cycle().error is None
-        assert node_checks(consul_cluster)[check_id]["Status"] == "passing"
-        (tmp_path / "metrics").unlink()  # now a 404: a failed check
-        assert engine.cycle().writes == 0  # one failure is held back
-        assert node_checks(consul_cluster)[check_id]["Status"] == "passing"
-        assert engine.cycle().writes == 1  # the second in a row turns it critical
-        assert node_checks(consul_cluster)[check_id]["Status"] == "critical"
-    finally:
-        app.terminate()
-        app.wait(timeout=10)
-
-
 def test_a_server_cut_off_from_the_leader_does_not_block_writes(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
@@ -718,43 +653,69 @@ def test_a_server_cut_off_from_the_leader_does_not_block_writes(
     assert "queue-9000" in node_services(consul_cluster)
 
 
-def test_a_restarted_daemon_holds_the_first_failure_of_a_service_consul_shows_passing(
-    consul_cluster: SimCluster, tmp_path: Path
-) -> None:
+@pytest.fixture
+def web_server(tmp_path: Path) -> Iterator[Tuple[int, Path]]:
+    """`python -m http.server` on a free loopback port serving a fresh directory; stopped by pid."""
+    root = tmp_path / "www"
+    root.mkdir()
     port = free_port()
-    app = subprocess.Popen(
+    server = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
+        cwd=root,
     )
-    (tmp_path / "metrics").write_text("up 1\n")
     try:
         wait_for_port(port)
-        service = {"name": "app", "port": port, "check": {"type": "http"}}
-        sync = {
-            "interval": "1s",
-            "jitter": "0s",
-            "state_dir": str(tmp_path / "state"),
-            "failures_before_critical": 2,
-        }
-        config = write_config(tmp_path, consul_cluster, [service], sync=sync)
-        assert regagent(config, "sync").returncode == 0  # Consul now shows it passing
-        (tmp_path / "metrics").unlink()
-        loaded = load_config(str(config))
-        from regagent.discovery.runner import desired_intents
-
-        restarted = SyncEngine(  # a fresh process: no memory but what Consul shows
-            loaded,
-            ServerPool(loaded.consul),
-            lambda address, actual, persist: desired_intents(
-                loaded, address, actual=actual, persist=persist
-            ),
-        )
-        assert restarted.cycle().writes == 0
-        assert node_checks(consul_cluster)[f"service:app-{port}"]["Status"] == "passing"
-        assert restarted.cycle().writes == 1
-        assert node_checks(consul_cluster)[f"service:app-{port}"]["Status"] == "critical"
+        yield port, root
     finally:
-        app.terminate()
-        app.wait(timeout=10)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def daemon_like_engine(config_path: Path) -> SyncEngine:
+    """What `regagent run` builds: one engine, real discovery and static services."""
+    config = load_config(str(config_path))
+    return SyncEngine(config, ServerPool(config.consul), intent_source(config))
+
+
+def flaky_app_config(tmp_path: Path, cluster: SimCluster, port: int) -> Path:
+    service = {"name": "app", "port": port, "check": {"type": "http"}}
+    sync = {
+        "interval": "1s",
+        "jitter": "0s",
+        "state_dir": str(tmp_path / "state"),
+        "failures_before_critical": 2,
+    }
+    return write_config(tmp_path, cluster, [service], sync=sync)
+
+
+def test_static_check_turns_critical_only_after_consecutive_failures(
+    consul_cluster: SimCluster, tmp_path: Path, web_server: Tuple[int, Path]
+) -> None:
+    port, root = web_server
+    (root / "metrics").write_text("up 1\n")
+    engine = daemon_like_engine(flaky_app_config(tmp_path, consul_cluster, port))
+    check_id = f"service:app-{port}"
+    assert engine.cycle().error is None
+    assert node_checks(consul_cluster)[check_id]["Status"] == "passing"
+    (root / "metrics").unlink()  # now a 404: a failed check
+    assert engine.cycle().writes == 0  # one failure is held back
+    assert node_checks(consul_cluster)[check_id]["Status"] == "passing"
+    assert engine.cycle().writes == 1  # the second in a row turns it critical
+    assert node_checks(consul_cluster)[check_id]["Status"] == "critical"
+
+
+def test_a_restarted_daemon_holds_the_first_failure_of_a_service_consul_shows_passing(
+    consul_cluster: SimCluster, tmp_path: Path, web_server: Tuple[int, Path]
+) -> None:
+    port, root = web_server
+    (root / "metrics").write_text("up 1\n")
+    config = flaky_app_config(tmp_path, consul_cluster, port)
+    assert regagent(config, "sync").returncode == 0  # Consul now shows it passing
+    (root / "metrics").unlink()
+    restarted = daemon_like_engine(config)  # a fresh process: no memory but what Consul shows
+    assert restarted.cycle().writes == 0
+    assert node_checks(consul_cluster)[f"service:app-{port}"]["Status"] == "passing"
+    assert restarted.cycle().writes == 1
+    assert node_checks(consul_cluster)[f"service:app-{port}"]["Status"] == "critical"
