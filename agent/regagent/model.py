@@ -15,7 +15,6 @@ MANAGED_BY_VALUE = "regagent"
 PASSING = "passing"
 WARNING = "warning"
 CRITICAL = "critical"
-CHECK_STATUSES = (PASSING, WARNING, CRITICAL)
 
 
 def canonical_tags(tags: Sequence[str]) -> Tuple[str, ...]:
@@ -90,7 +89,7 @@ class ServiceIntent:
     """
 
     service: ServiceRegistration
-    source: str  # "discovery", "static" or "self"
+    source: str  # "discovery" or "static"
     probe: Optional[HealthProbe] = None
     status: Optional[Tuple[str, str]] = None  # (status, stable output)
 
