@@ -127,23 +127,32 @@ class SyncEngine:
         self, address: str, actual: Optional[ActualState] = None, persist: bool = True
     ) -> DesiredState:
         intents = self.intents(address, actual, persist)
-        if self.agent_mode:  # the agent runs the checks; regagent only registers them
-            interval = self.config.sync.interval
-            self.probes = {i.service.id: agent_probe(i) for i in intents}
-            intents = [
-                replace(i, service=with_check_meta(i.service, self.probes[i.service.id], interval))
-                for i in intents
-            ]
-            return desired_state(actual_node_or(actual, self.config, address), intents, {})
+        if self.agent_mode:
+            return self._agent_desired(intents, actual, address)
+        self._seed_flap_guard(intents, actual)
         probes = [i.probe for i in intents if i.status is None and i.probe is not None]
-        if actual is not None:  # after a restart, Consul remembers the last good results
-            shown = {c.service_id: c for c in actual.checks}
-            for intent in intents:
-                check = shown.get(intent.service.id)
-                if intent.probe is not None and check is not None:
-                    self.checks.guard.remember(intent.probe, (check.status, check.output))
         results = self.checks.run(probes)
         return desired_state(node_registration(self.config, address), intents, results)
+
+    def _agent_desired(
+        self, intents: List[ServiceIntent], actual: Optional[ActualState], address: str
+    ) -> DesiredState:
+        """The agent runs the checks; regagent registers them, described in each service's Meta."""
+        interval = self.config.sync.interval
+        self.probes = {i.service.id: agent_probe(i) for i in intents}
+        described = [
+            replace(i, service=with_check_meta(i.service, self.probes[i.service.id], interval))
+            for i in intents
+        ]
+        return desired_state(actual_node_or(actual, self.config, address), described, {})
+
+    def _seed_flap_guard(self, intents: List[ServiceIntent], actual: Optional[ActualState]) -> None:
+        """After a restart, Consul still shows the last good results: start from them."""
+        shown = {c.service_id: c for c in actual.checks} if actual is not None else {}
+        for intent in intents:
+            check = shown.get(intent.service.id)
+            if intent.probe is not None and check is not None:
+                self.checks.guard.remember(intent.probe, (check.status, check.output))
 
     def cycle(self, dry_run: bool = False) -> CycleResult:
         """Never raises RegagentError: the caller decides how to report `result.error`."""
