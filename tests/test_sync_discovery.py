@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -29,8 +30,9 @@ def free_port() -> int:
 class Exporter:
     """Debian's node_exporter on a wildcard address, started and stopped by pid."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "") -> None:
         self.port = port
+        self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -38,7 +40,7 @@ class Exporter:
         self.proc = subprocess.Popen(
             [
                 NODE_EXPORTER,
-                f"--web.listen-address=:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 "--collector.disable-defaults",
                 "--collector.loadavg",
             ],
@@ -156,3 +158,29 @@ def test_excluding_a_vanished_exporters_port_deregisters_it_at_once(
     assert dropped.returncode == 0, dropped.stderr
     assert f"- deregister {sid}" in dropped.stdout
     assert sid not in node_services(consul_cluster)
+
+
+def test_dry_run_tells_the_operator_about_a_loopback_only_exporter(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    hidden = Exporter(free_port(), host="127.0.0.1")
+    hidden.start()
+    try:
+        port = hidden.port
+        config = write_config(
+            tmp_path,
+            consul_cluster,
+            [],
+            discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+        )
+        planned = regagent(config, "sync", "--dry-run")
+        assert planned.returncode == 0, planned.stderr
+        warnings = [
+            json.loads(line) for line in planned.stderr.splitlines() if line.startswith("{")
+        ]
+        assert [(w["event"], w["listener"]) for w in warnings] == [
+            ("exporter_not_registered", f"127.0.0.1:{port}")
+        ]
+        assert "loopback only" in warnings[0]["reason"]
+    finally:
+        hidden.stop()

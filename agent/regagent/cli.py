@@ -122,7 +122,7 @@ def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default=default,
-        help="log level (default: log.level for run, error for other commands)",
+        help="log level (default: log.level for run, warning for other commands)",
     )
 
 
@@ -303,8 +303,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(args.log_level or "info")
     try:
         config = load_config(_resolve_path(args.config))
-        # One-shot commands print their own summary; only the daemon logs warnings by default.
-        default_level = config.log.level if args.command == "run" else "error"
+        # One-shot commands print their own summary and show only warnings besides (a listener
+        # left out, a skipped service); the daemon logs at log.level.
+        default_level = config.log.level if args.command == "run" else "warning"
         configure_logging(args.log_level or default_level, config.log.format)
         return COMMANDS[args.command](config, args, sys.stdout)
     except ConfigError as exc:

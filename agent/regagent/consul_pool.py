@@ -254,7 +254,9 @@ class ServerPool:
         delay = self.backoff.delay(server.failures)
         server.cooldown_until = self.clock() + delay
         server.last_error = error
-        log.warning(
+        # info, not warning: failover is routine; a cycle that fails altogether is an error
+        # (daemon) or the command's one-line message (sync, status).
+        log.info(
             "consul_server_failed",
             server=server.address,
             error=error,

@@ -99,10 +99,14 @@ class DiscoveryRunner:
         )
         if result is not None:
             desired = self._hold_failures(desired, result)
-        if persist:
-            self._report(desired, previous)
-            if result is not None and result.complete and worth_saving(stored, desired.seen):
-                save_state(path, desired.seen)
+        self._report(desired, previous)  # a dry run is where an operator wants to see these
+        if (
+            persist
+            and result is not None
+            and result.complete
+            and worth_saving(stored, desired.seen)
+        ):
+            save_state(path, desired.seen)
         return result, desired
 
     def cycle(self, config: Config, node_address: str, now: float) -> Tuple[ServiceIntent, ...]:
