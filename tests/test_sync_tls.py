@@ -18,7 +18,8 @@ from tls_pki import TLSFiles
 HTTPS = "https"
 
 
-def _start(files: TLSFiles, *, require_client_cert: bool) -> SimCluster:
+def _cluster(files: TLSFiles, *, require_client_cert: bool) -> SimCluster:
+    """Not started yet: used as a context manager, which stops it by pid even on failure."""
     client_ca = str(files.ca) if require_client_cert else None
     return SimCluster(
         servers=3,
@@ -33,27 +34,21 @@ def _start(files: TLSFiles, *, require_client_cert: bool) -> SimCluster:
         tls_ca=str(files.ca),
         tls_client_cert=str(files.client_cert),
         tls_client_key=str(files.client_key),
-    ).start()
+    )
 
 
 @pytest.fixture
 def tls_cluster(tls_files: TLSFiles) -> Iterator[SimCluster]:
     """3 emulated servers speaking HTTPS with a certificate from the test CA."""
-    cluster = _start(tls_files, require_client_cert=False)
-    try:
+    with _cluster(tls_files, require_client_cert=False) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
 def mtls_cluster(tls_files: TLSFiles) -> Iterator[SimCluster]:
     """Like `tls_cluster`, but client certificates from the test CA are required."""
-    cluster = _start(tls_files, require_client_cert=True)
-    try:
+    with _cluster(tls_files, require_client_cert=True) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def _config(tmp_path: Path, cluster: SimCluster, tls: Dict[str, Any], scheme: str = HTTPS) -> Path:
