@@ -17,6 +17,7 @@ from regagent.consul_agent import (
     agent_deregister_request,
     agent_probe,
     agent_requests,
+    describe_check,
     read_agent_actual,
     with_check_meta,
 )
@@ -87,8 +88,7 @@ def desired_state(
         if intent.status is not None:
             status, output = intent.status
         elif intent.probe is not None:
-            # Absent only in agent mode, where the agent runs the probe and owns the status.
-            status, output = results.get(intent.probe, ("agent", "checked by the Consul agent"))
+            status, output = results[intent.probe]
         else:
             status, output = PASSING, NO_CHECK_OUTPUT
         services.append(service)
@@ -140,10 +140,17 @@ class SyncEngine:
         """The agent runs the checks; regagent registers them, described in each service's Meta."""
         interval = self.config.sync.interval
         self.probes = {i.service.id: agent_probe(i) for i in intents}
-        described = [
-            replace(i, service=with_check_meta(i.service, self.probes[i.service.id], interval))
-            for i in intents
-        ]
+        described: List[ServiceIntent] = []
+        for intent in intents:
+            probe = self.probes[intent.service.id]
+            described.append(
+                replace(
+                    intent,
+                    service=with_check_meta(intent.service, probe, interval),
+                    # Shown by dry runs only: the agent owns the status; the plan compares services.
+                    status=("agent", f"run by the Consul agent: {describe_check(probe, interval)}"),
+                )
+            )
         return desired_state(actual_node_or(actual, self.config, address), described, {})
 
     def _seed_flap_guard(self, intents: List[ServiceIntent], actual: Optional[ActualState]) -> None:
