@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from consulsim import SimCluster
 from regagent.config import load_config
-from regagent.consul_pool import ServerPool
+from regagent.consul.pool import ServerPool
+from regagent.engine import SyncEngine
 from regagent.logs import configure_logging
 from regagent.model import ServiceIntent, ServiceRegistration
-from regagent.sync import SyncEngine
 
 READ_TIMEOUT = 1.0
 CYCLES = 15

@@ -19,10 +19,11 @@ from regagent.config import Config, load_config, parse_duration
 from regagent.config.load import load_documents
 from regagent.config.model import ConsulConfig, ServiceConfig
 from regagent.config.show import MASK, effective_config
-from regagent.config.validate import meta_problems, service_id, validate
+from regagent.config.validate import service_id, validate
 from regagent.credentials import load_token
 from regagent.errors import ConfigError
 from regagent.logs import configure_logging
+from regagent.rules import meta_problems
 
 
 def write_files(directory: Path, files: Dict[str, str]) -> Path:

@@ -24,7 +24,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from regagent.config.model import Config, DiscoveryConfig, ExporterOverride, SyncConfig
-from regagent.discovery.command import discover_command
 from regagent.discovery.identify import (
     EXCLUDED,
     IDENTIFIED,
@@ -45,6 +44,7 @@ from regagent.discovery.listeners import (
 from regagent.discovery.processes import ProcessResolver
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.model import CRITICAL, PASSING
+from regagent.render.discover import discover_command
 
 HERE = Path(__file__).parent
 FAKE = str(HERE / "data" / "discovery" / "fake_server.py")

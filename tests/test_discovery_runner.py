@@ -20,7 +20,7 @@ from regagent.discovery.listeners import Listener
 from regagent.discovery.probe import Exposition, ProbeResult
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
 from regagent.discovery.runner import DiscoveryRunner
-from regagent.discovery.state import SeenService, format_time
+from regagent.discovery.seen import SeenService, format_time
 from regagent.model import CRITICAL, PASSING, ActualState, ServiceIntent, ServiceRegistration
 
 NODE = "192.0.2.10"

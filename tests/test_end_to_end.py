@@ -101,7 +101,12 @@ def test_a_discovered_exporter_is_scraped_and_never_silently_dropped(
     service = "node-exporter"
 
     def target(health: str, consul_health: str) -> Optional[Dict[str, Any]]:
-        found: List[Dict[str, Any]] = by_service(active_targets(api)).get(service, [])
+        # Hermetic: only the target of the exporter this test started (the host may run its own).
+        found: List[Dict[str, Any]] = [
+            t
+            for t in by_service(active_targets(api)).get(service, [])
+            if t["discoveredLabels"]["__address__"] == f"{LOOPBACK}:{port}"
+        ]
         if len(found) != 1:
             return None
         labels = found[0]["labels"]

@@ -135,7 +135,7 @@ def test_service_with_meta_consul_would_refuse_is_skipped_and_its_registration_k
 
 
 def test_node_change_rides_along_with_a_check_write() -> None:
-    from regagent.consul_catalog import plan_requests
+    from regagent.consul.catalog import plan_requests
 
     want = desired(service("node-9100"), statuses={"node-9100": CRITICAL})
     moved = NodeRegistration("host1", "10.0.0.9", dict(NODE.meta))

@@ -20,12 +20,12 @@ import yaml
 from consulsim import SimCluster
 from regagent.cli import intent_source
 from regagent.config import load_config
-from regagent.consul_catalog import read_actual
-from regagent.consul_http import ReadAnswer, checked_response
-from regagent.consul_pool import ServerPool, make_client
+from regagent.consul.catalog import read_actual
+from regagent.consul.http import ReadAnswer, checked_response
+from regagent.consul.pool import ServerPool, make_client
+from regagent.engine import SyncEngine
 from regagent.errors import ConsulRefused
 from regagent.model import ServiceIntent, ServiceRegistration
-from regagent.sync import SyncEngine
 
 NODE = "regagent-test-host"
 REGISTER = "PUT /v1/catalog/register"

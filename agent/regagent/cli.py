@@ -21,13 +21,13 @@ from regagent import __version__
 from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
 from regagent.config import resolve_config_path as _resolve_path
 from regagent.config.show import MASK, effective_config
-from regagent.consul_pool import ServerPool
+from regagent.consul.pool import ServerPool
 from regagent.credentials import load_token
 from regagent.errors import ConfigError, RegagentError
 from regagent.logs import configure_logging
 
 if TYPE_CHECKING:
-    from regagent.sync import IntentSource
+    from regagent.engine import IntentSource
 
 log = structlog.get_logger(__name__)
 
@@ -157,8 +157,8 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
 
 
 def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.render import cycle_json, cycle_text
-    from regagent.sync import SyncEngine
+    from regagent.engine import SyncEngine
+    from regagent.render.sync import cycle_json, cycle_text
 
     engine = SyncEngine(config, _pool(config), intent_source(config))
     result = engine.cycle(dry_run=args.dry_run)
@@ -175,8 +175,8 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.discovery.command import discover_command
-    from regagent.sync import resolve_node_address
+    from regagent.engine import resolve_node_address
+    from regagent.render.discover import discover_command
 
     try:
         address = resolve_node_address(config, config.consul.servers[0])
@@ -187,10 +187,10 @@ def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.consul_agent import read_agent_actual
-    from regagent.consul_catalog import read_actual
+    from regagent.consul.agent import read_agent_actual
+    from regagent.consul.catalog import read_actual
+    from regagent.engine import node_name
     from regagent.model import service_json
-    from regagent.sync import node_name
 
     pool = _pool(config)
     servers = [asdict(report) for report in pool.survey()]
@@ -251,7 +251,7 @@ def _status_text(report: Dict[str, Any]) -> str:
 
 
 def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.sync import deregister_owned, node_name
+    from regagent.engine import deregister_owned, node_name
 
     if not args.yes:
         if not sys.stdin.isatty():
@@ -279,7 +279,7 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from regagent.daemon import Daemon
-    from regagent.sync import SyncEngine
+    from regagent.engine import SyncEngine
 
     daemon = Daemon(config, SyncEngine(config, _pool(config), intent_source(config)))
     daemon.install_signal_handlers()

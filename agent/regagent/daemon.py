@@ -11,8 +11,8 @@ from typing import Optional
 import structlog
 
 from regagent.config.model import Config
+from regagent.engine import CycleResult, SyncEngine, deregister_owned
 from regagent.errors import RegagentError
-from regagent.sync import CycleResult, SyncEngine, deregister_owned
 
 log = structlog.get_logger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from regagent.consul_pool import split_hostport
+from regagent.consul.pool import split_hostport
 
 
 def route_source_address(server: str) -> str:

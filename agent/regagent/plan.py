@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from regagent.config.validate import meta_problems
 from regagent.model import (
     ActualState,
     CheckState,
@@ -17,6 +16,7 @@ from regagent.model import (
     NodeRegistration,
     ServiceRegistration,
 )
+from regagent.rules import meta_problems
 
 FieldDiff = Tuple[str, object, object]  # (field, old, new)
 

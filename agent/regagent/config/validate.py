@@ -18,16 +18,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Un
 from regagent.config.load import KeyPath, MergedDocument
 from regagent.config.model import Config, ServiceConfig
 from regagent.errors import ConfigError
+from regagent.rules import (
+    META_MAX_PAIRS,
+    hostport_problem,
+    meta_problems_by_key,
+    service_name_problem,
+)
+from regagent.rules import (
+    service_id as rule_service_id,
+)
 
 T = TypeVar("T")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-META_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-META_MAX_PAIRS = 64
-META_KEY_MAX = 128
-META_VALUE_MAX = 512
 _INVALID = object()  # sentinel: the value was reported as a problem
 
 
@@ -52,30 +56,6 @@ def format_path(path: KeyPath) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
-
-
-def meta_problems(meta: Dict[str, str]) -> List[str]:
-    """Consul's own Meta rules (structs.ValidateServiceMetadata), checked before Consul does."""
-    return [message for _, message in _meta_problems_by_key(meta)]
-
-
-def _meta_problems_by_key(meta: Dict[str, str]) -> List[Tuple[Optional[str], str]]:
-    """Each problem with the key it is about, so it can be traced to the file that set that key."""
-    problems: List[Tuple[Optional[str], str]] = []
-    if len(meta) > META_MAX_PAIRS:
-        # Name the key that went over the limit: after a merge, its file is the one to trim.
-        over = list(meta)[META_MAX_PAIRS]
-        problems.append((over, f"has {len(meta)} pairs; Consul allows at most {META_MAX_PAIRS}"))
-    for key, value in meta.items():
-        if not META_KEY_RE.match(key):
-            problems.append((key, f"key {key!r} may contain only letters, digits, '_' and '-'"))
-        elif len(key) > META_KEY_MAX:
-            problems.append((key, f"key {key[:20]!r}... is longer than {META_KEY_MAX} characters"))
-        elif key.startswith("consul-"):
-            problems.append((key, f"key {key!r} uses the prefix 'consul-', which Consul reserves"))
-        if len(value) > META_VALUE_MAX:
-            problems.append((key, f"value of {key!r} is longer than {META_VALUE_MAX} characters"))
-    return problems
 
 
 class _Validator:
@@ -293,11 +273,11 @@ class _Validator:
         text = self.text(raw, path)
         if text is None:
             return _INVALID
-        if not SERVICE_NAME_RE.match(text) or len(text) > 128:
+        problem = service_name_problem(text)
+        if problem is not None:
             self.report(
                 path,
-                f"{text!r} is not a valid service name (letters, digits, '-' and '_', "
-                "starting with a letter or digit, at most 128 characters)",
+                problem,
             )
             return _INVALID
         return text
@@ -306,7 +286,7 @@ class _Validator:
         values = self.string_map(raw, path)
         if values is _INVALID:
             return values
-        for key, problem in _meta_problems_by_key(values):
+        for key, problem in meta_problems_by_key(values):
             self.report(path, problem, origin=path if key is None else (*path, key))
         return values
 
@@ -339,30 +319,6 @@ _KIND_CHECKS = {
     "token_file": _Validator.token_file,
     "choice": _Validator.choice,
 }
-
-
-def hostport_problem(text: str) -> Optional[str]:
-    """Why `text` is not a usable host:port ([v6]:port for IPv6), or None if it is."""
-    if "://" in text:
-        # A common slip: a URL where host:port belongs. The scheme has its own key.
-        return f"{text!r} is a URL; write host:port and set consul.scheme instead"
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        return f"{text!r} is not host:port"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        return f"{text!r} has no valid port (1-65535)"
-    if host.startswith("["):
-        if not host.endswith("]"):
-            return f"{text!r}: unbalanced brackets around the IPv6 address"
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return f"{text!r}: {host[1:-1]!r} in brackets is not an IPv6 address"
-    elif ":" in host:
-        return f"{text!r}: write IPv6 addresses in brackets, e.g. [::1]:8500"
-    elif any(c.isspace() for c in host):
-        return f"{text!r}: the host name contains white space"
-    return None
 
 
 def token_file_problem(path: str) -> Optional[str]:
@@ -431,8 +387,8 @@ def _did_you_mean(key: Any, fields: Dict[str, Any]) -> str:
 
 
 def service_id(service: ServiceConfig) -> str:
-    """The Consul service ID: the configured `id`, else `<name>-<port>`."""
-    return service.id or f"{service.name}-{service.port}"
+    """The Consul service ID of a configured service (rules.service_id)."""
+    return rule_service_id(service.name, service.port, service.id)
 
 
 def _duplicate_service_ids(validator: _Validator, count: int) -> None:

@@ -4,7 +4,7 @@ Public surface:
 - `listening_sockets()` and `Listener` (regagent.discovery.listeners): LISTEN sockets, O(listeners)
 - `discover(config)`, `DiscoveryResult`, `Finding` (regagent.discovery.identify)
 - `DiscoveryRunner` (regagent.discovery.runner): a cycle with state file, caches and logs
-- `discover_command(...)` (regagent.discovery.command): the `regagent discover` report
+- `discover_command(...)` (regagent.render.discover): the `regagent discover` report
 """
 
 from __future__ import annotations

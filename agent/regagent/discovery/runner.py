@@ -1,6 +1,7 @@
 """One discovery cycle with its side effects: sockets, probes, the state file and the log.
 
-`regagent.desired.build_intents` decides; this module feeds it and persists what it returns.
+`regagent.discovery.intents.build_intents` decides; this module feeds it and persists the
+result.
 `desired_intents` is the entry point the sync engine calls each cycle.
 A runner lives as long as the daemon so that its caches (socket owners by inode, listeners
 already reported) save work and log noise across cycles, and so that it can count consecutive
@@ -16,21 +17,26 @@ from typing import Callable, List, Mapping, Optional, Set, Tuple
 
 import structlog
 
-from regagent.checks import FlapGuard
 from regagent.config.model import Config
-from regagent.desired import SOURCE_DISCOVERY, DesiredServices, adopt_registered, build_intents
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
 from regagent.discovery.identify import DiscoveryResult, Prober, discover
+from regagent.discovery.intents import (
+    SOURCE_DISCOVERY,
+    DesiredServices,
+    adopt_registered,
+    build_intents,
+)
 from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.processes import ProcessResolver
-from regagent.discovery.state import (
+from regagent.discovery.seen import (
     SeenService,
     load_state,
     save_state,
     state_path,
     worth_saving,
 )
+from regagent.health.checks import FlapGuard
 from regagent.model import CRITICAL, ActualState, ServiceIntent
 
 log = structlog.get_logger(__name__)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+from regagent.engine import CycleResult
 from regagent.model import CheckState, DesiredState, ServiceRegistration, meta_dict, service_json
 from regagent.plan import FieldDiff, Plan
-from regagent.sync import CycleResult
 
 
 def _check_json(check: Optional[CheckState]) -> Optional[Dict[str, str]]:

@@ -50,7 +50,6 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from regagent.config.model import Config
-from regagent.desired import DesiredServices
 from regagent.discovery.identify import (
     EXCLUDED,
     IDENTIFIED,
@@ -59,6 +58,7 @@ from regagent.discovery.identify import (
     DiscoveryResult,
     Finding,
 )
+from regagent.discovery.intents import DesiredServices
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.model import ServiceIntent, service_json
 

@@ -37,7 +37,7 @@ from regagent.discovery.identify import (
     Finding,
 )
 from regagent.discovery.probe import url_host
-from regagent.discovery.state import SeenService, format_time, parse_time
+from regagent.discovery.seen import SeenService, format_time, parse_time
 from regagent.model import (
     CRITICAL,
     PASSING,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from regagent.discovery.state import (
+from regagent.discovery.seen import (
     SeenService,
     decode_state,
     encode_state,

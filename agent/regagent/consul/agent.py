@@ -12,10 +12,10 @@ from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import quote
 
 from regagent.config.show import format_duration
-from regagent.consul_catalog import parse_service
-from regagent.consul_http import WriteRequest, get_json
-from regagent.consul_pool import ServerPool
-from regagent.desired import SOURCE_DISCOVERY
+from regagent.consul.catalog import parse_service
+from regagent.consul.http import WriteRequest, get_json
+from regagent.consul.pool import ServerPool
+from regagent.discovery.intents import SOURCE_DISCOVERY
 from regagent.discovery.probe import url_host
 from regagent.errors import ConsulUnreachable
 from regagent.model import (

@@ -20,7 +20,6 @@ from regagent.config.model import (
     ServiceConfig,
     SyncConfig,
 )
-from regagent.desired import DesiredServices, build_intents
 from regagent.discovery.identify import (
     IDENTIFIED,
     LOOPBACK,
@@ -31,8 +30,9 @@ from regagent.discovery.identify import (
     DiscoveryResult,
     Finding,
 )
+from regagent.discovery.intents import DesiredServices, build_intents
 from regagent.discovery.listeners import Listener
-from regagent.discovery.state import SeenService
+from regagent.discovery.seen import SeenService
 from regagent.model import (
     CRITICAL,
     PASSING,
@@ -368,10 +368,12 @@ def test_static_meta_cannot_take_ownership_away() -> None:
 
 
 def test_desired_intents_is_the_runners_and_the_pure_module_does_not_import_it() -> None:
-    import regagent.desired
+    import regagent.discovery.intents
     from regagent.discovery.runner import desired_intents
 
-    assert not hasattr(regagent.desired, "desired_intents")  # the pure module has no shell
+    assert not hasattr(
+        regagent.discovery.intents, "desired_intents"
+    )  # the pure module has no shell
     assert str(inspect.signature(desired_intents)) == (
         "(config: 'Config', node_address: 'str', now: 'Optional[float]' = None, *, "
         "actual: 'Optional[ActualState]' = None, persist: 'bool' = True) "
@@ -381,7 +383,9 @@ def test_desired_intents_is_the_runners_and_the_pure_module_does_not_import_it()
         discovery=DiscoveryConfig(enabled=False), services=(ServiceConfig(name="a", port=1),)
     )
     assert ids(tuple(desired_intents(config, NODE, NOW, persist=False))) == ["a-1"]
-    probe = "import sys, regagent.desired; print('regagent.discovery.runner' in sys.modules)"
+    probe = (
+        "import sys, regagent.discovery.intents; print('regagent.discovery.runner' in sys.modules)"
+    )
     shown = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )

@@ -17,7 +17,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from regagent.checks import FlapGuard, HealthChecks, http_check
+from regagent.health.checks import FlapGuard, HealthChecks, http_check
 from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe
 
 GOOD = (PASSING, "HTTP GET http://127.0.0.1:9100/metrics: 200 OK")

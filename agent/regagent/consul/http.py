@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from consul.base import CB
 
-from regagent.consul_errors import UnexpectedAnswer
-from regagent.consul_pool import ServerPool
+from regagent.consul.answers import UnexpectedAnswer
+from regagent.consul.pool import ServerPool
 
 
 def _headers(client: Any) -> Dict[str, str]:

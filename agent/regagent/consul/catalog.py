@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
-from regagent.consul_http import WriteRequest, send, stale_get
-from regagent.consul_pool import ServerPool
+from regagent.consul.http import WriteRequest, send, stale_get
+from regagent.consul.pool import ServerPool
 from regagent.errors import ConsulUnreachable
 from regagent.model import (
     ActualState,

@@ -26,7 +26,7 @@ import urllib3
 from consul.base import ConsulException
 
 from regagent.config.model import ConsulConfig
-from regagent.consul_errors import classify_refusal, describe_failure, is_no_leader
+from regagent.consul.answers import classify_refusal, describe_failure, is_no_leader
 from regagent.errors import ConsulRefused, ConsulUnreachable
 
 log = structlog.get_logger(__name__)

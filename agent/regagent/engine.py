@@ -11,9 +11,8 @@ from typing import Callable, Dict, List, Optional
 
 import structlog
 
-from regagent.checks import HealthChecks, Result
 from regagent.config.model import Config
-from regagent.consul_agent import (
+from regagent.consul.agent import (
     agent_deregister_request,
     agent_probe,
     agent_requests,
@@ -21,16 +20,17 @@ from regagent.consul_agent import (
     read_agent_actual,
     with_check_meta,
 )
-from regagent.consul_catalog import (
+from regagent.consul.catalog import (
     SERF_HEALTH,
     deregister_node,
     deregister_request,
     plan_requests,
     read_actual,
 )
-from regagent.consul_http import WriteRequest, send
-from regagent.consul_pool import NoClusterLeader, ServerPool
+from regagent.consul.http import WriteRequest, send
+from regagent.consul.pool import NoClusterLeader, ServerPool
 from regagent.errors import ConsulRefused, ConsulUnreachable, NodeOwnedByAgent, RegagentError
+from regagent.health.checks import HealthChecks, Result
 from regagent.model import (
     MANAGED_BY_KEY,
     MANAGED_BY_VALUE,

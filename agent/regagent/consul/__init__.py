@@ -1,0 +1,1 @@
+"""Talking to Consul: the server pool, answer classification, and one backend per mode."""
