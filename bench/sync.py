@@ -21,8 +21,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from consulsim import SimCluster
+from regagent.app import build
 from regagent.config import load_config
-from regagent.consul.pool import ServerPool
 from regagent.engine import SyncEngine
 from regagent.logs import configure_logging
 from regagent.model import ServiceIntent, ServiceRegistration
@@ -61,7 +61,7 @@ def make_engine(cluster: SimCluster, workdir: Path, services: int) -> SyncEngine
         )
         for i in range(services)
     ]
-    return SyncEngine(config, ServerPool(config.consul), lambda *_: intents)
+    return build(config, intent_source=lambda *_: intents).engine
 
 
 def timed(engine: SyncEngine) -> float:

@@ -23,6 +23,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 from structlog.testing import capture_logs
 
+from regagent.cli import discover_command
 from regagent.config.model import Config, DiscoveryConfig, ExporterOverride, SyncConfig
 from regagent.discovery.identify import (
     EXCLUDED,
@@ -44,7 +45,6 @@ from regagent.discovery.listeners import (
 from regagent.discovery.processes import ProcessResolver
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.model import CRITICAL, PASSING
-from regagent.render.discover import discover_command
 
 HERE = Path(__file__).parent
 FAKE = str(HERE / "data" / "discovery" / "fake_server.py")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import socket
 import subprocess
 import sys
@@ -367,22 +366,15 @@ def test_static_meta_cannot_take_ownership_away() -> None:
     assert intent.service.meta["managed-by"] == "regagent"
 
 
-def test_desired_intents_is_the_runners_and_the_pure_module_does_not_import_it() -> None:
+def test_the_runner_feeds_the_engine_and_the_pure_module_does_not_import_it() -> None:
     import regagent.discovery.intents
-    from regagent.discovery.runner import desired_intents
+    from regagent.discovery.runner import DiscoveryRunner
 
-    assert not hasattr(
-        regagent.discovery.intents, "desired_intents"
-    )  # the pure module has no shell
-    assert str(inspect.signature(desired_intents)) == (
-        "(config: 'Config', node_address: 'str', now: 'Optional[float]' = None, *, "
-        "actual: 'Optional[ActualState]' = None, persist: 'bool' = True) "
-        "-> 'List[ServiceIntent]'"
-    )
+    assert not hasattr(regagent.discovery.intents, "DiscoveryRunner")  # no shell in the pure module
     config = Config(
         discovery=DiscoveryConfig(enabled=False), services=(ServiceConfig(name="a", port=1),)
     )
-    assert ids(tuple(desired_intents(config, NODE, NOW, persist=False))) == ["a-1"]
+    assert ids(tuple(DiscoveryRunner().intents(config, NODE, None, False, NOW))) == ["a-1"]
     probe = (
         "import sys, regagent.discovery.intents; print('regagent.discovery.runner' in sys.modules)"
     )

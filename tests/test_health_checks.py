@@ -17,15 +17,24 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from regagent.health.checks import FlapGuard, HealthChecks, http_check
-from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe
+from regagent.health.checks import http_check
+from regagent.health.flap import FlapGuard
+from regagent.health.health import Health
+from regagent.model import (
+    CRITICAL,
+    PASSING,
+    WARNING,
+    HealthProbe,
+    ServiceIntent,
+    ServiceRegistration,
+)
 
 GOOD = (PASSING, "HTTP GET http://127.0.0.1:9100/metrics: 200 OK")
 BAD = (CRITICAL, "HTTP GET http://127.0.0.1:9100/metrics: timed out")
 
 
 def test_flap_guard_holds_the_last_good_result_through_two_failures() -> None:
-    guard: FlapGuard[str] = FlapGuard(3)
+    guard = FlapGuard(3)
     assert guard.observe("a", GOOD) == GOOD
     assert [guard.observe("a", BAD) for _ in range(4)] == [GOOD, GOOD, BAD, BAD]
     assert guard.failures("a") == 4
@@ -35,7 +44,7 @@ def test_flap_guard_holds_the_last_good_result_through_two_failures() -> None:
 
 
 def test_flap_guard_without_a_good_result_reports_failures_at_once() -> None:
-    guard: FlapGuard[str] = FlapGuard(3)
+    guard = FlapGuard(3)
     assert guard.observe("new", BAD) == BAD
     guard.observe("gone", GOOD)
     guard.forget("gone")
@@ -46,7 +55,7 @@ def test_flap_guard_without_a_good_result_reports_failures_at_once() -> None:
 
 
 def test_flap_guard_counts_only_critical_as_failure() -> None:
-    guard: FlapGuard[str] = FlapGuard(2)
+    guard = FlapGuard(2)
     warning = (WARNING, "HTTP GET http://127.0.0.1:9100/metrics: 429 Too Many Requests")
     guard.observe("a", GOOD)
     assert guard.observe("a", warning) == warning
@@ -54,7 +63,7 @@ def test_flap_guard_counts_only_critical_as_failure() -> None:
 
 
 def test_flap_guard_of_one_holds_nothing() -> None:
-    guard: FlapGuard[str] = FlapGuard(1)
+    guard = FlapGuard(1)
     guard.observe("a", GOOD)
     assert guard.observe("a", BAD) == BAD
 
@@ -63,14 +72,15 @@ def test_health_checks_hold_a_static_service_through_a_short_outage() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     probe = HealthProbe("tcp", f"127.0.0.1:{port}", 1.0)
-    checks = HealthChecks(failures_before_critical=2)
+    intent = ServiceIntent(ServiceRegistration("app-1", "app", port), "static", probe=probe)
+    checks = Health(failures_before_critical=2)
     try:
-        up = checks.run([probe])[probe]
+        up = checks.evaluate([intent])["app-1"]
         assert up == (PASSING, f"TCP connect 127.0.0.1:{port}: success")
     finally:
         server.close()
-    assert checks.run([probe])[probe] == up
-    assert checks.run([probe])[probe] == (
+    assert checks.evaluate([intent])["app-1"] == up
+    assert checks.evaluate([intent])["app-1"] == (
         CRITICAL,
         f"TCP connect 127.0.0.1:{port}: connection refused",
     )

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from consulsim import SimCluster
-from regagent.cli import intent_source
+from regagent.app import App, build
 from regagent.config import load_config
 from regagent.consul.catalog import read_actual
 from regagent.consul.http import ReadAnswer, checked_response
@@ -244,10 +244,10 @@ def test_first_server_stopped_sync_goes_through_the_second(
     assert "queue-9000" in node_services(consul_cluster)
 
 
-def _engine(config_path: Path, services: List[ServiceRegistration]) -> SyncEngine:
+def _engine(config_path: Path, services: List[ServiceRegistration]) -> App:
     config = load_config(str(config_path))
     intents = [ServiceIntent(s, "static") for s in services]
-    return SyncEngine(config, ServerPool(config.consul), lambda *_: intents)
+    return build(config, intent_source=lambda *_: intents)
 
 
 def test_black_holed_first_server_costs_one_timeout_then_is_skipped(
@@ -256,17 +256,17 @@ def test_black_holed_first_server_costs_one_timeout_then_is_skipped(
     config = write_config(
         tmp_path, consul_cluster, [], consul={"cooldown_initial": "30s", "cooldown_max": "60s"}
     )
-    engine = _engine(config, [ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1")])
+    app = _engine(config, [ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1")])
     consul_cluster.blackhole(0)
-    first = engine.cycle()
+    first = app.engine.cycle()
     assert first.error is None
     assert first.server == consul_cluster.addresses[1]
-    assert engine.pool.servers[0].requests == 1
-    assert engine.pool.servers[0].last_error == "no answer (read timed out)"
+    assert app.pool.servers[0].requests == 1
+    assert app.pool.servers[0].last_error == "no answer (read timed out)"
     for _ in range(3):
-        later = engine.cycle()
+        later = app.engine.cycle()
         assert later.error is None and later.plan is not None and later.plan.empty
-    assert engine.pool.servers[0].requests == 1  # cooling down: never asked again
+    assert app.pool.servers[0].requests == 1  # cooling down: never asked again
 
 
 def test_quorum_lost_writes_fail_cleanly_reads_work_and_state_converges(
@@ -643,10 +643,8 @@ def test_a_server_cut_off_from_the_leader_does_not_block_writes(
     intents = [
         ServiceIntent(ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1"), "static")
     ]
-    engine = SyncEngine(
-        config, ServerPool(config.consul, client_factory=clients), lambda *_: intents
-    )
-    result = engine.cycle()
+    pool = ServerPool(config.consul, client_factory=clients)
+    result = build(config, pool=pool, intent_source=lambda *_: intents).engine.cycle()
     assert result.error is None, result.error
     assert result.writes == 1
     assert result.server == consul_cluster.addresses[1]
@@ -675,8 +673,7 @@ def web_server(tmp_path: Path) -> Iterator[Tuple[int, Path]]:
 
 def daemon_like_engine(config_path: Path) -> SyncEngine:
     """What `regagent run` builds: one engine, real discovery and static services."""
-    config = load_config(str(config_path))
-    return SyncEngine(config, ServerPool(config.consul), intent_source(config))
+    return build(load_config(str(config_path))).engine
 
 
 def flaky_app_config(tmp_path: Path, cluster: SimCluster, port: int) -> Path:

@@ -1,8 +1,8 @@
 """Command line: parses arguments, runs one command, turns errors into one line + exit code.
 
-Exit codes: 0 success (or in sync); 1 runtime error (Consul unreachable or refused);
-2 invalid configuration or usage; `sync --dry-run --detailed-exitcode` also exits 2 when the
-plan has changes.
+Components come from the composition root (`regagent.app.build`); exit codes from the error
+classes in `regagent.errors` (0 success or in sync, 1 runtime error, 2 invalid configuration or
+usage, and with `sync --dry-run --detailed-exitcode` also "there are changes to make").
 """
 
 from __future__ import annotations
@@ -11,27 +11,30 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TextIO
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Dict, Optional, Sequence, TextIO
 
 import structlog
 import yaml
 
 from regagent import __version__
+from regagent.app import build
 from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
 from regagent.config import resolve_config_path as _resolve_path
 from regagent.config.show import MASK, effective_config
-from regagent.consul.pool import ServerPool
-from regagent.credentials import load_token
-from regagent.errors import ConfigError, RegagentError
+from regagent.discovery.runner import DiscoveryRunner
+from regagent.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ChangesPending,
+    ConfigError,
+    RegagentError,
+    UsageError,
+)
 from regagent.logs import configure_logging
 
-if TYPE_CHECKING:
-    from regagent.engine import IntentSource
-
 log = structlog.get_logger(__name__)
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHANGES = 0, 1, 2, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,23 +129,6 @@ def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def intent_source(config: Config) -> IntentSource:
-    """Discovery plus static services, as the sync engine consumes them."""
-    from regagent.discovery.runner import desired_intents
-
-    return lambda address, actual, persist: desired_intents(
-        config, address, actual=actual, persist=persist
-    )
-
-
-def _pool(config: Config) -> ServerPool:
-    """The servers, or in agent mode only the local agent (which forwards to them)."""
-    consul = config.consul
-    if consul.mode == "agent":
-        consul = replace(consul, servers=(consul.agent_address,))
-    return ServerPool(consul, load_token(config.consul))
-
-
 def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     plain = effective_config(config)
     if config.consul.token_file:
@@ -157,133 +143,98 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
 
 
 def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.engine import SyncEngine
     from regagent.render.sync import cycle_json, cycle_text
 
-    engine = SyncEngine(config, _pool(config), intent_source(config))
-    result = engine.cycle(dry_run=args.dry_run)
+    report = build(config).engine.cycle(dry_run=args.dry_run)
     if args.format == "json":
-        out.write(json.dumps(cycle_json(result, args.dry_run), indent=2) + "\n")
+        out.write(json.dumps(cycle_json(report, args.dry_run), indent=2) + "\n")
     else:
-        out.write("".join(line + "\n" for line in cycle_text(result, args.dry_run)))
-    if result.error is not None:
-        print(f"regagent: {result.error}", file=sys.stderr)
-        return EXIT_ERROR
-    if args.dry_run and args.detailed_exitcode and result.plan and not result.plan.empty:
-        return EXIT_CHANGES
+        out.write("".join(line + "\n" for line in cycle_text(report, args.dry_run)))
+    if report.error is not None:
+        print(f"regagent: {report.error}", file=sys.stderr)
+        return report.error.exit_code
+    if args.dry_run and args.detailed_exitcode and report.plan and not report.plan.empty:
+        return ChangesPending.exit_code
     return EXIT_OK
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.engine import resolve_node_address
-    from regagent.render.discover import discover_command
-
+    app = build(config)
     try:
-        address = resolve_node_address(config, config.consul.servers[0])
+        address = app.identity.address(config.consul.servers[0], keep=False)
     except RegagentError as exc:  # discover needs no Consul: say so, and carry on
         print(f"regagent: {exc}; showing addresses as 127.0.0.1", file=sys.stderr)
         address = "127.0.0.1"
-    return discover_command(config, address, args.format, out)
+    return discover_command(config, address, args.format, out, runner=app.discovery)
+
+
+def discover_command(
+    config: Config,
+    node_address: str,
+    fmt: str,
+    out: TextIO,
+    *,
+    runner: DiscoveryRunner,
+    now: Optional[float] = None,
+) -> int:
+    """Prints the discovery report as `text` or `json`; 1 when listeners could not be read.
+    The state file is read (vanished exporters still kept are shown) but never written."""
+    from regagent.render.discover import report_json, report_text
+
+    moment = time.time() if now is None else now
+    result, desired = runner.run(config, node_address, moment, persist=False)
+    if fmt == "json":
+        out.write(json.dumps(report_json(node_address, result, desired), indent=2) + "\n")
+    else:
+        out.write("".join(line + "\n" for line in report_text(node_address, result, desired)))
+    incomplete = result is not None and not result.complete
+    return RegagentError.exit_code if incomplete else EXIT_OK
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.consul.agent import read_agent_actual
-    from regagent.consul.catalog import read_actual
-    from regagent.engine import node_name
-    from regagent.model import service_json
+    from regagent.render.status import status_report, status_text
 
-    pool = _pool(config)
-    servers = [asdict(report) for report in pool.survey()]
-    report: Dict[str, Any] = {
-        "node": node_name(config),
-        "servers": servers,
-        "registered": None,
-        "error": None,
-    }
+    app = build(config)
+    servers = [asdict(report) for report in app.pool.survey()]
     try:
-        if config.consul.mode == "agent":
-            actual = read_agent_actual(pool)
-            report["node"] = actual.node.name if actual.node else report["node"]
-        else:
-            actual = read_actual(pool, node_name(config))
+        actual, error = app.registrar.read(), None
     except RegagentError as exc:
-        report["error"] = str(exc)
-    else:
-        checks = {c.service_id: c for c in actual.checks}
-        report["registered"] = actual.node is not None
-        report["services"] = [
-            {
-                **service_json(s),
-                "managed": s.managed,
-                "check": None
-                if s.id not in checks
-                else {"status": checks[s.id].status, "output": checks[s.id].output},
-            }
-            for s in actual.services
-        ]
+        actual, error = None, str(exc)
+    report = status_report(app.identity.name, servers, actual, error)
     if args.format == "json":
         out.write(json.dumps(report, indent=2) + "\n")
     else:
-        out.write(_status_text(report))
-    return EXIT_ERROR if report["error"] else EXIT_OK
-
-
-def _status_text(report: Dict[str, Any]) -> str:
-    lines = ["Servers:"]
-    for s in report["servers"]:
-        if s["reachable"]:
-            leader = f"leader {s['leader']}" if s["leader"] else "NO LEADER"
-            lines.append(f"  {s['server']}: reachable, {leader} ({s['latency_ms']} ms)")
-        else:
-            lines.append(f"  {s['server']}: unreachable ({s['error']})")
-    if report["error"]:
-        lines.append(f"Node {report['node']}: unknown ({report['error']})")
-    elif not report["registered"]:
-        lines.append(f"Node {report['node']}: not registered")
-    else:
-        lines.append(f"Node {report['node']}: {len(report['services'])} service(s)")
-        for s in report["services"]:
-            owner = "" if s["managed"] else " (not managed by regagent)"
-            check = s["check"]
-            state = f"{check['status']}: {check['output']}" if check else "no check"
-            lines.append(f"  {s['id']} {s['address']}:{s['port']} [{state}]{owner}")
-    return "".join(line + "\n" for line in lines)
+        out.write(status_text(report))
+    return RegagentError.exit_code if error else EXIT_OK
 
 
 def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.engine import deregister_owned, node_name
-
+    app = build(config)
+    node = app.identity.name
     if not args.yes:
         if not sys.stdin.isatty():
-            print(
-                "regagent: refusing to deregister without --yes (no terminal to confirm on)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+            raise UsageError("refusing to deregister without --yes (no terminal to confirm on)")
         try:
-            answer = input(
-                f"Remove every regagent registration of node {node_name(config)}? [y/N] "
-            )
+            answer = input(f"Remove every regagent registration of node {node}? [y/N] ")
         except EOFError:  # Ctrl-D: no
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing removed.", file=out)
             return EXIT_OK
-    removed = deregister_owned(config, _pool(config))
+    removed = app.engine.deregister_owned()
     for item in removed:
         out.write(f"- deregistered {item}\n")
     if not removed:
-        out.write(f"Nothing registered by regagent for node {node_name(config)}.\n")
+        out.write(f"Nothing registered by regagent for node {node}.\n")
     return EXIT_OK
 
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.daemon import Daemon
-    from regagent.engine import SyncEngine
+    from regagent.app import daemon
 
-    daemon = Daemon(config, SyncEngine(config, _pool(config), intent_source(config)))
-    daemon.install_signal_handlers()
-    return daemon.run()
+    loop = daemon(build(config))
+    loop.install_signal_handlers()
+    return loop.run()
 
 
 COMMANDS: Dict[str, Callable[[Config, argparse.Namespace, TextIO], int]] = {
@@ -312,12 +263,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("regagent: invalid configuration:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except RegagentError as exc:
         print(f"regagent: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
-"""Errors a person can act on; the CLI turns each into one line and an exit code."""
+"""Errors a person can act on; the CLI turns each into one line and its exit code.
+
+Exit codes live here, on the classes, and nowhere else: 0 success (or in sync), 1 runtime
+error, 2 invalid configuration or usage (and, with `sync --dry-run --detailed-exitcode`, "there
+are changes to make"), 130 interrupted.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
+
+EXIT_OK = 0
+EXIT_INTERRUPTED = 130
 
 
 class RegagentError(Exception):
@@ -21,8 +29,24 @@ class ConfigError(RegagentError):
         super().__init__("\n".join(self.problems))
 
 
+class UsageError(RegagentError):
+    """The command line asks for something that cannot be done as asked."""
+
+    exit_code = 2
+
+
+class ChangesPending(RegagentError):
+    """`sync --dry-run --detailed-exitcode`: the plan is not empty (Terraform's convention)."""
+
+    exit_code = 2
+
+
 class ConsulUnreachable(RegagentError):
     """No configured Consul server answered usefully."""
+
+
+class NoClusterLeader(ConsulUnreachable):
+    """Servers answer but none knows a leader: writes wait for the next cycle."""
 
 
 class ConsulRefused(RegagentError):
@@ -35,5 +59,17 @@ class ConsulRefused(RegagentError):
         super().__init__(f"Consul {server} refused the request ({status}): {message}")
 
 
+class NoLocalRoute(RegagentError):
+    """This host has no route to a Consul server, so `node.address: auto` finds no address."""
+
+
 class NodeOwnedByAgent(RegagentError):
     """The node name belongs to a real Consul agent, whose anti-entropy would undo our writes."""
+
+
+class NodeOwnedByOther(RegagentError):
+    """The node exists in Consul but was not created by regagent (another tool's node)."""
+
+
+class CycleDeadline(RegagentError):
+    """A cycle ran past its deadline; what is left is done by the next one."""

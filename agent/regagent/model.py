@@ -12,6 +12,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 MANAGED_BY_KEY = "managed-by"
 MANAGED_BY_VALUE = "regagent"
 
+Result = Tuple[str, str]  # a check result: (status, stable output)
+
+SOURCE_DISCOVERY = "discovery"  # where a service intent comes from
+SOURCE_STATIC = "static"
+
 PASSING = "passing"
 WARNING = "warning"
 CRITICAL = "critical"
@@ -92,6 +97,11 @@ class ServiceIntent:
     source: str  # "discovery" or "static"
     probe: Optional[HealthProbe] = None
     status: Optional[Tuple[str, str]] = None  # (status, stable output)
+
+
+def url_host(address: str) -> str:
+    """An address as the host part of a URL or host:port: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address else address
 
 
 def service_check_id(service_id: str) -> str:

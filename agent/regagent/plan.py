@@ -62,12 +62,6 @@ class Plan:
     def empty(self) -> bool:
         return not (self.node_write is not None or self.services or self.checks or self.deregister)
 
-    @property
-    def write_count(self) -> int:
-        """Catalog requests apply() sends: a node change rides along with any other write."""
-        node_alone = 1 if self.node_write is not None and not (self.services or self.checks) else 0
-        return node_alone + len(self.services) + len(self.checks) + len(self.deregister)
-
 
 def diff_fields(old: object, new: object, names: Tuple[str, ...]) -> Tuple[FieldDiff, ...]:
     return tuple(

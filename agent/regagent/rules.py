@@ -79,3 +79,9 @@ def hostport_problem(text: str) -> Optional[str]:
     elif any(c.isspace() for c in host):
         return f"{text!r}: the host name contains white space"
     return None
+
+
+def split_hostport(address: str) -> Tuple[str, int]:
+    """`host:port` or `[v6]:port` to (host as written, brackets kept, port)."""
+    host, _, port = address.rpartition(":")
+    return host, int(port)

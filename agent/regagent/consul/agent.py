@@ -1,31 +1,38 @@
-"""Agent-mode I/O (`consul.mode: agent`): for hosts that run their own Consul agent.
+"""Agent mode (`consul.mode: agent`): for hosts that run their own Consul agent.
 
-Services go through the local agent's API, which owns them, runs their checks and keeps the
-catalog in sync by anti-entropy (design decision 1). regagent still writes only what differs;
-check status is the agent's business, so the plan compares services only.
+Services go through the local agent's API, which owns them and the node, runs their checks and
+keeps the catalog in sync by anti-entropy (design decision 1). regagent still writes only what
+differs; check status is the agent's business, so the desired state has no checks and the plan
+compares services only. The check definition is described in each service's Meta
+(`regagent-check`), because the agent does not echo definitions back.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import quote
 
 from regagent.config.show import format_duration
 from regagent.consul.catalog import parse_service
-from regagent.consul.http import WriteRequest, get_json
+from regagent.consul.http import WriteRequest, get_json, send, send_all
 from regagent.consul.pool import ServerPool
-from regagent.discovery.intents import SOURCE_DISCOVERY
-from regagent.discovery.probe import url_host
-from regagent.errors import ConsulUnreachable
+from regagent.consul.registrar import ApplyOutcome
+from regagent.desired import desired_state
+from regagent.errors import ConsulUnreachable, RegagentError
+from regagent.health.health import Health
+from regagent.identity import NodeIdentity
 from regagent.model import (
+    SOURCE_DISCOVERY,
     ActualState,
     CheckState,
+    DesiredState,
     HealthProbe,
     NodeRegistration,
     ServiceIntent,
     ServiceRegistration,
     service_check_id,
+    url_host,
 )
 from regagent.plan import Plan
 
@@ -135,6 +142,7 @@ def agent_requests(
                 check_definition(write.service, probes.get(write.service.id), interval),
             ),
             f"service {write.service.id}",
+            "register" if write.is_new else "update",
         )
         for write in plan.services
     ]
@@ -144,4 +152,77 @@ def agent_requests(
 
 def agent_deregister_request(service_id: str) -> WriteRequest:
     path = f"/v1/agent/service/deregister/{quote(service_id, safe='')}"
-    return WriteRequest(path, {}, f"deregister {service_id}")
+    return WriteRequest(path, {}, f"deregister {service_id}", "deregister")
+
+
+class AgentRegistrar:
+    """The agent backend: services on the local agent's node, checks run by the agent."""
+
+    def __init__(
+        self,
+        pool: ServerPool,
+        identity: NodeIdentity,
+        node_meta: Mapping[str, str],
+        interval: float,
+    ) -> None:
+        self.pool = pool  # one "server": the local agent
+        self.identity = identity
+        self.node_meta = dict(node_meta)
+        self.interval = interval
+        # The check definitions of the last desired state, for the requests that carry it out.
+        self._probes: Dict[str, Optional[HealthProbe]] = {}
+
+    def read(self) -> ActualState:
+        return read_agent_actual(self.pool)
+
+    def server(self) -> Optional[str]:
+        return self.pool.current_server.address
+
+    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+        """The agent's advertised address (its node owns the services) unless configured."""
+        node = actual.node if actual is not None else None
+        if self.identity.auto and node is not None and node.address:
+            return node.address
+        return self.identity.address(self.pool.servers[0].address, keep=False)
+
+    def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
+        return None  # the agent's own node: regagent only ever touches its own services
+
+    def desired(
+        self,
+        intents: Sequence[ServiceIntent],
+        actual: Optional[ActualState],
+        node_address: str,
+        health: Health,
+    ) -> DesiredState:
+        self._probes = {i.service.id: agent_probe(i) for i in intents}
+        described = [
+            replace(
+                intent,
+                service=with_check_meta(
+                    intent.service, self._probes[intent.service.id], self.interval
+                ),
+            )
+            for intent in intents
+        ]
+        node = actual.node if actual is not None and actual.node is not None else None
+        if node is None:
+            node = NodeRegistration(self.identity.name, node_address, self.node_meta)
+        return desired_state(node, described, {}, with_checks=False)
+
+    def requests(self, plan: Plan) -> List[WriteRequest]:
+        return agent_requests(plan, self._probes, self.interval)
+
+    def planned_writes(self, plan: Plan) -> int:
+        return len(self.requests(plan))
+
+    def apply(self, plan: Plan) -> ApplyOutcome:
+        return send_all(self.pool, self.requests(plan))
+
+    def deregister_owned(self) -> List[str]:
+        removed: List[str] = []
+        for service in read_agent_actual(self.pool).services:
+            if service.managed:
+                send(self.pool, agent_deregister_request(service.id))
+                removed.append(service.id)
+        return removed

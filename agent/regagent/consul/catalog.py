@@ -1,21 +1,31 @@
-"""Catalog-mode I/O: read this node's registrations, send the planner's writes.
+"""Catalog mode (the default): this host is an external node, registered through the catalog API.
 
-Request bodies are built by pure functions with sorted keys, so an identical desired state yields
-byte-identical requests (Consul then changes no index, decision 3).
+Consul never runs checks written through the catalog, so regagent runs them (`Health`) and
+writes their status. Request bodies are built by pure functions with sorted keys, so an
+identical desired state yields byte-identical requests (Consul then changes no index,
+decision 3).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
-from regagent.consul.http import WriteRequest, send, stale_get
+from regagent.consul.http import WriteRequest, send, send_all, stale_get
 from regagent.consul.pool import ServerPool
-from regagent.errors import ConsulUnreachable
+from regagent.consul.registrar import ApplyOutcome
+from regagent.desired import desired_state
+from regagent.errors import ConsulUnreachable, NodeOwnedByAgent, NodeOwnedByOther, RegagentError
+from regagent.health.health import Health
+from regagent.identity import NodeIdentity
 from regagent.model import (
+    MANAGED_BY_KEY,
+    MANAGED_BY_VALUE,
     ActualState,
     CheckState,
+    DesiredState,
     NodeRegistration,
+    ServiceIntent,
     ServiceRegistration,
 )
 from regagent.plan import Plan
@@ -143,7 +153,9 @@ def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
     requests: List[WriteRequest] = []
     if plan.node_write is not None and not plan.services and not plan.checks:
         requests.append(
-            WriteRequest("/v1/catalog/register", register_body(plan.node, datacenter), "node")
+            WriteRequest(
+                "/v1/catalog/register", register_body(plan.node, datacenter), "node", "node"
+            )
         )
     for write in plan.services:
         requests.append(
@@ -151,6 +163,7 @@ def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
                 "/v1/catalog/register",
                 register_body(plan.node, datacenter, write.service, write.check),
                 f"service {write.service.id}",
+                "register" if write.is_new else "update",
             )
         )
     for check_write in plan.checks:
@@ -159,6 +172,7 @@ def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
                 "/v1/catalog/register",
                 register_body(plan.node, datacenter, check=check_write.check),
                 f"check {check_write.check.check_id}",
+                "status",
             )
         )
     requests += [deregister_request(plan.node.name, s.id, datacenter) for s in plan.deregister]
@@ -169,11 +183,110 @@ def deregister_request(node: str, service_id: str, datacenter: Optional[str]) ->
     body: Dict[str, Any] = {"Node": node, "ServiceID": service_id}
     if datacenter:
         body["Datacenter"] = datacenter
-    return WriteRequest("/v1/catalog/deregister", body, f"deregister {service_id}")
+    return WriteRequest("/v1/catalog/deregister", body, f"deregister {service_id}", "deregister")
 
 
 def deregister_node(pool: ServerPool, node_name: str, datacenter: Optional[str]) -> None:
     body: Dict[str, Any] = {"Node": node_name}
     if datacenter:
         body["Datacenter"] = datacenter
-    send(pool, WriteRequest("/v1/catalog/deregister", body, "deregister node"))
+    send(pool, WriteRequest("/v1/catalog/deregister", body, "deregister node", "deregister"))
+
+
+def ownership_problem(name: str, actual: ActualState) -> Optional[RegagentError]:
+    """regagent only writes a node it created (decision 2): never a real agent's, never another
+    tool's external node."""
+    if SERF_HEALTH in actual.node_check_ids:
+        return NodeOwnedByAgent(
+            f"node {name!r} belongs to a running Consul agent (it has a serfHealth check); "
+            "that agent would delete regagent's services. Set node.name to a name of its "
+            "own, or use consul.mode: agent to register through that agent"
+        )
+    ours = actual.node is None or actual.node.meta.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
+    # A catalog register without NodeMeta (another tool adding a service) wipes the node's meta:
+    # regagent-owned services on the node still prove it is ours.
+    if not ours and not any(s.managed for s in actual.services):
+        return NodeOwnedByOther(
+            f"node {name!r} already exists in Consul without NodeMeta "
+            f"{MANAGED_BY_KEY}={MANAGED_BY_VALUE}, so regagent will not take it over. "
+            "Set node.name to a name of its own, or remove that node first"
+        )
+    return None
+
+
+class CatalogRegistrar:
+    """The catalog backend: an external node per host, checks run by regagent."""
+
+    def __init__(
+        self,
+        pool: ServerPool,
+        identity: NodeIdentity,
+        node_meta: Mapping[str, str],
+        datacenter: Optional[str],
+    ) -> None:
+        self.pool = pool
+        self.identity = identity
+        self.node_meta = dict(node_meta)
+        self.datacenter = datacenter
+
+    def read(self) -> ActualState:
+        actual = read_actual(self.pool, self.identity.name)
+        # A server cut off from the others still answers stale reads but knows no leader: ask
+        # the next ones before concluding that the cluster has none (bounded by the pool size).
+        for _ in range(self.pool.policy.leader_searches(len(self.pool.servers))):
+            if actual.known_leader or not self.pool.move_on("no cluster leader"):
+                break
+            actual = read_actual(self.pool, self.identity.name)
+        return actual
+
+    def server(self) -> Optional[str]:
+        return self.pool.current_server.address
+
+    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+        """For `auto`, the route to the server that answered (kept once one did); before any
+        answered, the route to the first configured server, not kept."""
+        answered = actual is not None
+        server = self.pool.current_server.address if answered else self.pool.servers[0].address
+        return self.identity.address(server, keep=answered)
+
+    def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
+        return ownership_problem(self.identity.name, actual)
+
+    def node(self, address: str) -> NodeRegistration:
+        meta = {**self.node_meta, "external-node": "true", MANAGED_BY_KEY: MANAGED_BY_VALUE}
+        return NodeRegistration(self.identity.name, address, meta)
+
+    def desired(
+        self,
+        intents: Sequence[ServiceIntent],
+        actual: Optional[ActualState],
+        node_address: str,
+        health: Health,
+    ) -> DesiredState:
+        return desired_state(self.node(node_address), intents, health.evaluate(intents))
+
+    def requests(self, plan: Plan) -> List[WriteRequest]:
+        return plan_requests(plan, self.datacenter)
+
+    def planned_writes(self, plan: Plan) -> int:
+        return len(self.requests(plan))
+
+    def apply(self, plan: Plan) -> ApplyOutcome:
+        return send_all(self.pool, self.requests(plan))
+
+    def deregister_owned(self) -> List[str]:
+        name = self.identity.name
+        actual = read_actual(self.pool, name)
+        problem = ownership_problem(name, actual)
+        if problem is not None:
+            raise problem
+        removed: List[str] = []
+        for service in actual.services:
+            if service.managed:
+                send(self.pool, deregister_request(name, service.id, self.datacenter))
+                removed.append(service.id)
+        foreign = [s for s in actual.services if not s.managed]
+        if actual.node is not None and not foreign and not actual.node_check_ids:
+            deregister_node(self.pool, name, self.datacenter)
+            removed.append(f"node {name}")
+        return removed

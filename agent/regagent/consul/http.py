@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import structlog
 from consul.base import CB
 
 from regagent.consul.answers import UnexpectedAnswer
 from regagent.consul.pool import ServerPool
+from regagent.consul.registrar import ApplyOutcome
+from regagent.errors import ConsulRefused, RegagentError
+
+log = structlog.get_logger(__name__)
 
 
 def _headers(client: Any) -> Dict[str, str]:
@@ -71,12 +76,44 @@ def _put(client: Any, path: str, body: Dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class WriteRequest:
-    """One write, described for logs and dry-run JSON."""
+    """One write, described for logs and dry-run JSON; `kind` counts it in the cycle report
+    (node, register, update, status, deregister)."""
 
     path: str
     body: Dict[str, Any]
     what: str
+    kind: str = "write"
 
 
 def send(pool: ServerPool, request: WriteRequest) -> None:
     pool.call(request.what, lambda c: _put(c, request.path, request.body))
+
+
+def send_all(pool: ServerPool, requests: Sequence[WriteRequest]) -> ApplyOutcome:
+    """Sends the requests in order: a refused one is skipped (logged), a lost cluster stops.
+
+    Everything written is idempotent: the next cycle re-plans and completes the rest.
+    """
+    outcome = ApplyOutcome(planned=len(requests))
+    failures: List[RegagentError] = []
+    for request in requests:
+        try:
+            send(pool, request)
+        except ConsulRefused as exc:
+            failures.append(exc)
+            log.error("consul_write_refused", what=request.what, error=str(exc))
+            continue
+        except RegagentError as exc:
+            failures.append(exc)
+            break
+        outcome.writes_by_kind[request.kind] = outcome.writes_by_kind.get(request.kind, 0) + 1
+        log.info("consul_write", what=request.what, server=pool.current_server.address)
+    outcome.server = pool.current_server.address
+    if failures:
+        first = failures[0]
+        outcome.error = (
+            first
+            if len(failures) == 1
+            else RegagentError(f"{len(failures)} of {len(requests)} writes failed; first: {first}")
+        )
+    return outcome

@@ -1,6 +1,7 @@
 """Talks to the Consul servers: one explicit client per server, sticky, with cool-down.
 
-Failover policy (design decision 6), applied to every call in one place:
+Failover (design decision 6), applied to every call in one place, with the numbers from
+`regagent.consul.retry.RetryPolicy`:
 - connection errors, timeouts and 5xx answers move on to the next server and put the failed one
   in a cool-down that doubles each time (with jitter) up to `cooldown_max`;
 - `No cluster leader` is a cluster state, not the server's fault: try the others, then give up
@@ -17,7 +18,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar, Union
 
 import consul
 import requests
@@ -27,7 +28,9 @@ from consul.base import ConsulException
 
 from regagent.config.model import ConsulConfig
 from regagent.consul.answers import classify_refusal, describe_failure, is_no_leader
-from regagent.errors import ConsulRefused, ConsulUnreachable
+from regagent.consul.retry import RetryPolicy, Rng
+from regagent.errors import ConsulRefused, ConsulUnreachable, NoClusterLeader
+from regagent.rules import split_hostport
 
 log = structlog.get_logger(__name__)
 
@@ -36,10 +39,6 @@ Clock = Callable[[], float]
 
 # python-consul2 lets these override constructor arguments; the pool must not be redirected.
 _CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
-
-
-class NoClusterLeader(ConsulUnreachable):
-    """Servers answer but none knows a leader: writes wait for the next cycle."""
 
 
 @dataclass
@@ -55,25 +54,6 @@ class ServerState:
 
     def cooling(self, now: float) -> bool:
         return now < self.cooldown_until
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential cool-down with jitter, so ten thousand hosts do not retry in step."""
-
-    initial: float
-    maximum: float
-    jitter: float = 0.2
-
-    def delay(self, failures: int, rng: Callable[[], float] = random.random) -> float:
-        base = min(self.maximum, self.initial * 2.0 ** max(0, failures - 1))
-        return base * (1 - self.jitter + 2 * self.jitter * rng())
-
-
-def split_hostport(address: str) -> Tuple[str, int]:
-    """`host:port` or `[v6]:port` to (host-for-a-URL, port)."""
-    host, _, port = address.rpartition(":")
-    return host, int(port)
 
 
 @contextlib.contextmanager
@@ -158,16 +138,39 @@ class ServerPool:
         config: ConsulConfig,
         token: Optional[str] = None,
         clock: Clock = time.monotonic,
+        *,
         client_factory: Callable[[str, ConsulConfig, Optional[str]], Any] = make_client,
+        policy: Optional[RetryPolicy] = None,
+        rng: Rng = random.random,
     ) -> None:
         self.config = config
         self.clock = clock
-        self.backoff = Backoff(config.cooldown_initial, config.cooldown_max)
+        self.rng = rng
+        self.policy = policy or RetryPolicy(
+            cooldown_initial=config.cooldown_initial,
+            cooldown_max=config.cooldown_max,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+        )
         self.servers: List[ServerState] = [
             ServerState(address, client_factory(address, config, token))
             for address in config.servers
         ]
         self.current = 0
+
+    def adopt(self, previous: ServerPool) -> None:
+        """Keeps what a reload must not forget: cool-downs, failure counts and the server in
+        use, for every server that is still configured."""
+        known = {server.address: server for server in previous.servers}
+        for server in self.servers:
+            old = known.get(server.address)
+            if old is not None:
+                server.failures = old.failures
+                server.cooldown_until = old.cooldown_until
+                server.last_error = old.last_error
+        addresses = [server.address for server in self.servers]
+        if previous.current_server.address in addresses:
+            self.current = addresses.index(previous.current_server.address)
 
     @property
     def current_server(self) -> ServerState:
@@ -251,7 +254,7 @@ class ServerPool:
 
     def _cool_down(self, server: ServerState, error: str, what: str) -> None:
         server.failures += 1
-        delay = self.backoff.delay(server.failures)
+        delay = self.policy.cooldown(server.failures, self.rng)
         server.cooldown_until = self.clock() + delay
         server.last_error = error
         # info, not warning: failover is routine; a cycle that fails altogether is an error

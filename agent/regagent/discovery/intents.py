@@ -41,6 +41,8 @@ from regagent.discovery.seen import SeenService, format_time, parse_time
 from regagent.model import (
     CRITICAL,
     PASSING,
+    SOURCE_DISCOVERY,
+    SOURCE_STATIC,
     ActualState,
     CheckState,
     HealthProbe,
@@ -48,9 +50,7 @@ from regagent.model import (
     ServiceRegistration,
     canonical_service,
 )
-
-SOURCE_DISCOVERY = "discovery"
-SOURCE_STATIC = "static"
+from regagent.rules import service_id
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def static_intent(svc: ServiceConfig, config: Config, node_address: str) -> Serv
     }
     service = canonical_service(
         ServiceRegistration(
-            id=svc.id or f"{svc.name}-{svc.port}",
+            id=service_id(svc.name, svc.port, svc.id),
             name=svc.name,
             port=svc.port,
             address=address,
@@ -250,7 +250,7 @@ def _discovered(
     }
     service = canonical_service(
         ServiceRegistration(
-            id=f"{name}-{finding.port}",
+            id=service_id(name, finding.port),
             name=name,
             port=finding.port,
             address=address,

@@ -1,26 +1,23 @@
 """A short GET of a metrics path on a local address, and a check of what came back.
 
-Bounded on both axes: a watchdog closes the socket when the deadline passes (so a server that
-trickles bytes cannot hold a probe longer than `timeout`), and at most `max_bytes` of the body
-are read. The reason texts returned are stable (no timings, no addresses that vary) because they
-end up in check output and discovery reports.
+The GET is `regagent.health.http.bounded_get`: bounded in time and bytes whatever the exporter
+does. The reason texts returned are stable (no timings, no addresses that vary) because they end
+up in check output and discovery reports.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import re
-import socket
-import ssl
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import Dict, FrozenSet, Mapping, Optional, Set, Tuple
+
+from regagent.health.http import Answer, GetFailed, bounded_get
+from regagent.model import url_host
+
+__all__ = ["Exposition", "ProbeResult", "parse_exposition", "probe_metrics", "url_host"]
 
 ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5,*/*;q=0.1"
 USER_AGENT = "regagent-discovery"
-_CHUNK = 64 * 1024
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _SAMPLE = re.compile(rf"^({_NAME})(\{{.*\}})?\s+(\S+)(?:\s+\S+)?\s*$")
@@ -68,14 +65,6 @@ class ProbeResult:
     exposition: Optional[Exposition] = None
 
 
-class ProbeError(Exception):
-    """The GET failed before a body could be judged; the message is stable text."""
-
-
-def url_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
-
-
 def probe_metrics(
     address: str, port: int, path: str, timeout: float, max_bytes: int
 ) -> ProbeResult:
@@ -83,98 +72,31 @@ def probe_metrics(
     scheme = "http"
     url = f"{scheme}://{url_host(address)}:{port}{path}"
     try:
-        status, content_type, body, truncated = http_get(address, port, path, timeout, max_bytes)
-        if status == 400 and _HTTPS_HINT in body[:512].decode("latin-1").lower():
+        answer = _get(url, timeout, max_bytes)
+        if answer.status == 400 and _HTTPS_HINT in answer.body[:512].decode("latin-1").lower():
             scheme = "https"
             url = f"{scheme}://{url_host(address)}:{port}{path}"
-            status, content_type, body, truncated = http_get(
-                address, port, path, timeout, max_bytes, scheme=scheme
-            )
-    except ProbeError as exc:
-        return ProbeResult(url, scheme, False, str(exc))
+            answer = _get(url, timeout, max_bytes)
+    except GetFailed as exc:
+        reason = f"timed out after {timeout:g}s" if exc.timed_out else exc.reason
+        return ProbeResult(url, scheme, False, reason)
+    status = answer.status
     if status != 200:
         return ProbeResult(url, scheme, False, f"HTTP {status} for {path}", status)
-    media = content_type.split(";", 1)[0].strip().lower()
+    media = answer.content_type.split(";", 1)[0].strip().lower()
     if media and media not in ("text/plain", "application/openmetrics-text"):
         return ProbeResult(url, scheme, False, f"not a metrics page ({media})", status)
-    exposition = parse_exposition(body.decode("utf-8", errors="replace"), truncated)
+    exposition = parse_exposition(answer.body.decode("utf-8", errors="replace"), answer.truncated)
     if not exposition.valid:
         return ProbeResult(url, scheme, False, exposition.problem, status, exposition)
     return ProbeResult(url, scheme, True, "", status, exposition)
 
 
-def http_get(
-    address: str, port: int, path: str, timeout: float, max_bytes: int, *, scheme: str = "http"
-) -> Tuple[int, str, bytes, bool]:
-    """(status, content type, body, truncated); raises ProbeError with a stable message."""
-    deadline = time.monotonic() + timeout
-    conn: http.client.HTTPConnection
-    if scheme == "https":
-        # Identification only: local exporters commonly use self-signed certificates.
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        conn = http.client.HTTPSConnection(address, port, timeout=timeout, context=context)
-    else:
-        conn = http.client.HTTPConnection(address, port, timeout=timeout)
-    watchdog = threading.Timer(timeout, abort_connection, args=(conn,))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        conn.request(
-            "GET",
-            path,
-            headers={"Accept": ACCEPT, "User-Agent": USER_AGENT, "Connection": "close"},
-        )
-        response = conn.getresponse()
-        chunks: List[bytes] = []
-        size = 0
-        truncated = False
-        while True:
-            if time.monotonic() > deadline:
-                raise ProbeError(f"timed out after {timeout:g}s")
-            chunk = response.read(min(_CHUNK, max_bytes - size + 1))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_bytes:
-                truncated = True
-                break
-        body = b"".join(chunks)[:max_bytes]
-        return response.status, response.getheader("Content-Type", "") or "", body, truncated
-    except ProbeError:
-        raise
-    except socket.timeout:
-        raise ProbeError(f"timed out after {timeout:g}s") from None
-    except ConnectionRefusedError:
-        raise ProbeError("connection refused") from None
-    except ssl.SSLError:
-        raise ProbeError("TLS handshake failed") from None
-    except (http.client.HTTPException, ConnectionError, OSError, ValueError) as exc:
-        if time.monotonic() >= deadline:
-            raise ProbeError(f"timed out after {timeout:g}s") from None
-        raise ProbeError(f"not HTTP ({_error_kind(exc)})") from None
-    finally:
-        watchdog.cancel()
-        conn.close()
-
-
-def abort_connection(conn: http.client.HTTPConnection) -> None:
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _error_kind(exc: BaseException) -> str:
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "closed without a response"
-    if isinstance(exc, http.client.BadStatusLine):
-        return "bad status line"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    return type(exc).__name__
+def _get(url: str, timeout: float, max_bytes: int) -> Answer:
+    # Identification only, so TLS is not verified: local exporters often use self-signed
+    # certificates. The health check of the registered service does verify.
+    headers = {"Accept": ACCEPT, "User-Agent": USER_AGENT}
+    return bounded_get(url, timeout=timeout, max_bytes=max_bytes, headers=headers, verify=False)
 
 
 def parse_exposition(text: str, truncated: bool = False) -> Exposition:

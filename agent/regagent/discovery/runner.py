@@ -1,16 +1,15 @@
 """One discovery cycle with its side effects: sockets, probes, the state file and the log.
 
 `regagent.discovery.intents.build_intents` decides; this module feeds it and persists the
-result.
-`desired_intents` is the entry point the sync engine calls each cycle.
-A runner lives as long as the daemon so that its caches (socket owners by inode, listeners
-already reported) save work and log noise across cycles, and so that it can count consecutive
-probe failures: one failed probe of a known exporter does not turn it critical (decision 5).
+result. The composition root (`regagent.app`) makes one runner per process and hands its
+`intents` method to the sync engine. A runner lives as long as the daemon (and across reloads)
+so that its caches (socket owners by inode, listeners already reported) save work and log noise
+across cycles; a failed probe of a known exporter goes through the shared `Health` guard, so one
+failure does not turn it critical (decision 5).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 from typing import Callable, List, Mapping, Optional, Set, Tuple
@@ -21,7 +20,6 @@ from regagent.config.model import Config
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
 from regagent.discovery.identify import DiscoveryResult, Prober, discover
 from regagent.discovery.intents import (
-    SOURCE_DISCOVERY,
     DesiredServices,
     adopt_registered,
     build_intents,
@@ -36,8 +34,8 @@ from regagent.discovery.seen import (
     state_path,
     worth_saving,
 )
-from regagent.health.checks import FlapGuard
-from regagent.model import CRITICAL, ActualState, ServiceIntent
+from regagent.health.health import Health
+from regagent.model import CRITICAL, SOURCE_DISCOVERY, ActualState, ServiceIntent
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +51,7 @@ class DiscoveryRunner:
         list_listeners: Callable[[], List[Listener]] = listening_sockets,
         prober: Prober = probe_metrics,
         table: Optional[ExporterTable] = None,
+        health: Optional[Health] = None,
     ) -> None:
         self.resolver = resolver or ProcessResolver()
         self.list_listeners = list_listeners
@@ -61,8 +60,8 @@ class DiscoveryRunner:
         self._reported: Set[Tuple[int, str, str]] = set()
         self._vanished: Set[str] = set()
         self._adopted: Set[str] = set()
-        # Its threshold is set from sync.failures_before_critical on every run.
-        self._health: FlapGuard[str] = FlapGuard()
+        # Shared with the engine's checks in a daemon; its own for a runner used alone.
+        self.health = health or Health()
 
     def discover(self, config: Config) -> Optional[DiscoveryResult]:
         """Findings for this host, or None when discovery is disabled."""
@@ -85,10 +84,7 @@ class DiscoveryRunner:
         actual: Optional[ActualState] = None,
     ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
         """Discover, build intents against the stored state, store the new state if `persist`."""
-        self._health.failures_before_critical = config.sync.failures_before_critical
-        for check in actual.checks if actual is not None else ():
-            # After a restart, Consul remembers the last good results: hold the first failure.
-            self._health.remember(check.service_id, (check.status, check.output))
+        self.health.configure(config.sync.failures_before_critical)
         result = self.discover(config)
         path = state_path(config.sync.state_dir)
         stored = load_state(path) if result is not None else {}
@@ -119,6 +115,19 @@ class DiscoveryRunner:
         """The intents for one sync cycle (state persisted)."""
         return self.run(config, node_address, now)[1].intents
 
+    def intents(
+        self,
+        config: Config,
+        node_address: str,
+        actual: Optional[ActualState],
+        persist: bool,
+        now: Optional[float] = None,
+    ) -> List[ServiceIntent]:
+        """What the sync engine asks each cycle: discover, build intents, persist the state
+        unless `persist` is false (a dry run leaves the state file untouched)."""
+        moment = time.time() if now is None else now
+        return list(self.run(config, node_address, moment, persist, actual)[1].intents)
+
     def _hold_failures(self, desired: DesiredServices, result: DiscoveryResult) -> DesiredServices:
         """A known exporter whose probe failed stays passing with its last good output until
         `failures_before_critical` probes in a row failed; a vanished listener (nothing listens
@@ -126,7 +135,7 @@ class DiscoveryRunner:
         not_serving = set(desired.not_serving)
         reasons = {finding.port: finding.reason for finding in result.findings}
         intents = tuple(self._held(i, not_serving, reasons) for i in desired.intents)
-        self._health.retain(intent.service.id for intent in intents)
+        self.health.guard.retain(intent.service.id for intent in intents)
         return replace(desired, intents=intents)
 
     def _held(
@@ -137,19 +146,19 @@ class DiscoveryRunner:
             return intent
         if sid not in not_serving:
             if intent.status[0] == CRITICAL:
-                self._health.forget(sid)
+                self.health.guard.forget(sid)
             else:
-                self._health.observe(sid, intent.status)
+                self.health.hold(sid, intent.status)
             return intent
-        status = self._health.observe(sid, intent.status)
+        status = self.health.hold(sid, intent.status)
         if status == intent.status:
             return intent
         log.info(
             "exporter_probe_failed",
             service_id=sid,
             reason=reasons.get(intent.service.port, ""),
-            failures=self._health.failures(sid),
-            failures_before_critical=self._health.failures_before_critical,
+            failures=self.health.guard.failures(sid),
+            failures_before_critical=self.health.guard.failures_before_critical,
         )
         return replace(intent, status=status)
 
@@ -183,34 +192,3 @@ class DiscoveryRunner:
             log.info(
                 "exporter_expired", service_id=service_id, reason="sync.deregister_after passed"
             )
-
-
-_default: Optional[DiscoveryRunner] = None
-_default_lock = threading.Lock()
-
-
-def default_runner() -> DiscoveryRunner:
-    """The process-wide runner used by `desired_intents`."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = DiscoveryRunner()
-        return _default
-
-
-def desired_intents(
-    config: Config,
-    node_address: str,
-    now: Optional[float] = None,
-    *,
-    actual: Optional[ActualState] = None,
-    persist: bool = True,
-) -> List[ServiceIntent]:
-    """The shell for the sync engine: discover, build intents, persist discovery state.
-
-    `actual` is what Consul holds for this node (adopted when the state file lacks it);
-    `persist` False (dry-run) leaves the state file untouched. Keeps caches (process owners,
-    loopback reports) across calls in one process.
-    """
-    moment = time.time() if now is None else now
-    return list(default_runner().run(config, node_address, moment, persist, actual)[1].intents)

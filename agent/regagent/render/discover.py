@@ -1,7 +1,7 @@
-"""`regagent discover`: what listens here, what it was identified as, what would be registered.
-
-Runs without Consul and without root (process names are then partly unknown). It reads the
-discovery state file, if readable, to show vanished exporters still kept, but never writes it.
+"""`regagent discover` output: what listens here, what it was identified as, what would be
+registered. The command (in `regagent.cli`) runs without Consul and without root (process names
+are then partly unknown); it reads the discovery state file, if readable, to show vanished
+exporters still kept, but never writes it.
 
 JSON schema (`--format json`), one object:
 
@@ -45,11 +45,8 @@ JSON schema (`--format json`), one object:
 
 from __future__ import annotations
 
-import json
-import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Optional, Sequence
 
-from regagent.config.model import Config
 from regagent.discovery.identify import (
     EXCLUDED,
     IDENTIFIED,
@@ -59,33 +56,7 @@ from regagent.discovery.identify import (
     Finding,
 )
 from regagent.discovery.intents import DesiredServices
-from regagent.discovery.runner import DiscoveryRunner
 from regagent.model import ServiceIntent, service_json
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-
-
-def discover_command(
-    config: Config,
-    node_address: str,
-    fmt: str,
-    out: TextIO,
-    *,
-    runner: Optional[DiscoveryRunner] = None,
-    now: Optional[float] = None,
-) -> int:
-    """Prints the discovery report as `text` or `json`; 1 when listeners could not be read."""
-    runner = runner or DiscoveryRunner()
-    result, desired = runner.run(
-        config, node_address, time.time() if now is None else now, persist=False
-    )
-    if fmt == "json":
-        doc = report_json(node_address, result, desired)
-        out.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    else:
-        out.write("".join(line + "\n" for line in report_text(node_address, result, desired)))
-    return EXIT_FAILED if result is not None and not result.complete else EXIT_OK
 
 
 def report_json(

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from regagent.engine import CycleResult
 from regagent.model import CheckState, DesiredState, ServiceRegistration, meta_dict, service_json
 from regagent.plan import FieldDiff, Plan
+from regagent.report import CycleReport
 
 
 def _check_json(check: Optional[CheckState]) -> Optional[Dict[str, str]]:
@@ -91,7 +91,7 @@ def desired_json(desired: DesiredState) -> List[Dict[str, Any]]:
     return [{**service_json(s), "check": _check_json(checks.get(s.id))} for s in desired.services]
 
 
-def cycle_json(result: CycleResult, dry_run: bool) -> Dict[str, Any]:
+def cycle_json(result: CycleReport, dry_run: bool) -> Dict[str, Any]:
     node = result.desired.node if result.desired else None
     return {
         "dry_run": dry_run,
@@ -163,7 +163,7 @@ def desired_text(desired: DesiredState) -> List[str]:
     return lines
 
 
-def cycle_text(result: CycleResult, dry_run: bool) -> List[str]:
+def cycle_text(result: CycleReport, dry_run: bool) -> List[str]:
     lines: List[str] = []
     if result.plan is None:
         if result.desired is not None:
@@ -190,7 +190,8 @@ def cycle_text(result: CycleResult, dry_run: bool) -> List[str]:
     elif result.error is not None:
         lines.append(
             f"Planned: {summary or 'node update'}; only {result.writes} of "
-            f"{plan.write_count} write(s) done before the error (the next cycle completes them)."
+            f"{result.planned_writes} write(s) done before the error "
+            "(the next cycle completes them)."
         )
     else:
         lines.append(

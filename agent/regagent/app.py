@@ -1,0 +1,99 @@
+"""The composition root: every component built from one configuration, in one place.
+
+`build(config)` wires the server pool, the registration backend for `consul.mode`, the node
+identity, health checks, discovery and the sync engine. `build(new, previous=app)` does it
+again for a reloaded configuration while keeping what must survive a reload: server cool-downs
+and the server in use, the flap history, discovery's caches and once-only reports, and the
+node address found for `auto`. Nothing here is a module-level singleton: two apps in one
+process share no state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import List, Optional
+
+from regagent.config.model import Config
+from regagent.consul.agent import AgentRegistrar
+from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.pool import ServerPool
+from regagent.consul.registrar import Registrar
+from regagent.consul.retry import RetryPolicy
+from regagent.credentials import load_token
+from regagent.daemon import Daemon
+from regagent.discovery.runner import DiscoveryRunner
+from regagent.engine import IntentSource, SyncEngine
+from regagent.health.health import Health
+from regagent.identity import NodeIdentity
+from regagent.model import ActualState, ServiceIntent
+
+
+@dataclass
+class App:
+    """The components of one running configuration."""
+
+    config: Config
+    policy: RetryPolicy
+    pool: ServerPool
+    identity: NodeIdentity
+    health: Health
+    discovery: DiscoveryRunner
+    registrar: Registrar
+    engine: SyncEngine
+
+
+def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
+    """The servers, or in agent mode only the local agent (which forwards to them)."""
+    consul = config.consul
+    if consul.mode == "agent":
+        consul = replace(consul, servers=(consul.agent_address,))
+    return ServerPool(consul, load_token(config.consul), policy=policy)
+
+
+def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> Registrar:
+    """The backend for `consul.mode`: the one place that knows there are two."""
+    if config.consul.mode == "agent":
+        return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
+    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)
+
+
+def discovery_source(config: Config, runner: DiscoveryRunner) -> IntentSource:
+    """Discovery plus static services, as the engine asks for them each cycle."""
+
+    def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
+        return runner.intents(config, address, actual, persist)
+
+    return intents
+
+
+def build(
+    config: Config,
+    *,
+    previous: Optional[App] = None,
+    intent_source: Optional[IntentSource] = None,
+    pool: Optional[ServerPool] = None,
+) -> App:
+    """All components for `config`; with `previous`, carrying over what a reload keeps.
+
+    `intent_source` and `pool` replace the real ones (tests, benchmarks)."""
+    policy = RetryPolicy.from_config(config)
+    pool = pool or make_pool(config, policy)
+    identity = NodeIdentity(config.node)
+    if previous is not None:
+        pool.adopt(previous.pool)
+        identity.adopt(previous.identity)
+        health = previous.health
+        health.configure(config.sync.failures_before_critical)
+        runner = previous.discovery
+    else:
+        health = Health(config.sync.failures_before_critical)
+        runner = DiscoveryRunner(health=health)
+    registrar = make_registrar(config, pool, identity)
+    source = intent_source or discovery_source(config, runner)
+    engine = SyncEngine(registrar, source, health, cycle_deadline=policy.cycle_deadline)
+    return App(config, policy, pool, identity, health, runner, registrar, engine)
+
+
+def daemon(app: App) -> Daemon:
+    """The `regagent run` loop around the app's engine."""
+    return Daemon(app.engine, app.config.sync, app.config.consul.servers)

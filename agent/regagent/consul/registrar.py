@@ -1,0 +1,65 @@
+"""The `Registrar` protocol: one Consul registration backend per mode, chosen once.
+
+`catalog` (the default) registers this host as an external node through the catalog API and
+runs the checks itself; `agent` registers through a local Consul agent that owns the node and
+runs the checks. The engine holds one `Registrar` and never asks which (patroni's `dcs/`).
+How a plan is sent (which requests, in which order, batched or not) is the backend's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Protocol, Sequence
+
+from regagent.errors import RegagentError
+from regagent.health.health import Health
+from regagent.model import ActualState, DesiredState, ServiceIntent
+from regagent.plan import Plan
+
+
+@dataclass
+class ApplyOutcome:
+    """What sending a plan did: writes by kind, the server that took them, the first error."""
+
+    planned: int = 0
+    writes_by_kind: Dict[str, int] = field(default_factory=dict)
+    server: Optional[str] = None
+    error: Optional[RegagentError] = None
+
+    @property
+    def writes(self) -> int:
+        return sum(self.writes_by_kind.values())
+
+
+class Registrar(Protocol):
+    """Reads this node's registrations, judges ownership, builds and sends what differs."""
+
+    def read(self) -> ActualState:
+        """What Consul holds for this node (all services, owned or not, and their checks)."""
+
+    def server(self) -> Optional[str]:
+        """The server (or agent) that answered last."""
+
+    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+        """The address services without one of their own register at."""
+
+    def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
+        """Why regagent must not write this node, or None (design decision 2)."""
+
+    def desired(
+        self,
+        intents: Sequence[ServiceIntent],
+        actual: Optional[ActualState],
+        node_address: str,
+        health: Health,
+    ) -> DesiredState:
+        """The canonical desired state for these intents, checks run where this mode runs them."""
+
+    def planned_writes(self, plan: Plan) -> int:
+        """How many requests sending `plan` takes."""
+
+    def apply(self, plan: Plan) -> ApplyOutcome:
+        """Sends the plan; a refused write is skipped, a lost cluster stops the apply."""
+
+    def deregister_owned(self) -> List[str]:
+        """Removes this node's regagent-owned services (and an emptied node); what was removed."""

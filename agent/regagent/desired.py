@@ -1,0 +1,54 @@
+"""The desired state: service intents plus check results, in the canonical form regagent writes.
+
+Pure. Intents come from `regagent.discovery` (discovered exporters and static services), the
+results from `regagent.health`; the planner compares what this builds with what Consul holds.
+"""
+
+from __future__ import annotations
+
+from typing import List, Mapping, Sequence
+
+from regagent.model import (
+    PASSING,
+    CheckState,
+    DesiredState,
+    NodeRegistration,
+    Result,
+    ServiceIntent,
+    ServiceRegistration,
+    canonical_service,
+    service_check_id,
+)
+
+NO_CHECK_OUTPUT = "no health check configured"
+
+
+def desired_state(
+    node: NodeRegistration,
+    intents: Sequence[ServiceIntent],
+    results: Mapping[str, Result],
+    *,
+    with_checks: bool = True,
+) -> DesiredState:
+    """Canonical registrations, each with its check: the status the intent knows, else its
+    probe's result (by service ID), else passing. `with_checks` False when someone else
+    (a Consul agent) owns the check status."""
+    services: List[ServiceRegistration] = []
+    checks: List[CheckState] = []
+    for intent in sorted(intents, key=lambda i: i.service.id):
+        service = canonical_service(intent.service)
+        services.append(service)
+        if not with_checks:
+            continue
+        if intent.status is not None:
+            status, output = intent.status
+        elif intent.probe is not None:
+            status, output = results[service.id]
+        else:
+            status, output = PASSING, NO_CHECK_OUTPUT
+        checks.append(
+            CheckState(
+                service_check_id(service.id), service.id, f"{service.name} health", status, output
+            )
+        )
+    return DesiredState(node=node, services=tuple(services), checks=tuple(checks))

@@ -1,0 +1,49 @@
+"""`Health`: the checks of one host across cycles, behind one flap guard.
+
+The engine asks it for the results of the intents whose health is not known yet (static
+services with a probe); discovery asks it to hold a failed probe of a known exporter. Both use
+the same guard, keyed by service ID, seeded once per cycle from what Consul shows.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, List, Sequence
+
+from regagent.health.checks import run_probes
+from regagent.health.flap import FAILURES_BEFORE_CRITICAL, FlapGuard
+from regagent.model import CheckState, HealthProbe, Result, ServiceIntent
+
+ProbeRunner = Callable[[List[HealthProbe]], Dict[HealthProbe, Result]]
+
+
+class Health:
+    """Lives as long as the daemon (and across reloads): its flap history is the point."""
+
+    def __init__(
+        self,
+        failures_before_critical: int = FAILURES_BEFORE_CRITICAL,
+        probe_runner: ProbeRunner = run_probes,
+    ) -> None:
+        self.guard = FlapGuard(failures_before_critical)
+        self.probe_runner = probe_runner
+
+    def configure(self, failures_before_critical: int) -> None:
+        """A reload may change the threshold; the history stays."""
+        self.guard.failures_before_critical = failures_before_critical
+
+    def seed(self, checks: Iterable[CheckState]) -> None:
+        """After a restart, Consul still shows the last good results: start from them."""
+        for check in checks:
+            self.guard.remember(check.service_id, (check.status, check.output))
+
+    def hold(self, service_id: str, result: Result) -> Result:
+        """`result` as it should be reported, a recent failure of a passing service held back."""
+        return self.guard.observe(service_id, result)
+
+    def evaluate(self, intents: Sequence[ServiceIntent]) -> Dict[str, Result]:
+        """Runs the probes of the intents whose status is not known yet, concurrently, each
+        result through the guard; returns them by service ID."""
+        probes = {i.service.id: i.probe for i in intents if i.status is None and i.probe}
+        results = self.probe_runner(list(probes.values()))
+        self.guard.retain(i.service.id for i in intents)
+        return {sid: self.hold(sid, results[probe]) for sid, probe in probes.items()}

@@ -1,0 +1,187 @@
+"""One bounded HTTP GET for everything regagent asks of a local service: the discovery probe
+and the health checks both go through `bounded_get`.
+
+Bounded on both axes (design decision 11): a watchdog shuts the socket down when the overall
+deadline passes, whatever the server does (silent, dripping headers, dripping body), and at most
+`max_bytes` of the body are read. The watchdog holds the socket itself from the moment it is
+connected: `http.client` hands the socket over to the response (and forgets it) when the answer
+says `Connection: close`, so a watchdog that looked it up later would find nothing to close.
+
+Failure texts come from `describe_error`, the one vocabulary for "what went wrong" that check
+output and discovery reports share. They are stable (no timings, no addresses that vary), since
+they end up in check output, and an unchanged output costs no Consul write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Tuple
+
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a GET brought back, the body cut at `max_bytes`."""
+
+    status: int
+    content_type: str
+    body: bytes
+    truncated: bool
+
+
+class GetFailed(Exception):
+    """The GET got no usable answer; `reason` is stable text from `describe_error`."""
+
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timed_out = timed_out
+
+
+def describe_error(exc: BaseException) -> str:
+    """One short, stable phrase for a failed local HTTP or TCP exchange."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "not HTTP (closed without a response)"
+    if isinstance(exc, http.client.BadStatusLine):
+        return "not HTTP (bad status line)"
+    if isinstance(exc, http.client.HTTPException):
+        return f"not HTTP ({type(exc).__name__})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # The message text carries the C source line (`_ssl.c:1006`), which changes with Python.
+        detail = exc.verify_message
+        return f"certificate verify failed ({detail})" if detail else "certificate verify failed"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error ({(exc.reason or type(exc).__name__).lower().replace('_', ' ')})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
+
+
+class _Watchdog:
+    """Shuts a connected socket down at the deadline, so every blocking read returns."""
+
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self._sock: Optional[socket.socket] = None
+        self._lock = threading.Lock()
+        self._fired = False
+        self._timer = threading.Timer(timeout, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def hold(self, sock: Optional[socket.socket]) -> None:
+        with self._lock:
+            self._sock = sock
+            fired = self._fired
+        if fired:
+            self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._fired = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def fired(self) -> bool:
+        return self._fired
+
+    @property
+    def expired(self) -> bool:
+        return self._fired or time.monotonic() >= self.deadline
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _connection(
+    scheme: str, host: str, port: int, timeout: float, verify: bool
+) -> http.client.HTTPConnection:
+    if scheme != "https":
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+    context = ssl.create_default_context()
+    if not verify:
+        # Identification only: local exporters commonly use self-signed certificates.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+
+
+def bounded_get(
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    headers: Optional[Mapping[str, str]] = None,
+    verify: bool = True,
+) -> Answer:
+    """GET `url` within `timeout` overall, reading at most `max_bytes` of the body.
+
+    Raises GetFailed. http.client ignores proxy settings: the GET goes straight to the service.
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme or "http"
+    port = parts.port or (443 if scheme == "https" else 80)
+    conn = _connection(scheme, parts.hostname or "", port, timeout, verify)
+    path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    sent: Dict[str, str] = {"Connection": "close", **(headers or {})}
+    watchdog = _Watchdog(timeout)
+    try:
+        conn.connect()
+        watchdog.hold(conn.sock)
+        conn.request("GET", path, headers=sent)
+        response = conn.getresponse()
+        body, truncated = _read_body(response, max_bytes, watchdog)
+        return Answer(
+            response.status, response.getheader("Content-Type", "") or "", body, truncated
+        )
+    except GetFailed:
+        raise
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # The watchdog's shutdown shows up as any of these: report it as what it was.
+        if watchdog.expired:
+            raise GetFailed("timed out", timed_out=True) from None
+        raise GetFailed(describe_error(exc)) from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+def _read_body(
+    response: http.client.HTTPResponse, max_bytes: int, watchdog: _Watchdog
+) -> Tuple[bytes, bool]:
+    if max_bytes <= 0:  # the status line is all the caller wants
+        return b"", False
+    chunks: List[bytes] = []
+    size = 0
+    while True:
+        if watchdog.expired:
+            raise GetFailed("timed out", timed_out=True)
+        chunk = response.read(min(_CHUNK, max_bytes - size + 1))
+        if not chunk:
+            if watchdog.fired:  # cut off mid-body by the deadline, not a complete answer
+                raise GetFailed("timed out", timed_out=True)
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            return b"".join(chunks)[:max_bytes], True
