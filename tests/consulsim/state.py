@@ -542,6 +542,11 @@ class Store:
     def node(self, name: str) -> Optional[Record]:
         return self.nodes.get(name.lower())
 
+    def node_by_id(self, node_id: str) -> Optional[Record]:
+        """``getNodeIDTxn``: IDs are UUIDs, compared case-insensitively."""
+        low = node_id.lower()
+        return next((n for n in self.nodes.values() if (n.get("ID") or "").lower() == low), None)
+
     def all_nodes(self) -> List[Record]:
         return [self.nodes[k] for k in sorted(self.nodes)]
 
@@ -599,11 +604,19 @@ def node_json(node: Record) -> Record:
     }
 
 
+def _tags(tags: Optional[List[str]], nil_as_empty: bool) -> Optional[List[str]]:
+    if tags is None:
+        return [] if nil_as_empty else None
+    return list(tags)
+
+
 _ZERO_PROXY = {"Mode": "", "MeshGateway": {}, "Expose": {}}
 
 
-def node_service_json(svc: Record) -> Record:
-    """``structs.NodeService`` JSON; nil Tags become [] as the HTTP handlers rewrite them."""
+def node_service_json(svc: Record, *, nil_as_empty: bool = True) -> Record:
+    """``structs.NodeService`` JSON. Meta is rendered as stored (nil stays null); nil Tags
+    become [] as the catalog/health handlers rewrite them ("Use empty list instead of nil"),
+    unless ``nil_as_empty`` is False (``/v1/txn`` results carry no such rewrite)."""
     out: Record = {}
     if svc.get("Kind"):
         out["Kind"] = svc["Kind"]
@@ -611,7 +624,7 @@ def node_service_json(svc: Record) -> Record:
         {
             "ID": svc["ID"],
             "Service": svc["Service"],
-            "Tags": list(svc.get("Tags") or []),
+            "Tags": _tags(svc.get("Tags"), nil_as_empty),
             "Address": svc.get("Address", ""),
         }
     )
@@ -665,8 +678,9 @@ def service_node_json(node: Record, svc: Record) -> Record:
     return out
 
 
-def check_json(check: Record) -> Record:
-    """``structs.HealthCheck`` JSON; nil ServiceTags become []."""
+def check_json(check: Record, *, nil_as_empty: bool = True) -> Record:
+    """``structs.HealthCheck`` JSON; nil ServiceTags become [] as the health handlers
+    rewrite them, unless ``nil_as_empty`` is False (``/v1/txn`` results)."""
     out: Record = {
         "Node": check["Node"],
         "CheckID": check["CheckID"],
@@ -676,7 +690,7 @@ def check_json(check: Record) -> Record:
         "Output": check.get("Output", ""),
         "ServiceID": check.get("ServiceID", ""),
         "ServiceName": check.get("ServiceName", ""),
-        "ServiceTags": list(check.get("ServiceTags") or []),
+        "ServiceTags": _tags(check.get("ServiceTags"), nil_as_empty),
         "Type": check.get("Type", ""),
     }
     for key in ("Interval", "Timeout"):
