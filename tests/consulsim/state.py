@@ -665,7 +665,9 @@ def service_node_json(node: Record, svc: Record) -> Record:
         "ServiceTags": list(svc.get("Tags") or []),
         "ServiceAddress": svc.get("Address", ""),
         "ServiceWeights": svc["Weights"],
-        "ServiceMeta": svc.get("Meta"),
+        # ServiceNode.PartialClone (state.parseServiceNodes) copies Meta into a fresh map
+        # and Tags into a fresh slice: never null here, whatever is stored.
+        "ServiceMeta": dict(svc.get("Meta") or {}),
         "ServicePort": svc.get("Port", 0),
         "ServiceEnableTagOverride": bool(svc.get("EnableTagOverride")),
         "ServiceProxy": {**_ZERO_PROXY, **(svc.get("Proxy") or {})},
