@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--ae-interval", type=_duration, default=60.0, help="agent anti-entropy period (Consul: 1m)"
     )
     parser.add_argument(
+        "--txn-max-ops",
+        type=int,
+        default=128,
+        help="operations allowed in one /v1/txn (Consul: 128 since 1.14, 64 before)",
+    )
+    parser.add_argument(
+        "--no-txn",
+        action="store_true",
+        help="answer /v1/txn with 404 and an empty body, like a Consul before 0.7",
+    )
+    parser.add_argument(
         "--tls-cert", metavar="FILE", help="PEM server certificate: the server ports speak HTTPS"
     )
     parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -130,8 +141,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         election_delay=args.election_delay,
         rpc_hold=args.rpc_hold,
         ae_interval=args.ae_interval,
+        txn_max_ops=args.txn_max_ops,
     )
+    if args.txn_max_ops < 1:
+        print("consulsim: --txn-max-ops must be >= 1", file=sys.stderr)
+        return 2
     emulator = Emulator(settings, base_port=args.base_port, tls=tls)
+    if args.no_txn:
+        emulator.set_txn(False)
     if args.acl_file:
         with open(args.acl_file, encoding="utf-8") as fh:
             emulator.set_acl(json.load(fh))

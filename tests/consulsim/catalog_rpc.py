@@ -25,43 +25,56 @@ class RPCError(Exception):
         self.status = status
 
 
-def prepare_register(req: Record) -> Record:
-    """``nodePreApply``, ``servicePreApply`` and check fix-ups, in Consul's order."""
-    node = req.get("Node", "")
+def node_pre_apply(node: str, node_id: str) -> None:
+    """``nodePreApply``: a node name is required and an ID must be a UUID."""
     if not node:
         raise RPCError("Must provide node")
-    node_id = req.get("ID", "")
     if node_id:
         if len(node_id) != 36:
             raise RPCError("Bad node ID: uuid string is wrong length")
         if not _UUID.match(node_id):
             raise RPCError("Bad node ID: uuid is improperly formatted")
+
+
+def service_pre_apply(service: Record) -> Record:
+    """``servicePreApply`` minus ACLs: ID defaults to the name, an ID needs a name, and the
+    address may not be 0.0.0.0/::. Returns the fixed-up copy."""
+    service = dict(service)
+    if not service.get("ID") and service.get("Service"):
+        service["ID"] = service["Service"]
+    if service.get("ID") and not service.get("Service"):
+        raise RPCError("Must provide service name (Service.Service) when service ID is provided")
+    if service.get("Address") in ("0.0.0.0", "::", "[::]"):
+        raise RPCError("Invalid service address")
+    service.setdefault("ID", "")
+    service.setdefault("Service", "")
+    return service
+
+
+def check_pre_apply(check: Record) -> Record:
+    """``checkPreApply``: an empty CheckID is set to the Name. Returns the fixed-up copy."""
+    check = dict(check)
+    if not check.get("CheckID") and check.get("Name"):
+        check["CheckID"] = check["Name"]
+    check.setdefault("CheckID", "")
+    return check
+
+
+def prepare_register(req: Record) -> Record:
+    """``nodePreApply``, ``servicePreApply`` and check fix-ups, in Consul's order."""
+    node = req.get("Node", "")
+    node_pre_apply(node, req.get("ID", ""))
     if not req.get("Address") and not req.get("SkipNodeUpdate"):
         raise RPCError("Must provide address if SkipNodeUpdate is not set")
-    service = req.get("Service")
-    if service is not None:
-        service = dict(service)
-        if not service.get("ID") and service.get("Service"):
-            service["ID"] = service["Service"]
-        if service.get("ID") and not service.get("Service"):
-            raise RPCError(
-                "Must provide service name (Service.Service) when service ID is provided"
-            )
-        if service.get("Address") in ("0.0.0.0", "::", "[::]"):
-            raise RPCError("Invalid service address")
-        service.setdefault("ID", "")
-        service.setdefault("Service", "")
-        req = {**req, "Service": service}
+    if req.get("Service") is not None:
+        req = {**req, "Service": service_pre_apply(req["Service"])}
     checks = [dict(c) for c in (req.get("Checks") or []) if c is not None]
     if req.get("Check") is not None:
         checks.append(dict(req["Check"]))  # the single Check is moved into Checks
+    checks = [check_pre_apply(c) for c in checks]
     for check in checks:
-        check.setdefault("Node", node)
-        if not check["Node"]:
+        if not check.get("Node"):
             check["Node"] = node
-        if not check.get("CheckID") and check.get("Name"):
-            check["CheckID"] = check["Name"]
-        check.setdefault("CheckID", "")
         if not check.get("Type"):
             check["Type"] = check_type(check.get("Definition") or {})
         if check["Node"] != node:

@@ -60,6 +60,8 @@ class SimCluster:
         tls_ca: Optional[str] = None,
         tls_client_cert: Optional[str] = None,
         tls_client_key: Optional[str] = None,
+        txn_max_ops: int = 128,
+        txn: bool = True,
     ) -> None:
         """``tls_cert``/``tls_key`` turn HTTPS on (``tls_client_ca`` also requires client
         certificates); ``tls_ca`` (default: ``tls_cert`` itself) and ``tls_client_cert``/
@@ -93,7 +95,11 @@ class SimCluster:
             _arg(rpc_hold),
             "--ae-interval",
             _arg(ae_interval),
+            "--txn-max-ops",
+            str(txn_max_ops),
         ]
+        if not txn:
+            self._args.append("--no-txn")
         for flag, value in (
             ("--tls-cert", tls_cert),
             ("--tls-key", tls_key),
@@ -227,6 +233,23 @@ class SimCluster:
     def slow(self, i: int, seconds: float) -> None:
         """Every answer of server ``i`` is delayed by ``seconds`` (0 restores it)."""
         self._control("POST", f"/servers/{i}/slow", {"seconds": seconds})
+
+    def set_txn(self, enabled: bool, server: Optional[int] = None, status: int = 404) -> None:
+        """Serve /v1/txn or refuse it (on ``server``, or every server) with ``status`` and
+        an empty body; 404 is what a Consul before 0.7 answers."""
+        body: Dict[str, Any] = {"enabled": enabled, "status": status}
+        if server is not None:
+            body["server"] = server
+        self._control("PUT", "/txn", body)
+
+    def set_txn_max_ops(self, max_ops: int) -> None:
+        """Operations allowed in one /v1/txn: 128 (Consul >= 1.14) or 64 (0.7 to 1.13)."""
+        self._control("PUT", "/txn", {"max_ops": max_ops})
+
+    def txn_config(self) -> Dict[str, Any]:
+        """``{"max_ops", "max_req_len", "refusal": [status per server, 0 = served]}``."""
+        config: Dict[str, Any] = self._control("GET", "/txn")
+        return config
 
     def drop_leader(self) -> Optional[int]:
         """The leader steps down; another is elected after the election delay if possible."""

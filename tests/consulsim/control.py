@@ -8,6 +8,8 @@ Routes (all answers are JSON; errors are 400/404 with ``{"error": "..."}``)::
     POST /servers/<i>/blackhole {"on": true|false}
     POST /servers/<i>/slow      {"seconds": 1.5}
     PUT  /acl  {acl config, see acl.py; {} turns ACLs off}
+    GET  /txn                           PUT /txn {"enabled": false, "server": 1, "status": 404,
+                                                  "max_ops": 64}  (every key optional)
     GET  /catalog                       (debug dump of every node, service and check)
 """
 
@@ -101,6 +103,19 @@ class _ControlHandler(BaseHTTPRequestHandler):
         if path == "/acl" and method in ("PUT", "POST"):
             emu.set_acl(body)
             return 200, {"ok": True, "enabled": bool(body)}
+        if path == "/txn" and method == "GET":
+            return 200, emu.txn_config()
+        if path == "/txn" and method in ("PUT", "POST"):
+            if "max_ops" in body:
+                emu.set_txn_max_ops(int(body["max_ops"]))
+            if "enabled" in body:
+                server = body.get("server")
+                emu.set_txn(
+                    bool(body["enabled"]),
+                    None if server is None else int(server),
+                    int(body.get("status", 404)),
+                )
+            return 200, emu.txn_config()
         if path == "/catalog" and method == "GET":
             return 200, emu.catalog()
         match = _SERVER_OP.match(path)

@@ -265,8 +265,8 @@ def decode_struct(
     return out
 
 
-def decode_body(raw: bytes, schema: Schema) -> Dict[str, Any]:
-    """Decode a request body the way ``lib.DecodeJSON`` does, raising Go's error texts."""
+def _parse_json(raw: bytes) -> JSON:
+    """The first JSON value of a body, with Go's decoder error texts."""
     text = raw.decode("utf-8", errors="replace").lstrip()
     if not text:
         raise DecodeError("EOF")
@@ -277,7 +277,28 @@ def decode_body(raw: bytes, schema: Schema) -> Dict[str, Any]:
             raise DecodeError("unexpected EOF") from None
         char = text[exc.pos]
         raise DecodeError(f"invalid character '{char}' looking for beginning of value") from None
-    return decode_struct(value, schema)
+    return value
+
+
+def decode_body(raw: bytes, schema: Schema) -> Dict[str, Any]:
+    """Decode a request body the way ``lib.DecodeJSON`` does, raising Go's error texts."""
+    return decode_struct(_parse_json(raw), schema)
+
+
+def decode_body_list(raw: bytes, schema: Schema, go_type: str) -> List[Dict[str, Any]]:
+    """Decode a body that is a JSON array of ``schema`` structs (Go type ``go_type``).
+
+    A ``null`` element decodes to an empty struct, which the caller treats as an operation
+    naming nothing.
+    """
+    value = _parse_json(raw)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DecodeError(
+            f"json: cannot unmarshal {_json_kind(value)} into Go value of type {go_type}"
+        )
+    return [decode_struct(item, schema) if item is not None else {} for item in value]
 
 
 # --------------------------------------------------------------------------- schemas
@@ -505,3 +526,139 @@ SERVICE_DEFINITION = Schema(
 )
 
 CHECK_UPDATE = Schema("checkUpdate", _fields({"Status": "str", "Output": "str"}))
+
+
+# --------------------------------------------------------------------------- /v1/txn
+# The txn body is decoded into the Go client's api types (api/txn.go, api/agent.go,
+# api/health.go), not the structs ones: other field sets, strict except for Definition.
+
+TXN_DEFINITION = Schema(
+    "HealthCheckDefinition",
+    {
+        **DEFINITION.fields,
+        # api.HealthCheckDefinition.UnmarshalJSON also takes these (consul issue #5477)
+        **_fields(
+            {
+                "IntervalDuration": "duration",
+                "TimeoutDuration": "duration",
+                "DeregisterCriticalServiceAfterDuration": "duration",
+            }
+        ),
+    },
+)
+
+API_NODE = Schema(
+    "Node",
+    _fields(
+        {
+            "ID": "str",
+            "Node": "str",
+            "Address": "str",
+            "Datacenter": "str",
+            "TaggedAddresses": "strmap",
+            "Meta": "strmap",
+            "Partition": "str",
+            "PeerName": "str",
+            "Locality": "any",
+            **_RAFT,
+        }
+    ),
+)
+
+AGENT_SERVICE = Schema(
+    "AgentService",
+    _fields(
+        {
+            "Kind": "str",
+            "ID": "str",
+            "Service": "str",
+            "Tags": "strlist",
+            "Meta": "strmap",
+            "Port": "int",
+            "Address": "str",
+            "SocketPath": "str",
+            "TaggedAddresses": Field("structmap", SERVICE_ADDRESS),
+            "Weights": Field("struct", Schema("AgentWeights", WEIGHTS.fields)),
+            "EnableTagOverride": "bool",
+            "ContentHash": "str",
+            "Proxy": "any",
+            "Connect": "any",
+            "PeerName": "str",
+            "Namespace": "str",
+            "Partition": "str",
+            "Datacenter": "str",
+            "Locality": "any",
+            **_RAFT,
+        }
+    ),
+)
+
+API_HEALTH_CHECK = Schema(
+    "HealthCheck",
+    _fields(
+        {
+            "Node": "str",
+            "CheckID": "str",
+            "Name": "str",
+            "Status": "str",
+            "Notes": "str",
+            "Output": "str",
+            "ServiceID": "str",
+            "ServiceName": "str",
+            "ServiceTags": "strlist",
+            "Type": "str",
+            "Namespace": "str",
+            "Partition": "str",
+            "ExposedPort": "int",
+            "PeerName": "str",
+            "Definition": Field("lenient", TXN_DEFINITION),
+            **_RAFT,
+        }
+    ),
+)
+
+TXN_OP = Schema(
+    "TxnOp",
+    _fields(
+        {
+            "KV": Field(
+                "struct",
+                Schema(
+                    "KVTxnOp",
+                    _fields(
+                        {
+                            "Verb": "str",
+                            "Key": "str",
+                            "Value": "str",
+                            "Flags": "int",
+                            "Index": "int",
+                            "Session": "str",
+                            "Namespace": "str",
+                            "Partition": "str",
+                        }
+                    ),
+                ),
+            ),
+            "Node": Field(
+                "struct",
+                Schema("NodeTxnOp", _fields({"Verb": "str", "Node": Field("struct", API_NODE)})),
+            ),
+            "Service": Field(
+                "struct",
+                Schema(
+                    "ServiceTxnOp",
+                    _fields(
+                        {"Verb": "str", "Node": "str", "Service": Field("struct", AGENT_SERVICE)}
+                    ),
+                ),
+            ),
+            "Check": Field(
+                "struct",
+                Schema(
+                    "CheckTxnOp",
+                    _fields({"Verb": "str", "Check": Field("struct", API_HEALTH_CHECK)}),
+                ),
+            ),
+        }
+    ),
+)

@@ -81,6 +81,33 @@ class Emulator:
             self.sim.topology.faults[i].slow_seconds = seconds
             self.sim.cond.notify_all()
 
+    def set_txn(self, enabled: bool, server: Optional[int] = None, status: int = 404) -> None:
+        """Serve ``/v1/txn`` or not, on one server or all; ``status`` is what a refusing
+        server answers (404 with an empty body is a Consul before 0.7)."""
+        if not enabled and not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400..599)")
+        targets = range(len(self.listeners)) if server is None else [server]
+        with self.sim.cond:
+            for i in targets:
+                self._check(i)
+                self.sim.topology.faults[i].txn_refusal = 0 if enabled else status
+
+    def set_txn_max_ops(self, max_ops: int) -> None:
+        """The op limit of ``/v1/txn`` (128 since Consul 1.14, 64 from 0.7 to 1.13)."""
+        if max_ops < 1:
+            raise ValueError("max_ops must be >= 1")
+        with self.sim.cond:
+            self.sim.settings.txn_max_ops = max_ops
+
+    def txn_config(self) -> Dict[str, Any]:
+        """The ``/v1/txn`` settings: limits and, per server, the refusal status (0 serves)."""
+        with self.sim.cond:
+            return {
+                "max_ops": self.sim.settings.txn_max_ops,
+                "max_req_len": self.sim.settings.txn_max_req_len,
+                "refusal": [f.txn_refusal for f in self.sim.topology.faults],
+            }
+
     def drop_leader(self) -> Optional[int]:
         return self.sim.drop_leader()
 

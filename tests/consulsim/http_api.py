@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import decode
+from . import decode, txn
 from .acl import PermissionDenied, Policy
 from .agent_local import AgentError, AgentState
 from .sim import ApiError, ReadMeta, Simulation
@@ -68,14 +68,16 @@ class Response:
 Handler = Callable[[Request], Response]
 
 
-def _json_response(req: Request, obj: Any, headers: Optional[Dict[str, str]] = None) -> Response:
+def _json_response(
+    req: Request, obj: Any, headers: Optional[Dict[str, str]] = None, status: int = 200
+) -> Response:
     if "pretty" in req.query:
         text = json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
     else:
         text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
     out = dict(headers or {})
     out["Content-Type"] = "application/json"
-    return Response(200, text.encode("utf-8"), out)
+    return Response(status, text.encode("utf-8"), out)
 
 
 def _node_meta_filter(req: Request) -> Dict[str, str]:
@@ -123,6 +125,7 @@ class ConsulAPI:
             ("/v1/agent/check/warn/", ("PUT",), self._ttl("warning")),
             ("/v1/agent/check/fail/", ("PUT",), self._ttl("critical")),
             ("/v1/agent/check/update/", ("PUT",), self.agent_check_update),
+            ("/v1/txn", ("PUT",), self.txn),
             ("/v1/status/leader", ("GET",), self.status_leader),
             ("/v1/status/peers", ("GET",), self.status_peers),
         ]
@@ -152,7 +155,13 @@ class ConsulAPI:
         found = self.match(req.path)
         if found is None:
             return Response(404, NOT_FOUND.encode())
-        _pattern, methods, handler, arg = found
+        pattern, methods, handler, arg = found
+        if pattern == "/v1/txn":
+            refusal = self.sim.txn_refusal(req.server)
+            if refusal:
+                # A Consul before 0.7 has no such route: its Index handler answers 404 with
+                # an empty body, for any method. A blocking proxy answers what it is told.
+                return Response(refusal, b"")
         allow = ",".join(("OPTIONS", *methods))
         if req.method == "OPTIONS":
             return Response(200, None, {"Allow": allow})
@@ -556,6 +565,39 @@ class ConsulAPI:
             self.sim.agent_write(req.server, change)
         except AgentError as exc:
             raise ApiError(exc.status, str(exc)) from None
+
+    # ------------------------------------------------------------------ txn
+
+    def txn(self, req: Request) -> Response:
+        """``Txn``: size and op-count limits, then ``Txn.Read`` for gets only, else
+        ``Txn.Apply``; a conflict is 409 with the same JSON shape."""
+        settings = self.sim.settings
+        if len(req.body) > settings.txn_max_req_len:
+            raise ApiError(
+                413,
+                f"Request body({len(req.body)} bytes) too large, max size: "
+                f"{settings.txn_max_req_len} bytes. See {txn.TXN_MAX_REQ_LEN_DOC}.",
+            )
+        try:
+            api_ops = decode.decode_body_list(req.body, decode.TXN_OP, "api.TxnOps")
+        except decode.DecodeError as exc:
+            raise ApiError(400, f"Failed to parse body: {exc}") from None
+        limit = settings.txn_max_ops
+        if len(api_ops) > limit:
+            raise ApiError(
+                413, f"Transaction contains too many operations ({len(api_ops)} > {limit})"
+            )
+        ops, writes = txn.convert_ops(api_ops, settings.datacenter)
+        if writes == 0:
+            status, body, meta = self.sim.txn_read(req.server, req.query, ops, req.token)
+            # "Since we don't do blocking, we only add the relevant headers": no Index.
+            headers = {
+                "X-Consul-KnownLeader": "true" if meta.known_leader else "false",
+                "X-Consul-LastContact": str(meta.last_contact_ms),
+            }
+            return _json_response(req, body, headers, status)
+        status, body = self.sim.txn_write(req.server, ops, req.token)
+        return _json_response(req, body, None, status)
 
     # ------------------------------------------------------------------ status
 

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
+from . import txn
 from .acl import ACL, PermissionDenied, Policy
 from .agent_local import AgentState
 from .catalog_rpc import RPCError, prepare_register, vet_deregister, vet_register
@@ -57,6 +58,8 @@ class Settings:
     rpc_hold: float = 7.0
     ae_interval: float = 60.0
     version: str = "1.17.0"
+    txn_max_ops: int = txn.MAX_OPS
+    txn_max_req_len: int = txn.MAX_REQ_LEN
 
 
 @dataclass
@@ -241,6 +244,99 @@ class Simulation:
             return self._applied(self.store.deregister(body))
 
         return self.rpc(server, call)
+
+    # ------------------------------------------------------------------ transactions
+
+    def txn_write(self, server: int, ops: List[txn.Op], token: str) -> Tuple[int, Record]:
+        """``Txn.Apply`` through server ``server``: (200 or 409, TxnResponse JSON).
+
+        Pre-check failures never reach Raft; a transaction the state store refuses still
+        consumes a Raft index and changes nothing, like a refused catalog register.
+        """
+
+        def call() -> Tuple[int, Record]:
+            policy = self.acl.resolve(token)
+            errors = txn.pre_check(self.acl, policy, ops)
+            if errors:
+                return self._txn_answer("write", ops, None, errors)
+            outcome = txn.apply(self.store, ops)
+            self._applied(outcome.write)
+            results = None
+            if outcome.results is not None:
+                results = txn.filter_results(self.acl, policy, outcome.results)
+            return self._txn_answer("write", ops, results, outcome.errors)
+
+        return self.rpc(server, call)
+
+    def txn_read(
+        self, server: int, query: Dict[str, List[str]], ops: List[txn.Op], token: str
+    ) -> Tuple[int, Record, ReadMeta]:
+        """``Txn.Read``: a transaction of gets only, without Raft and without blocking.
+
+        Default and ``?consistent`` go through the leader, ``?stale`` is served locally.
+        The body is a ``TxnReadResponse``, whose embedded ``QueryMeta`` fields (Index,
+        LastContact in ns, KnownLeader, ...) JSON-encode next to Results and Errors.
+        """
+        stale, consistent = "stale" in query, "consistent" in query
+        if stale and consistent:
+            raise ApiError(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
+        with self.cond:
+            forwarded = False
+            leader: Optional[int] = None
+            if not stale:
+                leader = self._await_leader(server)
+                forwarded = leader != server
+            try:
+                policy = self.acl.resolve(token)
+            except PermissionDenied as exc:
+                prefix = "rpc error making call: " if forwarded else ""
+                raise ApiError(403, prefix + str(exc)) from None
+            errors = txn.pre_check(self.acl, policy, ops)
+            results: Optional[List[Record]] = None
+            filtered = False
+            if not errors:
+                found, errors = txn.dispatch(self.store, 0, ops)
+                if not errors:
+                    results = txn.filter_results(self.acl, policy, found)
+                    # maskResultsFilteredByACLs: never reported to the anonymous token
+                    filtered = bool(token) and len(results) != len(found)
+            known = self.topology.leader is not None
+            contact = (
+                0
+                if forwarded or server == leader
+                else self.topology.last_contact_ms(time.monotonic())
+            )
+            status, body = self._txn_answer("read", ops, results, errors)
+            body.update(
+                {
+                    "Index": 0,
+                    "LastContact": contact * 1_000_000,
+                    "KnownLeader": known,
+                    "ConsistencyLevel": "",
+                    "NotModified": False,
+                    "Backend": 0,
+                    "ResultsFilteredByACLs": filtered,
+                }
+            )
+            consistency = "stale" if stale else ("consistent" if consistent else "leader")
+            return status, body, ReadMeta(0, known, contact, consistency)
+
+    def _txn_answer(
+        self,
+        kind: str,
+        ops: List[txn.Op],
+        results: Optional[List[Record]],
+        errors: Optional[List[Record]],
+    ) -> Tuple[int, Record]:
+        self.stats.record_txn(kind, len(ops), conflict=bool(errors))
+        if errors:
+            return 409, {"Results": None, "Errors": errors}
+        return 200, {"Results": results if results is not None else [], "Errors": None}
+
+    def txn_refusal(self, server: int) -> int:
+        """The status server ``server`` answers /v1/txn with instead of serving it; 0 serves."""
+        with self.cond:
+            return self.topology.faults[server].txn_refusal
 
     # ------------------------------------------------------------------ reads
 

@@ -44,6 +44,16 @@ class Indexes:
         for table in tables:
             self.tables[table] = max(self.tables[table], idx)
 
+    def copy(self) -> Indexes:
+        """An independent copy, to put back when a Raft apply is aborted."""
+        return Indexes(
+            self.raft,
+            dict(self.tables),
+            dict(self.service),
+            dict(self.node),
+            self.service_extinction,
+        )
+
 
 @dataclass
 class WriteResult:
@@ -128,6 +138,7 @@ def definition_json(definition: Optional[Record]) -> Record:
     return out
 
 
+_RAFT_FIELDS = ("CreateIndex", "ModifyIndex")
 _NODE_FIELDS = ("ID", "Address", "Datacenter", "TaggedAddresses", "Meta")
 _SERVICE_FIELDS = (
     "Kind",
@@ -217,8 +228,24 @@ def node_from_request(req: Record) -> Record:
     }
 
 
+@dataclass
+class _Journal:
+    """Undo log of one Raft apply: rows as they were, and the index table before it."""
+
+    index: int
+    indexes: Indexes
+    rows: List[Tuple[Dict[Any, Record], Any, Optional[Record]]] = field(default_factory=list)
+    changed: bool = False
+
+
 class Store:
-    """Catalog tables keyed case-insensitively, plus the index table."""
+    """Catalog tables keyed case-insensitively, plus the index table.
+
+    Every write runs between ``begin()`` and ``commit()``/``abort()``, like one memdb write
+    transaction of the FSM: rows change in place as the apply proceeds (so a later operation
+    of a ``/v1/txn`` sees an earlier one), and ``abort()`` puts back every row and index the
+    apply touched. The Raft index it consumed stays consumed, as in Consul.
+    """
 
     def __init__(self, datacenter: str) -> None:
         self.datacenter = datacenter
@@ -228,6 +255,7 @@ class Store:
         self.idx = Indexes()
         self.writes_applied = 0
         self.writes_changed = 0
+        self._journal: Optional[_Journal] = None
 
     # ------------------------------------------------------------------ raft
 
@@ -237,10 +265,51 @@ class Store:
         self.writes_applied += 1
         return self.idx.raft
 
-    def _finish(self, idx: int, changed: bool) -> WriteResult:
-        if changed:
+    def begin(self) -> int:
+        """Start one Raft apply: consume an index and open the undo log; returns the index."""
+        assert self._journal is None, "nested Raft apply"
+        idx = self.next_index()
+        self._journal = _Journal(idx, self.idx.copy())
+        return idx
+
+    def commit(self) -> WriteResult:
+        """Keep what the apply wrote; count it as a changing write if a row moved."""
+        journal = self._take_journal()
+        if journal.changed:
             self.writes_changed += 1
-        return WriteResult(idx, changed)
+        return WriteResult(journal.index, journal.changed)
+
+    def abort(self) -> WriteResult:
+        """Undo every row and index change of the apply (its Raft index stays used)."""
+        journal = self._take_journal()
+        for table, key, old in reversed(journal.rows):
+            if old is None:
+                table.pop(key, None)
+            else:
+                table[key] = old
+        raft = self.idx.raft
+        self.idx = journal.indexes
+        self.idx.raft = raft
+        return WriteResult(journal.index, False)
+
+    def _take_journal(self) -> _Journal:
+        journal, self._journal = self._journal, None
+        assert journal is not None, "no Raft apply in progress"
+        return journal
+
+    def _put(self, table: Dict[Any, Record], key: Any, row: Record) -> None:
+        assert self._journal is not None, "writes happen inside begin()/commit()"
+        self._journal.rows.append((table, key, table.get(key)))
+        self._journal.changed = True
+        table[key] = row
+
+    def _drop(self, table: Dict[Any, Record], key: Any) -> Optional[Record]:
+        assert self._journal is not None, "writes happen inside begin()/commit()"
+        row = table.pop(key, None)
+        if row is not None:
+            self._journal.rows.append((table, key, row))
+            self._journal.changed = True
+        return row
 
     # ------------------------------------------------------------------ helpers
 
@@ -269,119 +338,96 @@ class Store:
             self.idx.service.pop(name.lower(), None)
             self.idx.service_extinction = idx
 
-    # ------------------------------------------------------------------ writes
+    # ------------------------------------------------------------------ one object each
 
-    def changes_node(self, req: Record) -> bool:
-        """``RegisterRequest.ChangesNode``: a new node, or different node fields."""
-        existing = self.nodes.get(req["Node"].lower())
-        if existing is None:
-            return True
-        return not req.get("SkipNodeUpdate") and not node_same(existing, node_from_request(req))
+    def ensure_node(self, idx: int, node: Record) -> Record:
+        """``ensureNodeTxn``: write the node unless ``Node.IsSame`` holds; returns the row.
 
-    def register(self, req: Record) -> WriteResult:
-        """FSM apply of a (pre-validated) RegisterRequest; atomic, raises StoreError."""
-        idx = self.next_index()
-        node_key = req["Node"].lower()
-        existing = self.nodes.get(node_key)
-        new_node: Optional[Record] = None
-        if self.changes_node(req):
-            new_node = {
-                **node_from_request(req),
-                "Datacenter": req.get("Datacenter", self.datacenter),
+        The node is replaced as a whole: a request without Meta stores a nil Meta.
+        """
+        key = node["Node"].lower()
+        existing = self.nodes.get(key)
+        if existing is not None and node_same(existing, node):
+            return existing
+        row = {name: node.get(name) for name in ("ID", "Address", "Datacenter")}
+        row = {k: v or "" for k, v in row.items()}
+        row.update(
+            {
+                "Node": node["Node"],
+                "TaggedAddresses": copy.deepcopy(node.get("TaggedAddresses")),
+                "Meta": copy.deepcopy(node.get("Meta")),
+                "CreateIndex": existing["CreateIndex"] if existing else idx,
+                "ModifyIndex": idx,
             }
+        )
+        self._put(self.nodes, key, row)
+        self.idx.bump(idx, "nodes")
+        self._bump_node(idx, key)
+        self._bump_node_services(idx, key)
+        return row
 
-        new_service: Optional[Record] = None
-        old_service: Optional[Record] = None
-        service = req.get("Service")
-        if service is not None:
-            row = dict(service)
-            row["Node"] = req["Node"]
-            row["Weights"] = valid_weights(service.get("Weights"))
-            old_service = self.services.get((node_key, row["ID"].lower()))
-            if old_service is None or not service_same(old_service, row):
-                problem = validate_meta(row.get("Meta"))
-                if problem:
-                    raise StoreError(
-                        f"Invalid Service Meta for node {req['Node']} and serviceID "
-                        f"{row['ID']}: {problem}"
-                    )
-                new_service = row
+    def ensure_service(self, idx: int, node: str, service: Record) -> Record:
+        """``ensureServiceTxn``: Meta is validated, the node must exist, and the row is
+        written unless ``IsSameService`` holds after default weights; returns the row."""
+        sid = service.get("ID", "")
+        problem = validate_meta(service.get("Meta"))
+        if problem:
+            raise StoreError(f"Invalid Service Meta for node {node} and serviceID {sid}: {problem}")
+        node_key = node.lower()
+        if node_key not in self.nodes:
+            raise StoreError("Missing node registration")
+        row = {k: copy.deepcopy(v) for k, v in service.items() if k not in _RAFT_FIELDS}
+        row["Node"] = node
+        row["Weights"] = valid_weights(service.get("Weights"))
+        old = self.services.get((node_key, sid.lower()))
+        if old is not None and service_same(old, row):
+            return old
+        row["CreateIndex"] = old["CreateIndex"] if old else idx
+        row["ModifyIndex"] = idx
+        self._put(self.services, (node_key, sid.lower()), row)
+        self.idx.bump(idx, "services", "nodes")
+        self._bump_node(idx, node_key)
+        self._bump_service(idx, row["Service"])
+        if old is not None and old["Service"] != row["Service"]:
+            self._service_gone(idx, old["Service"])
+        return row
 
-        new_checks: List[Record] = []
-        for check in req.get("Checks") or []:
-            row = dict(check)
-            if not row.get("Status"):
-                row["Status"] = "critical"  # ensureCheckTxn: an empty Status resets to critical
-            sid = row.get("ServiceID", "")
-            if sid:
-                owner: Optional[Record]
-                if service is not None and service["ID"].lower() == sid.lower():
-                    owner = new_service or old_service
-                else:
-                    owner = self.services.get((node_key, sid.lower()))
-                if owner is None:
-                    if existing is None:
-                        raise StoreError(
-                            f"Unknown service ID '{sid}' for check ID '{row.get('CheckID', '')}'"
-                        )
-                    raise StoreError(
-                        f'failed inserting check on node "{req["Node"]}": '
-                        "Missing service registration"
-                    )
-                row["ServiceName"] = owner["Service"]
-                row["ServiceTags"] = copy.deepcopy(owner.get("Tags"))
-            else:
-                row["ServiceName"] = ""
-                row["ServiceTags"] = None
-            old = self.checks.get((node_key, row["CheckID"].lower()))
-            if old is None or not check_same(old, row):
-                new_checks.append(row)
-
-        changed = new_node is not None or new_service is not None or bool(new_checks)
-        if new_node is not None:
-            new_node["CreateIndex"] = existing["CreateIndex"] if existing else idx
-            new_node["ModifyIndex"] = idx
-            self.nodes[node_key] = new_node
-            self.idx.bump(idx, "nodes")
-            self._bump_node(idx, node_key)
-            self._bump_node_services(idx, node_key)
-        if new_service is not None:
-            new_service["CreateIndex"] = old_service["CreateIndex"] if old_service else idx
-            new_service["ModifyIndex"] = idx
-            self.services[(node_key, new_service["ID"].lower())] = new_service
-            self.idx.bump(idx, "services", "nodes")
-            self._bump_node(idx, node_key)
-            self._bump_service(idx, new_service["Service"])
-            if old_service is not None and old_service["Service"] != new_service["Service"]:
-                self._service_gone(idx, old_service["Service"])
-        for row in new_checks:
-            key = (node_key, row["CheckID"].lower())
-            old = self.checks.get(key)
-            row["CreateIndex"] = old["CreateIndex"] if old else idx
-            row["ModifyIndex"] = idx
-            self.checks[key] = row
-            self.idx.bump(idx, "checks")
-            self._bump_node(idx, node_key)
-            if row.get("ServiceID"):
-                self._bump_service(idx, row["ServiceName"])
-            else:
-                self._bump_node_services(idx, node_key)
-        return self._finish(idx, changed)
-
-    def deregister(self, req: Record) -> WriteResult:
-        """FSM apply of a DeregisterRequest; a missing target is a silent no-op."""
-        idx = self.next_index()
-        node_key = req["Node"].lower()
-        if req.get("ServiceID"):
-            changed = self._delete_service(idx, node_key, req["ServiceID"])
-        elif req.get("CheckID"):
-            changed = self._delete_check(idx, node_key, req["CheckID"])
+    def ensure_check(self, idx: int, check: Record) -> Record:
+        """``ensureCheckTxn``: empty Status becomes critical, the node (and the service of a
+        service check) must exist, ServiceName/ServiceTags come from the stored service, and
+        the row is written unless ``HealthCheck.IsSame`` holds; returns the row."""
+        row = {k: copy.deepcopy(v) for k, v in check.items() if k not in _RAFT_FIELDS}
+        if not row.get("Status"):
+            row["Status"] = "critical"  # ensureCheckTxn: an empty Status resets to critical
+        node_key = row["Node"].lower()
+        if node_key not in self.nodes:
+            raise StoreError("Missing node registration")
+        sid = row.get("ServiceID") or ""
+        if sid:
+            owner = self.services.get((node_key, sid.lower()))
+            if owner is None:
+                raise StoreError("Missing service registration")
+            row["ServiceName"] = owner["Service"]
+            row["ServiceTags"] = copy.deepcopy(owner.get("Tags"))
+        key = (node_key, row["CheckID"].lower())
+        old = self.checks.get(key)
+        if old is not None and check_same(old, row):
+            return old
+        row["CreateIndex"] = old["CreateIndex"] if old else idx
+        row["ModifyIndex"] = idx
+        self._put(self.checks, key, row)
+        self.idx.bump(idx, "checks")
+        self._bump_node(idx, node_key)
+        if sid:
+            self._bump_service(idx, row["ServiceName"])
         else:
-            changed = self._delete_node(idx, node_key)
-        return self._finish(idx, changed)
+            self._bump_node_services(idx, node_key)
+        return row
 
-    def _delete_check(self, idx: int, node_key: str, check_id: str) -> bool:
-        row = self.checks.pop((node_key, check_id.lower()), None)
+    def delete_check(self, idx: int, node: str, check_id: str) -> bool:
+        """``deleteCheckTxn``: True when a row was removed; an absent check is a no-op."""
+        node_key = node.lower()
+        row = self._drop(self.checks, (node_key, check_id.lower()))
         if row is None:
             return False
         self.idx.bump(idx, "checks")
@@ -392,31 +438,88 @@ class Store:
             self._bump_node_services(idx, node_key)
         return True
 
-    def _delete_service(self, idx: int, node_key: str, service_id: str) -> bool:
-        row = self.services.pop((node_key, service_id.lower()), None)
+    def delete_service(self, idx: int, node: str, service_id: str) -> bool:
+        """``deleteServiceTxn``: removes the service and its checks; absent is a no-op."""
+        node_key = node.lower()
+        row = self._drop(self.services, (node_key, service_id.lower()))
         if row is None:
             return False
         for key, check in list(self.checks.items()):
             if key[0] == node_key and (check.get("ServiceID") or "").lower() == service_id.lower():
-                del self.checks[key]
+                self._drop(self.checks, key)
                 self.idx.bump(idx, "checks")
         self.idx.bump(idx, "services", "nodes")
         self._bump_node(idx, node_key)
         self._service_gone(idx, row["Service"])
         return True
 
-    def _delete_node(self, idx: int, node_key: str) -> bool:
+    def delete_node(self, idx: int, node: str) -> bool:
+        """``deleteNodeTxn``: removes the node, its services and checks; absent is a no-op."""
+        node_key = node.lower()
         if node_key not in self.nodes:
             return False
         for svc in self._services_on(node_key):
-            self._delete_service(idx, node_key, svc["ID"])
+            self.delete_service(idx, node_key, svc["ID"])
         for key in [k for k in self.checks if k[0] == node_key]:
-            del self.checks[key]
+            self._drop(self.checks, key)
             self.idx.bump(idx, "checks")
-        del self.nodes[node_key]
+        self._drop(self.nodes, node_key)
         self.idx.node.pop(node_key, None)
         self.idx.bump(idx, "nodes")
         return True
+
+    # ------------------------------------------------------------------ catalog RPCs
+
+    def changes_node(self, req: Record) -> bool:
+        """``RegisterRequest.ChangesNode``: a new node, or different node fields."""
+        existing = self.nodes.get(req["Node"].lower())
+        if existing is None:
+            return True
+        return not req.get("SkipNodeUpdate") and not node_same(existing, node_from_request(req))
+
+    def register(self, req: Record) -> WriteResult:
+        """FSM apply of a (pre-validated) RegisterRequest: ``ensureRegistrationTxn`` over
+        the same per-object functions ``/v1/txn`` uses; atomic, raises StoreError."""
+        idx = self.begin()
+        try:
+            self._register(idx, req)
+        except StoreError:
+            self.abort()
+            raise
+        return self.commit()
+
+    def _register(self, idx: int, req: Record) -> None:
+        node = req["Node"]
+        node_key = node.lower()
+        existed = node_key in self.nodes
+        if self.changes_node(req):
+            self.ensure_node(
+                idx,
+                {**node_from_request(req), "Datacenter": req.get("Datacenter", self.datacenter)},
+            )
+        if req.get("Service") is not None:
+            self.ensure_service(idx, node, req["Service"])
+        for check in req.get("Checks") or []:
+            sid = check.get("ServiceID") or ""
+            if sid and not existed and (node_key, sid.lower()) not in self.services:
+                raise StoreError(
+                    f"Unknown service ID '{sid}' for check ID '{check.get('CheckID', '')}'"
+                )
+            try:
+                self.ensure_check(idx, check)
+            except StoreError as exc:
+                raise StoreError(f'failed inserting check on node "{node}": {exc}') from None
+
+    def deregister(self, req: Record) -> WriteResult:
+        """FSM apply of a DeregisterRequest; a missing target is a silent no-op."""
+        idx = self.begin()
+        if req.get("ServiceID"):
+            self.delete_service(idx, req["Node"], req["ServiceID"])
+        elif req.get("CheckID"):
+            self.delete_check(idx, req["Node"], req["CheckID"])
+        else:
+            self.delete_node(idx, req["Node"])
+        return self.commit()
 
     # ------------------------------------------------------------------ reads
 
@@ -438,6 +541,11 @@ class Store:
 
     def node(self, name: str) -> Optional[Record]:
         return self.nodes.get(name.lower())
+
+    def node_by_id(self, node_id: str) -> Optional[Record]:
+        """``getNodeIDTxn``: IDs are UUIDs, compared case-insensitively."""
+        low = node_id.lower()
+        return next((n for n in self.nodes.values() if (n.get("ID") or "").lower() == low), None)
 
     def all_nodes(self) -> List[Record]:
         return [self.nodes[k] for k in sorted(self.nodes)]
@@ -496,11 +604,19 @@ def node_json(node: Record) -> Record:
     }
 
 
+def _tags(tags: Optional[List[str]], nil_as_empty: bool) -> Optional[List[str]]:
+    if tags is None:
+        return [] if nil_as_empty else None
+    return list(tags)
+
+
 _ZERO_PROXY = {"Mode": "", "MeshGateway": {}, "Expose": {}}
 
 
-def node_service_json(svc: Record) -> Record:
-    """``structs.NodeService`` JSON; nil Tags become [] as the HTTP handlers rewrite them."""
+def node_service_json(svc: Record, *, nil_as_empty: bool = True) -> Record:
+    """``structs.NodeService`` JSON. Meta is rendered as stored (nil stays null); nil Tags
+    become [] as the catalog/health handlers rewrite them ("Use empty list instead of nil"),
+    unless ``nil_as_empty`` is False (``/v1/txn`` results carry no such rewrite)."""
     out: Record = {}
     if svc.get("Kind"):
         out["Kind"] = svc["Kind"]
@@ -508,7 +624,7 @@ def node_service_json(svc: Record) -> Record:
         {
             "ID": svc["ID"],
             "Service": svc["Service"],
-            "Tags": list(svc.get("Tags") or []),
+            "Tags": _tags(svc.get("Tags"), nil_as_empty),
             "Address": svc.get("Address", ""),
         }
     )
@@ -549,7 +665,9 @@ def service_node_json(node: Record, svc: Record) -> Record:
         "ServiceTags": list(svc.get("Tags") or []),
         "ServiceAddress": svc.get("Address", ""),
         "ServiceWeights": svc["Weights"],
-        "ServiceMeta": svc.get("Meta"),
+        # ServiceNode.PartialClone (state.parseServiceNodes) copies Meta into a fresh map
+        # and Tags into a fresh slice: never null here, whatever is stored.
+        "ServiceMeta": dict(svc.get("Meta") or {}),
         "ServicePort": svc.get("Port", 0),
         "ServiceEnableTagOverride": bool(svc.get("EnableTagOverride")),
         "ServiceProxy": {**_ZERO_PROXY, **(svc.get("Proxy") or {})},
@@ -562,8 +680,9 @@ def service_node_json(node: Record, svc: Record) -> Record:
     return out
 
 
-def check_json(check: Record) -> Record:
-    """``structs.HealthCheck`` JSON; nil ServiceTags become []."""
+def check_json(check: Record, *, nil_as_empty: bool = True) -> Record:
+    """``structs.HealthCheck`` JSON; nil ServiceTags become [] as the health handlers
+    rewrite them, unless ``nil_as_empty`` is False (``/v1/txn`` results)."""
     out: Record = {
         "Node": check["Node"],
         "CheckID": check["CheckID"],
@@ -573,7 +692,7 @@ def check_json(check: Record) -> Record:
         "Output": check.get("Output", ""),
         "ServiceID": check.get("ServiceID", ""),
         "ServiceName": check.get("ServiceName", ""),
-        "ServiceTags": list(check.get("ServiceTags") or []),
+        "ServiceTags": _tags(check.get("ServiceTags"), nil_as_empty),
         "Type": check.get("Type", ""),
     }
     for key in ("Interval", "Timeout"):

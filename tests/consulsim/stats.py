@@ -17,14 +17,22 @@ class Stats:
 
     def __init__(self, servers: int) -> None:
         self.by_server: List[Counter[str]] = [Counter() for _ in range(servers)]
+        self.txn: Counter[str] = Counter()
 
     def record(self, server: int, method: str, endpoint: str) -> None:
         """Count one request under its route pattern (``/v1/catalog/service/:arg``)."""
         self.by_server[server][f"{method} {endpoint}"] += 1
 
+    def record_txn(self, kind: str, ops: int, conflict: bool) -> None:
+        """Count one transaction answered by a server RPC (``kind`` read or write)."""
+        self.txn[kind] += 1
+        self.txn["ops"] += ops
+        self.txn["conflicts"] += conflict
+
     def reset(self) -> None:
         for counter in self.by_server:
             counter.clear()
+        self.txn.clear()
 
     def snapshot(self, sim: Simulation) -> Dict[str, Any]:
         """The JSON document ``SimCluster.stats()`` returns (see README.md)."""
@@ -40,6 +48,7 @@ class Stats:
                     "up": faults.up,
                     "blackholed": faults.blackholed,
                     "slow_seconds": faults.slow_seconds,
+                    "txn_refusal": faults.txn_refusal,
                     "leader": sim.topology.leader == i,
                     "requests": sum(counter.values()),
                     "endpoints": dict(sorted(counter.items())),
@@ -51,6 +60,7 @@ class Stats:
             "endpoints": dict(sorted(total.items())),
             "writes_applied": sim.store.writes_applied,
             "writes_changed": sim.store.writes_changed,
+            "txn": {k: self.txn[k] for k in ("read", "write", "conflicts", "ops")},
             "leader": sim.topology.leader,
             "term": sim.topology.term,
             "raft_index": sim.store.idx.raft,

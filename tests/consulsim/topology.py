@@ -20,6 +20,7 @@ class ServerFaults:
     up: bool = True
     blackholed: bool = False
     slow_seconds: float = 0.0
+    txn_refusal: int = 0  # non-zero: /v1/txn answers this status (an old Consul, a proxy)
 
 
 class Topology:
