@@ -78,7 +78,7 @@ def build(
     `intent_source` and `pool` replace the real ones (tests, benchmarks)."""
     policy = RetryPolicy.from_config(config)
     pool = pool or make_pool(config, policy)
-    identity = NodeIdentity(config.node)
+    identity = NodeIdentity(config.node, state_dir=config.sync.state_dir)
     if previous is not None:
         pool.adopt(previous.pool)
         identity.adopt(previous.identity)

@@ -2,7 +2,7 @@
 
 JSON schema (`regagent sync --format json`), one object:
   dry_run: bool          - nothing was written
-  in_sync: bool | null   - Consul already matched (null when Consul could not be read)
+  in_sync: bool | null   - Consul already matched, nothing skipped (null: Consul not read)
   server: str | null     - the server that answered
   node: {name, address, meta}
   changes: [ {action: "node"|"register"|"update"|"status"|"deregister",
@@ -95,7 +95,7 @@ def cycle_json(result: CycleReport, dry_run: bool) -> Dict[str, Any]:
     node = result.desired.node if result.desired else None
     return {
         "dry_run": dry_run,
-        "in_sync": None if result.plan is None else result.plan.empty,
+        "in_sync": None if result.plan is None else result.plan.in_sync,
         "server": result.server,
         "node": None
         if node is None
@@ -171,6 +171,12 @@ def cycle_text(result: CycleReport, dry_run: bool) -> List[str]:
         return lines
     plan = result.plan
     lines += plan_text(plan)
+    if plan.empty and plan.conflicts:
+        lines.append(
+            f"Not in sync: nothing to write, but {len(plan.conflicts)} service(s) skipped "
+            f"(node {plan.node.name}, via {result.server})."
+        )
+        return lines
     if plan.empty:
         count = len(result.desired.services) if result.desired else 0
         lines.append(
