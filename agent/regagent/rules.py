@@ -79,3 +79,37 @@ def hostport_problem(text: str) -> Optional[str]:
     elif any(c.isspace() for c in host):
         return f"{text!r}: the host name contains white space"
     return None
+
+
+def token_text(token: str) -> str:
+    """The token as sent: without the one trailing newline a file (or YAML `|`) ends with."""
+    return token[:-1] if token.endswith("\n") else token
+
+
+def token_problem(token: str) -> Optional[str]:
+    """Why `token` cannot be sent as a header value, without quoting it; None if it can.
+
+    One trailing newline (as editors write files) is allowed; everything else must be
+    printable ASCII without blanks (0x21-0x7e), as Consul's tokens (UUIDs) are.
+    """
+    text = token_text(token)
+    if not text:
+        return "is empty"
+    if "\n" in text:
+        return (
+            f"holds {text.count(chr(10)) + 1} lines; it must be exactly one line "
+            "(no comments, no blank lines)"
+        )
+    for column, char in enumerate(text, start=1):
+        if "!" <= char <= "~":
+            continue
+        if char in " \t":
+            what = "a space or tab"
+        elif char == "\r":
+            what = "a carriage return (Windows line end?)"
+        elif ord(char) < 0x80:
+            what = "a control character"
+        else:
+            what = "a non-ASCII character"
+        return f"contains {what} at column {column}; it must be one line of printable ASCII"
+    return None

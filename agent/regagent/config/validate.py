@@ -17,12 +17,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Un
 
 from regagent.config.load import KeyPath, MergedDocument
 from regagent.config.model import Config, ServiceConfig
+from regagent.credentials import TOKEN_ENV, token_file_problem_text, token_file_text
 from regagent.errors import ConfigError
 from regagent.rules import (
     META_MAX_PAIRS,
     hostport_problem,
     meta_problems_by_key,
     service_name_problem,
+    token_problem,
 )
 from regagent.rules import (
     service_id as rule_service_id,
@@ -322,20 +324,19 @@ _KIND_CHECKS = {
 
 
 def token_file_problem(path: str) -> Optional[str]:
-    """The token must be readable by us and by nobody else (it grants catalog writes)."""
+    """The token must be readable by us and by nobody else (it grants catalog writes), and be
+    one line of printable ASCII: anything else would fail every request, quoting the header."""
     try:
         info = os.stat(path)
-        with open(path, encoding="utf-8") as handle:
-            empty = not handle.read().strip()
+        text = token_file_text(path)
     except OSError as exc:
         return f"token file {path} is not readable: {exc.strerror or exc}"
-    except UnicodeDecodeError:
-        return f"token file {path} is not UTF-8 text"
     if info.st_mode & stat.S_IROTH:
         return f"token file {path} is world-readable; run: chmod o-rwx {path}"
-    if empty:
-        # Caught here so check-config finds it, not the first sync.
-        return f"token file {path} is empty"
+    problem = token_file_problem_text(text)
+    if problem:
+        # Caught here so check-config finds it, not the first sync. Never quotes the token.
+        return f"token file {path} {problem}"
     return None
 
 
@@ -432,10 +433,8 @@ def _cross_checks(validator: _Validator, config: Config) -> None:
             validator.report(("consul", "tls"), "cert_file and key_file must be set together")
     if ("defaults",) in validator.built:
         _combined_meta(validator, config)
-    if ("consul",) in validator.built and config.consul.token:
-        problem = _inline_token_problem(validator.doc.origin(("consul", "token")))
-        if problem:
-            validator.report(("consul", "token"), problem)
+    if ("consul",) in validator.built:
+        _token_checks(validator, config)
     if ("sync",) in validator.built:
         if config.sync.failures_before_critical < 1:
             validator.report(("sync", "failures_before_critical"), "must be 1 or more")
@@ -461,6 +460,27 @@ def _combined_meta(validator: _Validator, config: Config) -> None:
                 f"with defaults.meta and the {AUTOMATIC_META_KEYS} keys regagent adds this makes "
                 f"{total} pairs; Consul allows at most {META_MAX_PAIRS}",
             )
+
+
+def _token_checks(validator: _Validator, config: Config) -> None:
+    """The token that would be sent must be sendable: inline or from the environment (the
+    token file is checked with its key). Messages name the source, never the value."""
+    consul = config.consul
+    if consul.token_file:
+        return
+    if consul.token:
+        problem = _inline_token_problem(validator.doc.origin(("consul", "token")))
+        if problem:
+            validator.report(("consul", "token"), problem)
+        problem = token_problem(consul.token)
+        if problem:
+            validator.report(("consul", "token"), f"the inline token {problem}")
+        return
+    env = os.environ.get(TOKEN_ENV)
+    if env:
+        problem = token_problem(env)
+        if problem:
+            validator.problems.append(f"environment variable {TOKEN_ENV}: the token {problem}")
 
 
 def _inline_token_problem(path: str) -> Optional[str]:
