@@ -15,8 +15,9 @@ import re
 import stat
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Union, get_type_hints
 
-from regagent.config.load import KeyPath, MergedDocument
+from regagent.config.load import MergedDocument
 from regagent.config.model import Config, ServiceConfig
+from regagent.config.yaml_strict import KeyPath, format_path
 from regagent.credentials import TOKEN_ENV, token_file_problem_text, token_file_text
 from regagent.errors import ConfigError
 from regagent.rules import (
@@ -50,14 +51,6 @@ def parse_duration(text: Union[str, int, float]) -> float:
     if not match:
         raise ValueError(f"{text!r} is not a duration (use e.g. 30s, 5m, 72h)")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def format_path(path: KeyPath) -> str:
-    """`("services", 0, "port")` -> `services[0].port`, as the user would point at it."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
 
 
 class _Validator:
