@@ -46,7 +46,7 @@ def write_config(
     config = {
         "consul": consul_section,
         "node": {"name": NODE, "meta": {"rack": "r1"}},
-        "sync": {"interval": "300ms", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
+        "sync": {"interval": "1s", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
         "discovery": {"enabled": False},
         "services": services,
         **sections,
@@ -469,7 +469,7 @@ def test_stopping_the_daemon_keeps_registrations_unless_configured(
         consul_cluster,
         [static("queue", 9000)],
         sync={
-            "interval": "300ms",
+            "interval": "1s",
             "jitter": "50ms",
             "state_dir": str(tmp_path / "state"),
             "deregister_on_shutdown": deregister_on_shutdown,
