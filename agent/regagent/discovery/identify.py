@@ -25,6 +25,7 @@ from regagent.discovery.exporters import ExporterSpec, ExporterTable, load_expor
 from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
+from regagent.rules import printable_text
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,7 @@ UNKNOWN = "unknown"
 DEFAULT_PATH = "/metrics"
 MAX_CONCURRENT_PROBES = 8
 MAX_PATHS_PER_LISTENER = 2
+REASON_MAX = 200  # bytes of a probe's reason shown in `discover` and logs
 
 Prober = Callable[[str, int, str, float, int], ProbeResult]
 
@@ -280,7 +282,9 @@ def identify(
             break
     assert result is not None
     if not result.ok or result.exposition is None:
-        return replace(finding, outcome=NOT_EXPORTER, reason=result.reason, metrics_path=path)
+        # The reason can quote the exporter (its Content-Type): keep it printable.
+        reason = printable_text(result.reason, REASON_MAX)
+        return replace(finding, outcome=NOT_EXPORTER, reason=reason, metrics_path=path)
     exposition = result.exposition
     spec = table.match_fingerprint(exposition.names)
     if spec is None:
@@ -289,7 +293,7 @@ def identify(
             outcome=UNKNOWN_EXPORTER,
             reason="serves metrics, but no known exporter's fingerprint",
             exporter=UNKNOWN,
-            version=exposition.version_of(),
+            version=exporter_text(exposition.version_of()),
             metrics_path=path,
             scheme=result.scheme,
         )
@@ -299,10 +303,18 @@ def identify(
         outcome=IDENTIFIED,
         reason=f"fingerprint {_matched(spec, exposition.names)}",
         exporter=spec.name,
-        version=exposition.version_of((*own, f"{spec.name}_build_info")),
+        version=exporter_text(exposition.version_of((*own, f"{spec.name}_build_info"))),
         metrics_path=path,
         scheme=result.scheme,
     )
+
+
+def exporter_text(text: Optional[str]) -> Optional[str]:
+    """Text an exporter chose (its version label), safe for Meta, check Output and a terminal:
+    printable, within Consul's Meta value limit; None when nothing printable is left."""
+    if text is None:
+        return None
+    return printable_text(text) or None
 
 
 def _matched(spec: ExporterSpec, names: FrozenSet[str]) -> str:

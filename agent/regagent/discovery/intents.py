@@ -35,6 +35,7 @@ from regagent.discovery.identify import (
     WILDCARD,
     DiscoveryResult,
     Finding,
+    exporter_text,
 )
 from regagent.discovery.probe import url_host
 from regagent.discovery.seen import SeenService, format_time, parse_time
@@ -245,7 +246,7 @@ def _discovered(
         "metrics_path": finding.metrics_path,
         "scheme": finding.scheme,
         "exporter": exporter,
-        "exporter_version": finding.version or UNKNOWN,
+        "exporter_version": exporter_text(finding.version) or UNKNOWN,
         **override_meta,
     }
     service = canonical_service(
@@ -268,7 +269,8 @@ def _discovered(
 def _ok_text(finding: Finding) -> str:
     # Stable on purpose: Output is compared to decide whether to write (no timings, no clock).
     what = finding.exporter if finding.outcome == IDENTIFIED else "unknown exporter"
-    version = f" {finding.version}" if finding.version else ""
+    text = exporter_text(finding.version)  # already clean from identify; a Finding is data
+    version = f" {text}" if text else ""
     return f"{what}{version} serving {finding.metrics_path} on :{finding.port}"
 
 
