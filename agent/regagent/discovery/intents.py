@@ -21,7 +21,7 @@ Rules (design decisions 3, 4 and 9):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
@@ -91,7 +91,7 @@ def build_intents(
 
     `discovery` None means discovery is disabled: only static services, state kept as it was.
     """
-    previous = dict(previous or {})
+    previous = {sid: _not_in_the_future(entry, now) for sid, entry in (previous or {}).items()}
     statics = [static_intent(svc, config, node_address) for svc in config.services]
     static_ids = {intent.service.id for intent in statics}
     static_ports = {intent.service.port: intent.service.id for intent in statics}
@@ -291,6 +291,16 @@ def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
 def _registration(entry: SeenService) -> ServiceRegistration:
     return canonical_service(
         ServiceRegistration(entry.id, entry.name, entry.port, entry.address, entry.tags, entry.meta)
+    )
+
+
+def _not_in_the_future(entry: SeenService, now: float) -> SeenService:
+    """Seen times after `now` become `now` (and are stored so): a clock set back, or a planted
+    entry, must not keep a vanished exporter registered past `deregister_after`."""
+    if entry.last_seen <= now and entry.first_seen <= now:
+        return entry
+    return replace(
+        entry, first_seen=min(entry.first_seen, now), last_seen=min(entry.last_seen, now)
     )
 
 
