@@ -16,6 +16,8 @@ Rules (design decisions 3, 4 and 9):
   until `sync.deregister_after` has passed since it was last seen, then it is dropped.
 - A static service wins over a discovered one on the same ID or port, and a present exporter
   supersedes a vanished one that was registered on the same port (e.g. after a rename).
+- At most `discovery.max_new_per_cycle` exporters not in the previous state are added per call,
+  in port order; the rest are skipped as "held back" and come in the next cycles.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ SOURCE_DISCOVERY = "discovery"
 SOURCE_STATIC = "static"
 
 
+LOOPBACK_REASON = "listens on loopback only"
+HELD_BACK_REASON = "held back"
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A discovered exporter that is not registered, and why (for `discover` and the log)."""
@@ -62,6 +68,12 @@ class Skipped:
     endpoints: str
     exporter: Optional[str]
     reason: str
+
+    @property
+    def warn(self) -> bool:
+        """Worth a warning, not an info line: likely a mistake (loopback only) or a flood
+        (held back by `discovery.max_new_per_cycle`); the other reasons are choices."""
+        return self.reason.startswith((LOOPBACK_REASON, HELD_BACK_REASON))
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ def build_intents(
     seen: Dict[str, SeenService] = {}
     skipped: List[Skipped] = []
     by_port: Dict[int, str] = {}
+    new = 0
     for finding in discovery.exporters:
         outcome = _discovered(finding, config, node_address, table)
         if isinstance(outcome, str):
@@ -128,6 +141,18 @@ def build_intents(
             skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, reason))
             continue
         earlier = previous.get(service.id)
+        if earlier is None:
+            if new >= config.discovery.max_new_per_cycle:
+                # Trust model: whatever listens here is evidence, not authority. A local
+                # process opening many ports must not flood the catalog in one cycle.
+                reason = (
+                    f"{HELD_BACK_REASON}: at most discovery.max_new_per_cycle "
+                    f"({config.discovery.max_new_per_cycle}) new exporters are registered per "
+                    "cycle; this one is next"
+                )
+                skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, reason))
+                continue
+            new += 1
         seen[service.id] = _seen_entry(service, earlier.first_seen if earlier else now, now)
         by_port[finding.port] = service.id
         intents.append(outcome)
@@ -226,7 +251,7 @@ def _discovered(
         if not finding.in_port_range:
             return "unknown exporter outside discovery.port_ranges"
     if finding.address_kind == LOOPBACK:
-        return f"listens on loopback only ({finding.endpoints}): Prometheus cannot reach it"
+        return f"{LOOPBACK_REASON} ({finding.endpoints}): Prometheus cannot reach it"
     exporter = finding.exporter or UNKNOWN
     overrides = matching_overrides(settings.overrides, exporter, finding.port)
     if any(o.ignore for o in overrides):
