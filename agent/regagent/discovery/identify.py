@@ -217,6 +217,13 @@ def classify(
     if by_process and process is not None:
         reasons.append(f"process {process.name or by_process[0].binaries[0]}")
     if not reasons:
+        claimed = _claimed_name(process, table)
+        if claimed:
+            return replace(
+                base,
+                reason=f"not a candidate: process name {claimed!r} is not evidence (its "
+                "executable is not root's alone); add the port to discovery.port_ranges",
+            )
         return replace(base, reason="not a candidate (port and process unknown)")
     base = replace(base, candidate_reasons=tuple(reasons))
     if port in settings.exclude_ports:
@@ -234,14 +241,22 @@ def classify(
 
 
 def _process_specs(process: Optional[ProcessInfo], table: ExporterTable) -> List[ExporterSpec]:
+    """Exporters the process's trusted names say it is (a name anyone can set says nothing)."""
     if process is None:
         return []
     specs: List[ExporterSpec] = []
-    for name in sorted(process.names):
+    for name in sorted(process.trusted_names):
         for spec in table.by_binary.get(name, ()):
             if spec not in specs:
                 specs.append(spec)
     return specs
+
+
+def _claimed_name(process: Optional[ProcessInfo], table: ExporterTable) -> Optional[str]:
+    """An exporter's binary name the process goes by without it being evidence, if any."""
+    if process is None:
+        return None
+    return next((name for name in sorted(process.names) if name in table.by_binary), None)
 
 
 def _excluded_process(process: Optional[ProcessInfo], patterns: Sequence[str]) -> Optional[str]:
