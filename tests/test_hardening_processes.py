@@ -178,3 +178,21 @@ def test_a_root_owned_exporter_binary_is_still_found_by_name(private_dir: Path) 
         assert info.exe_trusted and info.uid != 0
     finally:
         stop(proc)
+
+
+def test_a_process_name_with_escapes_is_shown_printable() -> None:
+    # comm is the process's own choice; `discover` prints it and the log carries it.
+    script = (
+        "import ctypes, time; "
+        r"ctypes.CDLL(None).prctl(15, b'\x1b[2J\x1b[31mevil', 0, 0, 0); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        info = describe_process(proc.pid)
+    finally:
+        stop(proc)
+
+    assert info.name == "evil"
+    assert info.uid == os.geteuid()
