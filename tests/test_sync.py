@@ -48,7 +48,7 @@ def write_config(
         "consul": consul_section,
         # An explicit loopback address: `auto` never picks loopback, and tests stay on it.
         "node": {"name": NODE, "address": "127.0.0.1", "meta": {"rack": "r1"}},
-        "sync": {"interval": "300ms", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
+        "sync": {"interval": "1s", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
         "discovery": {"enabled": False},
         "services": services,
         **sections,
@@ -476,7 +476,7 @@ def test_stopping_the_daemon_keeps_registrations_unless_configured(
         consul_cluster,
         [static("queue", 9000)],
         sync={
-            "interval": "300ms",
+            "interval": "1s",
             "jitter": "50ms",
             "state_dir": str(tmp_path / "state"),
             "deregister_on_shutdown": deregister_on_shutdown,

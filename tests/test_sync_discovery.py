@@ -122,7 +122,7 @@ def test_vanished_exporter_stays_critical_even_when_the_state_file_is_lost(
         consul_cluster,
         [],
         discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
-        sync={"interval": "300ms", "jitter": "50ms", "state_dir": str(blocker / "state")},
+        sync={"interval": "1s", "jitter": "50ms", "state_dir": str(blocker / "state")},
     )
     for _ in range(2):
         assert regagent(config, "sync").returncode == 0

@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 from typing import List, Optional
 
 from regagent.config.model import Config
+from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
 from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.credentials import load_token
 from regagent.daemon import Daemon
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.engine import IntentSource, SyncEngine

@@ -169,7 +169,7 @@ class DiscoveryRunner:
                 self._reported.add(key)
                 # Loopback-only is a likely misconfiguration (Prometheus cannot scrape it);
                 # the other reasons are choices made in the configuration.
-                report = log.warning if item.reason.startswith("listens on loopback") else log.info
+                report = log.warning if item.warn else log.info  # issue 14: + held back
                 report(
                     "exporter_not_registered",
                     listener=item.endpoints,
