@@ -251,6 +251,11 @@ def _discovered(
             return "unknown exporter outside discovery.port_ranges"
     if finding.address_kind == LOOPBACK:
         return f"{LOOPBACK_REASON} ({finding.endpoints}): Prometheus cannot reach it"
+    if finding.address_kind == WILDCARD and _ipv4_only(finding) and ":" in node_address:
+        return (
+            f"listens on IPv4 only ({finding.endpoints}) but the node address {node_address} "
+            "is IPv6: Prometheus would find nothing there; set node.address to an IPv4 address"
+        )
     exporter = finding.exporter or UNKNOWN
     overrides = matching_overrides(settings.overrides, exporter, finding.port)
     if any(o.ignore for o in overrides):
@@ -288,6 +293,12 @@ def _discovered(
     return ServiceIntent(
         service, SOURCE_DISCOVERY, probe=probe, status=(PASSING, _ok_text(finding))
     )
+
+
+def _ipv4_only(finding: Finding) -> bool:
+    """Only `0.0.0.0` wildcards: nothing answers on the host's IPv6 addresses. (A `::`
+    wildcard also takes IPv4 unless the socket is IPV6_V6ONLY, which the dump does not show.)"""
+    return all(lst.address == "0.0.0.0" for lst in finding.listeners if lst.is_wildcard)
 
 
 def _ok_text(finding: Finding) -> str:

@@ -20,8 +20,16 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from regagent.model import CheckState, DesiredState, ServiceRegistration, meta_dict, service_json
+from regagent.model import (
+    CheckState,
+    DesiredState,
+    ServiceRegistration,
+    meta_dict,
+    service_json,
+    url_host,
+)
 from regagent.plan import FieldDiff, Plan
+from regagent.render.escape import safe_lines
 from regagent.report import CycleReport
 
 
@@ -119,7 +127,7 @@ def _show(value: Any) -> str:
 
 
 def _describe_service(service: ServiceRegistration) -> str:
-    where = f"{service.address}:{service.port}" if service.address else f":{service.port}"
+    where = f"{url_host(service.address)}:{service.port}" if service.address else f":{service.port}"
     return f"{service.name} at {where} tags={_show(service.tags)}"
 
 
@@ -164,6 +172,11 @@ def desired_text(desired: DesiredState) -> List[str]:
 
 
 def cycle_text(result: CycleReport, dry_run: bool) -> List[str]:
+    """The text form, each line safe to print (control characters escaped)."""
+    return safe_lines(_cycle_lines(result, dry_run))
+
+
+def _cycle_lines(result: CycleReport, dry_run: bool) -> List[str]:
     lines: List[str] = []
     if result.plan is None:
         if result.desired is not None:
