@@ -27,7 +27,7 @@ import subprocess
 import sys
 from typing import Dict, List, Set
 
-import seccomp  # type: ignore[import-not-found]  # Debian's python3-seccomp
+import seccomp  # type: ignore[import-not-found,unused-ignore]  # Debian's python3-seccomp
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -194,7 +194,6 @@ def main(argv: List[str]) -> int:
     drop_privileges(settings)
     syscall_filters(settings)
     os.execv(argv[2], argv[2:])
-    return 1  # not reached
 
 
 if __name__ == "__main__":

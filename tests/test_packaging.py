@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Optional, Set, Union
 
 import pytest
 
@@ -86,11 +86,14 @@ def source_modules() -> Set[str]:
 
 
 def run(
-    args: List[str], timeout: float = 120, **kwargs: object
+    args: List[str],
+    timeout: float = 120,
+    cwd: Union[str, Path, None] = None,
+    env: Optional[Dict[str, str]] = None,
 ) -> subprocess.CompletedProcess[str]:
     """Runs a command to completion; the caller checks the exit code."""
-    return subprocess.run(  # type: ignore[call-overload,no-any-return]
-        args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd, env=env
     )
 
 
@@ -377,7 +380,7 @@ def _wait_for_service(
         if proc.poll() is not None:
             stderr = proc.stderr.read() if proc.stderr else ""
             raise AssertionError(f"regagent run exited with {proc.returncode}:\n{stderr}")
-        found: Optional[dict] = cluster.catalog_node_services(node)  # type: ignore[type-arg]
+        found: Optional[Dict[str, Any]] = cluster.catalog_node_services(node)
         if found and service_id in (found.get("Services") or {}):
             return True
         time.sleep(0.2)
