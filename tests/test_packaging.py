@@ -230,7 +230,11 @@ def installed(deb: Path) -> Iterator[HostState]:
     """The deb installed with apt-get (pulling Debian's libraries); purged afterwards."""
     before = HostState()
     try:
-        result = run([*APT, "install", f"./{deb.relative_to(REPO)}"], timeout=600, cwd=REPO)
+        install = [*APT, "install", f"./{deb.relative_to(REPO)}"]
+        result = run(install, timeout=600, cwd=REPO)
+        if result.returncode != 0:  # stale package lists on a fresh machine: refresh once
+            run([*APT, "update"], timeout=600)
+            result = run(install, timeout=600, cwd=REPO)
         assert result.returncode == 0, result.stdout + result.stderr
         yield before
     finally:
