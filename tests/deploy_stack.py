@@ -1,0 +1,184 @@
+"""The reference deployment in deploy/, read and rewritten for tests on loopback.
+
+Tests never edit what operators copy: they load the shipped files, swap the placeholder host
+names (`*.example.org`) for loopback ports and temp paths, shorten durations where a test needs
+it, and write the result to a temp directory. Each rewrite is a small named function, so a test
+says exactly what differs from the shipped file (and nothing else does).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Tuple
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+PROMETHEUS_CONFIGS = [
+    DEPLOY / "prometheus" / "prometheus-1.yml",
+    DEPLOY / "prometheus" / "prometheus-2.yml",
+]
+RULES = DEPLOY / "prometheus" / "rules" / "alerts.rules.yml"
+RULE_TESTS = DEPLOY / "prometheus" / "tests" / "alerts.test.yml"
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
+NGINX = DEPLOY / "nginx" / "alert-relays.conf"
+VICTORIA_DEFAULT = DEPLOY / "victoria-metrics" / "default"
+
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+AMTOOL = shutil.which("amtool")
+NGINX_BIN = shutil.which("nginx")
+VICTORIA_METRICS = shutil.which("victoria-metrics")
+DOT = shutil.which("dot")
+
+
+def load_yaml(path: Path) -> Dict[str, Any]:
+    """One shipped YAML file as a dict."""
+    data: Dict[str, Any] = yaml.safe_load(path.read_text())
+    return data
+
+
+def dump_yaml(data: Mapping[str, Any], path: Path) -> Path:
+    """Write a rewritten config; returns the path for chaining."""
+    path.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+    return path
+
+
+def replace_hosts(text: str, hosts: Mapping[str, str]) -> str:
+    """Swap `name.example.org:port` placeholders for test addresses; every key must occur."""
+    for placeholder, address in hosts.items():
+        if placeholder not in text:
+            raise AssertionError(f"{placeholder} is not in the shipped file any more")
+        text = text.replace(placeholder, address)
+    return text
+
+
+def without_consul_sd(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The config minus every consul_sd_configs block: what Debian's promtool/Prometheus load.
+
+    Debian 12 builds Prometheus 2.42 without Consul discovery, so both reject the key.
+    """
+    out = copy.deepcopy(dict(config))
+    for job in out.get("scrape_configs", []):
+        job.pop("consul_sd_configs", None)
+    return out
+
+
+def scrape_part_for_vmagent(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """`scrape_configs` only, minus `refresh_interval`, the one consul_sd key vmagent 1.79 lacks.
+
+    vmagent has `-promscrape.consulSDCheckInterval` instead; everything else stays, and
+    vmagent parses it strictly (an unknown or misspelt key fails).
+    """
+    jobs = copy.deepcopy(config["scrape_configs"])
+    for job in jobs:
+        for block in job.get("consul_sd_configs", []):
+            block.pop("refresh_interval", None)
+    return {"scrape_configs": jobs}
+
+
+def credentials_files(config: Mapping[str, Any]) -> List[str]:
+    """Every `authorization.credentials_file` the config names (token files)."""
+    found: List[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            auth = node.get("authorization")
+            if isinstance(auth, dict) and "credentials_file" in auth:
+                found.append(auth["credentials_file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def rewrite_credentials(text: str, config: Mapping[str, Any], token_file: Path) -> str:
+    """Point every credentials_file at a test token file."""
+    for path in set(credentials_files(config)):
+        text = text.replace(path, str(token_file))
+    return text
+
+
+def alert_rules(path: Path = RULES) -> List[Dict[str, Any]]:
+    """Every alerting rule of the shipped rules file, in file order."""
+    rules: List[Dict[str, Any]] = []
+    for group in load_yaml(path)["groups"]:
+        rules += [rule for rule in group["rules"] if "alert" in rule]
+    return rules
+
+
+def duration_seconds(text: str) -> float:
+    """A Prometheus duration such as `1m30s` or `500ms` in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    parts = re.findall(r"(\d+)(ms|[smhdwy])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def flag_value(default_file: Path, flag: str) -> str:
+    """The value of `-flag=value` or `--flag=value` in a Debian /etc/default ARGS file."""
+    match = re.search(rf"(?:^|\s)--?{re.escape(flag)}=(\S+)", default_file.read_text())
+    if match is None:
+        raise AssertionError(f"{flag} is not set in {default_file}")
+    return match.group(1).rstrip('"')
+
+
+def nginx_test_config(directory: Path, relays: Tuple[str, str], listen: str) -> Path:
+    """A full nginx.conf around the shipped server block, with everything under `directory`.
+
+    The shipped file is an `http`-context snippet for /etc/nginx/conf.d/; nginx -t and a test
+    nginx need a main file, and must not touch /var/log/nginx or /run as an unprivileged user.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    text = replace_hosts(
+        NGINX.read_text(),
+        {
+            "relay-1.example.org:8060": relays[0],
+            "relay-2.example.org:8060": relays[1],
+            "listen 127.0.0.1:8080;": f"listen {listen};",
+            "/var/log/nginx/": f"{directory}/",
+        },
+    )
+    (directory / "alert-relays.conf").write_text(text)
+    temp = "\n".join(
+        f"  {kind}_temp_path {directory / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    main = directory / "nginx.conf"
+    main.write_text(
+        f"pid {directory / 'nginx.pid'};\n"
+        f"error_log {directory / 'error.log'} info;\n"
+        "daemon off;\n"
+        "worker_processes 1;\n"
+        "events { worker_connections 64; }\n"
+        "http {\n"
+        f"  access_log {directory / 'access.log'};\n"
+        f"{temp}\n"
+        f"  include {directory / 'alert-relays.conf'};\n"
+        "}\n"
+    )
+    return main
+
+
+def nginx_command(main: Path, *extra: str) -> List[str]:
+    """nginx with every default path (prefix, error log before the config is read) redirected."""
+    assert NGINX_BIN is not None
+    return [
+        NGINX_BIN,
+        "-p",
+        str(main.parent),
+        "-e",
+        str(main.parent / "error.log"),
+        "-c",
+        str(main),
+        *extra,
+    ]
