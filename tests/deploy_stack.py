@@ -9,10 +9,17 @@ says exactly what differs from the shipped file (and nothing else does).
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
+import socket
+import threading
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -34,6 +41,7 @@ AMTOOL = shutil.which("amtool")
 NGINX_BIN = shutil.which("nginx")
 VICTORIA_METRICS = shutil.which("victoria-metrics")
 DOT = shutil.which("dot")
+LOOPBACK = "127.0.0.1"
 
 
 def load_yaml(path: Path) -> Dict[str, Any]:
@@ -181,4 +189,142 @@ def nginx_command(main: Path, *extra: str) -> List[str]:
         "-c",
         str(main),
         *extra,
+    ]
+
+
+# --- running the stack on loopback -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Post:
+    """One webhook notification as a relay received it."""
+
+    receiver: str
+    path: str
+    body: Dict[str, Any]
+
+    def alerts(self, status: str, **labels: str) -> List[Dict[str, Any]]:
+        """The alerts of this notification in `status` whose labels include `labels`."""
+        return [
+            alert
+            for alert in self.body.get("alerts", [])
+            if alert.get("status") == status
+            and all(alert["labels"].get(k, "") == v for k, v in labels.items())
+        ]
+
+
+class _RelayHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        relay: Relay = self.server.relay  # type: ignore[attr-defined]
+        with relay.lock:
+            relay.posts.append(Post(relay.name, self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads `posts`, not a log."""
+
+
+class Relay:
+    """A stand-in for a webhook relay (e.g. prometheus-webhook-dingtalk): records every POST."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.posts: List[Post] = []
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), _RelayHandler)
+        self._server.relay = self  # type: ignore[attr-defined]
+        self.address = f"{LOOPBACK}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+        self.running = True
+
+    def stop(self) -> None:
+        """Close the port: nginx then gets `connection refused`, as from a dead relay."""
+        if self.running:
+            self._server.shutdown()
+            self._server.server_close()
+            self.running = False
+
+    def received(self) -> List[Post]:
+        with self.lock:
+            return list(self.posts)
+
+
+def notifications(relays: Iterable[Relay], path: str, status: str, **labels: str) -> List[Post]:
+    """Notifications to `path` (a receiver) that carry an alert in `status` with `labels`."""
+    return [
+        post
+        for relay in relays
+        for post in relay.received()
+        if post.path == path and post.body.get("status") == status and post.alerts(status, **labels)
+    ]
+
+
+def http_json(url: str, data: Optional[bytes] = None) -> Any:
+    """GET (or POST `data` as JSON) and decode the JSON answer."""
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def instant_query(api: str, query: str) -> List[Dict[str, Any]]:
+    """The result vector of a PromQL instant query (Prometheus or VictoriaMetrics)."""
+    url = f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    result: List[Dict[str, Any]] = http_json(url)["data"]["result"]
+    return result
+
+
+def ready(url: str) -> bool:
+    """True once `url` answers 200 (a readiness endpoint)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def ready_tcp(address: str) -> bool:
+    """True once something accepts TCP connections on `address`."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=1):
+        return True
+
+
+def alertmanager_config(directory: Path, nginx: str, timing: Mapping[str, str]) -> Path:
+    """The shipped alertmanager.yml posting to a test nginx, with shorter route timers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load(replace_hosts(ALERTMANAGER.read_text(), {"127.0.0.1:8080": nginx}))
+    config["route"].update(timing)
+    return dump_yaml(config, directory / "alertmanager.yml")
+
+
+def alertmanager_command(
+    binary: str,
+    config: Path,
+    directory: Path,
+    *,
+    web: str,
+    cluster: str,
+    peer: str,
+    peer_timeout: str,
+) -> List[str]:
+    """One cluster member on loopback: the flags of deploy/alertmanager/default-*, test ports."""
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.path={directory / 'data'}",
+        f"--web.listen-address={web}",
+        f"--web.external-url=http://{web}/",
+        f"--cluster.listen-address={cluster}",
+        f"--cluster.advertise-address={cluster}",
+        f"--cluster.peer={peer}",
+        f"--cluster.peer-timeout={peer_timeout}",
+        "--log.level=debug",
     ]
