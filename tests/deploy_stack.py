@@ -328,3 +328,24 @@ def alertmanager_command(
         f"--cluster.peer-timeout={peer_timeout}",
         "--log.level=debug",
     ]
+
+
+_HCL_RULE = re.compile(
+    r'(node|service|agent)(_prefix)?\s+"([^"]*)"\s*\{\s*policy\s*=\s*"(\w+)"\s*\}'
+)
+
+
+def hcl_policy_rules(path: Path) -> Dict[str, Dict[str, str]]:
+    """A Consul ACL policy file as the emulator's rules (`{"node_prefix": {"": "write"}}`).
+
+    Reads the subset of HCL the shipped policies use, strictly: anything else left in the
+    file after the rules and the comments are removed is an error, never silently ignored.
+    """
+    text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+    rules: Dict[str, Dict[str, str]] = {}
+    for resource, prefix, name, level in _HCL_RULE.findall(text):
+        rules.setdefault(resource + prefix, {})[name] = level
+    leftover = _HCL_RULE.sub("", text).strip()
+    if leftover:
+        raise ValueError(f"{path}: not understood: {leftover[:80]!r}")
+    return rules

@@ -426,6 +426,7 @@ def test_the_reference_stack_end_to_end(stack: Stack, tmp_path: Path) -> None:
     #    escalation time exactly one escalation notification.
     sent = outage(stack, exporter, instance)
     assert len(sent) == 1, describe(stack)
+    assert len(sent[0].body["alerts"]) == 1, describe(stack)  # one alert, not one per replica
     labels = sent[0].alerts("firing", instance=instance)[0]["labels"]
     assert labels["site"] == "europe" and "replica" not in labels
     assert "escalate" not in labels
