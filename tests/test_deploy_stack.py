@@ -90,6 +90,8 @@ class Replica:
 
 @dataclass
 class Stack:
+    """Handles on every running component, and a way to start more exporters."""
+
     cluster: SimCluster
     replicas: List[Replica]
     alertmanagers: List[str]
