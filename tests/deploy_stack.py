@@ -297,6 +297,12 @@ def ready_tcp(address: str) -> bool:
         return True
 
 
+def cluster_peers(api: str) -> List[Dict[str, Any]]:
+    """The members an Alertmanager sees in its cluster (itself included)."""
+    peers: List[Dict[str, Any]] = http_json(f"{api}/api/v2/status")["cluster"].get("peers") or []
+    return peers
+
+
 def alertmanager_config(directory: Path, nginx: str, timing: Mapping[str, str]) -> Path:
     """The shipped alertmanager.yml posting to a test nginx, with shorter route timers."""
     directory.mkdir(parents=True, exist_ok=True)

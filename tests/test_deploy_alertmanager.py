@@ -20,6 +20,7 @@ from deploy_stack import (
     Relay,
     alertmanager_command,
     alertmanager_config,
+    cluster_peers,
     http_json,
     nginx_command,
     nginx_test_config,
@@ -84,11 +85,6 @@ def start_alerting(
         wait_for(f"{api} sees both members", lambda api=api: len(cluster_peers(api)) == 2)
     wait_for("nginx listening", lambda: ready_tcp(nginx))
     return apis
-
-
-def cluster_peers(api: str) -> List[Dict[str, Any]]:
-    peers: List[Dict[str, Any]] = http_json(f"{api}/api/v2/status")["cluster"].get("peers") or []
-    return peers
 
 
 def alert(name: str, severity: str, node: str, job: str, port: int, **extra: str) -> Dict[str, Any]:

@@ -41,6 +41,7 @@ from deploy_stack import (
     Relay,
     alertmanager_command,
     alertmanager_config,
+    cluster_peers,
     dump_yaml,
     http_json,
     instant_query,
@@ -306,11 +307,6 @@ def exporter_copy(tmp: Path) -> Path:
     return binary
 
 
-def cluster_peers(api: str) -> List[Dict[str, Any]]:
-    peers: List[Dict[str, Any]] = http_json(f"{api}/api/v2/status")["cluster"].get("peers") or []
-    return peers
-
-
 def up(replica: Replica, instance: str) -> List[Dict[str, Any]]:
     return instant_query(replica.prometheus, f'up{{instance="{instance}"}}')
 
@@ -407,12 +403,10 @@ def test_the_reference_stack_end_to_end(stack: Stack, tmp_path: Path) -> None:
         ]
         assert len(targets) == 1, targets  # seen through three servers, scraped once
         assert targets[0]["discoveredLabels"]["__address__"] == f"{LOOPBACK}:{port}"
-        services = {
-            t["discoveredLabels"].get("__meta_consul_service")
-            for t in active_targets(replica.vmagent)
-        }
-        assert "consul" not in services
         dropped = http_json(f"{replica.vmagent}/api/v1/targets")["data"]["droppedTargets"]
+        # Consul's own service was discovered and dropped, never scraped
+        assert "consul" in {d["discoveredLabels"].get("__meta_consul_service") for d in dropped}
+        assert "consul" not in {t["labels"].get("job") for t in active_targets(replica.vmagent)}
         copies = [
             d
             for d in dropped
@@ -486,28 +480,23 @@ def test_the_reference_stack_end_to_end(stack: Stack, tmp_path: Path) -> None:
         found = instant_query(stack.store, f'up{{job="node-exporter", node="{NODE}"}}')
         return found if len(found) == 2 else None
 
-    series = wait_for("both targets in the store", store_series)
-    assert sorted(s["metric"]["instance"] for s in series) == sorted([instance, late_instance])
-    for one in series:
+    stored = wait_for("both targets in the store", store_series)
+    assert sorted(s["metric"]["instance"] for s in stored) == sorted([instance, late_instance])
+    for one in stored:
         assert one["metric"]["site"] == "europe" and "replica" not in one["metric"]
     # ... and one sample per target per scrape interval, although each replica holds its own
-    # full set: de-duplicated, not doubled.
-    window = "20s"
-    per_replica = [
-        int(
-            float(
-                instant_query(
-                    r.prometheus, f'count_over_time(up{{instance="{instance}"}}[{window}])'
-                )[0]["value"][1]
-            )
-        )
-        for r in stack.replicas
-    ]
+    # full set: de-duplicated, not doubled (without -dedup.minScrapeInterval: 2 per interval).
+    per_replica = [samples_in(replica, instance, seconds=20) for replica in stack.replicas]
     raw = export_timestamps(stack.store, f'up{{instance="{instance}"}}', seconds=20)
-    buckets = {ts // 1000 for ts in raw}
-    assert len(raw) == len(buckets), "two samples in one dedup interval"
+    assert len(raw) == len({ts // 1000 for ts in raw}), "two samples in one dedup interval"
     assert all(n >= 10 for n in per_replica), per_replica
     assert len(raw) < sum(per_replica) * 0.75, (len(raw), per_replica)
+
+
+def samples_in(replica: Replica, instance: str, seconds: int) -> int:
+    """How many `up` samples of `instance` the replica holds for the last `seconds`."""
+    query = f'count_over_time(up{{instance="{instance}"}}[{seconds}s])'
+    return int(float(instant_query(replica.prometheus, query)[0]["value"][1]))
 
 
 def describe(stack: Stack) -> str:
