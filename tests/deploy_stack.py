@@ -33,6 +33,10 @@ RULE_TESTS = DEPLOY / "prometheus" / "tests" / "alerts.test.yml"
 ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 NGINX = DEPLOY / "nginx" / "alert-relays.conf"
 VICTORIA_DEFAULT = DEPLOY / "victoria-metrics" / "default"
+ALERTMANAGER_DEFAULTS = [
+    DEPLOY / "alertmanager" / "default-alertmanager-1",
+    DEPLOY / "alertmanager" / "default-alertmanager-2",
+]
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
@@ -132,9 +136,14 @@ def duration_seconds(text: str) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
+def default_flags(default_file: Path) -> Dict[str, str]:
+    """Every `--flag=value` of a Debian /etc/default ARGS file, by flag name."""
+    return dict(re.findall(r"(?:^|[\s\"])--?([\w.-]+)=([^\s\"]+)", default_file.read_text()))
+
+
 def flag_value(default_file: Path, flag: str) -> str:
     """The value of `-flag=value` or `--flag=value` in a Debian /etc/default ARGS file."""
-    match = re.search(rf"(?:^|\s)--?{re.escape(flag)}=(\S+)", default_file.read_text())
+    match = re.search(rf"(?:^|[\s\"])--?{re.escape(flag)}=(\S+)", default_file.read_text())
     if match is None:
         raise AssertionError(f"{flag} is not set in {default_file}")
     return match.group(1).rstrip('"')

@@ -10,6 +10,7 @@ escalates, dedup interval = scrape interval) are checked here too, so a drift fa
 from __future__ import annotations
 
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +18,7 @@ import pytest
 
 from deploy_stack import (
     ALERTMANAGER,
+    ALERTMANAGER_DEFAULTS,
     AMTOOL,
     DEPLOY,
     DOT,
@@ -28,7 +30,9 @@ from deploy_stack import (
     RULES,
     VICTORIA_DEFAULT,
     alert_rules,
+    alertmanager_command,
     credentials_files,
+    default_flags,
     dump_yaml,
     duration_seconds,
     flag_value,
@@ -196,6 +200,29 @@ def test_alertmanager_config_passes_amtool_and_routes_by_severity() -> None:
     for receiver in load_yaml(ALERTMANAGER)["receivers"]:
         for hook in receiver["webhook_configs"]:
             assert hook["url"].startswith(f"http://{listen}/"), hook
+
+
+def test_alertmanager_members_peer_each_other_and_the_tests_run_their_flags(
+    tmp_path: Path,
+) -> None:
+    first, second = (default_flags(path) for path in ALERTMANAGER_DEFAULTS)
+    assert first.keys() == second.keys()
+    hosts = [urllib.parse.urlsplit(f["web.external-url"]).hostname for f in (first, second)]
+    assert first["cluster.peer"] == f"{hosts[1]}:9094"
+    assert second["cluster.peer"] == f"{hosts[0]}:9094"
+    assert first["cluster.listen-address"].endswith(":9094")
+    # the end-to-end tests start each member with these same flags (test values, and debug logs)
+    command = alertmanager_command(
+        "alertmanager",
+        tmp_path / "am.yml",
+        tmp_path,
+        web="127.0.0.1:1",
+        cluster="127.0.0.1:2",
+        peer="127.0.0.1:3",
+        peer_timeout="2s",
+    )
+    used = {arg[2:].split("=", 1)[0] for arg in command[1:]}
+    assert used - {"log.level"} == set(first)
 
 
 @pytest.mark.skipif(NGINX_BIN is None, reason="nginx missing")
