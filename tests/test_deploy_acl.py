@@ -81,7 +81,7 @@ def regagent_sync(
     """One `regagent sync` of this host with the given token file."""
     config = {
         "consul": {"servers": list(cluster.addresses), "token_file": str(token)},
-        "node": {"name": NODE},
+        "node": {"name": NODE, "address": "127.0.0.1"},
         "sync": {"state_dir": str(tmp / "state")},
         "discovery": {
             "enabled": True,

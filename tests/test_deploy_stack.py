@@ -159,8 +159,9 @@ def regagent_config(tmp: Path, cluster: SimCluster, ports: List[int]) -> Path:
             "cooldown_initial": "200ms",
             "cooldown_max": "1s",
         },
-        "node": {"name": NODE, "meta": {"rack": "r1"}},
-        "sync": {"interval": "500ms", "jitter": "100ms", "state_dir": str(tmp / "regagent-state")},
+        # Explicit loopback: `auto` never registers a loopback address, and the test stays on lo.
+        "node": {"name": NODE, "address": "127.0.0.1", "meta": {"rack": "r1"}},
+        "sync": {"interval": "1s", "jitter": "100ms", "state_dir": str(tmp / "regagent-state")},
         "discovery": {
             "enabled": True,
             "port_ranges": [f"{port}-{port}" for port in ports],
