@@ -25,7 +25,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 import pytest
 import yaml
@@ -38,6 +38,7 @@ from deploy_stack import (
     PROMETHEUS_CONFIGS,
     RULES,
     VICTORIA_METRICS,
+    Post,
     Relay,
     alertmanager_command,
     alertmanager_config,
@@ -318,19 +319,38 @@ def scraped_up(replica: Replica, instance: str) -> Optional[Dict[str, Any]]:
     return series[0] if len(series) == 1 and series[0]["value"][1] == "1" else None
 
 
-def firing_host_down(stack: Stack, path: str, instance: str, **labels: str) -> List[Any]:
+def firing_host_down(stack: Stack, path: str, instance: str, **labels: str) -> List[Post]:
     return notifications(
         stack.relays, path, "firing", alertname="HostDown", instance=instance, **labels
     )
 
 
-def resolved_host_down(stack: Stack, instance: str) -> List[Any]:
+def resolved_host_down(stack: Stack, instance: str) -> List[Post]:
     return notifications(stack.relays, ONCALL, "resolved", alertname="HostDown", instance=instance)
 
 
-def outage(stack: Stack, exporter: subprocess.Popen[bytes], instance: str) -> List[Any]:
-    """Stop the exporter; return the on-call HostDown notifications sent for it (after SETTLE)."""
-    before = len(firing_host_down(stack, ONCALL, instance))
+def outage_starts(posts: List[Post], instance: str) -> Set[str]:
+    """The `startsAt` of each outage of `instance` these notifications are about."""
+    return {a["startsAt"] for post in posts for a in post.alerts("firing", instance=instance)}
+
+
+def outage(stack: Stack, exporter: subprocess.Popen[bytes], instance: str) -> List[Post]:
+    """Stop the exporter; the on-call notifications about THIS outage, counted after SETTLE.
+
+    A notification belongs to an outage by the alert's `startsAt`. That keeps out a late
+    "firing" about the previous, already resolved outage: the known Alertmanager HA race
+    (alertmanager#4008) described in deploy/README.md, which this test does not hide either
+    (see `describe`) but does not count as a duplicate of the new outage.
+    """
+    earlier = outage_starts(firing_host_down(stack, ONCALL, instance), instance)
+
+    def about_this_outage() -> List[Post]:
+        return [
+            post
+            for post in firing_host_down(stack, ONCALL, instance)
+            if not outage_starts([post], instance) <= earlier
+        ]
+
     exporter.terminate()
     exporter.wait(timeout=10)
     for replica in stack.replicas:
@@ -342,13 +362,9 @@ def outage(stack: Stack, exporter: subprocess.Popen[bytes], instance: str) -> Li
                 if a["labels"]["alertname"] == "HostDown"
             ),
         )
-    wait_for(
-        "the on-call notification",
-        lambda: len(firing_host_down(stack, ONCALL, instance)) > before,
-        timeout=30,
-    )
+    wait_for("the on-call notification", about_this_outage, timeout=30)
     time.sleep(SETTLE)
-    return firing_host_down(stack, ONCALL, instance)[before:]
+    return about_this_outage()
 
 
 def recover(stack: Stack, port: int, instance: str) -> subprocess.Popen[bytes]:
