@@ -30,6 +30,13 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 FIRST_SYNC_JITTER_MAX = 5.0
 
 
+def first_sync_delay(jitter: float, rng: Rng = random.random) -> float:
+    """Seconds the daemon waits before its first sync: a random part of
+    min(`sync.jitter`, FIRST_SYNC_JITTER_MAX), so a fleet restarted at once does not read and
+    write in the same second, while a host still registers within seconds of starting."""
+    return max(0.0, min(jitter, FIRST_SYNC_JITTER_MAX)) * rng()
+
+
 def start_index(node_name: str, servers: int) -> int:
     """The server this host starts at: stable per node name and uniform over the list, so a
     fleet spreads its reads instead of all using the first server. SHA-256, not `hash()`, which
@@ -127,12 +134,6 @@ class RetryPolicy:
     def slow_demotion(self, rng: Rng = random.random) -> float:
         """How long a slow server is asked last: `cooldown_max`, jittered."""
         return self.cooldown_max * (1 + self.cooldown_jitter * (2 * rng() - 1))
-
-    def first_sync_delay(self, jitter: float, rng: Rng = random.random) -> float:
-        """Seconds the daemon waits before its first sync: a random part of
-        min(`sync.jitter`, FIRST_SYNC_JITTER_MAX), so a fleet restarted at once does not read
-        and write in the same second, while a host still registers within seconds."""
-        return max(0.0, min(jitter, FIRST_SYNC_JITTER_MAX)) * rng()
 
     def leader_searches(self, servers: int) -> int:
         """How many other servers to ask when the one answering knows no leader: all of them
