@@ -20,6 +20,7 @@ from regagent.consul.retry import (
     FIRST_SYNC_JITTER_MAX,
     RetryPolicy,
     first_sync_delay,
+    server_order,
     start_index,
 )
 from test_sync import NODE, write_config
@@ -67,7 +68,9 @@ def pool_of(latency: Dict[str, float], clock: FakeClock, node: str = "") -> Serv
 
 
 def test_start_server_is_stable_per_node_name() -> None:
-    assert start_index(NODE, 3) == 0  # the other tests rely on it: NODE starts at server 1
+    # The sync tests rely on it: NODE starts at server 1 and fails over to 2, then 3.
+    assert server_order(NODE, 3) == [0, 1, 2]
+    assert start_index(NODE, 3) == 0
     assert start_index("bench-host-1", 3) == 2
     assert start_index("anything", 1) == 0
 
@@ -79,6 +82,15 @@ def test_many_node_names_spread_near_uniformly_over_the_servers() -> None:
         fair = len(names) / servers
         assert set(counts) == set(range(servers))
         assert max(counts.values()) < 1.1 * fair and min(counts.values()) > 0.9 * fair
+
+
+def test_the_hosts_of_a_lost_server_spread_over_the_others() -> None:
+    names = [f"host-{i:05d}" for i in range(6000)]
+    orders = [server_order(name, 3) for name in names]
+    assert all(sorted(order) == [0, 1, 2] for order in orders)
+    second = collections.Counter(order[1] for order in orders if order[0] == 0)
+    assert set(second) == {1, 2}
+    assert abs(second[1] - second[2]) < 0.15 * sum(second.values())
 
 
 def test_the_pool_starts_at_the_home_server_and_a_reload_keeps_the_server_in_use() -> None:

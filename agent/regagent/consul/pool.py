@@ -38,7 +38,7 @@ from consul.base import ConsulException
 
 from regagent.config.model import ConsulConfig
 from regagent.consul.answers import ServerBusy, classify_refusal, describe_failure, is_no_leader
-from regagent.consul.retry import RetryPolicy, Rng, start_index
+from regagent.consul.retry import RetryPolicy, Rng, server_order
 from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
 from regagent.errors import ConsulRefused, ConsulUnreachable, NoClusterLeader
 from regagent.rules import split_hostport
@@ -201,6 +201,7 @@ class ServerPool:
         ]
         self.current = 0
         self.home = 0
+        self.order = list(range(len(self.servers)))  # failover order after the home server
         self._placed = False
         # Hedged reads finish in threads of their own: every change to a ServerState and to
         # `current` happens under this lock.
@@ -214,7 +215,8 @@ class ServerPool:
         """Makes this host's home server the one its node name picks (`retry.start_index`);
         the server in use changes only if nothing was carried over from a previous pool."""
         with self._lock:
-            self.home = start_index(node_name, len(self.servers))
+            self.order = server_order(node_name, len(self.servers))
+            self.home = self.order[0]
             if not self._placed:
                 self.current = self.home
                 self._placed = True
@@ -244,14 +246,13 @@ class ServerPool:
 
     def _candidates(self) -> List[int]:
         """Usable servers, best first: home if it is usable, else the last good one, then the
-        rest in list order; demoted (slow, or still owing a hedged answer) ones last."""
+        rest in this host's order; demoted (slow, or still owing a hedged answer) ones last."""
         now = self.clock()
         home = self.servers[self.home]
         first = self.current
         if not home.cooling(now) and not home.demoted(now):
             first = self.home
-        n = len(self.servers)
-        order = [(first + i) % n for i in range(n)]
+        order = [first] + [i for i in self.order if i != first]
         live = [i for i in order if not self.servers[i].cooling(now)]
         return sorted(live, key=lambda i: self.servers[i].demoted(now))
 

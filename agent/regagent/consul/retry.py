@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from regagent.config.model import Config, ConsulConfig
 
@@ -37,14 +37,24 @@ def first_sync_delay(jitter: float, rng: Rng = random.random) -> float:
     return max(0.0, min(jitter, FIRST_SYNC_JITTER_MAX)) * rng()
 
 
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
 def start_index(node_name: str, servers: int) -> int:
     """The server this host starts at: stable per node name and uniform over the list, so a
     fleet spreads its reads instead of all using the first server. SHA-256, not `hash()`, which
     Python randomizes per process."""
-    if servers <= 1:
-        return 0
-    digest = hashlib.sha256(node_name.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % servers
+    return _digest(node_name) % servers if servers > 1 else 0
+
+
+def server_order(node_name: str, servers: int) -> List[int]:
+    """The order this host tries servers in: its start server, then the others in an order
+    also drawn from the node name, so the hosts of a lost server spread evenly over the rest
+    instead of all moving to the next one in the list."""
+    home = start_index(node_name, servers)
+    rest = [i for i in range(servers) if i != home]
+    return [home] + sorted(rest, key=lambda i: _digest(f"{node_name}#{i}"))
 
 
 def jittered(base: float, spread: float, rng: Rng = random.random) -> float:
