@@ -144,8 +144,9 @@ def show(title: str, d: Dict[str, Any], hosts: int, rounds: int = 1, errors: int
     per = f" per round (over {rounds})" if rounds > 1 else ""
     print(f"\n{title}{per}:")
     print(
-        f"  cluster: {total_reads / rounds:8.0f} reads, {total_writes / rounds:7.0f} write requests,"
-        f" {d['applied'] / rounds:7.0f} applied, {d['changed'] / rounds:7.0f} index-changing"
+        f"  cluster: {total_reads / rounds:8.0f} reads, "
+        f"{total_writes / rounds:7.0f} write requests, {d['applied'] / rounds:7.0f} applied, "
+        f"{d['changed'] / rounds:7.0f} index-changing"
         + (f"; {errors} failed cycles" if errors else "")
     )
     print(
@@ -366,9 +367,8 @@ def main() -> None:
 
         if not args.skip_wire:
             print("\nfirst contact with a black-holed home server (read timeout 10s):")
-            print(
-                f"  one-shot `regagent sync`, hedged reads: {oneshot_blackholed(cluster, workdir):.2f}s"
-            )
+            took = oneshot_blackholed(cluster, workdir)
+            print(f"  one-shot `regagent sync`, hedged reads: {took:.2f}s")
             print(
                 "  the same cycle without hedging (before): "
                 f"{unhedged_blackholed(cluster, config):.2f}s"
@@ -376,7 +376,8 @@ def main() -> None:
             endless_s, endless_error, rss, drip_s, drip_error = hostile_figures(config)
             print("\nhostile servers (default limits: 2s connect + 10s read = 12s deadline):")
             print(
-                f"  endless 200 answer: {endless_error!r} after {endless_s:.2f}s, RSS +{rss:.0f} MiB"
+                f"  endless 200 answer: {endless_error!r} after {endless_s:.2f}s, "
+                f"RSS +{rss:.0f} MiB"
             )
             print(f"  headers dripped at 1 byte/s: {drip_error!r} after {drip_s:.1f}s")
 

@@ -54,7 +54,7 @@ def server_order(node_name: str, servers: int) -> List[int]:
     instead of all moving to the next one in the list."""
     home = start_index(node_name, servers)
     rest = [i for i in range(servers) if i != home]
-    return [home] + sorted(rest, key=lambda i: _digest(f"{node_name}#{i}"))
+    return [home, *sorted(rest, key=lambda i: _digest(f"{node_name}#{i}"))]
 
 
 def jittered(base: float, spread: float, rng: Rng = random.random) -> float:
