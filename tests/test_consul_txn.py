@@ -196,3 +196,24 @@ def test_a_no_txn_emulator_from_the_start(tmp_path: Path) -> None:
         assert endpoints(cluster)[TXN] == 1 and endpoints(cluster)[REGISTER] == 2
         stats: Optional[Any] = cluster.stats()["txn"]
         assert stats is not None and stats["write"] == 0
+
+
+def test_a_service_stored_with_null_tags_is_no_change(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """regagent always sends Tags as a list and Meta as a dict; a service another writer stored
+    with nil Tags (a txn without Tags) reads back as null or [] and still plans nothing."""
+    import requests
+
+    wanted = [ServiceRegistration("untagged-1", "untagged", 1, "127.0.0.1")]
+    app = app_for(consul_cluster, tmp_path, wanted)
+    assert app.engine.cycle().error is None
+    stored = node_services(consul_cluster)["untagged-1"]
+    service = {k: stored[k] for k in ("ID", "Service", "Address", "Port", "Meta")}  # no Tags
+    op = {"Service": {"Verb": "set", "Node": NODE, "Service": service}}
+    leader = consul_cluster.wait_for_leader()
+    assert requests.put(consul_cluster.url(leader) + "/v1/txn", json=[op], timeout=10).ok
+    consul_cluster.reset_stats()
+    again = app.engine.cycle()
+    assert again.error is None and again.plan is not None and again.plan.empty
+    assert consul_cluster.stats()["writes_applied"] == 0
