@@ -8,7 +8,8 @@ that reached Raft (`writes_applied`) and those that changed an index (`writes_ch
 
 Scenarios: the whole fleet's cold start; steady state per round; a fleet-wide restart of regagent
 with nothing changed; one exporter restarting on every host (critical for a round, then back);
-one Consul server lost and back (scaled down: see --outage); then the wire figures: a one-shot
+one Consul server lost and back (scaled down: see --outage); one server answering 429; then the
+wire figures: a one-shot
 sync whose first server is black-holed (hedged reads on and off), an endless answer (RSS) and a
 dripping server (time to give up).
 
@@ -195,6 +196,28 @@ def outage(cluster: SimCluster, hosts: List[Host], seconds: float) -> None:
             )
 
 
+def rate_limited(cluster: SimCluster, hosts: List[Host], rounds: int) -> None:
+    """One follower answers every request 429 (Retry-After 5 s) for `rounds`, then recovers."""
+    leader = cluster.wait_for_leader()
+    limited = next(i for i in reversed(range(len(cluster.addresses))) if i != leader)
+    print(f"\none server rate-limiting (server {limited + 1} answers 429, Retry-After 5s):")
+    for phase in ("429", "healed"):
+        if phase == "429":
+            cluster.answer_status(limited, 429, retry_after=5)
+        else:
+            cluster.answer_status(limited, 0)
+            time.sleep(5)  # its Retry-After
+        for n in range(rounds):
+            before = counts(cluster)
+            errors = round_of(hosts)
+            d = delta(before, counts(cluster))
+            reads = " ".join(f"{s['reads']:6d}" for s in d["servers"])
+            print(
+                f"  {phase} round {n + 1}: requests (reads) per server {reads}; "
+                f"{d['applied']} writes applied; {errors} failed cycles"
+            )
+
+
 # --- the wire: first contact, endless answers, drips ---------------------------------------------
 
 
@@ -364,6 +387,7 @@ def main() -> None:
         scenario(cluster, "one exporter restarting on every host: back", hosts)
         outage(cluster, hosts, args.outage)
         scenario(cluster, "after the outage", hosts)
+        rate_limited(cluster, hosts, 2)
 
         if not args.skip_wire:
             print("\nfirst contact with a black-holed home server (read timeout 10s):")
