@@ -162,7 +162,7 @@ def _ask_leader(server: ServerState) -> ServerReport:
     )
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Attempt:
     """One request to one server, possibly running in a thread of its own (a hedged read)."""
 
@@ -290,7 +290,8 @@ class ServerPool:
                 if failed == "no cluster leader":
                     no_leader = True
                 errors.setdefault(failed, []).append(self.servers[attempt.index].address)
-            hedge = False  # at most one extra request per call
+            if len(started) > 1:
+                hedge = False  # at most one extra request at a time, once per call
         detail = "; ".join(f"{', '.join(where)}: {reason}" for reason, where in errors.items())
         if no_leader:
             raise NoClusterLeader(f"{what} failed: the Consul cluster has no leader ({detail})")
