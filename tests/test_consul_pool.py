@@ -242,8 +242,14 @@ def test_a_oneshot_sync_with_a_black_holed_first_server_succeeds_through_another
 ) -> None:
     from test_sync import regagent, static
 
-    config = write_config(tmp_path, consul_cluster, [static("queue", 9000)])
+    config = write_config(
+        tmp_path, consul_cluster, [static("queue", 9000)], consul={"read_timeout": "10s"}
+    )
     consul_cluster.blackhole(0)
+    consul_cluster.reset_stats()
     result = regagent(config, "sync")
     assert result.returncode == 0, result.stderr
     assert consul_cluster.addresses[0] not in result.stdout.split("via")[-1]
+    servers = consul_cluster.stats()["servers"]
+    assert servers[0]["requests"] <= 1  # the hedged first read, never answered
+    assert servers[1]["endpoints"].get("PUT /v1/txn") == 1
