@@ -217,7 +217,11 @@ class TxnSender:
                         failures.append(self._refused(rest, answer))
                         continue
                     txn = rest
-            except RegagentError as exc:
+            except ConsulRefused as exc:  # refused as a whole (400, 413, ...): the next may pass
+                log.error("consul_write_refused", what="transaction", error=str(exc))
+                failures.append(exc)
+                continue
+            except RegagentError as exc:  # no server, no leader: the next cycle retries
                 failures.append(exc)
                 break
             if answer.unsupported:
