@@ -252,11 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _status_answer(status: int, retry_after: int) -> Response:
-    """What a rate-limited (429) or unavailable (503) server answers, before any handler runs.
-    The 429 text is Consul's request rate limiter's (agent/consul/rate, 1.15+)."""
+    """What a rate-limited server answers, before any handler runs: the texts of Consul's
+    request rate limiter (agent/consul/rate/handler.go, 1.15+), whose ErrRetryElsewhere becomes
+    429 and ErrRetryLater (a write on a limited leader) 503 in the HTTP layer. Consul sends no
+    Retry-After; ``retry_after`` adds one, as a proxy in front might."""
     texts = {
-        429: b"rate limit exceeded, try again later or try another server",
-        503: b"Service Unavailable",
+        429: b"rate limit exceeded, try again later or against a different server",
+        503: b"rate limit exceeded for operation that can only be performed by the leader, "
+        b"try again later",
     }
     headers = {"Retry-After": str(retry_after)} if retry_after > 0 else {}
     return Response(status, texts.get(status, b"emulated failure"), headers)
