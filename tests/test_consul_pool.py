@@ -253,3 +253,26 @@ def test_a_oneshot_sync_with_a_black_holed_first_server_succeeds_through_another
     servers = consul_cluster.stats()["servers"]
     assert servers[0]["requests"] <= 1  # the hedged first read, never answered
     assert servers[1]["endpoints"].get("PUT /v1/txn") == 1
+
+
+def test_a_slow_home_server_is_demoted_against_the_emulator(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """The emulator's slow fault (0.8 s per answer, below the 1 s read timeout): its answers
+    still arrive (as hedged reads' late answers), feed its estimate, and get it demoted."""
+    from test_sync import _engine
+
+    app = _engine(write_config(tmp_path, consul_cluster, []), [])
+    consul_cluster.slow(0, 0.8)
+    home = app.pool.servers[0]
+    for _ in range(8):
+        assert app.engine.cycle().error is None
+        assert app.pool.wait_idle(10)
+        if home.slow_until:
+            break
+    assert home.slow_until > app.pool.clock()  # demoted
+    asked = home.requests
+    for _ in range(3):
+        report = app.engine.cycle()
+        assert report.error is None and report.server != consul_cluster.addresses[0]
+    assert home.requests == asked  # asked last: not at all while the others answer
