@@ -23,8 +23,9 @@ import pytest
 from consulsim import SimCluster
 from regagent.app import build
 from regagent.config import load_config
-from regagent.consul.answers import ServerFailed
-from regagent.consul.pool import make_client
+from regagent.consul.answers import BadRequestHeader, ServerFailed
+from regagent.consul.catalog import read_actual
+from regagent.consul.pool import ServerPool, make_client
 from regagent.consul.retry import start_index
 from regagent.consul.transport import BoundedHTTPClient, RequestLimits
 from regagent.model import ServiceIntent, ServiceRegistration
@@ -173,12 +174,23 @@ def test_a_silent_server_is_a_read_timeout_not_a_connection_failure() -> None:
         get(bounded(server, read_timeout=0.2, deadline=5))
 
 
-def test_a_token_with_a_line_break_is_refused_without_quoting_it() -> None:
+@pytest.mark.parametrize("token", ["se\ncret", "sécrét\u20ac"])
+def test_a_token_that_cannot_be_a_header_is_a_local_error_never_quoted(token: str) -> None:
     with fake_server(answer(200, "")) as server:
         client = bounded(server)
-        with pytest.raises(ServerFailed) as failed:
-            client.get(lambda r: r, "/v1/status/leader", headers={"X-Consul-Token": "se\ncret"})
-    assert "cret" not in str(failed.value)
+        with pytest.raises(BadRequestHeader) as failed:
+            client.get(lambda r: r, "/v1/status/leader", headers={"X-Consul-Token": token})
+    assert "cret" not in str(failed.value) and "crét" not in str(failed.value)
+    assert server.requests == []  # nothing was sent
+
+
+def test_a_bad_token_cools_no_server_down(tmp_path: Path, consul_cluster: SimCluster) -> None:
+    config = load_config(str(write_config(tmp_path, consul_cluster, [])))
+    pool = ServerPool(config.consul, "bad\ntoken")
+    with pytest.raises(BadRequestHeader):
+        read_actual(pool, NODE)
+    assert not any(s.cooling(time.monotonic()) for s in pool.servers)
+    assert consul_cluster.stats()["requests"] == 0
 
 
 def test_the_client_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:

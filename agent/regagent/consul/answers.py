@@ -18,6 +18,8 @@ from consul.base import (
     ConsulException,
 )
 
+from regagent.errors import RegagentError
+
 
 class UnexpectedAnswer(ConsulException):  # type: ignore[misc]
     """The server answered, but not as a Consul API would (404 page, HTML, wrong JSON shape):
@@ -32,6 +34,14 @@ class ServerFailed(ConsulException):  # type: ignore[misc]
         super().__init__(reason)
         self.reason = reason
         self.timed_out = timed_out
+
+
+class BadRequestHeader(RegagentError):
+    """A request header regagent itself cannot send (a token with a line break or a character
+    outside latin-1): a local mistake, so no server is blamed or cooled down, and the header's
+    value is never quoted (it may be the token)."""
+
+    exit_code = 2
 
 
 class ServerBusy(UnexpectedAnswer):

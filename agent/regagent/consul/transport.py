@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from consul import base
 
-from regagent.consul.answers import ServerFailed, describe_ssl
+from regagent.consul.answers import BadRequestHeader, ServerFailed, describe_ssl
 from regagent.consul.retry import MAX_ANSWER_BYTES
 
 _CHUNK = 64 * 1024
@@ -195,15 +195,18 @@ class BoundedHTTPClient(base.HTTPClient):  # type: ignore[misc]
             try:
                 conn.request(method, target, body=body, headers=sent)
             except ValueError:
-                # http.client refuses a header value with CR/LF; its message quotes the value,
-                # which may be the token: never repeat it.
-                raise ServerFailed("invalid request header (check the token)") from None
+                # http.client refuses a header value with CR/LF (and one it cannot encode); its
+                # message quotes the value, which may be the token: never repeat it.
+                raise BadRequestHeader(
+                    "cannot send the request: a header is invalid; the Consul token must be "
+                    "one line of printable ASCII (its value is not shown)"
+                ) from None
             phase = "answer"
             response = conn.getresponse()
             content = _read_body(response, limits.max_bytes, watchdog)
             text = content.decode("utf-8", errors="replace")
             return base.Response(response.status, response.msg, text, content)
-        except ServerFailed:
+        except (ServerFailed, BadRequestHeader):
             raise
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # The watchdog's shutdown shows up as any of these: report it as what it was.
