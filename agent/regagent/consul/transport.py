@@ -21,11 +21,9 @@ connection can turn into a spurious failure.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import socket
 import ssl
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
@@ -33,6 +31,7 @@ from consul import base
 
 from regagent.consul.answers import BadRequestHeader, ServerFailed, describe_ssl
 from regagent.consul.retry import MAX_ANSWER_BYTES
+from regagent.watchdog import SocketWatchdog
 
 _CHUNK = 64 * 1024
 
@@ -66,41 +65,6 @@ def tls_context(options: TLSOptions) -> ssl.SSLContext:
     if options.cert_file:
         context.load_cert_chain(options.cert_file, options.key_file or None)
     return context
-
-
-class _Watchdog:
-    """Shuts the request's socket down when the deadline passes, so every blocking call returns
-    (connect, TLS handshake, status line, headers, body); a Timer, cancelled when done."""
-
-    def __init__(self, timeout: float) -> None:
-        self._sock: Optional[socket.socket] = None
-        self._lock = threading.Lock()
-        self.fired = False
-        self.timeout = timeout
-        self._timer = threading.Timer(timeout, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def hold(self, sock: Optional[socket.socket]) -> None:
-        with self._lock:
-            self._sock = sock
-            fired = self.fired
-        if fired:
-            self._shutdown()
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
 
 
 class BoundedHTTPClient(base.HTTPClient):  # type: ignore[misc]
@@ -181,7 +145,7 @@ class BoundedHTTPClient(base.HTTPClient):  # type: ignore[misc]
         """One bounded exchange; raises ServerFailed with a one-line reason."""
         limits = self.limits
         conn = self._connection()
-        watchdog = _Watchdog(limits.deadline)
+        watchdog = SocketWatchdog(limits.deadline)
         phase = "connect"
         try:
             conn.connect()
@@ -234,7 +198,9 @@ def _too_large(max_bytes: int) -> str:
     return f"answer too large (over {max_bytes} bytes)"
 
 
-def _read_body(response: http.client.HTTPResponse, max_bytes: int, watchdog: _Watchdog) -> bytes:
+def _read_body(
+    response: http.client.HTTPResponse, max_bytes: int, watchdog: SocketWatchdog
+) -> bytes:
     declared = response.getheader("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
         raise ServerFailed(_too_large(max_bytes))
