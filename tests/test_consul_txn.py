@@ -18,7 +18,7 @@ from regagent.consul.catalog import plan_units
 from regagent.consul.txn import TXN_MAX_OPS, batches
 from regagent.model import NodeRegistration, ServiceIntent, ServiceRegistration
 from regagent.plan import Plan, ServiceWrite
-from test_sync import NODE, node_services, write_config
+from test_sync import NODE, node_services, regagent, static, write_config
 
 TXN = "PUT /v1/txn"
 REGISTER = "PUT /v1/catalog/register"
@@ -51,6 +51,7 @@ def test_a_20_service_host_registers_in_one_transaction_then_writes_nothing(
     first = app.engine.cycle()
     assert first.error is None, first.error
     assert first.writes == 20
+    assert first.requests == 1  # what the report (and so the sync output) says it took
     stats = consul_cluster.stats()
     assert stats["endpoints"].get(TXN) == 1 and REGISTER not in stats["endpoints"]
     assert stats["writes_applied"] == 1
@@ -73,6 +74,17 @@ def test_a_fresh_process_with_nothing_changed_writes_nothing(
     restarted = app_for(consul_cluster, tmp_path, services(20))
     assert restarted.engine.cycle().plan.empty  # type: ignore[union-attr]
     assert consul_cluster.stats()["writes_applied"] == 0
+
+
+def test_sync_output_counts_writes_and_the_requests_that_carried_them(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, consul_cluster, [static(f"app{i}", 9000 + i) for i in range(5)])
+    first = regagent(config, "sync")
+    assert first.returncode == 0, first.stderr
+    assert "5 to register; 5 write(s) in 1 request(s)" in first.stdout
+    again = json.loads(regagent(config, "sync", "--format", "json").stdout)
+    assert (again["writes"], again["requests"]) == (0, 0)
 
 
 def test_a_large_host_is_split_into_transactions_of_at_most_64_ops(

@@ -149,6 +149,7 @@ def send_all(pool: ServerPool, requests: Sequence[WriteRequest]) -> ApplyOutcome
             failures.append(exc)
             break
         outcome.writes_by_kind[request.kind] = outcome.writes_by_kind.get(request.kind, 0) + 1
+        outcome.requests += 1
         log.info("consul_write", what=request.what, server=pool.current_server.address)
     outcome.server = pool.current_server.address
     if failures:

@@ -229,6 +229,7 @@ class TxnSender:
                 left = [u for t in [txn, *pending] for u in t.units]
                 return _merge(outcome, send_all(self.pool, single_requests(left)), failures)
             _count(outcome, txn.units)
+            outcome.requests += 1
             log.info(
                 "consul_txn",
                 ops=len(txn.ops),
@@ -269,6 +270,7 @@ def _merge(
 ) -> ApplyOutcome:
     for kind, n in other.writes_by_kind.items():
         outcome.writes_by_kind[kind] = outcome.writes_by_kind.get(kind, 0) + n
+    outcome.requests += other.requests
     outcome.server = other.server
     errors = list(failures or []) + ([other.error] if other.error is not None else [])
     outcome.error = _first_error(errors)
