@@ -79,6 +79,9 @@ class DiscoveryConfig:
     register_unknown: bool = False
     probe_timeout: float = field(default=2.0, metadata=_kind("duration"))
     probe_max_bytes: int = 4 * 1024 * 1024
+    # Seconds between looks at the LISTEN sockets between full cycles (a new exporter is
+    # registered, a vanished one marked critical, within about this); 0 turns the watch off.
+    watch_interval: float = field(default=1.0, metadata=_kind("duration"))
     overrides: Tuple[ExporterOverride, ...] = ()
 
 
