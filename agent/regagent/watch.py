@@ -120,16 +120,23 @@ class Watch:
         for item in listeners:
             ports.setdefault(item.port, set()).add(item.inode)
         current = {port: frozenset(inodes) for port, inodes in ports.items()}
-        if self._ports is not None:
-            for port in set(current) | set(self._ports):
-                if current.get(port) != self._ports.get(port):
-                    self._sighted[port] = now
+        before = self._ports if self._ports is not None else self._last_pass()
+        for port in set(current) | set(before):
+            if current.get(port) != before.get(port):
+                self._sighted[port] = now
         self._ports = current
         self._sighted = {
             port: at
             for port, at in self._sighted.items()
             if port in current or port in self._pending or now - at < SIGHTING_MEMORY
         }
+
+    def _last_pass(self) -> Dict[int, FrozenSet[int]]:
+        """Listeners as the last discovery pass saw them: the baseline of the first look."""
+        ports: Dict[int, Set[int]] = {}
+        for port, inode in self.runner.last_keys or ():
+            ports.setdefault(port, set()).add(inode)
+        return {port: frozenset(inodes) for port, inodes in ports.items()}
 
     def _record(self, result: PartialReport, due: Set[int]) -> None:
         report = result.report
