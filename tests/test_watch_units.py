@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from regagent.consul.registrar import ApplyOutcome
 from regagent.desired import desired_state
-from regagent.discovery.listeners import Listener
+from regagent.discovery.listeners import Listener, ListenerKeysReader, listening_sockets
 from regagent.discovery.probe import ProbeResult
 from regagent.discovery.probe_cache import RETRY_DELAYS, ProbeCache
 from regagent.engine import PartialReport, SyncEngine, applied
@@ -311,3 +312,19 @@ def test_an_unchanged_listener_set_makes_no_partial_cycle_and_a_stop_ends_the_wa
     stop = threading.Event()
     stop.set()
     watch.run_for(3600, stop)  # returns at once: the daemon is stopping
+
+
+def test_the_lean_reader_sees_what_discovery_sees_and_a_new_listener() -> None:
+    reader = ListenerKeysReader()
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::", 0))
+            sock.listen(1)
+            port = sock.getsockname()[1]
+            keys = reader()
+            full = {(item.port, item.inode) for item in listening_sockets()}
+            assert full <= keys, "every deduplicated listener is in the lean view"
+            assert port in {p for p, _inode in keys}
+        assert port not in {p for p, _inode in reader()}
+    finally:
+        reader.close()

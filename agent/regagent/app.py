@@ -21,6 +21,7 @@ from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
 from regagent.credentials import load_token
 from regagent.daemon import Daemon
+from regagent.discovery.listeners import ListenerKeysReader
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.engine import IntentSource, QuickSource, SyncEngine
 from regagent.health.health import Health
@@ -113,7 +114,13 @@ def quick_source(config: Config, runner: DiscoveryRunner) -> Optional[QuickSourc
 
 def make_watch(config: Config, engine: SyncEngine, runner: DiscoveryRunner) -> Watch:
     """The look at the listeners between cycles, every discovery.watch_interval."""
-    return Watch(engine, runner, config.discovery.watch_interval)
+    return Watch(
+        engine,
+        runner,
+        config.discovery.watch_interval,
+        keys=ListenerKeysReader(),
+        relevant=lambda port: runner.could_matter(config, port),
+    )
 
 
 def daemon(app: App) -> Daemon:

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Dict, FrozenSet, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set
 
 import structlog
 
-from regagent.discovery.listeners import Listener
+from regagent.discovery.listeners import ListenerKeys
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.engine import PartialReport, SyncEngine
 
@@ -52,15 +52,21 @@ class Watch:
         *,
         holdoff: float = FAST_WRITE_HOLDOFF,
         clock: Clock = time.monotonic,
+        keys: Optional[Callable[[], ListenerKeys]] = None,
+        relevant: Callable[[int], bool] = lambda port: True,
     ) -> None:
         self.engine = engine
         self.runner = runner
+        # What a look reads: by default what discovery lists; the daemon's is the lean reader.
+        self.keys = keys or (lambda: frozenset((i.port, i.inode) for i in runner.list_listeners()))
+        self.relevant = relevant  # whether a change on a port can matter without its process
         self.interval = interval
         self.holdoff = holdoff
         self.clock = clock
         self.looks = 0  # listener dumps made
         self.passes = 0  # partial cycles that ran
-        self._ports: Optional[Dict[int, FrozenSet[int]]] = None  # port -> inodes, last look
+        self._keys: Optional[ListenerKeys] = None  # (port, inode) at the last look
+        self._unhandled = False  # a change seen while no partial cycle could run
         self._sighted: Dict[int, float] = {}  # port -> when its listeners changed
         self._written: Dict[str, float] = {}  # service ID -> last write by the watch
         self._pending: Dict[int, float] = {}  # port -> when a held-back write is due
@@ -90,15 +96,14 @@ class Watch:
         """One look; a partial cycle when something changed or is due. Never raises."""
         now = self.clock()
         try:
-            listeners = self.runner.list_listeners()
+            keys = self.keys()
         except OSError:
             return None  # the full cycle reports a host where listeners cannot be read
         self.looks += 1
-        self._note_changes(listeners, now)
-        keys = frozenset((item.port, item.inode) for item in listeners)
+        changed = self._note_changes(keys, now)
         retry = self.runner.next_retry()
         due = {port for port, at in self._pending.items() if at <= now}
-        if not (self.runner.stale(keys) or (retry is not None and retry <= now) or due):
+        if not (changed or self._unhandled or (retry is not None and retry <= now) or due):
             return None
         hold = {sid for sid, at in self._written.items() if now - at < self.holdoff}
         try:
@@ -110,33 +115,30 @@ class Watch:
             self.engine.known = None  # no partial cycle until a full cycle has read Consul
             return None
         self._crashed = False
+        # Without a kept state nothing ran: try again at each look (costs no request) until
+        # a full cycle has read Consul; that cycle's discovery has seen the change anyway.
+        self._unhandled = not result.ran
         if result.ran:
             self.passes += 1
+            log.debug("watch_pass", ports=sorted(result.ports), writes=result.report.writes)
             self._record(result, due)
         return result
 
-    def _note_changes(self, listeners: List[Listener], now: float) -> None:
-        ports: Dict[int, Set[int]] = {}
-        for item in listeners:
-            ports.setdefault(item.port, set()).add(item.inode)
-        current = {port: frozenset(inodes) for port, inodes in ports.items()}
-        before = self._ports if self._ports is not None else self._last_pass()
-        for port in set(current) | set(before):
-            if current.get(port) != before.get(port):
-                self._sighted[port] = now
-        self._ports = current
+    def _note_changes(self, keys: ListenerKeys, now: float) -> Set[int]:
+        """Relevant ports whose sockets differ from the previous look (the first look compares
+        with what the last discovery pass saw); each remembered with the time it was seen."""
+        before = self._keys if self._keys is not None else (self.runner.last_keys or frozenset())
+        self._keys = keys
+        changed = {p for p, _inode in before.symmetric_difference(keys) if self.relevant(p)}
+        for port in changed:
+            self._sighted[port] = now
+        listening = {port for port, _inode in keys}
         self._sighted = {
             port: at
             for port, at in self._sighted.items()
-            if port in current or port in self._pending or now - at < SIGHTING_MEMORY
+            if port in listening or port in self._pending or now - at < SIGHTING_MEMORY
         }
-
-    def _last_pass(self) -> Dict[int, FrozenSet[int]]:
-        """Listeners as the last discovery pass saw them: the baseline of the first look."""
-        ports: Dict[int, Set[int]] = {}
-        for port, inode in self.runner.last_keys or ():
-            ports.setdefault(port, set()).add(inode)
-        return {port: frozenset(inodes) for port, inodes in ports.items()}
+        return changed
 
     def _record(self, result: PartialReport, due: Set[int]) -> None:
         report = result.report

@@ -23,13 +23,13 @@ import structlog
 
 from regagent.config.model import Config
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
-from regagent.discovery.identify import DiscoveryResult, Prober, discover
+from regagent.discovery.identify import DiscoveryResult, Prober, discover, own_port
 from regagent.discovery.intents import (
     DesiredServices,
     adopt_registered,
     build_intents,
 )
-from regagent.discovery.listeners import Listener, listening_sockets
+from regagent.discovery.listeners import Listener, ListenerKeys, listening_sockets
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.probe_cache import ProbeCache
 from regagent.discovery.processes import ProcessResolver
@@ -44,8 +44,6 @@ from regagent.health.health import Health
 from regagent.model import CRITICAL, SOURCE_DISCOVERY, ActualState, ServiceIntent
 
 log = structlog.get_logger(__name__)
-
-ListenerKeys = FrozenSet[Tuple[int, int]]  # (port, inode) of every listening socket
 
 
 class DiscoveryRunner:
@@ -72,6 +70,7 @@ class DiscoveryRunner:
         self._seen_keys: Optional[ListenerKeys] = None
         # Ports whose listeners changed (or were probed afresh) in the last pass.
         self.changed: FrozenSet[int] = frozenset()
+        self._known_ports: FrozenSet[int] = frozenset()  # ports of the services discovery knows
         self.table = table or load_exporter_table()
         self._reported: Set[Tuple[int, str, str]] = set()
         self._vanished: Set[str] = set()
@@ -154,6 +153,8 @@ class DiscoveryRunner:
                 }
             desired = self._hold_failures(desired, result, self.changed if quick else None)
         self._report(desired, previous)  # a dry run is where an operator wants to see these
+        if result is not None and result.complete:
+            self._known_ports = frozenset(entry.port for entry in desired.seen.values())
         if (
             persist
             and result is not None
@@ -194,9 +195,20 @@ class DiscoveryRunner:
         desired = self.run(config, node_address, moment, True, actual, quick=True)[1]
         return list(desired.intents), self.changed
 
-    def stale(self, keys: ListenerKeys) -> bool:
-        """Whether these listeners differ from what the last pass saw."""
-        return keys != self.last_keys
+    def could_matter(self, config: Config, port: int) -> bool:
+        """Whether a change of the listeners on `port` can change a registration without
+        knowing the owning process: a candidate by port (a known exporter's default port, a
+        configured range) or the port of a service discovery knows. The watch reacts to those
+        only; a listener that only its process name makes a candidate waits for the full cycle,
+        because naming a socket's process walks every process's descriptors (decision 7)."""
+        settings = config.discovery
+        if port in settings.exclude_ports or port == own_port(config):
+            return False
+        return (
+            port in self._known_ports
+            or port in self.table.by_port
+            or any(lo <= port <= hi for lo, hi in settings.port_ranges)
+        )
 
     def next_retry(self) -> Optional[float]:
         """When a slow-starting listener is due for another probe (monotonic), or None."""
