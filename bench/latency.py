@@ -10,9 +10,11 @@ left alone.
 1. Starts 20 exporters (tests/watch_exporters.py, a node_exporter-like /metrics) one by one at
    random moments; for each, the time from its listen() (the exporter prints it) to its service
    being visible and passing through a server other than the one regagent writes to.
-2. Idle, watch on: regagent's CPU time (utime+stime from /proc) over a window that starts just
-   after a full cycle and ends just after the 2nd full cycle after that (about a minute),
-   scaled to one minute; the Consul requests made in that window.
+2. Idle, watch on: regagent's CPU time (its process CPU clock, ns resolution) over a window
+   that starts just after a full cycle and ends just after the 2nd full cycle after that
+   (about a minute), scaled to one minute; the Consul requests made in that window, and how
+   many ports of the host changed listeners meanwhile (other processes: on a shared build
+   host, other test suites).
 3. Kills the exporters one by one at random moments (each registered for more than the watch's
    5 s hold-off); for each, the time from the kill to its check being critical there.
 4. Idle, watch off (`discovery.watch_interval: 0`): a new daemon, the same 20 exporters running
@@ -49,6 +51,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from consulsim import SimCluster  # noqa: E402
 from regagent.discovery.exporters import load_exporter_table  # noqa: E402
+from regagent.discovery.listeners import ListenerKeysReader  # noqa: E402
 
 HELPER = str(ROOT / "tests" / "watch_exporters.py")
 NODE = "bench-latency-host"
@@ -183,18 +186,39 @@ def writer_server(cluster: SimCluster) -> int:
     return per.index(max(per))
 
 
-def idle_cpu(cluster: SimCluster, pid: int, cycles: int) -> Tuple[float, float, int]:
-    """(CPU seconds per minute, window seconds, Consul requests) over `cycles` full cycles."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time of process `pid`, all threads (dead ones too), at nanosecond resolution: its
+    process CPU clock, clock_getcpuclockid(3)'s encoding (utime+stime come in 10 ms ticks,
+    too coarse for an idle daemon)."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of the whole process
+    except OSError:
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+
+
+def idle_cpu(cluster: SimCluster, pid: int, cycles: int) -> Tuple[float, float, int, int]:
+    """(CPU seconds per minute, window seconds, Consul requests, host listener changes) over
+    a window of `cycles` full cycles."""
     wait_cycles(cluster, 1)
-    proc = psutil.Process(pid)
-    before = proc.cpu_times()
+    reader = ListenerKeysReader()
+    before = cpu_seconds(pid)
     started = time.monotonic()
     requests = cluster.stats()["requests"]
-    wait_cycles(cluster, cycles)
-    after = proc.cpu_times()
+    target = full_reads(cluster) + cycles
+    changes, keys = 0, reader()
+    deadline = started + 300.0
+    while full_reads(cluster) < target and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = reader()
+        changes += len({port for port, _inode in keys ^ now})
+        keys = now
+    time.sleep(1.0)  # the last cycle is over
+    after = cpu_seconds(pid)
     window = time.monotonic() - started
-    cpu = (after.user + after.system) - (before.user + before.system)
-    return cpu / window * 60.0, window, int(cluster.stats()["requests"] - requests)
+    reader.close()
+    used = int(cluster.stats()["requests"] - requests)
+    return (after - before) / window * 60.0, window, used, changes
 
 
 def staggered(
@@ -269,7 +293,7 @@ def main() -> None:
             )
             reg_writes = writes(cluster)
 
-            on_cpu, on_window, on_requests = idle_cpu(cluster, on.pid, args.cycles)
+            on_cpu, on_window, on_requests, on_churn = idle_cpu(cluster, on.pid, args.cycles)
             on_cycles = args.cycles
 
             time.sleep(6.0)  # every exporter registered > the 5 s hold-off ago
@@ -297,7 +321,7 @@ def main() -> None:
             off = start_daemon(write_config(workdir, cluster, ports, False), workdir, "off")
             daemons.append(off)
             wait_cycles(cluster, 1, limit=30.0)
-            off_cpu, off_window, off_requests = idle_cpu(cluster, off.pid, args.cycles)
+            off_cpu, off_window, off_requests, off_churn = idle_cpu(cluster, off.pid, args.cycles)
         finally:
             for daemon in daemons:
                 stop_daemon(daemon)
@@ -323,6 +347,10 @@ def main() -> None:
         f"{args.cycles}"
     )
     print(f"  Consul requests        {on_requests:8d}          {off_requests:8d}")
+    print(
+        f"  host listener changes  {on_churn:8d}          {off_churn:8d}   (ports; other processes)"
+    )
+    print(f"  watch cost             {on_cpu - off_cpu:8.3f} s / minute")
     print(f"  (each window: from just after a full cycle to just after the {args.cycles}nd next;")
     print("   CPU scaled to one minute; requests = 2 reads per full cycle if the watch is free)")
 

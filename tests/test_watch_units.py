@@ -5,15 +5,20 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
+import pytest
+
+from regagent.app import build
+from regagent.config import load_config
 from regagent.consul.registrar import ApplyOutcome
 from regagent.desired import desired_state
 from regagent.discovery.listeners import Listener, ListenerKeysReader, listening_sockets
 from regagent.discovery.probe import ProbeResult
 from regagent.discovery.probe_cache import RETRY_DELAYS, ProbeCache
 from regagent.engine import PartialReport, SyncEngine, applied
-from regagent.errors import RegagentError
+from regagent.errors import ConfigError, RegagentError
 from regagent.health.health import Health
 from regagent.model import (
     CRITICAL,
@@ -328,3 +333,15 @@ def test_the_lean_reader_sees_what_discovery_sees_and_a_new_listener() -> None:
         assert port not in {p for p, _inode in reader()}
     finally:
         reader.close()
+
+
+def test_watch_interval_is_off_at_zero_and_refused_below_100ms(tmp_path: Path) -> None:
+    path = tmp_path / "regagent.yaml"
+    path.write_text("discovery: {watch_interval: 0s}\n")
+    assert load_config(str(path)).discovery.watch_interval == 0
+    path.write_text("discovery: {watch_interval: 50ms}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(path))
+    assert any("discovery.watch_interval" in p and "100ms" in p for p in raised.value.problems)
+    path.write_text("discovery: {watch_interval: 0s}\nconsul: {servers: ['127.0.0.1:1']}\n")
+    assert build(load_config(str(path))).watch is None, "0 turns the watch off"

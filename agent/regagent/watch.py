@@ -129,6 +129,8 @@ class Watch:
         with what the last discovery pass saw); each remembered with the time it was seen."""
         before = self._keys if self._keys is not None else (self.runner.last_keys or frozenset())
         self._keys = keys
+        if keys == before:
+            return set()  # the usual look: nothing to remember, nothing to forget
         changed = {p for p, _inode in before.symmetric_difference(keys) if self.relevant(p)}
         for port in changed:
             self._sighted[port] = now

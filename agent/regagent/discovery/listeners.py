@@ -220,6 +220,46 @@ _DIAG_ANSWERS = (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK)
 _INODE = struct.Struct("=I")
 
 
+@dataclass(frozen=True)
+class _Datagram:
+    """One datagram of a dump answer and what it said."""
+
+    data: bytes
+    keys: Tuple[Tuple[int, int], ...]
+    done: bool
+    interrupted: bool
+
+
+def _parse(data: bytes, seq: int) -> _Datagram:
+    """(port, inode) of the LISTEN sockets in one datagram; iter_messages without copies."""
+    keys: List[Tuple[int, int]] = []
+    interrupted = False
+    header, head = _NLMSGHDR.unpack_from, _NLMSGHDR.size
+    offset, end = 0, len(data)
+    while offset + head <= end:
+        length, msg_type, flags, msg_seq, _pid = header(data, offset)
+        if length < head or offset + length > end:
+            raise OSError("truncated netlink message")
+        body = offset + head
+        offset += (length + 3) & ~3  # NLMSG_ALIGN
+        if msg_seq != seq:
+            continue  # a late answer to an earlier, abandoned dump
+        interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
+        if msg_type == NLMSG_DONE:
+            return _Datagram(data, tuple(keys), True, interrupted)
+        if msg_type == NLMSG_ERROR:
+            (errno,) = struct.unpack_from("=i", data, body)
+            if errno:
+                raise OSError(-errno, f"sock_diag: {os.strerror(-errno)}")
+        elif (
+            msg_type in _DIAG_ANSWERS and length - head >= _MSG_LEN and data[body + 1] == TCP_LISTEN
+        ):
+            (port,) = _PORT.unpack_from(data, body + _SPORT_OFFSET)
+            (inode,) = _INODE.unpack_from(data, body + _INODE_OFFSET)
+            keys.append((port, inode))
+    return _Datagram(data, tuple(keys), False, interrupted)
+
+
 def build_compat_request(seq: int) -> bytes:
     """An old-style TCPDIAG_GETSOCK dump of LISTEN sockets (struct inet_diag_req): the kernel
     answers it for IPv4 and IPv6 at once (it dumps with family AF_UNSPEC), so one walk of the
@@ -247,7 +287,10 @@ class ListenerKeysReader:
     def __init__(self) -> None:
         self._sock: Optional[socket.socket] = None
         self._compat = True  # one dump for both families while the kernel takes it
-        self._seq = 0
+        # The same seq every look (the socket is closed after any error, so no late answer of
+        # an abandoned dump can arrive), so that an unchanged answer is byte-identical.
+        self._seq = 1
+        self._parsed: Dict[int, List[_Datagram]] = {}
 
     def __call__(self) -> ListenerKeys:
         try:
@@ -261,7 +304,6 @@ class ListenerKeysReader:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
             self._sock.settimeout(5.0)
-        self._seq = (self._seq + 2) & 0xFFFFFFF
         if self._compat:
             try:
                 return frozenset(self._dump(build_compat_request(self._seq), self._seq))
@@ -282,42 +324,29 @@ class ListenerKeysReader:
         return found
 
     def _read(self, seq: int) -> Tuple[List[Tuple[int, int]], bool]:
-        # iter_messages, inlined and without copying payloads: this runs once a second.
         assert self._sock is not None
         found: List[Tuple[int, int]] = []
         interrupted = False
-        header, head = _NLMSGHDR.unpack_from, _NLMSGHDR.size
-        for _ in range(_MAX_DUMP_MESSAGES):
+        # A datagram byte-identical to the one at the same place in the previous look's
+        # answer (same seq, same sockets) is not parsed again: the usual look parses nothing.
+        seen = self._parsed.get(seq, [])
+        parsed: List[_Datagram] = []
+        for index in range(_MAX_DUMP_MESSAGES):
             data = self._sock.recv(_RECV_BUFFER)
             if not data:
                 raise OSError("netlink socket closed during dump")
-            offset, end = 0, len(data)
-            while offset + head <= end:
-                length, msg_type, flags, msg_seq, _pid = header(data, offset)
-                if length < head or offset + length > end:
-                    raise OSError("truncated netlink message")
-                body = offset + head
-                offset += (length + 3) & ~3  # NLMSG_ALIGN
-                if msg_seq != seq:
-                    continue  # a late answer to an earlier, abandoned dump
-                interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
-                if msg_type == NLMSG_DONE:
-                    return found, interrupted
-                if msg_type == NLMSG_ERROR:
-                    (errno,) = struct.unpack_from("=i", data, body)
-                    if errno:
-                        raise OSError(-errno, f"sock_diag: {os.strerror(-errno)}")
-                elif (
-                    msg_type in _DIAG_ANSWERS
-                    and length - head >= _MSG_LEN
-                    and data[body + 1] == TCP_LISTEN
-                ):
-                    (port,) = _PORT.unpack_from(data, body + _SPORT_OFFSET)
-                    (inode,) = _INODE.unpack_from(data, body + _INODE_OFFSET)
-                    found.append((port, inode))
+            known = seen[index] if index < len(seen) else None
+            chunk = known if known is not None and known.data == data else _parse(data, seq)
+            parsed.append(chunk)
+            found.extend(chunk.keys)
+            interrupted = interrupted or chunk.interrupted
+            if chunk.done:
+                self._parsed[seq] = parsed
+                return found, interrupted
         raise OSError("netlink dump did not terminate")
 
     def close(self) -> None:
+        self._parsed.clear()
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -58,6 +58,7 @@ class ProbeCache:
         self._quick = False
         self._probed: Set[int] = set()
         self._lock = threading.Lock()  # probes run on a small thread pool
+        self._next_retry: Optional[float] = None
 
     def begin(self, inodes_by_port: Mapping[int, FrozenSet[int]], *, quick: bool) -> None:
         """Starts a pass over these listeners; entries of listeners now gone are dropped."""
@@ -67,6 +68,7 @@ class ProbeCache:
             self._probed = set()
             for key in [k for k in self._entries if self._inodes.get(k[1]) != k[3]]:
                 del self._entries[key]
+            self._update_next_retry()
 
     def probed_ports(self) -> FrozenSet[int]:
         """Ports actually probed in this pass (not answered from the cache)."""
@@ -74,10 +76,13 @@ class ProbeCache:
             return frozenset(self._probed)
 
     def next_retry(self) -> Optional[float]:
-        """When the earliest early retry is due (monotonic), or None."""
-        with self._lock:
-            due = [e.retry_at for e in self._entries.values() if e.retry_at is not None]
-        return min(due) if due else None
+        """When the earliest early retry is due (monotonic), or None. Asked at every look of
+        the watch, so kept up to date by the passes rather than searched for."""
+        return self._next_retry
+
+    def _update_next_retry(self) -> None:
+        due = [e.retry_at for e in self._entries.values() if e.retry_at is not None]
+        self._next_retry = min(due) if due else None
 
     def retry_ports(self, now: float) -> FrozenSet[int]:
         """Ports with a retry due at `now`."""
@@ -113,6 +118,7 @@ class ProbeCache:
         if not ever_ok and attempts <= len(self.retry_delays):
             retry_at = self.clock() + self.retry_delays[attempts - 1]
         self._entries[key] = _Entry(result, attempts, ever_ok, retry_at)
+        self._update_next_retry()
 
 
 def _known(inodes: FrozenSet[int]) -> bool:
