@@ -351,7 +351,7 @@ def main() -> None:
         f"  host listener changes  {on_churn:8d}          {off_churn:8d}   (ports; other processes)"
     )
     print(f"  watch cost             {on_cpu - off_cpu:8.3f} s / minute")
-    print(f"  (each window: from just after a full cycle to just after the {args.cycles}nd next;")
+    print(f"  (each window: from just after a full cycle to just after {args.cycles} more;")
     print("   CPU scaled to one minute; requests = 2 reads per full cycle if the watch is free)")
 
 
