@@ -11,7 +11,7 @@ process share no state.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Optional
+from typing import FrozenSet, List, Optional, Tuple
 
 from regagent.config.model import Config
 from regagent.config.token import load_token
@@ -21,11 +21,13 @@ from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
 from regagent.daemon import Daemon
+from regagent.discovery.listeners import ListenerKeysReader
 from regagent.discovery.runner import DiscoveryRunner
-from regagent.engine import IntentSource, SyncEngine
+from regagent.engine import IntentSource, QuickSource, SyncEngine
 from regagent.health.health import Health
 from regagent.identity import NodeIdentity
 from regagent.model import ActualState, ServiceIntent
+from regagent.watch import Watch
 
 
 @dataclass
@@ -40,6 +42,7 @@ class App:
     discovery: DiscoveryRunner
     registrar: Registrar
     engine: SyncEngine
+    watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -90,10 +93,36 @@ def build(
         runner = DiscoveryRunner(health=health)
     registrar = make_registrar(config, pool, identity)
     source = intent_source or discovery_source(config, runner)
-    engine = SyncEngine(registrar, source, health, cycle_deadline=policy.cycle_deadline)
-    return App(config, policy, pool, identity, health, runner, registrar, engine)
+    quick = quick_source(config, runner) if intent_source is None else None
+    engine = SyncEngine(
+        registrar, source, health, cycle_deadline=policy.cycle_deadline, quick=quick
+    )
+    watch = make_watch(config, engine, runner) if quick is not None else None
+    return App(config, policy, pool, identity, health, runner, registrar, engine, watch)
+
+
+def quick_source(config: Config, runner: DiscoveryRunner) -> Optional[QuickSource]:
+    """The watch's quick discovery pass, or None when discovery or the watch is off."""
+    if not config.discovery.enabled or config.discovery.watch_interval <= 0:
+        return None
+
+    def quick(address: str, actual: ActualState) -> Tuple[List[ServiceIntent], FrozenSet[int]]:
+        return runner.quick_intents(config, address, actual)
+
+    return quick
+
+
+def make_watch(config: Config, engine: SyncEngine, runner: DiscoveryRunner) -> Watch:
+    """The look at the listeners between cycles, every discovery.watch_interval."""
+    return Watch(
+        engine,
+        runner,
+        config.discovery.watch_interval,
+        keys=ListenerKeysReader(),
+        relevant=lambda port: runner.could_matter(config, port),
+    )
 
 
 def daemon(app: App) -> Daemon:
     """The `regagent run` loop around the app's engine."""
-    return Daemon(app.engine, app.config.sync, app.config.consul.servers)
+    return Daemon(app.engine, app.config.sync, app.config.consul.servers, watch=app.watch)

@@ -19,6 +19,7 @@ from regagent.consul.retry import Rng, jittered
 from regagent.engine import SyncEngine
 from regagent.errors import RegagentError
 from regagent.report import CycleReport
+from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,9 @@ class Daemon:
         sync: SyncConfig,
         servers: Sequence[str] = (),
         rng: Callable[[], float] = random.random,
+        watch: Optional[Watch] = None,
     ) -> None:
+        self.watch = watch  # looks at the listeners between cycles (discovery.watch_interval)
         self.engine = engine
         self.sync = sync
         self.servers = list(servers)
@@ -89,11 +92,18 @@ class Daemon:
                 log.info("sync_applied", writes=report.writes, server=report.server)
             if max_cycles is not None and cycles >= max_cycles:
                 break
-            self.stop.wait(next_delay(self.sync.interval, self.sync.jitter, self.rng))
+            self.wait(next_delay(self.sync.interval, self.sync.jitter, self.rng))
         if self.sync.deregister_on_shutdown:
             self._deregister()
         log.info("stopped", cycles=cycles)
         return 0
+
+    def wait(self, seconds: float) -> None:
+        """Until the next cycle or a stop; the watch, if any, runs meanwhile."""
+        if self.watch is None:
+            self.stop.wait(seconds)
+        else:
+            self.watch.run_for(seconds, self.stop)
 
     def cycle(self) -> CycleReport:
         try:
