@@ -86,6 +86,7 @@ class DiscoveryRunner:
         self._reported: Set[Tuple[int, str, str]] = set()
         self._vanished: Set[str] = set()
         self._adopted: Set[str] = set()
+        self._new_since_full = 0  # new exporters added since the last full cycle
         # Shared with the engine's checks in a daemon; its own for a runner used alone.
         self.health = health or Health()
 
@@ -152,9 +153,15 @@ class DiscoveryRunner:
                 service_id=sid,
                 reason="registered in Consul but missing from the discovery state file",
             )
+        # The cap on new exporters holds per full cycle: the quick passes between two full
+        # cycles share it, so looking every second does not make it ten a second.
+        if not quick:
+            self._new_since_full = 0
+        budget = max(0, config.discovery.max_new_per_cycle - self._new_since_full)
         desired = build_intents(
-            config, node_address, result, now, previous=previous, table=self.table
+            config, node_address, result, now, previous=previous, table=self.table, max_new=budget
         )
+        self._new_since_full += sum(1 for sid in desired.by_port.values() if sid not in previous)
         if result is not None:
             if quick:
                 # A known exporter still listening but failing its probe is for the full
