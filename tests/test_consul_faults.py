@@ -276,3 +276,19 @@ def test_survey_reports_a_bounded_failure(tmp_path: Path, consul_cluster: SimClu
         client = make_client(fake.address, config.consul, None)
         with pytest.raises(ServerFailed, match="answer too large"):
             client.status.leader()
+
+
+def test_a_huge_hostile_refusal_is_one_short_line_in_every_error(
+    tmp_path: Path, consul_cluster: SimCluster
+) -> None:
+    """A 403 whose body is 200 kB with newlines and terminal escapes (a proxy's page, or worse)
+    becomes one short, printable line: logs, stderr, `status` and STATUS= all show it."""
+    body = "Permission denied: " + "x" * 200_000 + "\n\x1b[31mred\x1b[0m"
+    with fake_server(answer(403, body)) as fake:
+        app = engine_with_fake_first(consul_cluster, fake, tmp_path)
+        report = app.engine.cycle()
+    assert report.error is not None
+    text = str(report.error)
+    assert "refused the request (403)" in text
+    assert len(text) < 400
+    assert "\n" not in text and "\x1b" not in text

@@ -176,3 +176,43 @@ def test_auto_on_a_host_with_only_loopback_is_a_clear_error(tmp_path: Path) -> N
     shown = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert "the route to 127.0.0.1:8500 is the loopback interface" in shown.stderr
     assert "set node.address" in shown.stderr
+
+
+@needs_namespaces
+def test_a_failed_retirement_is_retried_by_the_next_in_sync_cycle(tmp_path: Path) -> None:
+    """The old node must not stay passing forever because steady state writes nothing: a
+    retirement refused once (a token that may not touch the old node) is done by the next
+    cycle that finds Consul in sync, once the token allows it."""
+    full = {"AccessorID": "a1", "node_prefix": {"": "write"}, "service_prefix": {"": "write"}}
+    narrow = {
+        "AccessorID": "a2",
+        "node_prefix": {"new-": "write", "old-": "read"},
+        "service_prefix": {"": "write"},
+    }
+    acl = {"default_policy": "deny", "tokens": {"full-secret": full, "narrow-secret": narrow}}
+    cluster = SimCluster(servers=3, election_delay="0.3s", rpc_hold="0.2s", acl=acl)
+    cluster.start()
+    try:
+        config = hostless_config(tmp_path, cluster, [static("queue", 9000)])
+        token = tmp_path / "token"
+        doc = yaml.safe_load(config.read_text())
+        doc["consul"]["token_file"] = str(token)
+        config.write_text(yaml.safe_dump(doc))
+        token.write_text("full-secret\n")
+        token.chmod(0o600)
+        assert as_host(config, tmp_path, "old-name", None, "sync").returncode == 0
+
+        token.write_text("narrow-secret\n")
+        renamed = as_host(config, tmp_path, "new-name", None, "sync")
+        assert renamed.returncode == 0, renamed.stderr
+        assert "previous_node_not_retired" in renamed.stderr
+        old = cluster.get(0, "/v1/catalog/node/old-name?stale", token="full-secret")
+        assert old is not None  # still there: the narrow token may not remove it
+
+        token.write_text("full-secret\n")
+        settled = as_host(config, tmp_path, "new-name", None, "sync", "--log-level", "info")
+        assert settled.returncode == 0, settled.stderr
+        assert "In sync" in settled.stdout  # nothing to write, and yet...
+        assert cluster.get(0, "/v1/catalog/node/old-name?stale", token="full-secret") is None
+    finally:
+        cluster.stop()

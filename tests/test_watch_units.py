@@ -162,6 +162,9 @@ class FakeRegistrar:
     ) -> DesiredState:
         return desired_state(NODE, intents, health.evaluate(intents))
 
+    def in_sync(self) -> None:
+        pass
+
     def planned_writes(self, plan: Plan) -> int:
         return len(plan.services) + len(plan.checks) + len(plan.deregister)
 
@@ -345,3 +348,37 @@ def test_watch_interval_is_off_at_zero_and_refused_below_100ms(tmp_path: Path) -
     assert any("discovery.watch_interval" in p and "100ms" in p for p in raised.value.problems)
     path.write_text("discovery: {watch_interval: 0s}\nconsul: {servers: ['127.0.0.1:1']}\n")
     assert build(load_config(str(path))).watch is None, "0 turns the watch off"
+
+
+class FakeWait(threading.Event):
+    """A stop event whose wait only moves the fake clock (a 10 s test runs in no time)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        self.clock.now += timeout or 0.0
+        return False
+
+
+def test_a_due_retry_that_cannot_run_does_not_make_the_watch_spin() -> None:
+    """A slow starter's retry is due, but no partial cycle can run (Consul could not be read
+    at the last full cycle): the watch must look once an interval, not 20 times a second."""
+    clock = FakeClock()
+
+    class DueRunner(FakeRunner):
+        def next_retry(self) -> Optional[float]:
+            return clock.now - 1.0  # always past due: nothing consumes it
+
+    class StuckEngine(FakeEngine):
+        def partial_cycle(
+            self, hold: Sequence[str] = (), also: Sequence[int] = ()
+        ) -> PartialReport:
+            self.calls.append((frozenset(hold), frozenset(also)))
+            return PartialReport(CycleReport(), ran=False, ports=frozenset())
+
+    runner = DueRunner()
+    watch = Watch(StuckEngine(runner), runner, 1.0, clock=clock)  # type: ignore[arg-type]
+    watch.run_for(10.0, FakeWait(clock))
+    assert 5 <= watch.looks <= 11  # about one look a second, not one every 50 ms

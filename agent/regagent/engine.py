@@ -126,6 +126,7 @@ class SyncEngine:
             return report
         if report.plan.empty:
             self.known = report.actual
+            self.registrar.in_sync()
             return report
         if not report.actual.known_leader:
             # A write would wait out Consul's rpc_hold_timeout (7s) only to fail: skip it.
@@ -209,6 +210,7 @@ class SyncEngine:
             return result
         outcome = self.registrar.apply(report.plan)
         report.writes_by_kind = outcome.writes_by_kind
+        report.requests = outcome.requests
         report.server = outcome.server
         report.error = outcome.error
         # Stale kept state is repaired by the next full cycle; until then, no partial ones.

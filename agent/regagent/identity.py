@@ -105,6 +105,7 @@ class NodeIdentity:
         self.interfaces = interfaces
         self.state_dir = state_dir
         self._auto_address: Optional[str] = None
+        self._recorded = False  # node.json is known to hold this name: nothing to retire
 
     @property
     def auto(self) -> bool:
@@ -180,10 +181,22 @@ class NodeIdentity:
         name = doc.get("node") if isinstance(doc, dict) else None
         return name if isinstance(name, str) and 0 < len(name) <= 255 else None
 
+    @property
+    def rename_pending(self) -> bool:
+        """Whether an earlier node name may still be registered (costs no I/O once settled)."""
+        if self._recorded:
+            return False
+        previous = self.previous_name()
+        if previous is None or previous == self.name:
+            self.record_name()
+            return False
+        return True
+
     def record_name(self) -> None:
         """Remembers this node name (atomically; an unwritable state dir is only logged)."""
         path = self._node_file()
         if path is None or self.previous_name() == self.name:
+            self._recorded = path is not None
             return
         body: Dict[str, str] = {"node": self.name}
         directory = os.path.dirname(path)
@@ -194,6 +207,7 @@ class NodeIdentity:
                 json.dump(body, handle)
                 handle.write("\n")
             os.replace(temporary, path)
+            self._recorded = True
         except OSError as exc:
             with contextlib.suppress(OSError, UnboundLocalError):
                 os.unlink(temporary)

@@ -86,6 +86,11 @@ class Watch:
                 self.look()
 
     def _due_times(self) -> List[float]:
+        """When a held write or a probe retry wants a look before the next interval. While no
+        partial cycle can run (no kept state), a past-due time would make every turn wake at
+        once: then only the interval counts, until a full cycle has read Consul."""
+        if self._unhandled:
+            return []
         due = list(self._pending.values())
         retry = self.runner.next_retry()
         if retry is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import unicodedata
 from typing import List, Optional, Set, Tuple
 
 import requests
@@ -133,9 +134,15 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def one_line(text: str, limit: int = 200) -> str:
-    """An error body fit for one log line: an HTML error page must not flood the terminal."""
-    first = " ".join(text.split())
-    return first if len(first) <= limit else first[: limit - 3] + "..."
+    """An error body fit for one log line: an HTML error page (or a hostile body with terminal
+    escapes) must not flood the log or the terminal. Whitespace folds to single spaces, any
+    other control or format character becomes `?`, and the result is cut to `limit`."""
+    folded = " ".join(text[: limit * 4].split())
+    clean = "".join("?" if unicodedata.category(c)[0] == "C" else c for c in folded)
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
+REFUSAL_MAX = 300  # characters of Consul's refusal text kept in an error message
 
 
 def is_no_leader(exc: BaseException) -> bool:
@@ -144,6 +151,11 @@ def is_no_leader(exc: BaseException) -> bool:
 
 def classify_refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
     """(status, Consul's message) for a 4xx answer, else None."""
+    found = _refusal(exc)
+    return None if found is None else (found[0], one_line(found[1], REFUSAL_MAX))
+
+
+def _refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
     if isinstance(exc, ACLPermissionDenied):
         return 403, str(exc)
     if isinstance(exc, ACLDisabled):

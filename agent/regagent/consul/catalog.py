@@ -380,13 +380,17 @@ class CatalogRegistrar:
             self.retire_previous_node()
         return outcome
 
+    def in_sync(self) -> None:
+        self.retire_previous_node()  # a local file read; Consul only while a rename is pending
+
     def retire_previous_node(self) -> None:
         """After a rename (a new host name or node.name), the node this host used before would
         stay in Consul forever with passing checks: remove its regagent services, and the node
         if nothing else is on it, when it carries this host's identity."""
+        if not self.identity.rename_pending:
+            return
         previous = self.identity.previous_name()
-        if previous is None or previous == self.identity.name:
-            self.identity.record_name()
+        if previous is None:
             return
         try:
             actual = read_actual(self.pool, previous)
@@ -396,7 +400,7 @@ class CatalogRegistrar:
                 and self.identity.host_id is not None
             )
             removed = self._remove_owned(previous, actual) if ours else []
-        except RegagentError as exc:  # tried again after the next write
+        except RegagentError as exc:  # tried again after the next write or in-sync cycle
             log.warning("previous_node_not_retired", node=previous, error=str(exc))
             return
         log.warning(
@@ -404,7 +408,11 @@ class CatalogRegistrar:
             previous=previous,
             node=self.identity.name,
             removed=removed,
-            reason=None if ours else "the old node is not this host's; left alone",
+            reason=None
+            if ours
+            else "already gone"
+            if actual.node is None
+            else "the old node is not this host's; left alone",
         )
         self.identity.record_name()
 

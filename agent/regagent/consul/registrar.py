@@ -62,5 +62,9 @@ class Registrar(Protocol):
     def apply(self, plan: Plan) -> ApplyOutcome:
         """Sends the plan; a refused write is skipped, a lost cluster stops the apply."""
 
+    def in_sync(self) -> None:
+        """A full cycle found nothing to write: housekeeping that must not wait for a write
+        (a renamed host's old node, when retiring it failed before)."""
+
     def deregister_owned(self) -> List[str]:
         """Removes this node's regagent-owned services (and an emptied node); what was removed."""

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import structlog
 
-from regagent.consul.answers import UnexpectedAnswer
+from regagent.consul.answers import UnexpectedAnswer, one_line
 from regagent.consul.http import (
     WriteRequest,
     canonical_json,
@@ -157,11 +157,16 @@ def _params(datacenter: Optional[str]) -> Optional[List[Tuple[str, str]]]:
 def conflict_message(txn: Transaction, errors: Sequence[Tuple[int, str]]) -> str:
     """Every failing op, by number, with its unit (the service it writes) and Consul's words."""
     parts = []
-    for index, what in errors:
+    for index, what in errors[:CONFLICTS_SHOWN]:
         unit = txn.unit_of(index)
         where = unit.what if unit is not None else "unknown op"
-        parts.append(f"op {index} ({where}): {what}")
+        parts.append(f"op {index} ({one_line(where, 100)}): {one_line(str(what), 200)}")
+    if len(errors) > CONFLICTS_SHOWN:
+        parts.append(f"and {len(errors) - CONFLICTS_SHOWN} more")
     return "transaction refused: " + "; ".join(parts)
+
+
+CONFLICTS_SHOWN = 5  # failing ops named in one error message (each cut to one line)
 
 
 class TxnSender:
@@ -209,8 +214,9 @@ class TxnSender:
                     failures.append(self._refused(txn, answer))
                     refused = [txn.unit_of(i) for i, _ in answer.errors]
                     rest = Transaction(tuple(u for u in txn.units if u not in refused))
-                    if not rest.units or any(u is not None and u.kind == "node" for u in refused):
-                        # Without its node, nothing else of this host can be written.
+                    if any(u is not None and u.kind == "node" for u in refused):
+                        break  # without its node, nothing else of this host can be written
+                    if not rest.units:
                         continue
                     answer = self._put(rest)  # once: a second 409 gives up on this batch
                     if answer.status == 409:
