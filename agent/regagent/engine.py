@@ -40,12 +40,14 @@ class SyncEngine:
         *,
         clock: Clock = time.monotonic,
         cycle_deadline: float = CYCLE_DEADLINE,
+        progress: Callable[[], None] = lambda: None,
     ) -> None:
         self.registrar = registrar
         self.intents = intents
         self.health = health
         self.clock = clock
         self.cycle_deadline = cycle_deadline
+        self.progress = progress  # told at each phase boundary (the daemon's watchdog)
 
     def cycle(self, dry_run: bool = False) -> CycleReport:
         """Never raises RegagentError: the caller decides how to report `report.error`."""
@@ -58,6 +60,7 @@ class SyncEngine:
             now = self.clock()
             report.timings[name] = now - mark
             mark = now
+            self.progress()
 
         try:
             report.actual = self.registrar.read()
@@ -71,6 +74,7 @@ class SyncEngine:
                 # After a restart, Consul still shows the last good results: start from them.
                 self.health.seed(report.actual.checks)
             intents = self.intents(address, report.actual, not dry_run)
+            report.sources = {intent.service.id: intent.source for intent in intents}
             report.desired = self.registrar.desired(intents, report.actual, address, self.health)
         except RegagentError as exc:
             report.error = report.error or exc

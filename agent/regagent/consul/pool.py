@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
+# (server address, outcome, seconds) after each request: success, failure (connection error,
+# timeout, 5xx), no_leader or refused. Metrics and the daemon's watchdog listen here.
+RequestObserver = Callable[[str, str, float], None]
 
 # python-consul2 lets these override constructor arguments; the pool must not be redirected.
 _CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
@@ -142,8 +145,10 @@ class ServerPool:
         client_factory: Callable[[str, ConsulConfig, Optional[str]], Any] = make_client,
         policy: Optional[RetryPolicy] = None,
         rng: Rng = random.random,
+        observer: Optional[RequestObserver] = None,
     ) -> None:
         self.config = config
+        self.observer = observer
         self.clock = clock
         self.rng = rng
         self.policy = policy or RetryPolicy(
@@ -196,29 +201,42 @@ class ServerPool:
         for index in candidates:
             server = self.servers[index]
             server.requests += 1
+            started = self.clock()
             try:
                 result = operation(server.client)
             except Exception as exc:
                 refusal = classify_refusal(exc)
                 if refusal is not None:
                     server.last_error = f"{refusal[0]} {refusal[1]}"
+                    self._observe(server, "refused", started)
                     raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
                 if is_no_leader(exc):
                     no_leader = True
                     server.last_error = "no cluster leader"
                     errors.setdefault("no cluster leader", []).append(server.address)
+                    self._observe(server, "no_leader", started)
                     continue
                 if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
                     raise
                 self._cool_down(server, describe_failure(exc), what)
                 errors.setdefault(server.last_error, []).append(server.address)
+                self._observe(server, "failure", started)
                 continue
             self._succeeded(index)
+            self._observe(server, "success", started)
             return result
         detail = "; ".join(f"{', '.join(where)}: {reason}" for reason, where in errors.items())
         if no_leader:
             raise NoClusterLeader(f"{what} failed: the Consul cluster has no leader ({detail})")
         raise ConsulUnreachable(f"no Consul server reachable for {what} ({detail})")
+
+    def _observe(self, server: ServerState, outcome: str, started: float) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(server.address, outcome, self.clock() - started)
+        except Exception:  # an observer must never break a Consul call
+            log.debug("request_observer_failed", exc_info=True)
 
     def move_on(self, reason: str) -> bool:
         """Prefer the next available server from now on (the current one answered, but
