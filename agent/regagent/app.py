@@ -13,6 +13,7 @@ service `regagent`, so that it goes through the one planner and write path like 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, replace
 from typing import Callable, List, Optional
@@ -95,16 +96,16 @@ def discovery_source(config: Config, runner: DiscoveryRunner) -> IntentSource:
 
 
 def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
-    """regagent's own metrics endpoint as service `regagent` (None with telemetry off or on
-    loopback only, which Prometheus could not reach): Prometheus then scrapes every agent, and
-    `up == 0` for it says this host's agent is down and its check states are frozen."""
+    """regagent's own metrics endpoint as service `regagent`: Prometheus then scrapes every
+    agent, and `up == 0` for it says this host's agent is down and its check states frozen.
+    None with telemetry off, or on loopback while the node address is not (unreachable)."""
     listen = config.telemetry.listen
     if not listen:
         return None
     host, port = split_hostport(listen)
-    if host in ("127.0.0.1", "[::1]", "localhost"):
-        return None
     address = node_address if host in _WILDCARDS else host.strip("[]")
+    if _is_loopback(address) and not _is_loopback(node_address):
+        return None  # Prometheus reaches this host at the node address, not at its loopback
     meta = {
         **config.defaults.meta,
         "metrics_path": "/metrics",
@@ -126,6 +127,13 @@ def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
     # scraping it says the rest (no probe of ourselves each cycle).
     status = (PASSING, f"regagent {__version__} serving /metrics on :{port}")
     return ServiceIntent(service, SOURCE_SELF, status=status)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def with_self(config: Config, source: IntentSource) -> IntentSource:

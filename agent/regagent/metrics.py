@@ -22,6 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Sequence, Set, Tuple
 
+import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -54,8 +55,8 @@ def cycle_result(report: CycleReport) -> str:
     if error is None:
         return "success"
     for kind, label in (
+        (NoClusterLeader, "no_leader"),  # before its base class ConsulUnreachable
         (ConsulUnreachable, "unreachable"),
-        (NoClusterLeader, "no_leader"),
         (ConsulRefused, "refused"),
         (CycleDeadline, "deadline"),
     ):
@@ -64,10 +65,21 @@ def cycle_result(report: CycleReport) -> str:
     return "error"
 
 
+def _without_created_series() -> None:
+    """No `*_created` series beside every counter and histogram: they double what Prometheus
+    stores for ten thousand agents and say nothing `process_start_time_seconds` would not."""
+    disable = getattr(prometheus_client, "disable_created_metrics", None)
+    if disable is not None:  # prometheus-client >= 0.17
+        disable()
+    else:  # 0.16 (Debian 12) reads PROMETHEUS_DISABLE_CREATED_SERIES once, at import
+        prometheus_client.metrics._use_created = False
+
+
 class Metrics:
     """The daemon's metrics; lives as long as the process (a reload keeps the counters)."""
 
     def __init__(self) -> None:
+        _without_created_series()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.build = Info("regagent_build", "regagent version and Python runtime.", registry=r)
