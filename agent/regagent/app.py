@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import structlog
 
@@ -29,18 +30,21 @@ from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
 from regagent.credentials import load_token
-from regagent.daemon import Daemon, Heartbeat, Loop
+from regagent.daemon import Daemon, Heartbeat, Loop, signals_blocked
 from regagent.discovery.identify import Prober
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.engine import IntentSource, SyncEngine
 from regagent.errors import ConfigError
-from regagent.health.health import Health
+from regagent.health.checks import run_probe
+from regagent.health.health import Health, ProbeRunner
 from regagent.identity import NodeIdentity
 from regagent.metrics import Metrics
 from regagent.model import (
     PASSING,
     ActualState,
+    HealthProbe,
+    Result,
     ServiceIntent,
     ServiceRegistration,
     canonical_service,
@@ -185,7 +189,7 @@ def build(
         metrics = previous.metrics
         heartbeat = previous.heartbeat
     else:
-        health = Health(config.sync.failures_before_critical)
+        health = Health(config.sync.failures_before_critical, persistent_probe_runner())
         metrics = Metrics()
         heartbeat = Heartbeat()
         runner = DiscoveryRunner(health=health, prober=beating_prober(heartbeat))
@@ -204,6 +208,27 @@ def build(
     return App(
         config, policy, pool, identity, health, runner, registrar, engine, metrics, heartbeat
     )
+
+
+PROBE_WORKERS = 8
+
+
+def persistent_probe_runner(workers: int = PROBE_WORKERS) -> ProbeRunner:
+    """The health checks of a cycle run concurrently on threads that live as long as the
+    process: starting eight threads every cycle cost more CPU than the checks themselves
+    (bench/footprint.py). The threads start without our signals, which stay with the main
+    thread (see `regagent.daemon.signals_blocked`)."""
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regagent-check")
+
+    def run(probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
+        unique = list(dict.fromkeys(probes))
+        if not unique:
+            return {}
+        with signals_blocked():  # threads are started lazily, on the first submits
+            futures = [executor.submit(run_probe, probe) for probe in unique]
+        return {probe: future.result() for probe, future in zip(unique, futures)}
+
+    return run
 
 
 def pool_addresses(pool: ServerPool) -> List[str]:
