@@ -3,7 +3,7 @@
 The daemon runs as a real process against the three-server emulator with 20 static services,
 each TCP-checked against a listener this script holds open (so every check passes and the
 steady state writes nothing), telemetry on (its endpoint registered as the 21st service),
-discovery off (its cost is bench/discovery.py's), `sync.interval` 0.1s. Cycles are counted by
+discovery off (its cost is bench/discovery.py's), `sync.interval` 1s (its minimum). Cycles are counted by
 the `STATUS=` datagrams the daemon sends to a notify socket this script owns; CPU is the
 child's user+system time over `CYCLES` cycles after `WARMUP`.
 
@@ -76,7 +76,7 @@ def write_config(workdir: Path, cluster: SimCluster, ports: List[int], telemetry
     config = {
         "consul": {"servers": cluster.addresses, "connect_timeout": "1s", "read_timeout": "2s"},
         "node": {"name": "footprint-host"},
-        "sync": {"interval": "100ms", "jitter": "0s", "state_dir": str(workdir)},
+        "sync": {"interval": "1s", "jitter": "0s", "state_dir": str(workdir)},
         "discovery": {"enabled": False},
         "services": services,
         "telemetry": {"listen": f"127.0.0.1:{telemetry}"},

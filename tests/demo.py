@@ -38,6 +38,9 @@ def regagent(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def write_config(path: Path, cluster: SimCluster, state_dir: Path, services: List[Any]) -> None:
     config: Dict[str, Any] = {
         "consul": {"servers": cluster.addresses},
+        # The emulator runs on this host, so `auto` would pick this host's own network address;
+        # the demo stays on loopback like everything it starts.
+        "node": {"address": "127.0.0.1"},
         "sync": {"state_dir": str(state_dir)},
         "services": services,
     }

@@ -19,8 +19,8 @@ from regagent.config import Config, load_config, parse_duration
 from regagent.config.load import load_documents
 from regagent.config.model import ConsulConfig, ServiceConfig
 from regagent.config.show import MASK, effective_config
+from regagent.config.token import load_token
 from regagent.config.validate import service_id, validate
-from regagent.credentials import load_token
 from regagent.errors import ConfigError
 from regagent.logs import configure_logging
 from regagent.rules import meta_problems
@@ -305,7 +305,22 @@ def test_parse_duration(text: Union[str, int, float], seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["30", "5 minutes", "-5s", "1h30m", "30S", "", "s", -1, math.nan, math.inf, True]
+    "text",
+    [
+        "30",
+        "5 minutes",
+        "-5s",
+        "1h30m",
+        "30S",
+        "",
+        "s",
+        -1,
+        math.nan,
+        math.inf,
+        True,
+        "9" * 400 + "s",  # float() of it is inf, not an error
+        10**400,  # float() of it raises OverflowError
+    ],
 )
 def test_parse_duration_rejects(text: Union[str, int, float]) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
@@ -429,3 +444,42 @@ def test_logs_are_key_value_text_on_a_terminal() -> None:
 def test_service_id_defaults_to_name_and_port() -> None:
     assert service_id(ServiceConfig(name="mysql", port=9104)) == "mysql-9104"
     assert service_id(ServiceConfig(name="mysql", port=9104, id="db")) == "db"
+
+
+# -- bounds: what passes check-config must work at run time -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/metrics", "/actuator/prometheus", "/probe?target=db1&module=mysql", "/a%20b"]
+)
+def test_metrics_paths_that_are_accepted(path: str, tmp_path: Path) -> None:
+    directory = write_files(
+        tmp_path, {"a.yaml": f"services: [{{name: a, port: 1, metrics_path: '{path}'}}]\n"}
+    )
+
+    assert load_config(str(directory)).services[0].metrics_path == path
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "fd00::5", "web01", "web01.example.com."])
+def test_service_addresses_that_are_accepted(address: str, tmp_path: Path) -> None:
+    directory = write_files(
+        tmp_path, {"a.yaml": f"services: [{{name: a, port: 1, address: '{address}'}}]\n"}
+    )
+
+    assert load_config(str(directory)).services[0].address == address
+
+
+def test_bounds_are_inclusive_where_documented(tmp_path: Path) -> None:
+    directory = write_files(
+        tmp_path,
+        {
+            "a.yaml": "consul: {read_timeout: 5m, cooldown_initial: 1s, cooldown_max: 1d}\n"
+            "sync: {interval: 1s, jitter: 0s, failures_before_critical: 100}\n"
+            "discovery: {probe_max_bytes: 1024, max_new_per_cycle: 1000, probe_timeout: 1ms}\n"
+        },
+    )
+
+    config = load_config(str(directory))
+
+    assert (config.sync.interval, config.discovery.probe_max_bytes) == (1.0, 1024)
+    assert config.discovery.max_new_per_cycle == 1000

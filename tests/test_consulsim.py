@@ -862,3 +862,22 @@ def test_tls_flags_are_checked_at_start(tls_files: TLSFiles) -> None:
         SimCluster(
             servers=1, tls_cert=str(tls_files.server_cert), tls_key=str(tls_files.client_key)
         ).start()
+
+
+def test_percent_encoded_paths_are_decoded_as_consul_does(consul_cluster: SimCluster) -> None:
+    """Go's router and Consul's handlers read the decoded URL path: a node name that must be
+    quoted in a URL (regagent quotes every name) reads back as itself."""
+    host, port = consul_cluster.host_port(0)
+    base = f"http://{host}:{port}"
+    body = {
+        "Node": "rack 7/web01",
+        "Address": "10.0.0.9",
+        "Service": {"Service": "web", "Port": 80},
+    }
+    assert requests.put(f"{base}/v1/catalog/register", json=body, timeout=5).status_code == 200
+    quoted = requests.get(f"{base}/v1/catalog/node/rack%207%2Fweb01?stale", timeout=5)
+    assert quoted.status_code == 200
+    assert quoted.json()["Node"]["Node"] == "rack 7/web01"
+    checks = requests.get(f"{base}/v1/health/node/rack%207%2Fweb01?stale", timeout=5).json()
+    assert checks == []
+    assert requests.get(f"{base}/v1/catalog/node/rack%207?stale", timeout=5).json() is None

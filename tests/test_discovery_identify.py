@@ -13,7 +13,10 @@ from regagent.discovery.identify import EXCLUDED, IDENTIFIED, NOT_CANDIDATE, Fin
 from regagent.discovery.processes import ProcessInfo
 from test_discovery_runner import FakeHost, FakeResolver
 
-NODE_EXPORTER = ProcessInfo(4242, "prometheus-node-e", "/usr/bin/prometheus-node-exporter")
+# A packaged exporter: /usr/bin/prometheus-node-exporter is root's alone, so its name is evidence.
+NODE_EXPORTER = ProcessInfo(
+    4242, "prometheus-node-e", "/usr/bin/prometheus-node-exporter", exe_trusted=True
+)
 
 
 def run(host: FakeHost, resolver: FakeResolver, **discovery: object) -> Dict[int, Finding]:

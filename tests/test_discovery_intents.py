@@ -382,3 +382,30 @@ def test_the_runner_feeds_the_engine_and_the_pure_module_does_not_import_it() ->
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert shown.stdout.strip() == "False"
+
+
+def test_new_exporters_per_cycle_are_capped_in_port_order() -> None:
+    config = Config(discovery=DiscoveryConfig(max_new_per_cycle=10))
+    findings = [finding(port=9100 + i) for i in range(15)]
+
+    first = run(config, *findings)
+
+    assert ids(first.intents) == [f"node-exporter-{9100 + i}" for i in range(10)]
+    held = [s for s in first.skipped if s.reason.startswith("held back")]
+    assert [s.port for s in held] == list(range(9110, 9115))
+    assert all(s.warn for s in held)
+    assert set(first.seen) == set(ids(first.intents))  # the held back are not remembered
+    second = run(config, *findings, now=NOW + 30, previous=dict(first.seen))
+    assert len(second.intents) == 15  # known ones do not count against the cap
+    assert not second.skipped
+
+
+def test_known_exporters_never_count_against_the_cap() -> None:
+    config = Config(discovery=DiscoveryConfig(max_new_per_cycle=1))
+    known = run(Config(), *[finding(port=9100 + i) for i in range(5)]).seen
+
+    result = run(config, *[finding(port=9100 + i) for i in range(7)], previous=dict(known))
+
+    assert len(result.intents) == 6
+    (held,) = result.skipped
+    assert held.port == 9106

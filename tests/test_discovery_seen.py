@@ -26,10 +26,12 @@ T0 = 1_800_000_000.0
 
 
 def entry(service_id: str = "node-exporter-9100") -> SeenService:
+    """A valid entry; its name and port follow from the ID (`<name>-<port>`)."""
+    name, _, port = service_id.rpartition("-")
     return SeenService(
         id=service_id,
-        name="node-exporter",
-        port=9100,
+        name=name,
+        port=int(port),
         address="192.0.2.10",
         tags=("node_exporter",),
         meta={"exporter": "node_exporter", "managed-by": "regagent"},
@@ -87,7 +89,7 @@ def test_corrupt_file_is_rebuilt_with_a_warning(tmp_path: Path, text: str) -> No
 def test_unwritable_directory_is_reported_not_fatal(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    assert not save_state(str(blocker / "discovered.json"), {"x": entry("x")})
+    assert not save_state(str(blocker / "discovered.json"), {"x-1": entry("x-1")})
 
 
 def test_write_replaces_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,10 +106,10 @@ def test_write_replaces_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_unknown_keys_survive_a_rewrite() -> None:
-    doc = json.loads(encode_state({"x": entry("x")}))
-    doc["services"]["x"]["note"] = "kept"
+    doc = json.loads(encode_state({"x-1": entry("x-1")}))
+    doc["services"]["x-1"]["note"] = "kept"
     again = decode_state(json.dumps(doc))
-    assert json.loads(encode_state(again))["services"]["x"]["note"] == "kept"
+    assert json.loads(encode_state(again))["services"]["x-1"]["note"] == "kept"
 
 
 def test_time_format() -> None:
@@ -116,11 +118,11 @@ def test_time_format() -> None:
 
 
 def test_worth_saving_ignores_last_seen_creeping_below_the_step() -> None:
-    stored = {"x": entry("x")}
+    stored = {"x-1": entry("x-1")}
     assert not worth_saving(stored, stored)
-    assert not worth_saving(stored, {"x": replace(entry("x"), last_seen=T0 + 60 + 599)})
-    assert worth_saving(stored, {"x": replace(entry("x"), last_seen=T0 + 60 + 600)})
-    assert worth_saving(stored, {"x": replace(entry("x"), meta={"exporter": "other"})})
-    assert worth_saving(stored, {"x": replace(entry("x"), first_seen=T0 - 1)})
+    assert not worth_saving(stored, {"x-1": replace(entry("x-1"), last_seen=T0 + 60 + 599)})
+    assert worth_saving(stored, {"x-1": replace(entry("x-1"), last_seen=T0 + 60 + 600)})
+    assert worth_saving(stored, {"x-1": replace(entry("x-1"), meta={"exporter": "other"})})
+    assert worth_saving(stored, {"x-1": replace(entry("x-1"), first_seen=T0 - 1)})
     assert worth_saving(stored, {})
-    assert worth_saving(stored, {**stored, "y": entry("y")})
+    assert worth_saving(stored, {**stored, "y-1": entry("y-1")})

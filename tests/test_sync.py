@@ -25,6 +25,7 @@ from regagent.consul.http import ReadAnswer, checked_response
 from regagent.consul.pool import ServerPool, make_client
 from regagent.engine import SyncEngine
 from regagent.errors import ConsulRefused
+from regagent.identity import HOST_ID_KEY, host_id
 from regagent.model import ServiceIntent, ServiceRegistration
 
 NODE = "regagent-test-host"
@@ -45,8 +46,9 @@ def write_config(
     }
     config = {
         "consul": consul_section,
-        "node": {"name": NODE, "meta": {"rack": "r1"}},
-        "sync": {"interval": "300ms", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
+        # An explicit loopback address: `auto` never picks loopback, and tests stay on it.
+        "node": {"name": NODE, "address": "127.0.0.1", "meta": {"rack": "r1"}},
+        "sync": {"interval": "1s", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
         "discovery": {"enabled": False},
         "services": services,
         **sections,
@@ -138,7 +140,12 @@ def test_first_sync_registers_second_writes_nothing_and_a_tag_change_is_one_writ
     assert services["billing-8080"]["Meta"]["managed-by"] == "regagent"
     assert services["billing-8080"]["Address"] == "127.0.0.1"
     node = consul_cluster.catalog_node_services(NODE)["Node"]
-    assert node["Meta"] == {"external-node": "true", "managed-by": "regagent", "rack": "r1"}
+    assert node["Meta"] == {
+        "external-node": "true",
+        "managed-by": "regagent",
+        "rack": "r1",
+        HOST_ID_KEY: host_id(),  # this host's identity, from /etc/machine-id (decision 10)
+    }
     checks = node_checks(consul_cluster)
     assert checks["service:billing-8080"]["Status"] == "passing"
 
@@ -469,7 +476,7 @@ def test_stopping_the_daemon_keeps_registrations_unless_configured(
         consul_cluster,
         [static("queue", 9000)],
         sync={
-            "interval": "300ms",
+            "interval": "1s",
             "jitter": "50ms",
             "state_dir": str(tmp_path / "state"),
             "deregister_on_shutdown": deregister_on_shutdown,

@@ -88,7 +88,7 @@ def test_agent_mode_follows_check_definition_changes_and_type_none(
     assert "service:db-5432" in checks
     assert "service:plain-7000" not in checks  # check type none: no check, not a guessed GET
     meta = agent_services(consul_cluster)["db-5432"]["Meta"]
-    assert meta["regagent-check"] == "tcp 127.0.0.1:5432 every 300ms"
+    assert meta["regagent-check"] == "tcp 127.0.0.1:5432 every 1s"
 
     agent_config(
         tmp_path, consul_cluster, [{**tcp, "check": {"type": "http"}}, static("plain", 7000)]
@@ -98,5 +98,5 @@ def test_agent_mode_follows_check_definition_changes_and_type_none(
     assert changed.returncode == 0, changed.stderr
     assert agent_registers(consul_cluster) == 1
     assert agent_services(consul_cluster)["db-5432"]["Meta"]["regagent-check"] == (
-        "http http://127.0.0.1:5432/metrics every 300ms"
+        "http http://127.0.0.1:5432/metrics every 1s"
     )

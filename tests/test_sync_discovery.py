@@ -122,7 +122,7 @@ def test_vanished_exporter_stays_critical_even_when_the_state_file_is_lost(
         consul_cluster,
         [],
         discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
-        sync={"interval": "300ms", "jitter": "50ms", "state_dir": str(blocker / "state")},
+        sync={"interval": "1s", "jitter": "50ms", "state_dir": str(blocker / "state")},
     )
     for _ in range(2):
         assert regagent(config, "sync").returncode == 0
@@ -184,3 +184,27 @@ def test_dry_run_tells_the_operator_about_a_loopback_only_exporter(
         assert "loopback only" in warnings[0]["reason"]
     finally:
         hidden.stop()
+
+
+def test_deregister_stays_done_for_a_vanished_exporter(
+    consul_cluster: SimCluster, tmp_path: Path, exporter: Exporter
+) -> None:
+    """`deregister --yes` also forgets the removed IDs in the state file: the next sync must
+    not bring a vanished exporter back, critical, for deregister_after (72 h)."""
+    port = exporter.port
+    sid = f"node-exporter-{port}"
+    discovery = {"enabled": True, "port_ranges": [f"{port}-{port}"]}
+    config = write_config(tmp_path, consul_cluster, [], discovery=discovery)
+    assert regagent(config, "sync").returncode == 0
+    exporter.stop()
+    assert regagent(config, "sync").returncode == 0
+    assert node_checks(consul_cluster)[f"service:{sid}"]["Status"] == "critical"
+
+    gone = regagent(config, "deregister", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert f"- deregistered {sid}" in gone.stdout
+    state = json.loads((tmp_path / "state" / "discovered.json").read_text())
+    assert sid not in state["services"]
+    again = regagent(config, "sync")
+    assert again.returncode == 0, again.stderr
+    assert sid not in node_services(consul_cluster)

@@ -24,12 +24,12 @@ import structlog
 from regagent import __version__
 from regagent.config import load_config
 from regagent.config.model import Config
+from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
 from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.credentials import load_token
 from regagent.daemon import Daemon, Heartbeat, Loop, signals_blocked
 from regagent.discovery.identify import Prober
 from regagent.discovery.probe import ProbeResult, probe_metrics
@@ -179,7 +179,7 @@ def build(
     `intent_source` and `pool` replace the real ones (tests, benchmarks)."""
     policy = RetryPolicy.from_config(config)
     pool = pool or make_pool(config, policy)
-    identity = NodeIdentity(config.node)
+    identity = NodeIdentity(config.node, state_dir=config.sync.state_dir)
     if previous is not None:
         pool.adopt(previous.pool)
         identity.adopt(previous.identity)

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--detailed-exitcode",
         action="store_true",
-        help="with --dry-run: exit 2 when there are changes to make",
+        help="with --dry-run: exit 2 when there are changes to make or services are skipped",
     )
 
     discover = commands.add_parser(
@@ -153,8 +153,8 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     if report.error is not None:
         print(f"regagent: {report.error}", file=sys.stderr)
         return report.error.exit_code
-    if args.dry_run and args.detailed_exitcode and report.plan and not report.plan.empty:
-        return ChangesPending.exit_code
+    if args.dry_run and args.detailed_exitcode and report.plan and not report.plan.in_sync:
+        return ChangesPending.exit_code  # changes to make, or services skipped
     return EXIT_OK
 
 
@@ -222,6 +222,7 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
             print("Nothing removed.", file=out)
             return EXIT_OK
     removed = app.engine.deregister_owned()
+    app.discovery.forget(config, removed)  # deregistered stays deregistered
     for item in removed:
         out.write(f"- deregistered {item}\n")
     if not removed:

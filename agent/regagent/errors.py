@@ -71,5 +71,9 @@ class NodeOwnedByOther(RegagentError):
     """The node exists in Consul but was not created by regagent (another tool's node)."""
 
 
+class NodeOwnedByOtherHost(RegagentError):
+    """A regagent node of this name carries another host's identity (cloned name)."""
+
+
 class CycleDeadline(RegagentError):
     """A cycle ran past its deadline; what is left is done by the next one."""

@@ -60,7 +60,13 @@ class Plan:
 
     @property
     def empty(self) -> bool:
+        """Nothing to write."""
         return not (self.node_write is not None or self.services or self.checks or self.deregister)
+
+    @property
+    def in_sync(self) -> bool:
+        """Consul holds exactly what is desired: nothing to write and nothing skipped."""
+        return self.empty and not self.conflicts
 
 
 def diff_fields(old: object, new: object, names: Tuple[str, ...]) -> Tuple[FieldDiff, ...]:

@@ -1,13 +1,17 @@
 """Consul's data rules, checked before Consul does: config validation and the planner share them.
 
 Sources: `structs.ValidateServiceMetadata` (Meta limits), the service-name rule Consul's DNS
-interface needs, and the `<name>-<port>` service-ID convention regagent uses everywhere.
+interface needs, and the `<name>-<port>` service-ID convention regagent uses everywhere. Also
+the rules for what regagent puts into URLs and headers (metrics paths, addresses, the token),
+and `printable_text`, which makes text taken from exporters safe for Meta, Output and terminals.
+All pure: no I/O.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from typing import Dict, List, Optional, Tuple
 
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -16,6 +20,12 @@ META_MAX_PAIRS = 64
 META_KEY_MAX = 128
 META_VALUE_MAX = 512
 SERVICE_NAME_MAX = 128
+URL_PATH_MAX = META_VALUE_MAX  # the metrics path is also Meta `metrics_path`
+HOST_NAME_MAX = 253
+_HOST_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# ANSI/VT100 escape sequences (CSI ... final byte, OSC ... BEL/ST, two-byte ESC x): removed whole,
+# so no "[31m" debris is left behind when the escape character itself goes.
+_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 
 
 def service_id(name: str, port: int, explicit: Optional[str] = None) -> str:
@@ -52,7 +62,8 @@ def meta_problems_by_key(meta: Dict[str, str]) -> List[Tuple[Optional[str], str]
             problems.append((key, f"key {key[:20]!r}... is longer than {META_KEY_MAX} characters"))
         elif key.startswith("consul-"):
             problems.append((key, f"key {key!r} uses the prefix 'consul-', which Consul reserves"))
-        if len(value) > META_VALUE_MAX:
+        # Consul counts bytes (Go's len), so a value of 300 multi-byte characters is too long.
+        if len(value.encode("utf-8")) > META_VALUE_MAX:
             problems.append((key, f"value of {key!r} is longer than {META_VALUE_MAX} characters"))
     return problems
 
@@ -85,3 +96,105 @@ def split_hostport(address: str) -> Tuple[str, int]:
     """`host:port` or `[v6]:port` to (host as written, brackets kept, port)."""
     host, _, port = address.rpartition(":")
     return host, int(port)
+
+
+def token_text(token: str) -> str:
+    """The token as sent: without the one trailing newline a file (or YAML `|`) ends with."""
+    return token[:-1] if token.endswith("\n") else token
+
+
+def token_problem(token: str) -> Optional[str]:
+    """Why `token` cannot be sent as a header value, without quoting it; None if it can.
+
+    One trailing newline (as editors write files) is allowed; everything else must be
+    printable ASCII without blanks (0x21-0x7e), as Consul's tokens (UUIDs) are.
+    """
+    text = token_text(token)
+    if not text:
+        return "is empty"
+    if "\n" in text:
+        return (
+            f"holds {text.count(chr(10)) + 1} lines; it must be exactly one line "
+            "(no comments, no blank lines)"
+        )
+    for column, char in enumerate(text, start=1):
+        if "!" <= char <= "~":
+            continue
+        if char in " \t":
+            what = "a space or tab"
+        elif char == "\r":
+            what = "a carriage return (Windows line end?)"
+        elif ord(char) < 0x80:
+            what = "a control character"
+        else:
+            what = "a non-ASCII character"
+        return f"contains {what} at column {column}; it must be one line of printable ASCII"
+    return None
+
+
+def url_path_problem(path: str) -> Optional[str]:
+    """Why `path` is not an absolute URL path regagent may append to `scheme://host:port`.
+
+    `@host:port/x` would turn the check URL's host into user info and send checks (and
+    Prometheus, through Meta metrics_path) to another host; `//host/x` reads as a host to
+    some URL parsers. So: starts with one `/`, printable ASCII, no `@`, `#`, blanks or `\\`.
+    """
+    if not path.startswith("/"):
+        return f"{path!r} is not an absolute path; it must start with '/', e.g. /metrics"
+    if path.startswith("//"):
+        return f"{path!r} starts with '//', which URL parsers read as a host name"
+    if len(path) > URL_PATH_MAX:
+        return f"is longer than {URL_PATH_MAX} characters"
+    for char in path:
+        if not "!" <= char <= "~":
+            return f"{path!r} contains a blank, control or non-ASCII character; percent-encode it"
+        if char in "@#\\":
+            return f"{path!r} contains {char!r}, which does not belong in a metrics path"
+    return None
+
+
+def host_problem(host: str) -> Optional[str]:
+    """Why `host` is not an address a service may be registered (and checked) at, or None.
+
+    An IP address other than a wildcard, or a DNS host name (RFC 1123 labels).
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        if address.is_unspecified:
+            return (
+                f"{host!r} is a wildcard address; Prometheus cannot scrape it, "
+                "give this host's own address"
+            )
+        return None
+    labels = host.rstrip(".").split(".")
+    if (
+        len(host) <= HOST_NAME_MAX
+        and all(_HOST_LABEL_RE.match(label) for label in labels)
+        and not labels[-1].isdigit()
+    ):
+        return None
+    return f"{host!r} is neither an IP address nor a host name"
+
+
+def printable_text(text: str, limit: int = META_VALUE_MAX) -> str:
+    """`text` from an untrusted source reduced to printable characters, at most `limit` bytes.
+
+    Escape sequences are removed, any other control or format character (and a lone
+    surrogate) becomes `?`, and the result is cut to `limit` UTF-8 bytes (Consul's Meta value
+    limit by default) without splitting a character, ending in `...` when cut. The same input
+    always gives the same output, so check Output and Meta stay stable across cycles.
+    """
+    cleaned = "".join(
+        char
+        if char == " " or (char.isprintable() and unicodedata.category(char)[0] != "C")
+        else "?"
+        for char in _ANSI_RE.sub("", text)
+    )
+    if len(cleaned.encode("utf-8")) <= limit:
+        return cleaned
+    room = max(limit - 3, 0)
+    cut = cleaned.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    return cut + "..."[: limit - room]

@@ -20,7 +20,7 @@ import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Set, Tuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .http_api import ConsulAPI, Request, Response
 from .sim import ServerDown, Simulation
@@ -162,18 +162,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         owner = self.server.owner
         parts = urlsplit(self.path)
+        # Go's net/http routes and Consul's handlers read URL.Path, the percent-decoded path.
+        path = unquote(parts.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         req = Request(
             server=owner.index,
             method=self.command,
-            path=parts.path,
+            path=path,
             query=parse_qs(parts.query, keep_blank_values=True),
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
         )
-        found = owner.api.match(parts.path)
-        owner.record(self.command, owner.api.endpoint_name(parts.path, found[0] if found else None))
+        found = owner.api.match(path)
+        owner.record(self.command, owner.api.endpoint_name(path, found[0] if found else None))
         if not owner.await_faults():
             self.close_connection = True
             return

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import structlog
-import yaml
 
+from regagent.config.yaml_strict import KeyPath, parse_yaml
 from regagent.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -17,10 +19,11 @@ log = structlog.get_logger(__name__)
 DEFAULT_CONFIG_PATH = "/etc/regagent/conf.d"
 CONFIG_ENV = "REGAGENT_CONFIG"
 
-KeyPath = Tuple[Any, ...]
 
 # Lists under these top-level keys concatenate across files; any other list is replaced.
 CONCATENATED_LISTS = ("services",)
+# A configuration file is a few kilobytes; this only stops a wrong file from eating memory.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -41,23 +44,70 @@ class MergedDocument:
 
 
 def config_files(path: str) -> List[Path]:
-    """The files that make up the configuration at `path`, in merge order."""
+    """The files that make up the configuration at `path`, in merge order.
+
+    In a directory only `*.yaml` names not starting with a dot are configuration (editor lock
+    files such as `.#10-site.yaml` are dangling symlinks); each of those must be a readable
+    regular file, or the configuration is incomplete and that is an error, not a skip.
+    """
     target = Path(path)
-    if target.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(target).st_mode)
+    except FileNotFoundError:
+        is_dir = False
+    except OSError as exc:  # e.g. a parent directory this user may not enter
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if is_dir:
         try:
             entries = sorted(target.iterdir())
         except OSError as exc:
             raise ConfigError([f"{path}: cannot list directory: {exc.strerror or exc}"]) from None
-        files = [p for p in entries if p.suffix in (".yaml", ".yml") and p.is_file()]
+        files = [p for p in entries if p.name.endswith(".yaml") and not p.name.startswith(".")]
+        problems = [problem for problem in map(_not_a_config_file, files) if problem]
+        if problems:
+            raise ConfigError(problems)
         ignored = [p.name for p in entries if p not in files]
         if ignored:
             log.debug("config_files_ignored", directory=path, names=ignored)
+        misnamed = [p.name for p in entries if p.name.endswith(".yml") and p not in files]
+        if misnamed:
+            log.warning(
+                "config_files_not_read", directory=path, names=misnamed, fix="rename to *.yaml"
+            )
         if not files:
             log.warning("config_directory_empty", directory=path, using="built-in defaults")
         return files
-    if target.exists():
+    if target.is_symlink() or target.exists():
+        problem = _not_a_config_file(target)
+        if problem:
+            raise ConfigError([problem])
         return [target]
     raise ConfigError([f"{path}: no such file or directory"])
+
+
+def _not_a_config_file(path: Path) -> Optional[str]:
+    """Why `path` cannot be read as a configuration file (symlinks followed), or None."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if path.is_symlink():
+            target = _link_target(path)
+            if exc.errno == errno.ELOOP:
+                return f"{path}: symlink loop (via {target}); fix or remove the link"
+            return f"{path}: symlink to {target}, which does not exist; fix or remove the link"
+        return f"{path}: cannot read: {exc.strerror or exc}"
+    if stat.S_ISDIR(info.st_mode):
+        return f"{path}: is a directory, not a configuration file; rename or remove it"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path}: is not a regular file; remove it or rename it (not *.yaml)"
+    return None
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def resolve_config_path(cli_value: Optional[str]) -> str:
@@ -65,9 +115,33 @@ def resolve_config_path(cli_value: Optional[str]) -> str:
     return cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; a FIFO or device swapped in after listing must not hang or flood."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+        chunks: List[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        raw = path.read_bytes()
+        raw = _read_bytes(path)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     try:
@@ -75,15 +149,7 @@ def _read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError([f"{path}: line {line}: not UTF-8 text ({exc.reason})"]) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError([f"{path}: {where}: malformed YAML: {problem}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: malformed YAML: {exc}"]) from None
+    return parse_yaml(text, str(path))
 
 
 def _merge(

@@ -1,8 +1,11 @@
 """The typed configuration. Field defaults here are the built-in defaults.
 
 Each field's metadata may carry a `kind` the validator understands: "duration" (seconds, written
-as `30s`, `5m`, `72h`), "port" (1-65535), "hostport", "port_range", "choice" (with `choices`).
-Secrets are marked `secret=True` so check-config can mask them.
+as `30s`, `5m`, `72h`), "port" (1-65535), "hostport", "port_range", "choice" (with `choices`),
+"count" (a whole number), "url_path", "service_address". Durations and counts carry bounds
+(`low`, `high`; `low_open` when the low bound itself is refused): a value that passes
+check-config must never fail at run time, and zero or absurd values would (a 0 s timeout, a
+1e400 s interval, a 0-byte probe). Secrets are marked `secret=True` so check-config can mask them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,17 @@ from typing import Any, Dict, Optional, Tuple
 
 def _kind(kind: str, **extra: Any) -> Dict[str, Any]:
     return {"kind": kind, **extra}
+
+
+MINUTE = 60.0
+HOUR = 3600.0
+DAY = 86400.0
+MIB = 1024 * 1024
+
+
+def _timeout() -> Dict[str, Any]:
+    """A network timeout: more than 0 s (0 means "fail at once"), at most 5 minutes."""
+    return _kind("duration", low=0.0, low_open=True, high=5 * MINUTE)
 
 
 @dataclass(frozen=True)
@@ -31,13 +45,13 @@ class ConsulConfig:
     token_file: Optional[str] = field(default=None, metadata=_kind("token_file"))
     token: Optional[str] = field(default=None, metadata={"secret": True})
     tls: TLSConfig = field(default_factory=TLSConfig)
-    connect_timeout: float = field(default=2.0, metadata=_kind("duration"))
+    connect_timeout: float = field(default=2.0, metadata=_timeout())
     # Above Consul's rpc_hold_timeout (7s), so "No cluster leader" arrives before a timeout.
-    read_timeout: float = field(default=10.0, metadata=_kind("duration"))
+    read_timeout: float = field(default=10.0, metadata=_timeout())
     mode: str = field(default="catalog", metadata=_kind("choice", choices=("catalog", "agent")))
     agent_address: str = field(default="127.0.0.1:8500", metadata=_kind("hostport"))
-    cooldown_initial: float = field(default=5.0, metadata=_kind("duration"))
-    cooldown_max: float = field(default=300.0, metadata=_kind("duration"))
+    cooldown_initial: float = field(default=5.0, metadata=_kind("duration", low=0.1, high=HOUR))
+    cooldown_max: float = field(default=300.0, metadata=_kind("duration", low=0.1, high=DAY))
 
 
 @dataclass(frozen=True)
@@ -49,12 +63,15 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    interval: float = field(default=30.0, metadata=_kind("duration"))
-    jitter: float = field(default=5.0, metadata=_kind("duration"))
-    deregister_after: float = field(default=72 * 3600.0, metadata=_kind("duration"))
+    # At least 1 s: the cycle reads Consul twice; far below a second would hammer the servers.
+    interval: float = field(default=30.0, metadata=_kind("duration", low=1.0, high=DAY))
+    jitter: float = field(default=5.0, metadata=_kind("duration", low=0.0, high=HOUR))
+    deregister_after: float = field(
+        default=72 * HOUR, metadata=_kind("duration", low=0.0, high=365 * DAY)
+    )
     deregister_on_shutdown: bool = False
     # Consecutive failed probes before a registered service turns critical (against flapping).
-    failures_before_critical: int = 3
+    failures_before_critical: int = field(default=3, metadata=_kind("count", low=1, high=100))
     state_dir: str = "/var/lib/regagent"
 
 
@@ -77,16 +94,21 @@ class DiscoveryConfig:
     exclude_ports: Tuple[int, ...] = field(default=(), metadata=_kind("port_list"))
     exclude_processes: Tuple[str, ...] = ()
     register_unknown: bool = False
-    probe_timeout: float = field(default=2.0, metadata=_kind("duration"))
-    probe_max_bytes: int = 4 * 1024 * 1024
+    probe_timeout: float = field(default=2.0, metadata=_timeout())
+    probe_max_bytes: int = field(
+        default=4 * MIB, metadata=_kind("count", low=1024, high=64 * MIB, unit="bytes")
+    )
+    # New discovered registrations per cycle; the rest wait for the next cycle (trust model:
+    # a local process must not be able to flood the catalog in one go).
+    max_new_per_cycle: int = field(default=10, metadata=_kind("count", low=1, high=1000))
     overrides: Tuple[ExporterOverride, ...] = ()
 
 
 @dataclass(frozen=True)
 class CheckConfig:
     type: str = field(default="http", metadata=_kind("choice", choices=("http", "tcp", "none")))
-    path: Optional[str] = None  # http: defaults to the service's metrics path
-    timeout: float = field(default=2.0, metadata=_kind("duration"))
+    path: Optional[str] = field(default=None, metadata=_kind("url_path"))  # http: metrics_path
+    timeout: float = field(default=2.0, metadata=_timeout())
 
 
 @dataclass(frozen=True)
@@ -94,10 +116,10 @@ class ServiceConfig:
     name: str = field(default="", metadata=_kind("service_name", required=True))
     port: int = field(default=0, metadata=_kind("port", required=True))
     id: Optional[str] = None  # default: <name>-<port>
-    address: Optional[str] = None  # default: the node address
+    address: Optional[str] = field(default=None, metadata=_kind("service_address"))  # node's
     tags: Tuple[str, ...] = ()
     meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("service_meta"))
-    metrics_path: str = "/metrics"
+    metrics_path: str = field(default="/metrics", metadata=_kind("url_path"))
     scheme: str = field(default="http", metadata=_kind("choice", choices=("http", "https")))
     check: CheckConfig = field(default_factory=CheckConfig)
 

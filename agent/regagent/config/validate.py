@@ -15,14 +15,20 @@ import re
 import stat
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Union, get_type_hints
 
-from regagent.config.load import KeyPath, MergedDocument
+from regagent.config.load import MergedDocument
 from regagent.config.model import Config, ServiceConfig
+from regagent.config.show import format_duration
+from regagent.config.token import TOKEN_ENV, token_file_problem_text, token_file_text
+from regagent.config.yaml_strict import KeyPath, format_path
 from regagent.errors import ConfigError
 from regagent.rules import (
     META_MAX_PAIRS,
+    host_problem,
     hostport_problem,
     meta_problems_by_key,
     service_name_problem,
+    token_problem,
+    url_path_problem,
 )
 from regagent.rules import (
     service_id as rule_service_id,
@@ -40,22 +46,23 @@ def parse_duration(text: Union[str, int, float]) -> float:
     if isinstance(text, bool):
         raise ValueError(f"{text!r} is not a duration")
     if isinstance(text, (int, float)):
-        # YAML's .nan and .inf are floats too; neither is a usable interval.
-        if not math.isfinite(text) or text < 0:
+        # YAML's .nan and .inf are floats too; neither is a usable interval. A whole number
+        # with hundreds of digits does not even convert to a float (OverflowError).
+        try:
+            seconds = float(text)
+        except OverflowError:
+            raise ValueError(f"{text} is not a duration (too large)") from None
+        if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"{text} is not a duration")
-        return float(text)
+        return seconds
     match = _DURATION_RE.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration (use e.g. 30s, 5m, 72h)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def format_path(path: KeyPath) -> str:
-    """`("services", 0, "port")` -> `services[0].port`, as the user would point at it."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+    # float() of 400 digits is inf, not an error: refuse it here, not at the first sleep.
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a duration (too large)")
+    return seconds
 
 
 class _Validator:
@@ -178,10 +185,34 @@ class _Validator:
 
     def duration(self, raw: Any, path: KeyPath, meta: Any) -> Any:
         try:
-            return parse_duration(raw)
-        except (ValueError, TypeError):
-            self.report(path, f"{_show(raw)} is not a duration (use e.g. 30s, 5m, 72h)")
+            seconds = parse_duration(raw)
+        except (ValueError, TypeError) as exc:
+            too_large = "(too large)" in str(exc)
+            hint = "too large" if too_large else "use e.g. 30s, 5m, 72h"
+            self.report(path, f"{_show(raw)} is not a duration ({hint})")
             return _INVALID
+        problem = _bounds_problem(seconds, meta, _duration_text)
+        if problem:
+            self.report(path, f"{_show(raw)} {problem}")
+            return _INVALID
+        return seconds
+
+    def count(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        if not _is_int(raw):
+            self.report(path, f"expected a whole number, got {_describe(raw)}")
+            return _INVALID
+        show = _bytes_text if meta.get("unit") == "bytes" else (lambda n: str(int(n)))
+        problem = _bounds_problem(raw, meta, show)
+        if problem:
+            self.report(path, f"{_show(raw)} {problem}")
+            return _INVALID
+        return raw
+
+    def url_path(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        return self.checked_text(raw, path, url_path_problem)
+
+    def service_address(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        return self.checked_text(raw, path, host_problem)
 
     def port(self, raw: Any, path: KeyPath, meta: Any) -> Any:
         if isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= 65535:
@@ -306,6 +337,9 @@ class _Validator:
 
 _KIND_CHECKS = {
     "duration": _Validator.duration,
+    "count": _Validator.count,
+    "url_path": _Validator.url_path,
+    "service_address": _Validator.service_address,
     "port": _Validator.port,
     "port_list": _Validator.port_list,
     "port_ranges": _Validator.port_ranges,
@@ -322,20 +356,42 @@ _KIND_CHECKS = {
 
 
 def token_file_problem(path: str) -> Optional[str]:
-    """The token must be readable by us and by nobody else (it grants catalog writes)."""
+    """The token must be readable by us and by nobody else (it grants catalog writes), and be
+    one line of printable ASCII: anything else would fail every request, quoting the header."""
     try:
         info = os.stat(path)
-        with open(path, encoding="utf-8") as handle:
-            empty = not handle.read().strip()
+        text = token_file_text(path)
     except OSError as exc:
         return f"token file {path} is not readable: {exc.strerror or exc}"
-    except UnicodeDecodeError:
-        return f"token file {path} is not UTF-8 text"
     if info.st_mode & stat.S_IROTH:
         return f"token file {path} is world-readable; run: chmod o-rwx {path}"
-    if empty:
-        # Caught here so check-config finds it, not the first sync.
-        return f"token file {path} is empty"
+    problem = token_file_problem_text(text)
+    if problem:
+        # Caught here so check-config finds it, not the first sync. Never quotes the token.
+        return f"token file {path} {problem}"
+    return None
+
+
+def _bytes_text(size: float) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{int(size // scale)} {unit}"
+    return f"{int(size)} bytes"
+
+
+def _duration_text(seconds: float) -> str:
+    return format_duration(seconds) if seconds else "0s"
+
+
+def _bounds_problem(value: float, meta: Any, show: Callable[[float], str]) -> Optional[str]:
+    """Why `value` is outside the field's `low`/`high` bounds (see config.model), or None."""
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value < low or (meta.get("low_open") and value == low)):
+        if meta.get("low_open"):
+            return f"is too short; must be longer than {show(low)}"
+        return f"is too small; must be at least {show(low)}"
+    if high is not None and value > high:
+        return f"is too large; must be at most {show(high)}"
     return None
 
 
@@ -362,7 +418,9 @@ def _as_text(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    """The value as the user wrote it, cut short: a 400-digit number is not worth repeating."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def _describe(value: Any) -> str:
@@ -432,17 +490,10 @@ def _cross_checks(validator: _Validator, config: Config) -> None:
             validator.report(("consul", "tls"), "cert_file and key_file must be set together")
     if ("defaults",) in validator.built:
         _combined_meta(validator, config)
-    if ("consul",) in validator.built and config.consul.token:
-        problem = _inline_token_problem(validator.doc.origin(("consul", "token")))
-        if problem:
-            validator.report(("consul", "token"), problem)
-    if ("sync",) in validator.built:
-        if config.sync.failures_before_critical < 1:
-            validator.report(("sync", "failures_before_critical"), "must be 1 or more")
-        if config.sync.interval <= 0:
-            validator.report(("sync", "interval"), "must be longer than 0s")
-        if config.sync.jitter >= config.sync.interval > 0:
-            validator.report(("sync", "jitter"), "must be shorter than sync.interval")
+    if ("consul",) in validator.built:
+        _token_checks(validator, config)
+    if ("sync",) in validator.built and config.sync.jitter >= config.sync.interval:
+        validator.report(("sync", "jitter"), "must be shorter than sync.interval")
 
 
 # Meta keys regagent adds to every service (metrics_path, scheme, exporter, exporter_version,
@@ -461,6 +512,27 @@ def _combined_meta(validator: _Validator, config: Config) -> None:
                 f"with defaults.meta and the {AUTOMATIC_META_KEYS} keys regagent adds this makes "
                 f"{total} pairs; Consul allows at most {META_MAX_PAIRS}",
             )
+
+
+def _token_checks(validator: _Validator, config: Config) -> None:
+    """The token that would be sent must be sendable: inline or from the environment (the
+    token file is checked with its key). Messages name the source, never the value."""
+    consul = config.consul
+    if consul.token_file:
+        return
+    if consul.token:
+        problem = _inline_token_problem(validator.doc.origin(("consul", "token")))
+        if problem:
+            validator.report(("consul", "token"), problem)
+        problem = token_problem(consul.token)
+        if problem:
+            validator.report(("consul", "token"), f"the inline token {problem}")
+        return
+    env = os.environ.get(TOKEN_ENV)
+    if env:
+        problem = token_problem(env)
+        if problem:
+            validator.problems.append(f"environment variable {TOKEN_ENV}: the token {problem}")
 
 
 def _inline_token_problem(path: str) -> Optional[str]:

@@ -11,13 +11,21 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
+import structlog
+
 from regagent.consul.http import WriteRequest, send, send_all, stale_get
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
 from regagent.desired import desired_state
-from regagent.errors import ConsulUnreachable, NodeOwnedByAgent, NodeOwnedByOther, RegagentError
+from regagent.errors import (
+    ConsulUnreachable,
+    NodeOwnedByAgent,
+    NodeOwnedByOther,
+    NodeOwnedByOtherHost,
+    RegagentError,
+)
 from regagent.health.health import Health
-from regagent.identity import NodeIdentity
+from regagent.identity import HOST_ID_KEY, NodeIdentity
 from regagent.model import (
     MANAGED_BY_KEY,
     MANAGED_BY_VALUE,
@@ -29,6 +37,8 @@ from regagent.model import (
     ServiceRegistration,
 )
 from regagent.plan import Plan
+
+log = structlog.get_logger(__name__)
 
 SERF_HEALTH = "serfHealth"
 
@@ -193,9 +203,11 @@ def deregister_node(pool: ServerPool, node_name: str, datacenter: Optional[str])
     send(pool, WriteRequest("/v1/catalog/deregister", body, "deregister node", "deregister"))
 
 
-def ownership_problem(name: str, actual: ActualState) -> Optional[RegagentError]:
+def ownership_problem(
+    name: str, actual: ActualState, host_id: Optional[str] = None
+) -> Optional[RegagentError]:
     """regagent only writes a node it created (decision 2): never a real agent's, never another
-    tool's external node."""
+    tool's external node, never the node of another host that has the same name (decision 10)."""
     if SERF_HEALTH in actual.node_check_ids:
         return NodeOwnedByAgent(
             f"node {name!r} belongs to a running Consul agent (it has a serfHealth check); "
@@ -210,6 +222,15 @@ def ownership_problem(name: str, actual: ActualState) -> Optional[RegagentError]
             f"node {name!r} already exists in Consul without NodeMeta "
             f"{MANAGED_BY_KEY}={MANAGED_BY_VALUE}, so regagent will not take it over. "
             "Set node.name to a name of its own, or remove that node first"
+        )
+    theirs = actual.node.meta.get(HOST_ID_KEY) if actual.node is not None else None
+    if host_id is not None and theirs and theirs != host_id:
+        return NodeOwnedByOtherHost(
+            f"node {name!r} is registered by regagent on another host (NodeMeta {HOST_ID_KEY}="
+            f"{theirs}, this host is {host_id}): two hosts use the same node name, e.g. a cloned "
+            "image or the host name 'localhost'. Give this host a name of its own "
+            "(set its host name, or node.name in the configuration); regagent writes nothing "
+            "to that node meanwhile"
         )
     return None
 
@@ -250,10 +271,12 @@ class CatalogRegistrar:
         return self.identity.address(server, keep=answered)
 
     def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
-        return ownership_problem(self.identity.name, actual)
+        return ownership_problem(self.identity.name, actual, self.identity.host_id)
 
     def node(self, address: str) -> NodeRegistration:
         meta = {**self.node_meta, "external-node": "true", MANAGED_BY_KEY: MANAGED_BY_VALUE}
+        if self.identity.host_id is not None:
+            meta[HOST_ID_KEY] = self.identity.host_id
         return NodeRegistration(self.identity.name, address, meta)
 
     def desired(
@@ -272,14 +295,49 @@ class CatalogRegistrar:
         return len(self.requests(plan))
 
     def apply(self, plan: Plan) -> ApplyOutcome:
-        return send_all(self.pool, self.requests(plan))
+        outcome = send_all(self.pool, self.requests(plan))
+        if outcome.error is None:
+            self.retire_previous_node()
+        return outcome
+
+    def retire_previous_node(self) -> None:
+        """After a rename (a new host name or node.name), the node this host used before would
+        stay in Consul forever with passing checks: remove its regagent services, and the node
+        if nothing else is on it, when it carries this host's identity."""
+        previous = self.identity.previous_name()
+        if previous is None or previous == self.identity.name:
+            self.identity.record_name()
+            return
+        try:
+            actual = read_actual(self.pool, previous)
+            ours = actual.node is not None and (
+                actual.node.meta.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
+                and actual.node.meta.get(HOST_ID_KEY) == self.identity.host_id
+                and self.identity.host_id is not None
+            )
+            removed = self._remove_owned(previous, actual) if ours else []
+        except RegagentError as exc:  # tried again after the next write
+            log.warning("previous_node_not_retired", node=previous, error=str(exc))
+            return
+        log.warning(
+            "node_renamed",
+            previous=previous,
+            node=self.identity.name,
+            removed=removed,
+            reason=None if ours else "the old node is not this host's; left alone",
+        )
+        self.identity.record_name()
 
     def deregister_owned(self) -> List[str]:
         name = self.identity.name
         actual = read_actual(self.pool, name)
-        problem = ownership_problem(name, actual)
+        problem = ownership_problem(name, actual, self.identity.host_id)
         if problem is not None:
             raise problem
+        return self._remove_owned(name, actual)
+
+    def _remove_owned(self, name: str, actual: ActualState) -> List[str]:
+        """Deregisters the regagent services of node `name`, and the node when emptied."""
         removed: List[str] = []
         for service in actual.services:
             if service.managed:

@@ -16,9 +16,10 @@ from regagent.config.model import Config
 
 Rng = Callable[[], float]  # uniform in [0, 1), like random.random
 
-# A cycle must end well before systemd's watchdog (WatchdogSec=120s in the shipped unit) would
-# restart a daemon that stopped pinging; what is left undone is completed by the next cycle.
-CYCLE_DEADLINE = 60.0
+# A cycle must end well before systemd's watchdog would restart a daemon that stopped pinging
+# (WatchdogSec=120s in the shipped unit, pinged every 60 s); what is left undone is completed by
+# the next cycle.
+CYCLE_DEADLINE = 50.0
 
 
 def jittered(base: float, spread: float, rng: Rng = random.random) -> float:

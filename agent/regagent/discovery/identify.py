@@ -25,6 +25,7 @@ from regagent.discovery.exporters import ExporterSpec, ExporterTable, load_expor
 from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
+from regagent.rules import printable_text
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,7 @@ UNKNOWN = "unknown"
 DEFAULT_PATH = "/metrics"
 MAX_CONCURRENT_PROBES = 8
 MAX_PATHS_PER_LISTENER = 2
+REASON_MAX = 200  # bytes of a probe's reason shown in `discover` and logs
 
 Prober = Callable[[str, int, str, float, int], ProbeResult]
 
@@ -215,6 +217,13 @@ def classify(
     if by_process and process is not None:
         reasons.append(f"process {process.name or by_process[0].binaries[0]}")
     if not reasons:
+        claimed = _claimed_name(process, table)
+        if claimed:
+            return replace(
+                base,
+                reason=f"not a candidate: process name {claimed!r} is not evidence (its "
+                "executable is not root's alone); add the port to discovery.port_ranges",
+            )
         return replace(base, reason="not a candidate (port and process unknown)")
     base = replace(base, candidate_reasons=tuple(reasons))
     if port in settings.exclude_ports:
@@ -232,14 +241,22 @@ def classify(
 
 
 def _process_specs(process: Optional[ProcessInfo], table: ExporterTable) -> List[ExporterSpec]:
+    """Exporters the process's trusted names say it is (a name anyone can set says nothing)."""
     if process is None:
         return []
     specs: List[ExporterSpec] = []
-    for name in sorted(process.names):
+    for name in sorted(process.trusted_names):
         for spec in table.by_binary.get(name, ()):
             if spec not in specs:
                 specs.append(spec)
     return specs
+
+
+def _claimed_name(process: Optional[ProcessInfo], table: ExporterTable) -> Optional[str]:
+    """An exporter's binary name the process goes by without it being evidence, if any."""
+    if process is None:
+        return None
+    return next((name for name in sorted(process.names) if name in table.by_binary), None)
 
 
 def _excluded_process(process: Optional[ProcessInfo], patterns: Sequence[str]) -> Optional[str]:
@@ -280,7 +297,9 @@ def identify(
             break
     assert result is not None
     if not result.ok or result.exposition is None:
-        return replace(finding, outcome=NOT_EXPORTER, reason=result.reason, metrics_path=path)
+        # The reason can quote the exporter (its Content-Type): keep it printable.
+        reason = printable_text(result.reason, REASON_MAX)
+        return replace(finding, outcome=NOT_EXPORTER, reason=reason, metrics_path=path)
     exposition = result.exposition
     spec = table.match_fingerprint(exposition.names)
     if spec is None:
@@ -289,7 +308,7 @@ def identify(
             outcome=UNKNOWN_EXPORTER,
             reason="serves metrics, but no known exporter's fingerprint",
             exporter=UNKNOWN,
-            version=exposition.version_of(),
+            version=exporter_text(exposition.version_of()),
             metrics_path=path,
             scheme=result.scheme,
         )
@@ -299,10 +318,18 @@ def identify(
         outcome=IDENTIFIED,
         reason=f"fingerprint {_matched(spec, exposition.names)}",
         exporter=spec.name,
-        version=exposition.version_of((*own, f"{spec.name}_build_info")),
+        version=exporter_text(exposition.version_of((*own, f"{spec.name}_build_info"))),
         metrics_path=path,
         scheme=result.scheme,
     )
+
+
+def exporter_text(text: Optional[str]) -> Optional[str]:
+    """Text an exporter chose (its version label), safe for Meta, check Output and a terminal:
+    printable, within Consul's Meta value limit; None when nothing printable is left."""
+    if text is None:
+        return None
+    return printable_text(text) or None
 
 
 def _matched(spec: ExporterSpec, names: FrozenSet[str]) -> str:

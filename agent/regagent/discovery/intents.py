@@ -16,12 +16,14 @@ Rules (design decisions 3, 4 and 9):
   until `sync.deregister_after` has passed since it was last seen, then it is dropped.
 - A static service wins over a discovered one on the same ID or port, and a present exporter
   supersedes a vanished one that was registered on the same port (e.g. after a rename).
+- At most `discovery.max_new_per_cycle` exporters not in the previous state are added per call,
+  in port order; the rest are skipped as "held back" and come in the next cycles.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
@@ -35,6 +37,7 @@ from regagent.discovery.identify import (
     WILDCARD,
     DiscoveryResult,
     Finding,
+    exporter_text,
 )
 from regagent.discovery.probe import url_host
 from regagent.discovery.seen import SeenService, format_time, parse_time
@@ -52,6 +55,9 @@ from regagent.model import (
 )
 from regagent.rules import service_id
 
+LOOPBACK_REASON = "listens on loopback only"
+HELD_BACK_REASON = "held back"
+
 
 @dataclass(frozen=True)
 class Skipped:
@@ -61,6 +67,12 @@ class Skipped:
     endpoints: str
     exporter: Optional[str]
     reason: str
+
+    @property
+    def warn(self) -> bool:
+        """Worth a warning, not an info line: likely a mistake (loopback only) or a flood
+        (held back by `discovery.max_new_per_cycle`); the other reasons are choices."""
+        return self.reason.startswith((LOOPBACK_REASON, HELD_BACK_REASON))
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,7 @@ def build_intents(
 
     `discovery` None means discovery is disabled: only static services, state kept as it was.
     """
-    previous = dict(previous or {})
+    previous = {sid: _not_in_the_future(entry, now) for sid, entry in (previous or {}).items()}
     statics = [static_intent(svc, config, node_address) for svc in config.services]
     static_ids = {intent.service.id for intent in statics}
     static_ports = {intent.service.port: intent.service.id for intent in statics}
@@ -111,6 +123,7 @@ def build_intents(
     seen: Dict[str, SeenService] = {}
     skipped: List[Skipped] = []
     by_port: Dict[int, str] = {}
+    new = 0
     for finding in discovery.exporters:
         outcome = _discovered(finding, config, node_address, table)
         if isinstance(outcome, str):
@@ -127,6 +140,18 @@ def build_intents(
             skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, reason))
             continue
         earlier = previous.get(service.id)
+        if earlier is None:
+            if new >= config.discovery.max_new_per_cycle:
+                # Trust model: whatever listens here is evidence, not authority. A local
+                # process opening many ports must not flood the catalog in one cycle.
+                reason = (
+                    f"{HELD_BACK_REASON}: at most discovery.max_new_per_cycle "
+                    f"({config.discovery.max_new_per_cycle}) new exporters are registered per "
+                    "cycle; this one is next"
+                )
+                skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, reason))
+                continue
+            new += 1
         seen[service.id] = _seen_entry(service, earlier.first_seen if earlier else now, now)
         by_port[finding.port] = service.id
         intents.append(outcome)
@@ -225,7 +250,12 @@ def _discovered(
         if not finding.in_port_range:
             return "unknown exporter outside discovery.port_ranges"
     if finding.address_kind == LOOPBACK:
-        return f"listens on loopback only ({finding.endpoints}): Prometheus cannot reach it"
+        return f"{LOOPBACK_REASON} ({finding.endpoints}): Prometheus cannot reach it"
+    if finding.address_kind == WILDCARD and _ipv4_only(finding) and ":" in node_address:
+        return (
+            f"listens on IPv4 only ({finding.endpoints}) but the node address {node_address} "
+            "is IPv6: Prometheus would find nothing there; set node.address to an IPv4 address"
+        )
     exporter = finding.exporter or UNKNOWN
     overrides = matching_overrides(settings.overrides, exporter, finding.port)
     if any(o.ignore for o in overrides):
@@ -245,7 +275,7 @@ def _discovered(
         "metrics_path": finding.metrics_path,
         "scheme": finding.scheme,
         "exporter": exporter,
-        "exporter_version": finding.version or UNKNOWN,
+        "exporter_version": exporter_text(finding.version) or UNKNOWN,
         **override_meta,
     }
     service = canonical_service(
@@ -265,10 +295,17 @@ def _discovered(
     )
 
 
+def _ipv4_only(finding: Finding) -> bool:
+    """Only `0.0.0.0` wildcards: nothing answers on the host's IPv6 addresses. (A `::`
+    wildcard also takes IPv4 unless the socket is IPV6_V6ONLY, which the dump does not show.)"""
+    return all(lst.address == "0.0.0.0" for lst in finding.listeners if lst.is_wildcard)
+
+
 def _ok_text(finding: Finding) -> str:
     # Stable on purpose: Output is compared to decide whether to write (no timings, no clock).
     what = finding.exporter if finding.outcome == IDENTIFIED else "unknown exporter"
-    version = f" {finding.version}" if finding.version else ""
+    text = exporter_text(finding.version)  # already clean from identify; a Finding is data
+    version = f" {text}" if text else ""
     return f"{what}{version} serving {finding.metrics_path} on :{finding.port}"
 
 
@@ -289,6 +326,16 @@ def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
 def _registration(entry: SeenService) -> ServiceRegistration:
     return canonical_service(
         ServiceRegistration(entry.id, entry.name, entry.port, entry.address, entry.tags, entry.meta)
+    )
+
+
+def _not_in_the_future(entry: SeenService, now: float) -> SeenService:
+    """Seen times after `now` become `now` (and are stored so): a clock set back, or a planted
+    entry, must not keep a vanished exporter registered past `deregister_after`."""
+    if entry.last_seen <= now and entry.first_seen <= now:
+        return entry
+    return replace(
+        entry, first_seen=min(entry.first_seen, now), last_seen=min(entry.last_seen, now)
     )
 
 

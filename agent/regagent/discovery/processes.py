@@ -6,11 +6,18 @@ for a batch of inodes at once, stops as soon as all are found, looks first at pr
 socket's owner uid, and remembers the answer per inode (a listening socket keeps its inode for
 its whole life, so a steady host costs nothing after the first cycle). Without permission to
 read another user's descriptors (an unprivileged run) the owner is simply unknown.
+
+What a process says about itself is not evidence: any user can set its argv[0] and its name
+(`exec -a node_exporter`, `prctl(PR_SET_NAME)`) and get any number of ports registered as an
+exporter. A process's names count for discovery (`ProcessInfo.trusted_names`) only when root
+started it, or, for the executable's own file name, when that file and its directory are
+owned by root and writable only by root: a name only the administrator could have chosen.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import (
@@ -28,6 +35,8 @@ from typing import (
 
 import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x
 
+from regagent.rules import printable_text
+
 T = TypeVar("T")
 
 
@@ -40,6 +49,8 @@ class ProcessInfo:
     exe: str = ""
     cmdline: Tuple[str, ...] = ()
     user: str = ""
+    uid: Optional[int] = None  # real uid; None when unknown
+    exe_trusted: bool = False  # the executable and its directory are root's alone
 
     @property
     def names(self) -> Set[str]:
@@ -51,22 +62,67 @@ class ProcessInfo:
         return found
 
     @property
+    def trusted_names(self) -> Set[str]:
+        """The names that count as evidence of which exporter this is (see the module doc):
+        all of them for a process root started, else only the file name of an executable
+        only root can change, else none."""
+        if self.uid == 0:
+            return self.names
+        if self.exe_trusted and self.exe:
+            return {os.path.basename(self.exe)}
+        return set()
+
+    @property
     def label(self) -> str:
         """`name[pid]` for tables and logs."""
         return f"{self.name or '?'}[{self.pid}]"
 
 
-def describe_process(pid: int) -> ProcessInfo:
-    """Name, exe, cmdline and user of `pid`; each field stays empty if psutil is denied it."""
+MAX_ARGS = 16  # of the command line kept; only argv[0] is ever used, the rest is for display
+FIELD_MAX = 256  # bytes of each text field kept
+
+
+def describe_process(pid: int, proc_root: str = "/proc") -> ProcessInfo:
+    """Name, exe, cmdline, user and uid of `pid`; each field stays empty if psutil is denied it.
+
+    Every text is the process's own choice, so it is made printable (no escapes reach
+    `discover` or the log) and bounded.
+    """
     try:
         proc = psutil.Process(pid)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return ProcessInfo(pid)
-    name = _attempt(proc.name, "")
+    name = printable_text(_attempt(proc.name, ""), FIELD_MAX)
     exe = _attempt(proc.exe, "")
-    cmdline: Tuple[str, ...] = tuple(_attempt(proc.cmdline, []))
-    user = _attempt(proc.username, "")
-    return ProcessInfo(pid, name, exe, cmdline, user)
+    args: List[str] = _attempt(proc.cmdline, [])[:MAX_ARGS]
+    cmdline: Tuple[str, ...] = tuple(printable_text(arg, FIELD_MAX) for arg in args)
+    user = printable_text(_attempt(proc.username, ""), FIELD_MAX)
+    uids = _attempt(proc.uids, None)
+    uid = int(uids.real) if uids is not None else None
+    trusted = executable_trusted(pid, exe, proc_root)
+    return ProcessInfo(pid, name, printable_text(exe, 4096), cmdline, user, uid, trusted)
+
+
+def executable_trusted(pid: int, exe: str, proc_root: str = "/proc") -> bool:
+    """Whether the file `pid` runs, and the directory it is in, are owned by root and writable
+    only by root, so that its file name is the administrator's choice.
+
+    The file is stat'ed through `/proc/<pid>/exe` (the very inode running, even if replaced or
+    in a container) and the directory through `/proc/<pid>/root` (the process's own view).
+    """
+    if not exe:
+        return False
+    directory = os.path.dirname(exe.removesuffix(" (deleted)"))  # an upgraded package's old binary
+    try:
+        program = os.stat(os.path.join(proc_root, str(pid), "exe"))
+        parent = os.stat(os.path.join(proc_root, str(pid), "root", directory.lstrip("/")))
+    except OSError:
+        return False
+    return _root_only(program) and _root_only(parent)
+
+
+def _root_only(info: os.stat_result) -> bool:
+    return info.st_uid == 0 and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _attempt(getter: Callable[[], T], default: T) -> T:
@@ -96,7 +152,8 @@ class ProcessResolver:
                 owners = self._scan(missing, set((uid_hints or {}).values()))
                 for inode in missing:
                     pid = owners.get(inode)
-                    self._cache[inode] = describe_process(pid) if pid is not None else None
+                    found = describe_process(pid, self.proc_root) if pid is not None else None
+                    self._cache[inode] = found
             return {inode: self._cache[inode] for inode in wanted}
 
     def forget_except(self, live_inodes: Collection[int]) -> None:

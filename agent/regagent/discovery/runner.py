@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Iterable, List, Mapping, Optional, Set, Tuple
 
 import structlog
 
@@ -111,6 +111,17 @@ class DiscoveryRunner:
             save_state(path, desired.seen)
         return result, desired
 
+    def forget(self, config: Config, service_ids: Iterable[str]) -> None:
+        """Drops services from the state file after `regagent deregister`: otherwise the next
+        sync would bring a vanished exporter back, critical, for `deregister_after`."""
+        path = state_path(config.sync.state_dir)
+        stored = load_state(path)
+        gone = set(service_ids)
+        kept = {sid: entry for sid, entry in stored.items() if sid not in gone}
+        if len(kept) != len(stored):
+            save_state(path, kept)
+            log.info("discovery_state_forgotten", service_ids=sorted(set(stored) & gone))
+
     def cycle(self, config: Config, node_address: str, now: float) -> Tuple[ServiceIntent, ...]:
         """The intents for one sync cycle (state persisted)."""
         return self.run(config, node_address, now)[1].intents
@@ -169,7 +180,7 @@ class DiscoveryRunner:
                 self._reported.add(key)
                 # Loopback-only is a likely misconfiguration (Prometheus cannot scrape it);
                 # the other reasons are choices made in the configuration.
-                report = log.warning if item.reason.startswith("listens on loopback") else log.info
+                report = log.warning if item.warn else log.info  # issue 14: + held back
                 report(
                     "exporter_not_registered",
                     listener=item.endpoints,

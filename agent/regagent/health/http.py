@@ -150,6 +150,8 @@ def bounded_get(
         watchdog.hold(conn.sock)
         conn.request("GET", path, headers=sent)
         response = conn.getresponse()
+        if watchdog.fired:  # headers cut short by the shutdown read as a complete answer
+            raise GetFailed("timed out", timed_out=True)
         body, truncated = _read_body(response, max_bytes, watchdog)
         return Answer(
             response.status, response.getheader("Content-Type", "") or "", body, truncated

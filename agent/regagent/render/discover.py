@@ -57,6 +57,7 @@ from regagent.discovery.identify import (
 )
 from regagent.discovery.intents import DesiredServices
 from regagent.model import ServiceIntent, service_json
+from regagent.render.escape import safe_lines
 
 
 def report_json(
@@ -126,7 +127,7 @@ def _intent_json(intent: ServiceIntent) -> Dict[str, Any]:
 def report_text(
     node_address: str, result: Optional[DiscoveryResult], desired: DesiredServices
 ) -> List[str]:
-    """A table of listeners, then the services that would be registered."""
+    """A table of listeners, then the services that would be registered; safe to print."""
     lines: List[str] = []
     if result is None:
         lines.append("Discovery is disabled (discovery.enabled: false).")
@@ -148,7 +149,7 @@ def report_text(
             f"  {service.id}  {service.name} at {_hostport(service.address, service.port)}"
             f"  [{intent.source}]  tags={tags}  {status}"
         )
-    return lines
+    return safe_lines(lines)
 
 
 def _probe_text(intent: ServiceIntent) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from regagent.model import ActualState, service_json
+from regagent.model import ActualState, service_json, url_host
+from regagent.render.escape import safe_lines
 
 
 def status_report(
@@ -55,5 +56,6 @@ def status_text(report: Dict[str, Any]) -> str:
             owner = "" if s["managed"] else " (not managed by regagent)"
             check = s["check"]
             state = f"{check['status']}: {check['output']}" if check else "no check"
-            lines.append(f"  {s['id']} {s['address']}:{s['port']} [{state}]{owner}")
-    return "".join(line + "\n" for line in lines)
+            where = f"{url_host(s['address'])}:{s['port']}" if s["address"] else f":{s['port']}"
+            lines.append(f"  {s['id']} {where} [{state}]{owner}")
+    return "".join(line + "\n" for line in safe_lines(lines))

@@ -2,7 +2,7 @@
 
 JSON schema (`regagent sync --format json`), one object:
   dry_run: bool          - nothing was written
-  in_sync: bool | null   - Consul already matched (null when Consul could not be read)
+  in_sync: bool | null   - Consul already matched, nothing skipped (null: Consul not read)
   server: str | null     - the server that answered
   node: {name, address, meta}
   changes: [ {action: "node"|"register"|"update"|"status"|"deregister",
@@ -20,8 +20,16 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from regagent.model import CheckState, DesiredState, ServiceRegistration, meta_dict, service_json
+from regagent.model import (
+    CheckState,
+    DesiredState,
+    ServiceRegistration,
+    meta_dict,
+    service_json,
+    url_host,
+)
 from regagent.plan import FieldDiff, Plan
+from regagent.render.escape import safe_lines
 from regagent.report import CycleReport
 
 
@@ -95,7 +103,7 @@ def cycle_json(result: CycleReport, dry_run: bool) -> Dict[str, Any]:
     node = result.desired.node if result.desired else None
     return {
         "dry_run": dry_run,
-        "in_sync": None if result.plan is None else result.plan.empty,
+        "in_sync": None if result.plan is None else result.plan.in_sync,
         "server": result.server,
         "node": None
         if node is None
@@ -119,7 +127,7 @@ def _show(value: Any) -> str:
 
 
 def _describe_service(service: ServiceRegistration) -> str:
-    where = f"{service.address}:{service.port}" if service.address else f":{service.port}"
+    where = f"{url_host(service.address)}:{service.port}" if service.address else f":{service.port}"
     return f"{service.name} at {where} tags={_show(service.tags)}"
 
 
@@ -164,6 +172,11 @@ def desired_text(desired: DesiredState) -> List[str]:
 
 
 def cycle_text(result: CycleReport, dry_run: bool) -> List[str]:
+    """The text form, each line safe to print (control characters escaped)."""
+    return safe_lines(_cycle_lines(result, dry_run))
+
+
+def _cycle_lines(result: CycleReport, dry_run: bool) -> List[str]:
     lines: List[str] = []
     if result.plan is None:
         if result.desired is not None:
@@ -171,6 +184,12 @@ def cycle_text(result: CycleReport, dry_run: bool) -> List[str]:
         return lines
     plan = result.plan
     lines += plan_text(plan)
+    if plan.empty and plan.conflicts:
+        lines.append(
+            f"Not in sync: nothing to write, but {len(plan.conflicts)} service(s) skipped "
+            f"(node {plan.node.name}, via {result.server})."
+        )
+        return lines
     if plan.empty:
         count = len(result.desired.services) if result.desired else 0
         lines.append(

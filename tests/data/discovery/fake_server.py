@@ -6,6 +6,10 @@
     fake_server.py banner ADDR PORT                    a TCP server that speaks no HTTP
     fake_server.py silent ADDR PORT                    accepts and never answers
     fake_server.py drip ADDR PORT                      answers one byte per 0.2 s, forever
+    fake_server.py bodydrip ADDR PORT                  complete headers (Connection: close),
+                                                       then the body one byte per 0.2 s
+    fake_server.py headerdrip ADDR PORT                a status line, then header bytes slowly
+    fake_server.py endless ADDR PORT                   a 200 metrics answer that never ends
 
 Every mode exits by itself after --lifetime seconds (default 300), in case a test dies badly.
 """
@@ -66,6 +70,47 @@ class _Drip(socketserver.BaseRequestHandler):
             time.sleep(0.2)
 
 
+class _BodyDrip(socketserver.BaseRequestHandler):
+    """Headers at once, then the body a byte at a time: http.client hands the socket over to
+    the response when it reads `Connection: close`."""
+
+    def handle(self) -> None:
+        self.request.recv(4096)
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+        _drip(self.request, head, b"m")
+
+
+class _HeaderDrip(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(4096)
+        _drip(self.request, b"HTTP/1.1 200 OK\r\nX-Slow: ", b"x")
+
+
+class _Endless(socketserver.BaseRequestHandler):
+    """A well-formed metrics answer that never ends, as fast as the client reads it."""
+
+    def handle(self) -> None:
+        self.request.recv(4096)
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+        line = b"fake_metric 1\n" * 4096
+        try:
+            self.request.sendall(head)
+            for _ in range(1_000_000):
+                self.request.sendall(line)
+        except OSError:
+            return
+
+
+def _drip(sock: socket.socket, first: bytes, byte: bytes) -> None:
+    try:
+        sock.sendall(first)
+        for _ in range(1000):
+            sock.sendall(byte)
+            time.sleep(0.2)
+    except OSError:
+        return
+
+
 def _exporter(addr: str, port: int, metric: str, version: str) -> None:
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -78,7 +123,8 @@ def _exporter(addr: str, port: int, metric: str, version: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("exporter", "html", "banner", "silent", "drip"))
+    modes = ("exporter", "html", "banner", "silent", "drip", "bodydrip", "headerdrip", "endless")
+    parser.add_argument("mode", choices=modes)
     parser.add_argument("addr")
     parser.add_argument("port", type=int)
     parser.add_argument("extra", nargs="*")
@@ -87,7 +133,15 @@ def main() -> None:
     if args.mode == "exporter":
         _exporter(args.addr, args.port, args.extra[0], args.extra[1])
     else:
-        handler = {"html": _Html, "banner": _Banner, "silent": _Silent, "drip": _Drip}[args.mode]
+        handler = {
+            "html": _Html,
+            "banner": _Banner,
+            "silent": _Silent,
+            "drip": _Drip,
+            "bodydrip": _BodyDrip,
+            "headerdrip": _HeaderDrip,
+            "endless": _Endless,
+        }[args.mode]
         server = _DualStackTCPServer(args.addr, args.port, handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
     print("ready", flush=True)
