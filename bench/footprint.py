@@ -3,9 +3,9 @@
 The daemon runs as a real process against the three-server emulator with 20 static services,
 each TCP-checked against a listener this script holds open (so every check passes and the
 steady state writes nothing), telemetry on (its endpoint registered as the 21st service),
-discovery off (its cost is bench/discovery.py's), `sync.interval` 1s (its minimum). Cycles are counted by
-the `STATUS=` datagrams the daemon sends to a notify socket this script owns; CPU is the
-child's user+system time over `CYCLES` cycles after `WARMUP`.
+discovery off (its cost is bench/discovery.py's), `sync.interval` 1s (its minimum). Cycles
+are counted by the `STATUS=` datagrams the daemon sends to a notify socket this script owns;
+CPU is the child's user+system time over `--cycles` cycles after `WARMUP`.
 
 Goals: RSS under 40 MB; under 3 ms CPU per steady-state cycle.
 

@@ -125,7 +125,7 @@ def test_every_served_family_is_documented_in_readme() -> None:
     metrics.observe_cycle(report(writes={"register": 1}))
     metrics.observe_request("s1:8500", "success", 0.01)
     served = {family.name for family in text_string_to_metric_families(metrics.render().decode())}
-    documented = set(re.findall(r"`(regagent_[a-z_]+)`", README.read_text()))
+    documented = set(re.findall(r"`((?:regagent|process)_[a-z_]+)", README.read_text()))
     for name in served:
         assert any(doc == name or doc.startswith(name + "_") for doc in documented), name
 

@@ -24,7 +24,14 @@ from typing import Any, Dict, Optional, Sequence, Set, Tuple
 
 import prometheus_client
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from regagent import __version__
@@ -82,6 +89,7 @@ class Metrics:
         _without_created_series()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, RSS, fds, start time
         self.build = Info("regagent_build", "regagent version and Python runtime.", registry=r)
         self.build.info({"version": __version__, "python_version": platform.python_version()})
         self.cycles = Counter(
