@@ -33,7 +33,13 @@ import structlog
 from regagent.config.model import SyncConfig
 from regagent.consul.retry import Rng, jittered
 from regagent.engine import SyncEngine
-from regagent.errors import ConfigError, ConsulRefused, ConsulUnreachable, RegagentError
+from regagent.errors import (
+    ConfigError,
+    ConsulRefused,
+    ConsulUnreachable,
+    NoClusterLeader,
+    RegagentError,
+)
 from regagent.metrics import Metrics, MetricsServer
 from regagent.notify import Notifier
 from regagent.report import CycleReport
@@ -86,7 +92,7 @@ def status_text(report: CycleReport, servers: int) -> str:
         services = len(report.desired.services)
         done = f" ({report.writes} written)" if report.writes else ""
         return f"in sync: {services} services via {report.server}{done}"
-    if isinstance(error, ConsulUnreachable):
+    if isinstance(error, ConsulUnreachable) and not isinstance(error, NoClusterLeader):
         return f"no Consul server reachable ({servers} tried)"
     if isinstance(error, ConsulRefused):
         return f"Consul refused a request: {error}"
