@@ -106,6 +106,7 @@ class SyncEngine:
             return report
         outcome = self.registrar.apply(report.plan)
         report.writes_by_kind = outcome.writes_by_kind
+        report.requests = outcome.requests
         report.server = outcome.server or report.server
         report.error = outcome.error
         phase("apply")

@@ -24,6 +24,7 @@ class CycleReport:
     plan: Optional[Plan] = None
     planned_writes: int = 0  # requests the plan takes, in this backend's request layout
     writes_by_kind: Dict[str, int] = field(default_factory=dict)
+    requests: int = 0  # write requests that carried them (one transaction carries many)
     server: Optional[str] = None
     error: Optional[RegagentError] = None
     timings: Dict[str, float] = field(default_factory=dict)  # phase -> seconds

@@ -234,6 +234,21 @@ class SimCluster:
         """Every answer of server ``i`` is delayed by ``seconds`` (0 restores it)."""
         self._control("POST", f"/servers/{i}/slow", {"seconds": seconds})
 
+    def answer_status(self, i: int, status: int, retry_after: int = 0) -> None:
+        """Every request to server ``i`` is answered ``status`` (429, 503, ...; 0 serves again),
+        with ``Retry-After: retry_after`` if it is > 0."""
+        self._control(
+            "POST", f"/servers/{i}/status", {"status": status, "retry_after": retry_after}
+        )
+
+    def drip(self, i: int, seconds: float = 1.0) -> None:
+        """Server ``i`` sends each answer one byte per ``seconds`` (0 restores it)."""
+        self._control("POST", f"/servers/{i}/drip", {"seconds": seconds})
+
+    def endless(self, i: int, on: bool = True) -> None:
+        """Server ``i`` answers every request with a 200 whose body never ends."""
+        self._control("POST", f"/servers/{i}/endless", {"on": on})
+
     def set_txn(self, enabled: bool, server: Optional[int] = None, status: int = 404) -> None:
         """Serve /v1/txn or refuse it (on ``server``, or every server) with ``status`` and
         an empty body; 404 is what a Consul before 0.7 answers."""

@@ -7,6 +7,9 @@ Routes (all answers are JSON; errors are 400/404 with ``{"error": "..."}``)::
     POST /servers/<i>/stop              POST /servers/<i>/start
     POST /servers/<i>/blackhole {"on": true|false}
     POST /servers/<i>/slow      {"seconds": 1.5}
+    POST /servers/<i>/status    {"status": 429, "retry_after": 5}  (status 0 serves again)
+    POST /servers/<i>/drip      {"seconds": 1.0}  (one byte per second; 0 restores)
+    POST /servers/<i>/endless   {"on": true|false}
     PUT  /acl  {acl config, see acl.py; {} turns ACLs off}
     GET  /txn                           PUT /txn {"enabled": false, "server": 1, "status": 404,
                                                   "max_ops": 64}  (every key optional)
@@ -23,7 +26,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .emulator import Emulator
 
-_SERVER_OP = re.compile(r"^/servers/(\d+)/(stop|start|blackhole|slow)$")
+_SERVER_OP = re.compile(r"^/servers/(\d+)/(stop|start|blackhole|slow|status|drip|endless)$")
 
 
 class ControlServer(ThreadingHTTPServer):
@@ -127,6 +130,12 @@ class _ControlHandler(BaseHTTPRequestHandler):
                 emu.start_server(i)
             elif op == "blackhole":
                 emu.blackhole(i, bool(body.get("on", True)))
+            elif op == "status":
+                emu.answer_status(i, int(body["status"]), int(body.get("retry_after", 0)))
+            elif op == "drip":
+                emu.drip(i, float(body["seconds"]))
+            elif op == "endless":
+                emu.endless(i, bool(body.get("on", True)))
             else:
                 emu.slow(i, float(body["seconds"]))
             return 200, {"ok": True}

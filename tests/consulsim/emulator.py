@@ -81,6 +81,36 @@ class Emulator:
             self.sim.topology.faults[i].slow_seconds = seconds
             self.sim.cond.notify_all()
 
+    def answer_status(self, i: int, status: int, retry_after: int = 0) -> None:
+        """Every request to server ``i`` is answered ``status`` (0 serves normally again), with a
+        ``Retry-After`` header when ``retry_after`` > 0: Consul's request rate limiter (429) or
+        an overloaded server or proxy (503)."""
+        self._check(i)
+        if status and not 400 <= status <= 599:
+            raise ValueError("status must be 0 or an HTTP error status (400..599)")
+        if retry_after < 0:
+            raise ValueError("retry_after must be >= 0")
+        with self.sim.cond:
+            self.sim.topology.faults[i].answer_status = status
+            self.sim.topology.faults[i].retry_after = retry_after
+            self.sim.cond.notify_all()
+
+    def drip(self, i: int, seconds: float) -> None:
+        """Server ``i`` sends its answers one byte per ``seconds`` (0 restores it)."""
+        self._check(i)
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        with self.sim.cond:
+            self.sim.topology.faults[i].drip_seconds = seconds
+            self.sim.cond.notify_all()
+
+    def endless(self, i: int, on: bool) -> None:
+        """Server ``i`` answers every request with a 200 whose body never ends."""
+        self._check(i)
+        with self.sim.cond:
+            self.sim.topology.faults[i].endless = on
+            self.sim.cond.notify_all()
+
     def set_txn(self, enabled: bool, server: Optional[int] = None, status: int = 404) -> None:
         """Serve ``/v1/txn`` or not, on one server or all; ``status`` is what a refusing
         server answers (404 with an empty body is a Consul before 0.7)."""

@@ -13,6 +13,8 @@ and a plain-HTTP request gets the answer Go's net/http gives it (Consul is a Go 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import socket
 import ssl
 import threading
@@ -24,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .http_api import ConsulAPI, Request, Response
 from .sim import ServerDown, Simulation
+from .topology import ServerFaults
 
 # A client that connects but never completes the TLS handshake is dropped after this long.
 HANDSHAKE_TIMEOUT = 10.0
@@ -179,18 +182,61 @@ class _Handler(BaseHTTPRequestHandler):
         if not owner.await_faults():
             self.close_connection = True
             return
-        try:
-            resp = owner.api.handle(req)
-        except ServerDown:
-            self.close_connection = True
+        faults = owner.answer_faults()
+        if faults.endless:
+            self._write_endless(owner)
             return
-        except Exception as exc:  # a bug in the emulator: answer like Consul's generic 500
-            traceback.print_exc()  # to the process's stderr, which SimCluster keeps
-            resp = Response(500, f"consulsim internal error: {exc!r}".encode())
+        if faults.answer_status:
+            resp = _status_answer(faults.answer_status, faults.retry_after)
+        else:
+            try:
+                resp = owner.api.handle(req)
+            except ServerDown:
+                self.close_connection = True
+                return
+            except Exception as exc:  # a bug in the emulator: answer like Consul's generic 500
+                traceback.print_exc()  # to the process's stderr, which SimCluster keeps
+                resp = Response(500, f"consulsim internal error: {exc!r}".encode())
         if not owner.running():
             self.close_connection = True
             return
+        if faults.drip_seconds > 0:
+            self._write_dripped(resp, owner)
+            return
         self._write(resp)
+
+    def _write_dripped(self, resp: Response, owner: ServerListener) -> None:
+        """The whole answer, status line first, one byte at a time, until the client gives up
+        (or the fault is lifted: then the rest at once)."""
+        real, buffer = self.wfile, io.BytesIO()
+        self.wfile = buffer
+        try:
+            self._write(Response(resp.status, resp.body, {**resp.headers, "Connection": "close"}))
+        finally:
+            self.wfile = real
+        self.close_connection = True
+        data = buffer.getvalue()
+        with contextlib.suppress(OSError):
+            for offset in range(len(data)):
+                pause = owner.answer_faults().drip_seconds
+                if pause <= 0 or not owner.running():
+                    real.write(data[offset:])
+                    return
+                real.write(data[offset : offset + 1])
+                real.flush()
+                time.sleep(pause)
+
+    def _write_endless(self, owner: ServerListener) -> None:
+        """A 200 without a length whose body never ends, as fast as the client reads, until it
+        goes away or the fault is lifted."""
+        self.close_connection = True
+        block = b'{"Node":"' + b"x" * 65000 + b'"},'
+        with contextlib.suppress(OSError):
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n["
+            )
+            while owner.answer_faults().endless and owner.running():
+                self.wfile.write(block)
 
     def _write(self, resp: Response) -> None:
         self.send_response(resp.status)
@@ -205,6 +251,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_OPTIONS = do_HEAD = _serve
+
+
+def _status_answer(status: int, retry_after: int) -> Response:
+    """What a rate-limited server answers, before any handler runs: the texts of Consul's
+    request rate limiter (agent/consul/rate/handler.go, 1.15+), whose ErrRetryElsewhere becomes
+    429 and ErrRetryLater (a write on a limited leader) 503 in the HTTP layer. Consul sends no
+    Retry-After; ``retry_after`` adds one, as a proxy in front might."""
+    texts = {
+        429: b"rate limit exceeded, try again later or against a different server",
+        503: b"rate limit exceeded for operation that can only be performed by the leader, "
+        b"try again later",
+    }
+    headers = {"Retry-After": str(retry_after)} if retry_after > 0 else {}
+    return Response(status, texts.get(status, b"emulated failure"), headers)
 
 
 class ServerListener:
@@ -264,6 +324,11 @@ class ServerListener:
     def record(self, method: str, endpoint: str) -> None:
         with self.sim.cond:
             self.sim.stats.record(self.index, method, endpoint)
+
+    def answer_faults(self) -> ServerFaults:
+        """A copy of the server's fault flags, for the answer being written."""
+        with self.sim.cond:
+            return dataclasses.replace(self.sim.topology.faults[self.index])
 
     def await_faults(self) -> bool:
         """Hold a request while black-holed, delay it while slow; False means drop it."""

@@ -3,8 +3,9 @@
 Raft is reduced to the behaviour clients can observe: a leader exists only while a quorum of
 servers runs; losing the leader (it stopped, or a test dropped it) leaves the cluster without
 one for ``election_delay`` seconds, after which a running server is elected if a quorum is
-still there. Black-holed and slow servers stay Raft members: those faults only affect the
-server's HTTP port, as a hung API or a congested link would.
+still there. Black-holed, slow, dripping, endless and status-answering servers stay Raft
+members: those faults only affect the server's HTTP port, as a hung API, a congested link, a
+rate limiter or a broken proxy would.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ class ServerFaults:
     blackholed: bool = False
     slow_seconds: float = 0.0
     txn_refusal: int = 0  # non-zero: /v1/txn answers this status (an old Consul, a proxy)
+    # Misbehaving answers, for clients' bounds (each applies to every request of the port):
+    answer_status: int = 0  # non-zero: answer this status (e.g. 429 rate limit, 503 overload)
+    retry_after: int = 0  # with answer_status: a Retry-After header of this many seconds
+    drip_seconds: float = 0.0  # > 0: send the answer one byte per this many seconds
+    endless: bool = False  # a 200 whose body never ends
 
 
 class Topology:

@@ -10,16 +10,17 @@ compares services only. The check definition is described in each service's Meta
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import quote
 
 from regagent.config.show import format_duration
+from regagent.consul.answers import UnexpectedAnswer
 from regagent.consul.catalog import parse_service
 from regagent.consul.http import WriteRequest, get_json, send, send_all
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
 from regagent.desired import desired_state
-from regagent.errors import ConsulUnreachable, RegagentError
+from regagent.errors import RegagentError
 from regagent.health.health import Health
 from regagent.identity import NodeIdentity
 from regagent.model import (
@@ -36,33 +37,51 @@ from regagent.model import (
 )
 from regagent.plan import Plan
 
+T = TypeVar("T")
+
+
+def _parse_self(data: Any) -> NodeRegistration:
+    member = data.get("Member") or {}
+    return NodeRegistration(str(data["Config"]["NodeName"]), str(member.get("Addr") or ""), {})
+
+
+def _parse_services(data: Any) -> Tuple[ServiceRegistration, ...]:
+    return tuple(parse_service(raw) for _, raw in sorted((data or {}).items()))
+
+
+def _parse_checks(data: Any) -> Tuple[CheckState, ...]:
+    return tuple(
+        CheckState(
+            raw["CheckID"],
+            raw["ServiceID"],
+            raw.get("Name", ""),
+            raw.get("Status", ""),
+            raw.get("Output", ""),
+        )
+        for _, raw in sorted((data or {}).items())
+        if raw.get("ServiceID")
+    )
+
+
+def _read(pool: ServerPool, what: str, path: str, parse: Callable[[Any], T]) -> T:
+    """A GET parsed inside the pool's call: a malformed answer counts against the agent."""
+
+    def operation(c: Any) -> T:
+        data = get_json(c, path, dict).data
+        try:
+            return parse(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UnexpectedAnswer(f"{path} answered a malformed document ({exc!r})") from None
+
+    return pool.call(what, operation)
+
 
 def read_agent_actual(pool: ServerPool) -> ActualState:
     """The local agent's node name, services and checks (agent-local: no index, no leader)."""
-    me = pool.call("read agent", lambda c: get_json(c, "/v1/agent/self", dict)).data
-    services = pool.call("read agent services", lambda c: get_json(c, "/v1/agent/services", dict))
-    checks = pool.call("read agent checks", lambda c: get_json(c, "/v1/agent/checks", dict))
-    try:
-        member = me.get("Member") or {}
-        node = NodeRegistration(str(me["Config"]["NodeName"]), str(member.get("Addr") or ""), {})
-        return ActualState(
-            node=node,
-            services=tuple(parse_service(raw) for _, raw in sorted((services.data or {}).items())),
-            checks=tuple(
-                CheckState(
-                    raw["CheckID"],
-                    raw["ServiceID"],
-                    raw.get("Name", ""),
-                    raw.get("Status", ""),
-                    raw.get("Output", ""),
-                )
-                for _, raw in sorted((checks.data or {}).items())
-                if raw.get("ServiceID")
-            ),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        server = pool.current_server.address
-        raise ConsulUnreachable(f"{server} sent a malformed agent answer ({exc!r})") from None
+    node = _read(pool, "read agent", "/v1/agent/self", _parse_self)
+    services = _read(pool, "read agent services", "/v1/agent/services", _parse_services)
+    checks = _read(pool, "read agent checks", "/v1/agent/checks", _parse_checks)
+    return ActualState(node=node, services=services, checks=checks)
 
 
 CHECK_META_KEY = "regagent-check"

@@ -18,10 +18,40 @@ from consul.base import (
     ConsulException,
 )
 
+from regagent.errors import RegagentError
+
 
 class UnexpectedAnswer(ConsulException):  # type: ignore[misc]
     """The server answered, but not as a Consul API would (404 page, HTML, wrong JSON shape):
     a misconfigured address or a proxy in the way. Treated like a failed server."""
+
+
+class ServerFailed(ConsulException):  # type: ignore[misc]
+    """No usable answer from this server (refused, timed out, too slow, too large, TLS): the
+    message is the one-line reason. Treated like a failed server: cool down, fail over."""
+
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timed_out = timed_out
+
+
+class BadRequestHeader(RegagentError):
+    """A request header regagent itself cannot send (a token with a line break or a character
+    outside latin-1): a local mistake, so no server is blamed or cooled down, and the header's
+    value is never quoted (it may be the token)."""
+
+    exit_code = 2
+
+
+class ServerBusy(UnexpectedAnswer):
+    """429 or 503: this server, now (rate limit, overload, shutting down). Consul's own rate
+    limiter answers 429 on the server that is over its limit and 503 when a server is not ready;
+    another server may well answer. `retry_after` is the server's Retry-After, if any."""
+
+    def __init__(self, reason: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 # Consul answers a request it rejects on validation with 500, not 400 (consul-api.md 1.1):
@@ -67,7 +97,7 @@ _CLIENT_CERT_ALERTS = {
 }
 
 
-def _describe_ssl(err: ssl.SSLError) -> str:
+def describe_ssl(err: ssl.SSLError) -> str:
     """`TLS error: <what>` in OpenSSL's words, minus its codes, with a hint for alerts."""
     if isinstance(err, ssl.SSLCertVerificationError):
         detail = str(err.verify_message or "").rstrip(".")
@@ -83,13 +113,15 @@ def _describe_ssl(err: ssl.SSLError) -> str:
 
 def describe_failure(exc: BaseException) -> str:
     """One line: what went wrong talking to a server, without a requests traceback."""
+    if isinstance(exc, ServerFailed):
+        return exc.reason
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "connect timed out"
     if isinstance(exc, requests.exceptions.ReadTimeout):
         return "no answer (read timed out)"
     ssl_error = _ssl_cause(exc)
     if ssl_error is not None:
-        return _describe_ssl(ssl_error)
+        return describe_ssl(ssl_error)
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS error"
     if isinstance(exc, requests.exceptions.ConnectionError):

@@ -13,12 +13,13 @@ from urllib.parse import quote
 
 import structlog
 
-from regagent.consul.http import WriteRequest, send, send_all, stale_get
+from regagent.consul.answers import UnexpectedAnswer
+from regagent.consul.http import ReadAnswer, WriteRequest, send, stale_get
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
+from regagent.consul.txn import TxnSender, Unit, check_op, node_op, service_op, single_requests
 from regagent.desired import desired_state
 from regagent.errors import (
-    ConsulUnreachable,
     NodeOwnedByAgent,
     NodeOwnedByOther,
     NodeOwnedByOtherHost,
@@ -90,27 +91,41 @@ def parse_checks(data: Any) -> Tuple[Tuple[CheckState, ...], Tuple[str, ...]]:
     return tuple(service_checks), tuple(node_checks)
 
 
-def read_actual(pool: ServerPool, node_name: str) -> ActualState:
-    """This node's registrations: exactly two stale reads per cycle."""
-    path = quote(node_name, safe="")
-    node_answer = pool.call(
-        "read node services", lambda c: stale_get(c, f"/v1/catalog/node/{path}", dict)
-    )
-    check_answer = pool.call(
-        "read node checks", lambda c: stale_get(c, f"/v1/health/node/{path}", list)
-    )
+NodeAnswer = Tuple[Optional[NodeRegistration], Tuple[ServiceRegistration, ...]]
+CheckAnswer = Tuple[Tuple[CheckState, ...], Tuple[str, ...]]
+
+
+def _parsed(answer: ReadAnswer, parse: Any, path: str) -> Any:
+    """Parses inside the pool's call: a well-formed answer of the wrong shape counts against the
+    server that sent it (cool-down, failover), not against the cycle."""
     try:
-        node, services = parse_node(node_answer.data)
-        checks, node_checks = parse_checks(check_answer.data)
-    except (KeyError, TypeError, ValueError) as exc:
-        server = pool.current_server.address
-        raise ConsulUnreachable(f"{server} sent a malformed catalog answer ({exc!r})") from None
+        return parse(answer.data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UnexpectedAnswer(f"{path} answered a malformed document ({exc!r})") from None
+
+
+def read_actual(pool: ServerPool, node_name: str) -> ActualState:
+    """This node's registrations: exactly two stale reads per cycle, each hedged."""
+    path = quote(node_name, safe="")
+    node_path = f"/v1/catalog/node/{path}"
+    check_path = f"/v1/health/node/{path}"
+
+    def read_node(c: Any) -> Tuple[NodeAnswer, bool]:
+        answer = stale_get(c, node_path, dict)
+        return _parsed(answer, parse_node, node_path), answer.known_leader
+
+    def read_checks(c: Any) -> Tuple[CheckAnswer, bool]:
+        answer = stale_get(c, check_path, list)
+        return _parsed(answer, parse_checks, check_path), answer.known_leader
+
+    (node, services), node_leader = pool.call("read node services", read_node, hedge=True)
+    (checks, node_checks), check_leader = pool.call("read node checks", read_checks, hedge=True)
     return ActualState(
         node=node,
         services=services,
         checks=checks,
         node_check_ids=node_checks,
-        known_leader=node_answer.known_leader and check_answer.known_leader,
+        known_leader=node_leader and check_leader,
     )
 
 
@@ -158,35 +173,88 @@ def register_body(
     return body
 
 
-def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
-    """The exact catalog requests that carry out `plan`, in a safe order."""
-    requests: List[WriteRequest] = []
-    if plan.node_write is not None and not plan.services and not plan.checks:
-        requests.append(
-            WriteRequest(
-                "/v1/catalog/register", register_body(plan.node, datacenter), "node", "node"
+def plan_units(
+    plan: Plan, datacenter: Optional[str], service_names: Mapping[str, str]
+) -> List[Unit]:
+    """The plan as logical writes, in a safe order, each with its txn ops and its single
+    catalog request (`regagent.consul.txn`). `service_names` maps service IDs to names, for the
+    `ServiceName` of a check written alone."""
+    node = plan.node
+    name = node.name
+    units: List[Unit] = []
+    if plan.node_write is not None:
+        units.append(
+            Unit(
+                f"node {name}",
+                "node",
+                (node_op(name, node.address, node.meta, datacenter),),
+                WriteRequest(
+                    "/v1/catalog/register", register_body(node, datacenter), "node", "node"
+                ),
             )
         )
     for write in plan.services:
-        requests.append(
-            WriteRequest(
-                "/v1/catalog/register",
-                register_body(plan.node, datacenter, write.service, write.check),
-                f"service {write.service.id}",
+        service = write.service
+        ops = []
+        if write.old is not None and write.old.name != service.name:
+            # Never rename under an existing ID (Consul 2.0.x refuses it): delete, re-create.
+            ops.append(service_op(name, "delete", {"ID": service.id, "Service": write.old.name}))
+        ops.append(service_op(name, "set", service_body(service)))
+        if write.check is not None:
+            ops.append(check_op(name, txn_check_body(write.check, service.name)))
+        units.append(
+            Unit(
+                f"service {service.id}",
                 "register" if write.is_new else "update",
+                tuple(ops),
+                WriteRequest(
+                    "/v1/catalog/register",
+                    register_body(node, datacenter, service, write.check),
+                    f"service {service.id}",
+                    "register" if write.is_new else "update",
+                ),
             )
         )
     for check_write in plan.checks:
-        requests.append(
-            WriteRequest(
-                "/v1/catalog/register",
-                register_body(plan.node, datacenter, check=check_write.check),
-                f"check {check_write.check.check_id}",
+        check = check_write.check
+        service_name = service_names.get(check.service_id, "")
+        units.append(
+            Unit(
+                f"check {check.check_id} of service {check.service_id}",
                 "status",
+                (check_op(name, txn_check_body(check, service_name)),),
+                WriteRequest(
+                    "/v1/catalog/register",
+                    register_body(node, datacenter, check=check),
+                    f"check {check.check_id}",
+                    "status",
+                ),
             )
         )
-    requests += [deregister_request(plan.node.name, s.id, datacenter) for s in plan.deregister]
-    return requests
+    for gone in plan.deregister:
+        units.append(
+            Unit(
+                f"deregister service {gone.id}",
+                "deregister",
+                (service_op(name, "delete", {"ID": gone.id, "Service": gone.name}),),
+                deregister_request(name, gone.id, datacenter),
+            )
+        )
+    return units
+
+
+def txn_check_body(check: CheckState, service_name: str) -> Dict[str, Any]:
+    """A check as a txn `set`: Status always (empty resets to critical), ServiceName always
+    (the ACL pre-check uses what the client sends), no Definition (see check_body)."""
+    return {**check_body(check), "ServiceName": service_name}
+
+
+def plan_requests(
+    plan: Plan, datacenter: Optional[str], service_names: Optional[Mapping[str, str]] = None
+) -> List[WriteRequest]:
+    """The exact single catalog requests that carry out `plan`, in a safe order (the layout
+    for a cluster without /v1/txn)."""
+    return single_requests(plan_units(plan, datacenter, service_names or {}))
 
 
 def deregister_request(node: str, service_id: str, datacenter: Optional[str]) -> WriteRequest:
@@ -249,6 +317,9 @@ class CatalogRegistrar:
         self.identity = identity
         self.node_meta = dict(node_meta)
         self.datacenter = datacenter
+        self.sender = TxnSender(pool, datacenter)
+        self._service_names: Dict[str, str] = {}
+        pool.place(identity.name)
 
     def read(self) -> ActualState:
         actual = read_actual(self.pool, self.identity.name)
@@ -286,16 +357,25 @@ class CatalogRegistrar:
         node_address: str,
         health: Health,
     ) -> DesiredState:
-        return desired_state(self.node(node_address), intents, health.evaluate(intents))
+        desired = desired_state(self.node(node_address), intents, health.evaluate(intents))
+        # A check written alone names its service (ServiceName) in a txn.
+        self._service_names = {s.id: s.name for s in desired.services}
+        return desired
+
+    def units(self, plan: Plan) -> List[Unit]:
+        return plan_units(plan, self.datacenter, self._service_names)
 
     def requests(self, plan: Plan) -> List[WriteRequest]:
-        return plan_requests(plan, self.datacenter)
+        """The single-write layout (dry-run JSON shows what each write does)."""
+        return plan_requests(plan, self.datacenter, self._service_names)
 
     def planned_writes(self, plan: Plan) -> int:
+        """Logical writes (one per service, check or deregistration, as the report counts
+        them), whichever request layout carries them."""
         return len(self.requests(plan))
 
     def apply(self, plan: Plan) -> ApplyOutcome:
-        outcome = send_all(self.pool, self.requests(plan))
+        outcome = self.sender.send(self.units(plan))
         if outcome.error is None:
             self.retire_previous_node()
         return outcome

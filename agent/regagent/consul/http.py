@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import structlog
 from consul.base import CB
 
-from regagent.consul.answers import UnexpectedAnswer
+from regagent.consul.answers import ServerBusy, UnexpectedAnswer, one_line
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
 from regagent.errors import ConsulRefused, RegagentError
@@ -27,8 +27,32 @@ class ReadAnswer:
     known_leader: bool
 
 
+_BUSY = {429: "rate limited (429 Too Many Requests)", 503: "unavailable (503 Service Unavailable)"}
+
+
+def retry_after(headers: Any) -> Optional[float]:
+    """A Retry-After in seconds (the HTTP-date form is ignored), or None."""
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def busy_check(response: Any) -> None:
+    """429 and 503 mean "this server, now" (Consul's request rate limiter, an overloaded or
+    starting server, a proxy in front): raise ServerBusy so the pool cools it down and moves on,
+    instead of treating 429 as a refusal every server would repeat."""
+    if response.code in _BUSY:
+        body = one_line(response.body or "", 120)
+        reason = _BUSY[response.code] + (f": {body}" if body else "")
+        raise ServerBusy(reason, retry_after(response.headers))
+
+
 def checked_response(response: Any) -> Any:
-    """Raises python-consul2's exceptions for 4xx/5xx, UnexpectedAnswer for a 404 or non-200."""
+    """Raises python-consul2's exceptions for 4xx/5xx, ServerBusy for 429/503, UnexpectedAnswer
+    for a 404 or non-200."""
+    busy_check(response)
     if response.code == 404:
         if response.body.startswith(("Unknown service ID", "Unknown check ID")):
             return response  # deregistering what is already gone: done, as in the catalog API
@@ -59,7 +83,8 @@ def stale_get(client: Any, path: str, shape: type) -> ReadAnswer:
 def get_json(
     client: Any, path: str, shape: type, params: Optional[List[Tuple[str, str]]] = None
 ) -> ReadAnswer:
-    """GET a JSON document of the expected shape, or raise UnexpectedAnswer."""
+    """GET a JSON document of the expected shape, or raise UnexpectedAnswer (inside the pool's
+    call, so the server that sent it is the one cooled down)."""
     answer: ReadAnswer = client.http.get(
         read_answer, path=path, params=params, headers=_headers(client)
     )
@@ -69,9 +94,26 @@ def get_json(
     return answer
 
 
+def canonical_json(body: Any) -> str:
+    """Sorted keys, no spaces: an identical desired state yields a byte-identical body."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
 def _put(client: Any, path: str, body: Dict[str, Any]) -> None:
-    data = json.dumps(body, sort_keys=True, separators=(",", ":")) if body else ""
+    data = canonical_json(body) if body else ""
     client.http.put(checked_response, path=path, data=data, headers=_headers(client))
+
+
+def put_raw(
+    client: Any, path: str, data: str, params: Optional[List[Tuple[str, str]]] = None
+) -> Any:
+    """A PUT whose answer the caller judges (after 429/503, which are always the server's)."""
+
+    def judged(response: Any) -> Any:
+        busy_check(response)
+        return response
+
+    return client.http.put(judged, path=path, params=params, data=data, headers=_headers(client))
 
 
 @dataclass(frozen=True)
@@ -107,6 +149,7 @@ def send_all(pool: ServerPool, requests: Sequence[WriteRequest]) -> ApplyOutcome
             failures.append(exc)
             break
         outcome.writes_by_kind[request.kind] = outcome.writes_by_kind.get(request.kind, 0) + 1
+        outcome.requests += 1
         log.info("consul_write", what=request.what, server=pool.current_server.address)
     outcome.server = pool.current_server.address
     if failures:

@@ -1,13 +1,23 @@
-"""Talks to the Consul servers: one explicit client per server, sticky, with cool-down.
+"""Talks to the Consul servers: one explicit client per server, with cool-down, failover,
+latency-aware preference and hedged reads.
 
 Failover (design decision 6), applied to every call in one place, with the numbers from
 `regagent.consul.retry.RetryPolicy`:
-- connection errors, timeouts and 5xx answers move on to the next server and put the failed one
-  in a cool-down that doubles each time (with jitter) up to `cooldown_max`;
+- connection errors, timeouts, answers that are too slow or too large, 5xx, 429 and 503, and
+  answers of the wrong shape (the operation passed to `call` parses inside the call) move on to
+  the next server and put the failed one in a cool-down that doubles each time (with jitter) up
+  to `cooldown_max`;
 - `No cluster leader` is a cluster state, not the server's fault: try the others, then give up
   for this cycle without cooling anyone down;
 - 4xx answers (bad request, ACL denied) and Consul's 500 validation errors are raised at once:
-  another server would say the same (classification in consul_errors.py).
+  another server would say the same (classification in answers.py).
+
+Which server first (design decision 14): each host has a home server chosen from its node name
+(`retry.start_index`), so a fleet spreads over the servers; a host that failed over goes back
+home once the home server's cool-down is over. A server whose latency estimate is markedly worse
+than a peer's is demoted (asked last) for a while. Reads (`call(..., hedge=True)`) get a short
+head start on one server and are then also sent to the next: the first good answer wins, with at
+most one extra request. Writes are never sent twice at once.
 """
 
 from __future__ import annotations
@@ -15,20 +25,21 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
-import consul
+import consul.base
 import requests
 import structlog
-import urllib3
 from consul.base import ConsulException
 
 from regagent.config.model import ConsulConfig
-from regagent.consul.answers import classify_refusal, describe_failure, is_no_leader
-from regagent.consul.retry import RetryPolicy, Rng
+from regagent.consul.answers import ServerBusy, classify_refusal, describe_failure, is_no_leader
+from regagent.consul.retry import RetryPolicy, Rng, server_order
+from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
 from regagent.errors import ConsulRefused, ConsulUnreachable, NoClusterLeader
 from regagent.rules import split_hostport
 
@@ -36,8 +47,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
-# (server address, outcome, seconds) after each request: success, failure (connection error,
-# timeout, 5xx), no_leader or refused. Metrics and the daemon's watchdog listen here.
+# (server address, outcome, seconds) after each request, hedged ones included: success, failure
+# (cooled down), no_leader or refused. Metrics and the daemon's watchdog listen here; called
+# under the pool's lock, so it must be quick and must not call back into the pool.
 RequestObserver = Callable[[str, str, float], None]
 
 # python-consul2 lets these override constructor arguments; the pool must not be redirected.
@@ -49,14 +61,21 @@ class ServerState:
     """What the pool knows about one server; shown by `regagent status`."""
 
     address: str
-    client: Any  # consul.Consul
+    client: Any  # consul.base.Consul
     failures: int = 0
     cooldown_until: float = 0.0
     last_error: str = ""
     requests: int = 0
+    latency: Optional[float] = None  # EWMA of answered requests, seconds
+    samples: int = 0
+    slow_until: float = 0.0  # demoted (asked last) until then
+    in_flight: int = 0  # hedged requests still waiting for their answer
 
     def cooling(self, now: float) -> bool:
         return now < self.cooldown_until
+
+    def demoted(self, now: float) -> bool:
+        return now < self.slow_until or self.in_flight > 0
 
 
 @contextlib.contextmanager
@@ -68,29 +87,44 @@ def _without_client_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
+class BoundedConsul(consul.base.Consul):  # type: ignore[misc]
+    """python-consul2's client on the bounded transport (`regagent.consul.transport`)."""
+
+    @staticmethod
+    def http_connect(
+        host: str, port: int, scheme: str, verify: Any = True, cert: Any = None, **kwargs: Any
+    ) -> BoundedHTTPClient:
+        return BoundedHTTPClient(host, port, scheme, verify, cert, **kwargs)
+
+
 def make_client(address: str, config: ConsulConfig, token: Optional[str]) -> Any:
-    """A python-consul2 client bound to exactly this server, token and TLS settings."""
+    """A python-consul2 client bound to exactly this server, token and TLS settings, every
+    request bounded by the policy's deadline and answer cap."""
     host, port = split_hostport(address)
-    verify: Union[bool, str] = config.tls.verify
-    if verify and config.tls.ca_file:
-        verify = config.tls.ca_file
-    cert = (config.tls.cert_file, config.tls.key_file) if config.tls.cert_file else None
-    timeout = (config.connect_timeout, config.read_timeout)
+    policy = RetryPolicy.from_consul(config)
+    limits = RequestLimits(
+        connect_timeout=policy.connect_timeout,
+        read_timeout=policy.read_timeout,
+        deadline=policy.call_deadline,
+        max_bytes=policy.max_answer_bytes,
+    )
+    tls = TLSOptions(
+        verify=config.tls.verify,
+        ca_file=config.tls.ca_file or None,
+        cert_file=config.tls.cert_file or None,
+        key_file=config.tls.key_file or None,
+    )
     with _without_client_env():
-        client = consul.Consul(
+        client = BoundedConsul(
             host=host,
             port=port,
             token=token,
             scheme=config.scheme,
             dc=config.datacenter,
-            verify=verify,
-            cert=cert,
-            timeout=timeout,
+            limits=limits,
+            tls=tls,
         )
     client.token = token  # belt and braces: the constructor prefers CONSUL_HTTP_TOKEN
-    # requests would otherwise honour HTTP_PROXY (sending the token to a proxy), NO_PROXY,
-    # REQUESTS_CA_BUNDLE and ~/.netrc: the pool talks to exactly the configured servers.
-    client.http.session.trust_env = False
     if not config.tls.verify and config.scheme == "https":
         _warn_once_tls_unverified()
     return client
@@ -100,9 +134,8 @@ _tls_warning_given = False
 
 
 def _warn_once_tls_unverified() -> None:
-    """One structured warning instead of urllib3's two-line warning on every request."""
+    """One structured warning, not one per request."""
     global _tls_warning_given
-    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     if not _tls_warning_given:
         _tls_warning_given = True
         log.warning("consul_tls_verify_off", hint="set consul.tls.ca_file instead")
@@ -133,8 +166,24 @@ def _ask_leader(server: ServerState) -> ServerReport:
     )
 
 
+@dataclass(eq=False)  # compared by identity
+class _Attempt:
+    """One request to one server, possibly running in a thread of its own (a hedged read)."""
+
+    index: int
+    started: float
+    done: bool = False
+    result: Any = None
+    error: Optional[BaseException] = None
+    orphaned: bool = False  # the caller has moved on: judge the outcome when it comes
+
+
+# A request's judgement: None for a success, else the reason it failed.
+_Failed = Optional[str]
+
+
 class ServerPool:
-    """Runs Consul calls against the first healthy server, failing over as described above."""
+    """Runs Consul calls against the preferred usable server, failing over as described above."""
 
     def __init__(
         self,
@@ -151,21 +200,36 @@ class ServerPool:
         self.observer = observer
         self.clock = clock
         self.rng = rng
-        self.policy = policy or RetryPolicy(
-            cooldown_initial=config.cooldown_initial,
-            cooldown_max=config.cooldown_max,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-        )
+        self.policy = policy or RetryPolicy.from_consul(config)
         self.servers: List[ServerState] = [
             ServerState(address, client_factory(address, config, token))
             for address in config.servers
         ]
         self.current = 0
+        self.home = 0
+        self.order = list(range(len(self.servers)))  # failover order after the home server
+        self._placed = False
+        # Hedged reads finish in threads of their own: every change to a ServerState and to
+        # `current` happens under this lock.
+        self._lock = threading.RLock()
+        self._settled = threading.Condition(self._lock)
+        # Capabilities of the cluster found out once per process (e.g. whether /v1/txn is
+        # served); kept across a reload by `adopt`.
+        self.capabilities: Dict[str, bool] = {}
+
+    def place(self, node_name: str) -> None:
+        """Makes this host's home server the one its node name picks (`retry.start_index`);
+        the server in use changes only if nothing was carried over from a previous pool."""
+        with self._lock:
+            self.order = server_order(node_name, len(self.servers))
+            self.home = self.order[0]
+            if not self._placed:
+                self.current = self.home
+                self._placed = True
 
     def adopt(self, previous: ServerPool) -> None:
-        """Keeps what a reload must not forget: cool-downs, failure counts and the server in
-        use, for every server that is still configured."""
+        """Keeps what a reload must not forget: cool-downs, failure counts, latency, the server
+        in use and the cluster's capabilities, for every server that is still configured."""
         known = {server.address: server for server in previous.servers}
         for server in self.servers:
             old = known.get(server.address)
@@ -173,22 +237,40 @@ class ServerPool:
                 server.failures = old.failures
                 server.cooldown_until = old.cooldown_until
                 server.last_error = old.last_error
+                server.latency = old.latency
+                server.samples = old.samples
+                server.slow_until = old.slow_until
         addresses = [server.address for server in self.servers]
         if previous.current_server.address in addresses:
             self.current = addresses.index(previous.current_server.address)
+            self._placed = True
+        self.capabilities = dict(previous.capabilities)
 
     @property
     def current_server(self) -> ServerState:
         return self.servers[self.current]
 
     def _candidates(self) -> List[int]:
+        """Usable servers, best first: home if it is usable, else the last good one, then the
+        rest in this host's order; demoted (slow, or still owing a hedged answer) ones last."""
         now = self.clock()
-        order = [(self.current + i) % len(self.servers) for i in range(len(self.servers))]
-        return [i for i in order if not self.servers[i].cooling(now)]
+        home = self.servers[self.home]
+        first = self.current
+        if not home.cooling(now) and not home.demoted(now):
+            first = self.home
+        order = [first] + [i for i in self.order if i != first]
+        live = [i for i in order if not self.servers[i].cooling(now)]
+        return sorted(live, key=lambda i: self.servers[i].demoted(now))
 
-    def call(self, what: str, operation: Callable[[Any], T]) -> T:
-        """`operation(client)` on a live server; raises ConsulUnreachable/ConsulRefused."""
-        candidates = self._candidates()
+    def call(self, what: str, operation: Callable[[Any], T], *, hedge: bool = False) -> T:
+        """`operation(client)` on a live server; raises ConsulUnreachable/ConsulRefused.
+
+        `operation` should parse what it reads, so that a malformed answer raises
+        UnexpectedAnswer inside the call and counts against the server that sent it.
+        `hedge=True` (reads only) also sends the request to the next server if the first has
+        not answered within `policy.hedge_delay`; never for writes."""
+        with self._lock:
+            candidates = self._candidates()
         if not candidates:
             wait = min(s.cooldown_until for s in self.servers) - self.clock()
             causes = "; ".join(f"{s.address}: {s.last_error}" for s in self.servers)
@@ -198,81 +280,220 @@ class ServerPool:
             )
         errors: Dict[str, List[str]] = {}  # reason -> servers, so one cause reads once
         no_leader = False
-        for index in candidates:
-            server = self.servers[index]
-            server.requests += 1
-            started = self.clock()
-            try:
-                result = operation(server.client)
-            except Exception as exc:
-                refusal = classify_refusal(exc)
-                if refusal is not None:
-                    server.last_error = f"{refusal[0]} {refusal[1]}"
-                    self._observe(server, "refused", started)
-                    raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
-                if is_no_leader(exc):
+        pending = list(candidates)
+        while pending:
+            if hedge and len(pending) > 1:
+                started, attempts = self._race(operation, pending[0], pending[1])
+            else:
+                started = attempts = [self._attempt(operation, pending[0])]
+            for attempt in started:
+                pending.remove(attempt.index)
+            for attempt in attempts:
+                failed = self._judge(attempt, what)
+                if failed is None:
+                    self._orphan([a for a in started if a not in attempts])
+                    return attempt.result  # type: ignore[no-any-return]
+                if failed == "no cluster leader":
                     no_leader = True
-                    server.last_error = "no cluster leader"
-                    errors.setdefault("no cluster leader", []).append(server.address)
-                    self._observe(server, "no_leader", started)
-                    continue
-                if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
-                    raise
-                self._cool_down(server, describe_failure(exc), what)
-                errors.setdefault(server.last_error, []).append(server.address)
-                self._observe(server, "failure", started)
-                continue
-            self._succeeded(index)
-            self._observe(server, "success", started)
-            return result
+                errors.setdefault(failed, []).append(self.servers[attempt.index].address)
+            if len(started) > 1:
+                hedge = False  # at most one extra request at a time, once per call
         detail = "; ".join(f"{', '.join(where)}: {reason}" for reason, where in errors.items())
         if no_leader:
             raise NoClusterLeader(f"{what} failed: the Consul cluster has no leader ({detail})")
         raise ConsulUnreachable(f"no Consul server reachable for {what} ({detail})")
 
-    def _observe(self, server: ServerState, outcome: str, started: float) -> None:
+    def _attempt(self, operation: Callable[[Any], Any], index: int) -> _Attempt:
+        """Runs the request in the calling thread."""
+        server = self.servers[index]
+        with self._lock:
+            server.requests += 1
+        attempt = _Attempt(index, self.clock())
+        try:
+            attempt.result = operation(server.client)
+        except Exception as exc:
+            attempt.error = exc
+        attempt.done = True
+        return attempt
+
+    def _race(
+        self, operation: Callable[[Any], Any], first: int, second: int
+    ) -> Tuple[List[_Attempt], List[_Attempt]]:
+        """A hedged read: `first` gets a head start, then `second` is asked too.
+
+        Returns (attempts started, attempts to judge in order). To judge is either the first
+        good answer alone (a slower attempt is left to its thread, bounded by the transport's
+        deadline, and judged when it ends) or, if the first to finish failed, every attempt."""
+        started = [self._start(operation, first)]
+        with self._lock:
+            head_start = self.policy.hedge_delay(self.servers[first].latency)
+            self._settled.wait_for(lambda: started[0].done, timeout=head_start)
+            if not started[0].done:
+                started.append(self._start(operation, second))
+                self._settled.wait_for(lambda: any(a.done for a in started))
+            winner = next(a for a in started if a.done)
+            if winner.error is None:
+                return started, [winner]
+            self._settled.wait_for(lambda: all(a.done for a in started))
+            return started, [winner] + [a for a in started if a is not winner]
+
+    def _start(self, operation: Callable[[Any], Any], index: int) -> _Attempt:
+        server = self.servers[index]
+        with self._lock:
+            server.requests += 1
+            server.in_flight += 1
+        attempt = _Attempt(index, self.clock())
+
+        def run() -> None:
+            try:
+                result = operation(server.client)
+            except Exception as exc:
+                error: Optional[BaseException] = exc
+                result = None
+            else:
+                error = None
+            with self._lock:
+                attempt.result, attempt.error, attempt.done = result, error, True
+                server.in_flight -= 1
+                if attempt.orphaned:
+                    self._judge_orphan(attempt)
+                self._settled.notify_all()
+
+        # A daemon thread, not an executor: a one-shot command must not wait at exit for the
+        # answer of a black-holed server it no longer needs.
+        threading.Thread(target=run, name=f"consul-read-{server.address}", daemon=True).start()
+        return attempt
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no hedged read is still owed an answer (each is bounded by the
+        transport's deadline); False if some still are after `timeout`."""
+        with self._lock:
+            return self._settled.wait_for(
+                lambda: all(s.in_flight == 0 for s in self.servers), timeout=timeout
+            )
+
+    def _orphan(self, attempts: List[_Attempt]) -> None:
+        with self._lock:
+            for attempt in attempts:
+                if attempt.done:
+                    self._judge_orphan(attempt)
+                else:
+                    attempt.orphaned = True
+
+    def _judge_orphan(self, attempt: _Attempt) -> None:
+        """The outcome of a hedged read nobody waits for any more: it still counts (a timeout
+        cools the server down, an answer feeds its latency estimate), but never raises."""
+        with contextlib.suppress(Exception):
+            self._judge(attempt, "hedged read", adopt=False)
+
+    def _judge(self, attempt: _Attempt, what: str, *, adopt: bool = True) -> _Failed:
+        """None if the attempt succeeded (the server becomes the one in use, if `adopt`);
+        otherwise the reason, the server cooled down unless the cluster has no leader.
+        Raises ConsulRefused for a refusal another server would repeat."""
+        with self._lock:
+            server = self.servers[attempt.index]
+            exc = attempt.error
+            if exc is None:
+                self._record_latency(attempt.index, self.clock() - attempt.started)
+                self._succeeded(attempt.index, adopt=adopt)
+                self._observe(server, "success", attempt)
+                return None
+            refusal = classify_refusal(exc)
+            if refusal is not None:
+                server.last_error = f"{refusal[0]} {refusal[1]}"
+                self._observe(server, "refused", attempt)
+                raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
+            if is_no_leader(exc):
+                server.last_error = "no cluster leader"
+                self._observe(server, "no_leader", attempt)
+                return server.last_error
+            if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
+                raise exc
+            retry_after = exc.retry_after if isinstance(exc, ServerBusy) else None
+            self._cool_down(server, describe_failure(exc), what, retry_after)
+            self._observe(server, "failure", attempt)
+            return server.last_error
+
+    def _observe(self, server: ServerState, outcome: str, attempt: _Attempt) -> None:
         if self.observer is None:
             return
         try:
-            self.observer(server.address, outcome, self.clock() - started)
+            self.observer(server.address, outcome, self.clock() - attempt.started)
         except Exception:  # an observer must never break a Consul call
             log.debug("request_observer_failed", exc_info=True)
 
+    def _record_latency(self, index: int, seconds: float) -> None:
+        """Feeds the server's EWMA and demotes it if it is markedly slower than a peer."""
+        server = self.servers[index]
+        server.latency = self.policy.latency_estimate(server.latency, seconds)
+        server.samples += 1
+        now = self.clock()
+        peers = [
+            s.latency
+            for i, s in enumerate(self.servers)
+            if i != index and not s.cooling(now) and not s.demoted(now)
+        ]
+        if self.policy.is_slow(server.latency, server.samples, peers):
+            delay = self.policy.slow_demotion(self.rng)
+            server.slow_until = now + delay
+            log.info(
+                "consul_server_slow",
+                server=server.address,
+                latency_ms=round(server.latency * 1000),
+                demoted_s=round(delay),
+            )
+            # Measured afresh when it is asked again, so an old estimate cannot keep it last.
+            server.latency, server.samples = None, 0
+            if index == self.current:
+                others = [i for i in self._candidates() if i != index]
+                if others:
+                    self.current = others[0]
+
     def move_on(self, reason: str) -> bool:
-        """Prefer the next available server from now on (the current one answered, but
-        uselessly); False when there is no other to try."""
-        self.current_server.last_error = reason
-        candidates = [i for i in self._candidates() if i != self.current]
-        if not candidates:
-            return False
-        self.current = candidates[0]
-        return True
+        """Prefer another available server from now on (the current one answered, but
+        uselessly: it is asked last for `cooldown_initial`); False when there is no other."""
+        with self._lock:
+            server = self.current_server
+            server.last_error = reason
+            candidates = [i for i in self._candidates() if i != self.current]
+            if not candidates:
+                return False
+            server.slow_until = max(server.slow_until, self.clock() + self.policy.cooldown_initial)
+            self.current = candidates[0]
+            return True
 
     def survey(self) -> List[ServerReport]:
         """Asks every server, in parallel, for its leader; unreachable ones start cooling down
         so the reads that follow do not pay their timeout a second time."""
         with ThreadPoolExecutor(max_workers=len(self.servers)) as executor:
             reports = list(executor.map(_ask_leader, self.servers))
-        for index, report in enumerate(reports):
-            server = self.servers[index]
-            if report.reachable:
-                server.last_error = report.error or ""
-            else:
-                self._cool_down(server, report.error or "unreachable", "status")
+        with self._lock:
+            for index, report in enumerate(reports):
+                server = self.servers[index]
+                if report.reachable:
+                    server.last_error = report.error or ""
+                else:
+                    self._cool_down(server, report.error or "unreachable", "status")
         return reports
 
-    def _succeeded(self, index: int) -> None:
+    def _succeeded(self, index: int, *, adopt: bool = True) -> None:
         server = self.servers[index]
         if server.failures:
             log.info("consul_server_recovered", server=server.address)
         server.failures = 0
         server.cooldown_until = 0.0
         server.last_error = ""
-        self.current = index
+        if adopt and not server.demoted(self.clock()):
+            self.current = index
 
-    def _cool_down(self, server: ServerState, error: str, what: str) -> None:
+    def _cool_down(
+        self, server: ServerState, error: str, what: str, retry_after: Optional[float] = None
+    ) -> None:
         server.failures += 1
-        delay = self.policy.cooldown(server.failures, self.rng)
+        if retry_after is None:
+            delay = self.policy.cooldown(server.failures, self.rng)
+        else:
+            delay = self.policy.busy_cooldown(server.failures, retry_after, self.rng)
         server.cooldown_until = self.clock() + delay
         server.last_error = error
         # info, not warning: failover is routine; a cycle that fails altogether is an error

@@ -22,6 +22,7 @@ class ApplyOutcome:
     """What sending a plan did: writes by kind, the server that took them, the first error."""
 
     planned: int = 0
+    requests: int = 0  # write requests that succeeded (a transaction carries many writes)
     writes_by_kind: Dict[str, int] = field(default_factory=dict)
     server: Optional[str] = None
     error: Optional[RegagentError] = None

@@ -1,11 +1,9 @@
 """One bounded HTTP GET for everything regagent asks of a local service: the discovery probe
 and the health checks both go through `bounded_get`.
 
-Bounded on both axes (design decision 11): a watchdog shuts the socket down when the overall
-deadline passes, whatever the server does (silent, dripping headers, dripping body), and at most
-`max_bytes` of the body are read. The watchdog holds the socket itself from the moment it is
-connected: `http.client` hands the socket over to the response (and forgets it) when the answer
-says `Connection: close`, so a watchdog that looked it up later would find nothing to close.
+Bounded on both axes (design decision 11): a `SocketWatchdog` shuts the socket down when the
+overall deadline passes, whatever the server does (silent, dripping headers, dripping body), and
+at most `max_bytes` of the body are read.
 
 Failure texts come from `describe_error`, the one vocabulary for "what went wrong" that check
 output and discovery reports share. They are stable (no timings, no addresses that vary), since
@@ -14,15 +12,14 @@ they end up in check output, and an unchanged output costs no Consul write.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import socket
 import ssl
-import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
+
+from regagent.watchdog import SocketWatchdog
 
 _CHUNK = 64 * 1024
 
@@ -71,48 +68,6 @@ def describe_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class _Watchdog:
-    """Shuts a connected socket down at the deadline, so every blocking read returns."""
-
-    def __init__(self, timeout: float) -> None:
-        self.deadline = time.monotonic() + timeout
-        self._sock: Optional[socket.socket] = None
-        self._lock = threading.Lock()
-        self._fired = False
-        self._timer = threading.Timer(timeout, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def hold(self, sock: Optional[socket.socket]) -> None:
-        with self._lock:
-            self._sock = sock
-            fired = self._fired
-        if fired:
-            self._shutdown()
-
-    def _fire(self) -> None:
-        with self._lock:
-            self._fired = True
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    @property
-    def fired(self) -> bool:
-        return self._fired
-
-    @property
-    def expired(self) -> bool:
-        return self._fired or time.monotonic() >= self.deadline
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
 def _connection(
     scheme: str, host: str, port: int, timeout: float, verify: bool
 ) -> http.client.HTTPConnection:
@@ -144,7 +99,7 @@ def bounded_get(
     conn = _connection(scheme, parts.hostname or "", port, timeout, verify)
     path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
     sent: Dict[str, str] = {"Connection": "close", **(headers or {})}
-    watchdog = _Watchdog(timeout)
+    watchdog = SocketWatchdog(timeout)
     try:
         conn.connect()
         watchdog.hold(conn.sock)
@@ -169,7 +124,7 @@ def bounded_get(
 
 
 def _read_body(
-    response: http.client.HTTPResponse, max_bytes: int, watchdog: _Watchdog
+    response: http.client.HTTPResponse, max_bytes: int, watchdog: SocketWatchdog
 ) -> Tuple[bytes, bool]:
     if max_bytes <= 0:  # the status line is all the caller wants
         return b"", False

@@ -12,7 +12,8 @@ JSON schema (`regagent sync --format json`), one object:
               check: {status, output} | null} ]
   conflicts: [ {service_id, reason} ]
   desired: [ {id, name, address, port, tags, meta, check: {status, output}} ]
-  writes: int            - requests sent (0 for a dry run)
+  writes: int            - writes made (0 for a dry run)
+  requests: int          - write requests that carried them (one /v1/txn carries many)
   error: str | null
 """
 
@@ -114,6 +115,7 @@ def cycle_json(result: CycleReport, dry_run: bool) -> Dict[str, Any]:
         else [{"service_id": c.service_id, "reason": c.reason} for c in result.plan.conflicts],
         "desired": [] if result.desired is None else desired_json(result.desired),
         "writes": result.writes,
+        "requests": result.requests,
         "error": None if result.error is None else str(result.error),
     }
 
@@ -214,6 +216,7 @@ def _cycle_lines(result: CycleReport, dry_run: bool) -> List[str]:
         )
     else:
         lines.append(
-            f"Applied: {summary or 'node update'}; {result.writes} write(s) via {result.server}."
+            f"Applied: {summary or 'node update'}; {result.writes} write(s) in "
+            f"{result.requests} request(s) via {result.server}."
         )
     return lines

@@ -1,0 +1,278 @@
+"""Misbehaving Consul servers, played for real on loopback: a server that drips its headers or
+its body, sends an endless or oversized answer, answers 429/503, answers the wrong shape.
+
+Each fake is a small threaded TCP server in this file. The pool tests put one fake first in the
+server list (it is the home server of NODE, see test_consul_pool) in front of two real emulator
+servers, and check that the fake is cooled down with a message that says what happened while the
+cycle is served by the emulator. No wall-clock assertions: the bounds are asserted by what the
+error says and by the test ending at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from consulsim import SimCluster
+from regagent.app import build
+from regagent.config import load_config
+from regagent.consul.answers import BadRequestHeader, ServerFailed
+from regagent.consul.catalog import read_actual
+from regagent.consul.pool import ServerPool, make_client
+from regagent.consul.retry import start_index
+from regagent.consul.transport import BoundedHTTPClient, RequestLimits
+from regagent.model import ServiceIntent, ServiceRegistration
+from test_sync import NODE, write_config
+
+Behaviour = Callable[[socket.socket], None]
+
+
+class FakeServer:
+    """Accepts connections on loopback and hands each, after reading the request head, to
+    `behaviour` in a thread of its own; counts requests."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.requests: List[str] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port: int = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            self.requests.append(head.split(b"\r\n", 1)[0].decode())
+            self.behaviour(conn)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def fake_server(behaviour: Behaviour) -> Iterator[FakeServer]:
+    server = FakeServer(behaviour)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def drip(data: bytes, pause: float = 0.05) -> Behaviour:
+    """Sends `data`, one byte per `pause`, then keeps dripping spaces forever."""
+
+    def behaviour(conn: socket.socket) -> None:
+        for byte in data:
+            conn.sendall(bytes([byte]))
+            time.sleep(pause)
+        while True:
+            conn.sendall(b" ")
+            time.sleep(pause)
+
+    return behaviour
+
+
+def endless(conn: socket.socket) -> None:
+    """A 200 with no length that never ends: as fast as the client reads."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[")
+    block = b'"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",' * 1300
+    while True:
+        conn.sendall(block)
+
+
+def answer(status: int, body: Any, **headers: str) -> Behaviour:
+    """One complete answer: `body` as JSON (or raw text if it is a str)."""
+    payload = (body if isinstance(body, str) else json.dumps(body)).encode()
+    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(payload)}", "Connection: close"]
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+
+    def behaviour(conn: socket.socket) -> None:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+
+    return behaviour
+
+
+def bounded(server: FakeServer, **limits: Any) -> BoundedHTTPClient:
+    return BoundedHTTPClient("127.0.0.1", server.port, limits=RequestLimits(**limits))
+
+
+def get(client: BoundedHTTPClient) -> Any:
+    return client.get(lambda response: response, "/v1/status/leader")
+
+
+# --- the transport alone ------------------------------------------------------------------------
+
+
+def test_headers_dripped_one_byte_at_a_time_are_cut_at_the_overall_deadline() -> None:
+    with fake_server(drip(b"HTTP/1.1 200 OK\r\nX-Pad: ")) as server:
+        client = bounded(server, connect_timeout=1, read_timeout=5, deadline=0.5)
+        with pytest.raises(ServerFailed, match=r"too slow: no complete answer within 0.5s"):
+            get(client)
+
+
+def test_a_body_dripped_one_byte_at_a_time_is_cut_at_the_overall_deadline() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+
+    def behaviour(conn: socket.socket) -> None:
+        conn.sendall(head)
+        drip(b"[")(conn)
+
+    with fake_server(behaviour) as server:
+        client = bounded(server, connect_timeout=1, read_timeout=5, deadline=0.5)
+        with pytest.raises(ServerFailed, match="too slow"):
+            get(client)
+
+
+def test_an_endless_answer_is_cut_at_the_size_cap() -> None:
+    with fake_server(endless) as server:
+        client = bounded(server, max_bytes=1024 * 1024, deadline=30)
+        with pytest.raises(ServerFailed, match=r"answer too large \(over 1048576 bytes\)"):
+            get(client)
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading() -> None:
+    with fake_server(answer(200, "x" * 2048)) as server:
+        with pytest.raises(ServerFailed, match="answer too large"):
+            get(bounded(server, max_bytes=1024))
+        assert get(bounded(server, max_bytes=4096)).body == "x" * 2048
+
+
+def test_a_silent_server_is_a_read_timeout_not_a_connection_failure() -> None:
+    with (
+        fake_server(lambda conn: time.sleep(5)) as server,
+        pytest.raises(ServerFailed, match=r"^no answer \(read timed out\)$"),
+    ):
+        get(bounded(server, read_timeout=0.2, deadline=5))
+
+
+@pytest.mark.parametrize("token", ["se\ncret", "sécrét\u20ac"])
+def test_a_token_that_cannot_be_a_header_is_a_local_error_never_quoted(token: str) -> None:
+    with fake_server(answer(200, "")) as server:
+        client = bounded(server)
+        with pytest.raises(BadRequestHeader) as failed:
+            client.get(lambda r: r, "/v1/status/leader", headers={"X-Consul-Token": token})
+    assert "cret" not in str(failed.value) and "crét" not in str(failed.value)
+    assert server.requests == []  # nothing was sent
+
+
+def test_a_bad_token_cools_no_server_down(tmp_path: Path, consul_cluster: SimCluster) -> None:
+    config = load_config(str(write_config(tmp_path, consul_cluster, [])))
+    pool = ServerPool(config.consul, "bad\ntoken")
+    with pytest.raises(BadRequestHeader):
+        read_actual(pool, NODE)
+    assert not any(s.cooling(time.monotonic()) for s in pool.servers)
+    assert consul_cluster.stats()["requests"] == 0
+
+
+def test_the_client_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+    with fake_server(answer(200, "ok")) as server:
+        assert get(bounded(server)).body == "ok"
+        assert server.requests == ["GET /v1/status/leader HTTP/1.1"]
+
+
+# --- the pool: the bound cools the server down and fails over ------------------------------------
+
+
+def engine_with_fake_first(cluster: SimCluster, fake: FakeServer, tmp_path: Path) -> Any:
+    """A 20-service engine whose home server is the fake, then two emulator servers."""
+    servers = [fake.address, cluster.addresses[1], cluster.addresses[2]]
+    assert start_index(NODE, 3) == 0  # NODE's home is the first server in the list
+    path = write_config(
+        tmp_path,
+        cluster,
+        [],
+        consul={
+            "servers": servers,
+            "read_timeout": "1s",
+            "connect_timeout": "1s",
+            "cooldown_initial": "30s",
+            "cooldown_max": "60s",
+        },
+    )
+    intents = [
+        ServiceIntent(
+            ServiceRegistration(f"s{i}-{9000 + i}", f"s{i}", 9000 + i, "127.0.0.1"), "static"
+        )
+        for i in range(20)
+    ]
+    return build(load_config(str(path)), intent_source=lambda *_: intents)
+
+
+FAULTS = {
+    "dripped headers": (drip(b"HTTP/1.1 200 OK\r\nX-Pad: ", 0.2), "too slow: no complete answer"),
+    "endless answer": (endless, "answer too large (over 16777216 bytes)"),
+    "429": (answer(429, "rate limit exceeded", Retry_After="60"), "rate limited (429"),
+    "503": (answer(503, "overloaded"), "unavailable (503"),
+    "wrong shape": (answer(200, {"Node": "not an object"}), "malformed document"),
+    "wrong type": (answer(200, [1, 2, 3]), "answered a JSON list, not a dict"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_misbehaving_first_server_is_cooled_down_and_the_cycle_fails_over(
+    consul_cluster: SimCluster, tmp_path: Path, fault: str
+) -> None:
+    behaviour, message = FAULTS[fault]
+    with fake_server(behaviour) as fake:
+        app = engine_with_fake_first(consul_cluster, fake, tmp_path)
+        report = app.engine.cycle()
+        assert report.error is None, report.error
+        assert report.server in consul_cluster.addresses[1:]
+        assert report.writes == 20
+        assert app.pool.wait_idle(30)
+        home = app.pool.servers[0]
+        assert message in home.last_error
+        assert home.cooling(time.monotonic())
+        asked = len(fake.requests)
+        again = app.engine.cycle()
+        assert again.error is None and again.plan is not None and again.plan.empty
+        assert len(fake.requests) == asked  # cooling down: not asked again
+
+
+def test_429_cools_down_for_at_least_retry_after(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    with fake_server(answer(429, "slow down", Retry_After="50")) as fake:
+        app = engine_with_fake_first(consul_cluster, fake, tmp_path)
+        assert app.engine.cycle().error is None
+        assert app.pool.wait_idle(10)
+        assert app.pool.servers[0].cooldown_until - time.monotonic() > 45  # 24-36 s by policy
+
+
+def test_survey_reports_a_bounded_failure(tmp_path: Path, consul_cluster: SimCluster) -> None:
+    with fake_server(endless) as fake:
+        config = load_config(str(write_config(tmp_path, consul_cluster, [])))
+        client = make_client(fake.address, config.consul, None)
+        with pytest.raises(ServerFailed, match="answer too large"):
+            client.status.leader()

@@ -1,0 +1,278 @@
+"""The pool's choice of server, pinned on a fake clock and rng: the home server from the node
+name (a fleet spreads), latency demotion with hysteresis, 429 Retry-After, the first-sync jitter;
+and hedged reads against a black-holed emulator server (real sockets, no timing assertions)."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from consulsim import SimCluster
+from regagent.config import load_config
+from regagent.config.model import ConsulConfig
+from regagent.consul.answers import ServerBusy
+from regagent.consul.catalog import read_actual
+from regagent.consul.pool import ServerPool
+from regagent.consul.retry import (
+    FIRST_SYNC_JITTER_MAX,
+    RetryPolicy,
+    first_sync_delay,
+    server_order,
+    start_index,
+)
+from test_sync import NODE, write_config
+
+MIDDLE = 0.5
+SERVERS = ("a:1", "b:1", "c:1")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Timed:
+    """A client whose requests take `latency` seconds of the fake clock."""
+
+    def __init__(self, address: str, clock: FakeClock, latency: Dict[str, float]) -> None:
+        self.address = address
+        self.clock = clock
+        self.latency = latency
+
+
+def timed_call(client: Timed) -> str:
+    client.clock.now += client.latency[client.address]
+    return client.address
+
+
+def pool_of(latency: Dict[str, float], clock: FakeClock, node: str = "") -> ServerPool:
+    config = ConsulConfig(servers=SERVERS, cooldown_initial=5.0, cooldown_max=300.0)
+    pool = ServerPool(
+        config,
+        clock=clock,
+        client_factory=lambda address, *_: Timed(address, clock, latency),
+        rng=lambda: MIDDLE,
+    )
+    if node:
+        pool.place(node)
+    return pool
+
+
+# --- spread --------------------------------------------------------------------------------------
+
+
+def test_start_server_is_stable_per_node_name() -> None:
+    # The sync tests rely on it: NODE starts at server 1 and fails over to 2, then 3.
+    assert server_order(NODE, 3) == [0, 1, 2]
+    assert start_index(NODE, 3) == 0
+    assert start_index("bench-host-1", 3) == 2
+    assert start_index("anything", 1) == 0
+
+
+def test_many_node_names_spread_near_uniformly_over_the_servers() -> None:
+    for servers in (3, 5):
+        names = [f"host-{i:05d}.dc1.example" for i in range(6000)]
+        counts = collections.Counter(start_index(name, servers) for name in names)
+        fair = len(names) / servers
+        assert set(counts) == set(range(servers))
+        assert max(counts.values()) < 1.1 * fair and min(counts.values()) > 0.9 * fair
+
+
+def test_the_hosts_of_a_lost_server_spread_over_the_others() -> None:
+    names = [f"host-{i:05d}" for i in range(6000)]
+    orders = [server_order(name, 3) for name in names]
+    assert all(sorted(order) == [0, 1, 2] for order in orders)
+    second = collections.Counter(order[1] for order in orders if order[0] == 0)
+    assert set(second) == {1, 2}
+    assert abs(second[1] - second[2]) < 0.15 * sum(second.values())
+
+
+def test_the_pool_starts_at_the_home_server_and_a_reload_keeps_the_server_in_use() -> None:
+    clock = FakeClock()
+    latency = dict.fromkeys(SERVERS, 0.01)
+    name = next(f"h{i}" for i in range(100) if start_index(f"h{i}", 3) == 2)
+    pool = pool_of(latency, clock, name)
+    assert pool.call("read", timed_call) == "c:1"
+    pool.current = 1
+    reloaded = pool_of(latency, clock)
+    reloaded.adopt(pool)
+    reloaded.place(name)
+    assert reloaded.current == 1
+
+
+def test_a_host_goes_back_home_once_the_home_server_has_cooled_down() -> None:
+    clock = FakeClock()
+    latency = dict.fromkeys(SERVERS, 0.01)
+    pool = pool_of(latency, clock, NODE)  # home: a:1
+    failing = {"a:1"}
+
+    def call(client: Timed) -> str:
+        if client.address in failing:
+            raise ServerBusy("rate limited (429 Too Many Requests)")
+        return timed_call(client)
+
+    assert pool.call("read", call) == "b:1"
+    assert pool.call("read", call) == "b:1"  # a:1 cools down for 5 s
+    failing.clear()
+    clock.now += 6
+    assert pool.call("read", call) == "a:1"
+
+
+# --- 429 / 503 -----------------------------------------------------------------------------------
+
+
+def test_busy_cooldown_honours_retry_after_up_to_cooldown_max() -> None:
+    policy = RetryPolicy(cooldown_initial=5.0, cooldown_max=300.0)
+    assert policy.busy_cooldown(1, None, lambda: MIDDLE) == 5.0
+    assert policy.busy_cooldown(1, 60.0, lambda: MIDDLE) == 60.0
+    assert policy.busy_cooldown(1, 86400.0, lambda: MIDDLE) == 300.0  # a hostile header
+    assert policy.busy_cooldown(4, 1.0, lambda: MIDDLE) == 40.0
+
+
+# --- latency demotion ----------------------------------------------------------------------------
+
+
+def test_a_server_far_slower_than_its_peers_is_demoted_without_flapping() -> None:
+    clock = FakeClock()
+    latency = {"a:1": 5.0, "b:1": 0.01, "c:1": 0.01}
+    pool = pool_of(latency, clock, NODE)  # home: the slow one
+    answered = [pool.call("read", timed_call) for _ in range(200)]
+    # three answers to measure it, then asked last for cooldown_max (300 s, no jitter here)
+    assert answered[:3] == ["a:1"] * 3
+    assert set(answered[3:]) == {"b:1"}
+    # Once the demotion is over it is measured afresh (three answers), and demoted again.
+    clock.now = pool.servers[0].slow_until + 1
+    again = [pool.call("read", timed_call) for _ in range(50)]
+    assert again[:3] == ["a:1"] * 3 and set(again[3:]) == {"b:1"}
+
+
+def test_a_server_slower_but_not_markedly_so_keeps_its_place() -> None:
+    clock = FakeClock()
+    # Below the absolute floor (0.5 s), or less than 4x a peer: no demotion either way.
+    for slow, fast in ((0.4, 0.001), (0.9, 0.3)):
+        latency = {"a:1": slow, "b:1": fast, "c:1": fast}
+        pool = pool_of(latency, clock, NODE)
+        pool.servers[1].latency, pool.servers[1].samples = fast, 5
+        pool.servers[2].latency, pool.servers[2].samples = fast, 5
+        assert {pool.call("read", timed_call) for _ in range(50)} == {"a:1"}
+
+
+def test_latency_policy_numbers() -> None:
+    policy = RetryPolicy()
+    assert policy.latency_estimate(None, 2.0) == 2.0
+    assert policy.latency_estimate(1.0, 2.0) == pytest.approx(1.3)
+    assert not policy.is_slow(5.0, 2, [0.01])  # too few answers
+    assert not policy.is_slow(0.4, 9, [0.001])  # fast enough in absolute terms
+    assert not policy.is_slow(1.0, 9, [0.3])  # not 4x slower than a peer
+    assert policy.is_slow(1.2, 9, [0.3])
+    assert policy.is_slow(1.0, 9, [None])  # an unmeasured peer is worth a try
+    assert not policy.is_slow(9.0, 9, [])  # nobody to give way to
+    assert policy.hedge_delay(None) == 0.3
+    assert policy.hedge_delay(0.01) == 0.3
+    assert policy.hedge_delay(0.2) == pytest.approx(0.8)
+    assert policy.hedge_delay(5.0) == 1.0
+
+
+# --- first sync jitter ---------------------------------------------------------------------------
+
+
+def test_first_sync_waits_a_random_part_of_the_jitter_capped_for_fast_registration() -> None:
+    assert first_sync_delay(5.0, lambda: 0.0) == 0.0
+    assert first_sync_delay(5.0, lambda: 0.5) == 2.5
+    assert first_sync_delay(2.0, lambda: 0.5) == 1.0
+    assert first_sync_delay(60.0, lambda: 0.999) == pytest.approx(FIRST_SYNC_JITTER_MAX, 0.01)
+    assert first_sync_delay(0.0, lambda: 0.7) == 0.0
+
+
+def test_hosts_failing_together_retry_apart() -> None:
+    """After an outage, each host's next try of a server is its own jittered cool-down."""
+    policy = RetryPolicy(cooldown_initial=5.0, cooldown_max=300.0)
+    readings = [i / 100 for i in range(100)]
+    retries = {round(policy.cooldown(3, lambda r=r: r), 3) for r in readings}  # type: ignore[misc]
+    assert len(retries) == 100 and max(retries) - min(retries) > 0.35 * 20
+
+
+# --- hedged reads, for real ----------------------------------------------------------------------
+
+
+def test_a_hedged_read_under_a_black_holed_first_server_is_answered_by_another(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = load_config(
+        str(write_config(tmp_path, consul_cluster, [], consul={"read_timeout": "10s"}))
+    )
+    pool = ServerPool(config.consul)
+    pool.place(NODE)  # home: server 1
+    consul_cluster.blackhole(0)
+    actual = read_actual(pool, NODE)  # two reads
+    assert actual.node is None
+    assert pool.current_server.address != consul_cluster.addresses[0]
+    assert pool.servers[0].requests == 1  # the second read went straight to the other
+    assert sum(s.requests for s in pool.servers) == 3
+    assert pool.wait_idle(20)
+    assert pool.servers[0].last_error == "no answer (read timed out)"
+    assert pool.servers[0].cooling(pool.clock())
+
+
+def test_writes_are_never_hedged(consul_cluster: SimCluster, tmp_path: Path) -> None:
+    config = load_config(
+        str(write_config(tmp_path, consul_cluster, [], consul={"read_timeout": "1s"}))
+    )
+    pool = ServerPool(config.consul)
+    pool.place(NODE)
+    consul_cluster.blackhole(0)
+    seen: List[str] = []
+
+    def write(client: Any) -> None:
+        seen.append(client.http.host + ":" + str(client.http.port))
+        client.http.put(lambda r: r, "/v1/catalog/register", data="{}")
+
+    pool.call("write", write)  # times out on server 1, then goes to server 2: one at a time
+    assert seen == consul_cluster.addresses[:2]
+
+
+def test_a_oneshot_sync_with_a_black_holed_first_server_succeeds_through_another(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    from test_sync import regagent, static
+
+    config = write_config(
+        tmp_path, consul_cluster, [static("queue", 9000)], consul={"read_timeout": "10s"}
+    )
+    consul_cluster.blackhole(0)
+    consul_cluster.reset_stats()
+    result = regagent(config, "sync")
+    assert result.returncode == 0, result.stderr
+    assert consul_cluster.addresses[0] not in result.stdout.split("via")[-1]
+    servers = consul_cluster.stats()["servers"]
+    assert servers[0]["requests"] <= 1  # the hedged first read, never answered
+    assert servers[1]["endpoints"].get("PUT /v1/txn") == 1
+
+
+def test_a_slow_home_server_is_demoted_against_the_emulator(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """The emulator's slow fault (0.8 s per answer, below the 1 s read timeout): its answers
+    still arrive (as hedged reads' late answers), feed its estimate, and get it demoted."""
+    from test_sync import _engine
+
+    app = _engine(write_config(tmp_path, consul_cluster, []), [])
+    consul_cluster.slow(0, 0.8)
+    home = app.pool.servers[0]
+    for _ in range(8):
+        assert app.engine.cycle().error is None
+        assert app.pool.wait_idle(10)
+        if home.slow_until:
+            break
+    assert home.slow_until > app.pool.clock()  # demoted
+    asked = home.requests
+    for _ in range(3):
+        report = app.engine.cycle()
+        assert report.error is None and report.server != consul_cluster.addresses[0]
+    assert home.requests == asked  # asked last: not at all while the others answer
