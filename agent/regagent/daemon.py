@@ -31,7 +31,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import structlog
 
 from regagent.config.model import SyncConfig
-from regagent.consul.retry import Rng, jittered
+from regagent.consul.retry import Rng, first_sync_delay, jittered
 from regagent.engine import SyncEngine
 from regagent.errors import (
     ConfigError,
@@ -287,6 +287,8 @@ class Daemon:
             self._serve_metrics(self.loop.telemetry_listen)
         cycles = 0
         try:
+            # A fleet restarted at once spreads its first reads (capped: register fast).
+            self._wait_for_next_cycle(first_sync_delay(self.loop.sync.jitter, self.rng))
             while not self.stop.is_set():
                 report = self.cycle()
                 cycles += 1
