@@ -230,3 +230,22 @@ def test_one_failure_is_enough_when_so_configured(host: FakeHost, tmp_path: Path
     host.serving.discard(PORT)
     (intent,) = runner.cycle(config, NODE, T0 + 30)
     assert intent.status is not None and intent.status[0] == CRITICAL
+
+
+def test_passes_between_full_cycles_share_the_cap_on_new_exporters(tmp_path: Path) -> None:
+    """The watch looks every second: the cap on new registrations must hold per full cycle,
+    not per look, or a local process opening ports would get ten a second."""
+    host = FakeHost()
+    ports = range(20000, 20025)
+    for port in ports:
+        host.listen(port)
+    config = replace(
+        config_for(tmp_path, max_new_per_cycle=10),
+        discovery=DiscoveryConfig(port_ranges=((20000, 20024),), max_new_per_cycle=10),
+    )
+    runner = runner_for(host)
+    assert len(runner.cycle(config, NODE, T0)) == 10  # a full cycle: ten
+    for step in range(1, 4):  # quick passes before the next full cycle: nothing more
+        intents, _ = runner.quick_intents(config, NODE, None, T0 + step)
+        assert len(intents) == 10
+    assert len(runner.cycle(config, NODE, T0 + 30)) == 20  # the next full cycle: ten more

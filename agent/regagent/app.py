@@ -17,7 +17,7 @@ import ipaddress
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import structlog
 
@@ -32,9 +32,10 @@ from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
 from regagent.daemon import Daemon, Heartbeat, Loop, signals_blocked
 from regagent.discovery.identify import Prober
+from regagent.discovery.listeners import ListenerKeysReader
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.runner import DiscoveryRunner
-from regagent.engine import IntentSource, SyncEngine
+from regagent.engine import IntentSource, QuickSource, SyncEngine
 from regagent.errors import ConfigError
 from regagent.health.checks import run_probe
 from regagent.health.health import Health, ProbeRunner
@@ -51,6 +52,7 @@ from regagent.model import (
 )
 from regagent.notify import Notifier, watchdog_interval
 from regagent.rules import split_hostport
+from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +75,7 @@ class App:
     engine: SyncEngine
     metrics: Metrics
     heartbeat: Heartbeat
+    watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -202,11 +205,40 @@ def build(
     pool.observer = observe
     registrar = make_registrar(config, pool, identity)
     source = with_self(config, intent_source or discovery_source(config, runner))
+    quick = quick_source(config, runner) if intent_source is None else None
     engine = SyncEngine(
-        registrar, source, health, cycle_deadline=policy.cycle_deadline, progress=heartbeat.beat
+        registrar,
+        source,
+        health,
+        cycle_deadline=policy.cycle_deadline,
+        quick=quick,
+        progress=heartbeat.beat,
     )
+    watch = make_watch(config, engine, runner) if quick is not None else None
     return App(
-        config, policy, pool, identity, health, runner, registrar, engine, metrics, heartbeat
+        config, policy, pool, identity, health, runner, registrar, engine, metrics, heartbeat, watch
+    )
+
+
+def quick_source(config: Config, runner: DiscoveryRunner) -> Optional[QuickSource]:
+    """The watch's quick discovery pass, or None when discovery or the watch is off."""
+    if not config.discovery.enabled or config.discovery.watch_interval <= 0:
+        return None
+
+    def quick(address: str, actual: ActualState) -> Tuple[List[ServiceIntent], FrozenSet[int]]:
+        return runner.quick_intents(config, address, actual)
+
+    return quick
+
+
+def make_watch(config: Config, engine: SyncEngine, runner: DiscoveryRunner) -> Watch:
+    """The look at the listeners between cycles, every discovery.watch_interval."""
+    return Watch(
+        engine,
+        runner,
+        config.discovery.watch_interval,
+        keys=ListenerKeysReader(),
+        relevant=lambda port: runner.could_matter(config, port),
     )
 
 
@@ -238,7 +270,11 @@ def pool_addresses(pool: ServerPool) -> List[str]:
 def loop(app: App) -> Loop:
     """What the daemon needs of an app."""
     return Loop(
-        app.engine, app.config.sync, tuple(pool_addresses(app.pool)), app.config.telemetry.listen
+        app.engine,
+        app.config.sync,
+        tuple(pool_addresses(app.pool)),
+        app.config.telemetry.listen,
+        app.watch,
     )
 
 

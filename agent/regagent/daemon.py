@@ -43,6 +43,7 @@ from regagent.errors import (
 from regagent.metrics import Metrics, MetricsServer
 from regagent.notify import Notifier
 from regagent.report import CycleReport
+from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +170,7 @@ class Loop:
     sync: SyncConfig
     servers: Tuple[str, ...]
     telemetry_listen: str = ""
+    watch: Optional[Watch] = None  # looks at the listeners between cycles
 
 
 Reload = Callable[[], Loop]  # re-reads the configuration; raises ConfigError if it is invalid
@@ -183,6 +185,24 @@ def signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _WakeUp(threading.Event):
+    """What the watch waits on between its looks: set once a stop or reload is requested, and
+    woken by the daemon's self-pipe, which the signal paths write. No lock is involved that a
+    signal handler, running in the middle of the main thread, could deadlock on."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__()
+        self._daemon = daemon
+
+    def is_set(self) -> bool:
+        return self._daemon.stop.is_set() or self._daemon.reload_requested
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if not self.is_set():
+            self._daemon._sleep(timeout)
+        return self.is_set()
 
 
 class Daemon:
@@ -224,6 +244,7 @@ class Daemon:
         self._interruptible = False
         self._alarm_installed = False  # SIGALRM's default action would kill the process
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_up = _WakeUp(self)
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -343,8 +364,8 @@ class Daemon:
 
     def _wait_for_next_cycle(self, delay: float) -> None:
         """The one place the loop waits between cycles: until `delay` has passed or a stop or
-        reload is requested; beats the heartbeat while it waits. (A listener watch that starts
-        a cycle early plugs in here.)"""
+        reload is requested; beats the heartbeat while it waits, and lets the listener watch
+        (`regagent.watch`, when discovery.watch_interval is on) look and run partial cycles."""
         deadline = self.clock() + delay
         while not self.stop.is_set() and not self.reload_requested:
             left = deadline - self.clock()
@@ -352,10 +373,25 @@ class Daemon:
                 return
             self.heartbeat.beat()
             step = left if self.beat_every is None else min(left, self.beat_every)
-            readable, _, _ = select.select([self._wake_r], [], [], step)
-            if readable:
-                with contextlib.suppress(OSError):
-                    os.read(self._wake_r, 512)
+            watch = self.loop.watch
+            if watch is None:
+                self._sleep(step)
+                continue
+            # The watch's partial cycles write to Consul: a stop may interrupt them as it does
+            # a full cycle (the pool's observer and the probes beat the heartbeat meanwhile).
+            self._interruptible = True
+            try:
+                watch.run_for(step, self._wake_up)
+            finally:
+                self._interruptible = False
+                self._arm(0)
+
+    def _sleep(self, seconds: Optional[float]) -> None:
+        """Up to `seconds`, less if a stop or reload is requested (the self-pipe)."""
+        readable, _, _ = select.select([self._wake_r], [], [], seconds)
+        if readable:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 512)
 
     # -- reload ------------------------------------------------------------------------------
 

@@ -101,6 +101,9 @@ class DiscoveryConfig:
     # New discovered registrations per cycle; the rest wait for the next cycle (trust model:
     # a local process must not be able to flood the catalog in one go).
     max_new_per_cycle: int = field(default=10, metadata=_kind("count", low=1, high=1000))
+    # Seconds between looks at the LISTEN sockets between full cycles (a new exporter is
+    # registered, a vanished one marked critical, within about this); 0 turns the watch off.
+    watch_interval: float = field(default=1.0, metadata=_kind("duration"))
     overrides: Tuple[ExporterOverride, ...] = ()
 
 

@@ -97,10 +97,13 @@ def build_intents(
     *,
     previous: Optional[Mapping[str, SeenService]] = None,
     table: Optional[ExporterTable] = None,
+    max_new: Optional[int] = None,
 ) -> DesiredServices:
     """Pure: static services plus discovered (present or vanished-but-kept) exporters.
 
     `discovery` None means discovery is disabled: only static services, state kept as it was.
+    `max_new`: how many exporters new to `previous` may be added (default
+    `discovery.max_new_per_cycle`; less when passes between full cycles used some already).
     """
     previous = {sid: _not_in_the_future(entry, now) for sid, entry in (previous or {}).items()}
     statics = [static_intent(svc, config, node_address) for svc in config.services]
@@ -141,7 +144,7 @@ def build_intents(
             continue
         earlier = previous.get(service.id)
         if earlier is None:
-            if new >= config.discovery.max_new_per_cycle:
+            if new >= (config.discovery.max_new_per_cycle if max_new is None else max_new):
                 # Trust model: whatever listens here is evidence, not authority. A local
                 # process opening many ports must not flood the catalog in one cycle.
                 reason = (

@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 import structlog
 
@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+TCPDIAG_GETSOCK = 18  # the older inet_diag request, answered for both address families
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLM_F_DUMP_INTR = 0x10
@@ -206,6 +207,149 @@ def parse_diag_msg(payload: bytes) -> Optional[Listener]:
     _expires, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(payload, tail)
     raw = src[:4] if family == socket.AF_INET else src
     return Listener(socket.inet_ntop(family, raw), sport, family, inode, uid)
+
+
+# --- the watch's look -----------------------------------------------------------------------
+
+ListenerKeys = FrozenSet[Tuple[int, int]]  # (port, inode) of every LISTEN socket
+
+_SPORT_OFFSET = _MSG_HEAD.size  # idiag_sport, first field of the sockid
+_INODE_OFFSET = _MSG_LEN - 4  # idiag_inode, last field of inet_diag_msg
+_PORT = struct.Struct("!H")
+_DIAG_ANSWERS = (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK)
+_INODE = struct.Struct("=I")
+
+
+@dataclass(frozen=True)
+class _Datagram:
+    """One datagram of a dump answer and what it said."""
+
+    data: bytes
+    keys: Tuple[Tuple[int, int], ...]
+    done: bool
+    interrupted: bool
+
+
+def _parse(data: bytes, seq: int) -> _Datagram:
+    """(port, inode) of the LISTEN sockets in one datagram; iter_messages without copies."""
+    keys: List[Tuple[int, int]] = []
+    interrupted = False
+    header, head = _NLMSGHDR.unpack_from, _NLMSGHDR.size
+    offset, end = 0, len(data)
+    while offset + head <= end:
+        length, msg_type, flags, msg_seq, _pid = header(data, offset)
+        if length < head or offset + length > end:
+            raise OSError("truncated netlink message")
+        body = offset + head
+        offset += (length + 3) & ~3  # NLMSG_ALIGN
+        if msg_seq != seq:
+            continue  # a late answer to an earlier, abandoned dump
+        interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
+        if msg_type == NLMSG_DONE:
+            return _Datagram(data, tuple(keys), True, interrupted)
+        if msg_type == NLMSG_ERROR:
+            (errno,) = struct.unpack_from("=i", data, body)
+            if errno:
+                raise OSError(-errno, f"sock_diag: {os.strerror(-errno)}")
+        elif (
+            msg_type in _DIAG_ANSWERS and length - head >= _MSG_LEN and data[body + 1] == TCP_LISTEN
+        ):
+            (port,) = _PORT.unpack_from(data, body + _SPORT_OFFSET)
+            (inode,) = _INODE.unpack_from(data, body + _INODE_OFFSET)
+            keys.append((port, inode))
+    return _Datagram(data, tuple(keys), False, interrupted)
+
+
+def build_compat_request(seq: int) -> bytes:
+    """An old-style TCPDIAG_GETSOCK dump of LISTEN sockets (struct inet_diag_req): the kernel
+    answers it for IPv4 and IPv6 at once (it dumps with family AF_UNSPEC), so one walk of the
+    listening hash instead of two."""
+    body = (
+        struct.pack("=BBBB", 0, 0, 0, 0)  # idiag_family, src_len, dst_len, ext
+        + _SOCKID.pack(0, 0, b"\0" * 16, b"\0" * 16)
+        + _SOCKID_TAIL.pack(0, 0, 0)
+        + struct.pack("=II", 1 << TCP_LISTEN, 0)  # idiag_states, idiag_dbs
+    )
+    header = _NLMSGHDR.pack(
+        _NLMSGHDR.size + len(body), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    )
+    return header + body
+
+
+class ListenerKeysReader:
+    """(port, inode) of every LISTEN socket, for the watch's look once a second: one netlink
+    socket kept open, one dump for both families where the kernel allows it, and two
+    fixed-offset fields read per socket (no addresses decoded, no objects built). Falls back to
+    `listening_sockets` (and so to /proc) when netlink fails, reopening the socket next look.
+    Unlike `listening_sockets` it keeps every socket of a SO_REUSEPORT group: the watch only
+    compares one look with the next."""
+
+    def __init__(self) -> None:
+        self._sock: Optional[socket.socket] = None
+        self._compat = True  # one dump for both families while the kernel takes it
+        # The same seq every look (the socket is closed after any error, so no late answer of
+        # an abandoned dump can arrive), so that an unchanged answer is byte-identical.
+        self._seq = 1
+        self._parsed: Dict[int, List[_Datagram]] = {}
+
+    def __call__(self) -> ListenerKeys:
+        try:
+            return self._netlink()
+        except OSError as exc:
+            self.close()
+            _warn_fallback_once(exc)
+            return frozenset((item.port, item.inode) for item in listening_sockets())
+
+    def _netlink(self) -> ListenerKeys:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+            self._sock.settimeout(5.0)
+        if self._compat:
+            try:
+                return frozenset(self._dump(build_compat_request(self._seq), self._seq))
+            except OSError:
+                self._compat = False  # this kernel refuses it: one dump per family from now on
+        keys: Set[Tuple[int, int]] = set()
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=self._seq):
+            keys.update(self._dump(build_request(family, seq), seq))
+        return frozenset(keys)
+
+    def _dump(self, request: bytes, seq: int) -> List[Tuple[int, int]]:
+        assert self._sock is not None
+        for _attempt in range(3):  # an interrupted dump is redone, like _dump_family
+            self._sock.sendto(request, (0, 0))
+            found, interrupted = self._read(seq)
+            if not interrupted:
+                break
+        return found
+
+    def _read(self, seq: int) -> Tuple[List[Tuple[int, int]], bool]:
+        assert self._sock is not None
+        found: List[Tuple[int, int]] = []
+        interrupted = False
+        # A datagram byte-identical to the one at the same place in the previous look's
+        # answer (same seq, same sockets) is not parsed again: the usual look parses nothing.
+        seen = self._parsed.get(seq, [])
+        parsed: List[_Datagram] = []
+        for index in range(_MAX_DUMP_MESSAGES):
+            data = self._sock.recv(_RECV_BUFFER)
+            if not data:
+                raise OSError("netlink socket closed during dump")
+            known = seen[index] if index < len(seen) else None
+            chunk = known if known is not None and known.data == data else _parse(data, seq)
+            parsed.append(chunk)
+            found.extend(chunk.keys)
+            interrupted = interrupted or chunk.interrupted
+            if chunk.done:
+                self._parsed[seq] = parsed
+                return found, interrupted
+        raise OSError("netlink dump did not terminate")
+
+    def close(self) -> None:
+        self._parsed.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 # --- /proc fallback ------------------------------------------------------------------------

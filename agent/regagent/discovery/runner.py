@@ -6,26 +6,43 @@ result. The composition root (`regagent.app`) makes one runner per process and h
 so that its caches (socket owners by inode, listeners already reported) save work and log noise
 across cycles; a failed probe of a known exporter goes through the shared `Health` guard, so one
 failure does not turn it critical (decision 5).
+
+Between full cycles the watch (`regagent.watch`) asks for a quick pass (`quick_intents`): the
+same discovery and the same `build_intents`, but probe results of listeners already probed are
+reused (`ProbeCache`), so only new listeners (and slow starters due for a retry) are probed, and
+it says which ports changed since the previous pass, so the engine writes only those services.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Tuple,
+)
 
 import structlog
 
 from regagent.config.model import Config
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
-from regagent.discovery.identify import DiscoveryResult, Prober, discover
+from regagent.discovery.identify import DiscoveryResult, Prober, discover, own_port
 from regagent.discovery.intents import (
     DesiredServices,
     adopt_registered,
     build_intents,
 )
-from regagent.discovery.listeners import Listener, listening_sockets
+from regagent.discovery.listeners import Listener, ListenerKeys, listening_sockets
 from regagent.discovery.probe import probe_metrics
+from regagent.discovery.probe_cache import ProbeCache
 from regagent.discovery.processes import ProcessResolver
 from regagent.discovery.seen import (
     SeenService,
@@ -52,14 +69,24 @@ class DiscoveryRunner:
         prober: Prober = probe_metrics,
         table: Optional[ExporterTable] = None,
         health: Optional[Health] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.resolver = resolver or ProcessResolver()
         self.list_listeners = list_listeners
         self.prober = prober
+        self.probes = ProbeCache(prober, clock)
+        # What the last pass saw; None before the first one (the watch compares against it).
+        self.last_keys: Optional[ListenerKeys] = None
+        self._quick = False
+        self._seen_keys: Optional[ListenerKeys] = None
+        # Ports whose listeners changed (or were probed afresh) in the last pass.
+        self.changed: FrozenSet[int] = frozenset()
+        self._known_ports: FrozenSet[int] = frozenset()  # ports of the services discovery knows
         self.table = table or load_exporter_table()
         self._reported: Set[Tuple[int, str, str]] = set()
         self._vanished: Set[str] = set()
         self._adopted: Set[str] = set()
+        self._new_since_full = 0  # new exporters added since the last full cycle
         # Shared with the engine's checks in a daemon; its own for a runner used alone.
         self.health = health or Health()
 
@@ -71,9 +98,23 @@ class DiscoveryRunner:
             config,
             table=self.table,
             resolver=self.resolver,
-            list_listeners=self.list_listeners,
-            prober=self.prober,
+            list_listeners=self._listeners,
+            prober=self.probes.probe,
         )
+
+    def _keys_listed(self) -> Optional[ListenerKeys]:
+        """The listeners the pass just made listed, or None if it listed none."""
+        return self._seen_keys
+
+    def _listeners(self) -> List[Listener]:
+        """The listeners, told to the probe cache first (it keys results by their inodes)."""
+        found = self.list_listeners()
+        inodes: Dict[int, Set[int]] = {}
+        for item in found:
+            inodes.setdefault(item.port, set()).add(item.inode)
+        self.probes.begin({p: frozenset(i) for p, i in inodes.items()}, quick=self._quick)
+        self._seen_keys = frozenset((item.port, item.inode) for item in found)
+        return found
 
     def run(
         self,
@@ -82,10 +123,26 @@ class DiscoveryRunner:
         now: float,
         persist: bool = True,
         actual: Optional[ActualState] = None,
+        *,
+        quick: bool = False,
     ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
-        """Discover, build intents against the stored state, store the new state if `persist`."""
+        """Discover, build intents against the stored state, store the new state if `persist`.
+
+        `quick`: reuse probe results (see `quick_intents`); flap protection then judges only
+        the ports in `self.changed`."""
         self.health.configure(config.sync.failures_before_critical)
-        result = self.discover(config)
+        before = self.last_keys
+        self._quick = quick
+        self._seen_keys = None
+        try:
+            result = self.discover(config)
+        finally:
+            self._quick = False
+        self.changed = frozenset()
+        seen = self._keys_listed()
+        if result is not None and result.complete and seen is not None:
+            self.changed = _changed_ports(before, seen) | self.probes.probed_ports()
+            self.last_keys = seen
         path = state_path(config.sync.state_dir)
         stored = load_state(path) if result is not None else {}
         previous = adopt_registered(stored, actual, now) if result is not None else {}
@@ -96,12 +153,26 @@ class DiscoveryRunner:
                 service_id=sid,
                 reason="registered in Consul but missing from the discovery state file",
             )
+        # The cap on new exporters holds per full cycle: the quick passes between two full
+        # cycles share it, so looking every second does not make it ten a second.
+        if not quick:
+            self._new_since_full = 0
+        budget = max(0, config.discovery.max_new_per_cycle - self._new_since_full)
         desired = build_intents(
-            config, node_address, result, now, previous=previous, table=self.table
+            config, node_address, result, now, previous=previous, table=self.table, max_new=budget
         )
+        self._new_since_full += sum(1 for sid in desired.by_port.values() if sid not in previous)
         if result is not None:
-            desired = self._hold_failures(desired, result)
+            if quick:
+                # A known exporter still listening but failing its probe is for the full
+                # cycle's flap protection to judge, not for a pass a second after the last.
+                self.changed -= {
+                    i.service.port for i in desired.intents if i.service.id in desired.not_serving
+                }
+            desired = self._hold_failures(desired, result, self.changed if quick else None)
         self._report(desired, previous)  # a dry run is where an operator wants to see these
+        if result is not None and result.complete:
+            self._known_ports = frozenset(entry.port for entry in desired.seen.values())
         if (
             persist
             and result is not None
@@ -139,13 +210,57 @@ class DiscoveryRunner:
         moment = time.time() if now is None else now
         return list(self.run(config, node_address, moment, persist, actual)[1].intents)
 
-    def _hold_failures(self, desired: DesiredServices, result: DiscoveryResult) -> DesiredServices:
+    def quick_intents(
+        self,
+        config: Config,
+        node_address: str,
+        actual: Optional[ActualState],
+        now: Optional[float] = None,
+    ) -> Tuple[List[ServiceIntent], FrozenSet[int]]:
+        """A pass between full cycles: every intent (probe results of known listeners reused,
+        new listeners and due retries probed) and the ports whose listeners changed since the
+        previous pass; state persisted. Only intents on those ports are new information."""
+        moment = time.time() if now is None else now
+        desired = self.run(config, node_address, moment, True, actual, quick=True)[1]
+        return list(desired.intents), self.changed
+
+    def could_matter(self, config: Config, port: int) -> bool:
+        """Whether a change of the listeners on `port` can change a registration without
+        knowing the owning process: a candidate by port (a known exporter's default port, a
+        configured range) or the port of a service discovery knows. The watch reacts to those
+        only; a listener that only its process name makes a candidate waits for the full cycle,
+        because naming a socket's process walks every process's descriptors (decision 7)."""
+        settings = config.discovery
+        if port in settings.exclude_ports or port == own_port(config):
+            return False
+        return (
+            port in self._known_ports
+            or port in self.table.by_port
+            or any(lo <= port <= hi for lo, hi in settings.port_ranges)
+        )
+
+    def next_retry(self) -> Optional[float]:
+        """When a slow-starting listener is due for another probe (monotonic), or None."""
+        return self.probes.next_retry()
+
+    def _hold_failures(
+        self,
+        desired: DesiredServices,
+        result: DiscoveryResult,
+        only: Optional[Collection[int]] = None,
+    ) -> DesiredServices:
         """A known exporter whose probe failed stays passing with its last good output until
         `failures_before_critical` probes in a row failed; a vanished listener (nothing listens
-        on its port) is critical at once, as nothing will answer Prometheus either."""
+        on its port) is critical at once, as nothing will answer Prometheus either.
+
+        `only`: the ports a quick pass judges; the others were not probed again, and counting
+        their cached result twice would shorten the hold."""
         not_serving = set(desired.not_serving)
         reasons = {finding.port: finding.reason for finding in result.findings}
-        intents = tuple(self._held(i, not_serving, reasons) for i in desired.intents)
+        intents = tuple(
+            self._held(i, not_serving, reasons) if only is None or i.service.port in only else i
+            for i in desired.intents
+        )
         self.health.guard.retain(intent.service.id for intent in intents)
         return replace(desired, intents=intents)
 
@@ -203,3 +318,10 @@ class DiscoveryRunner:
             log.info(
                 "exporter_expired", service_id=service_id, reason="sync.deregister_after passed"
             )
+
+
+def _changed_ports(before: Optional[ListenerKeys], now: ListenerKeys) -> FrozenSet[int]:
+    """Ports whose set of socket inodes differs (a listener came, went or was replaced)."""
+    if before is None:
+        return frozenset(port for port, _inode in now)
+    return frozenset(port for port, _inode in before.symmetric_difference(now))

@@ -1,0 +1,185 @@
+"""The watch: between full cycles, a look at the LISTEN sockets every `discovery.watch_interval`.
+
+A look is one netlink dump (about 0.1 ms, design decision 13) and no Consul request. When the
+set of (port, socket inode) differs from what discovery last saw, or a slow-starting exporter is
+due for another probe, the watch runs the engine's `partial_cycle`: a quick discovery pass (only
+new listeners are probed), the one planner, the one write path, restricted to the discovered
+services on the ports that changed and planned against the actual state the last full cycle
+read (see `regagent.engine` for why that is safe and what repairs a stale one). So a new exporter
+is registered, and a vanished one marked critical, about a second after its `listen()` or its
+death, while a host where nothing changes costs Consul nothing between full cycles. Everything
+else (static services, checks of exporters that still listen, deregistrations) waits for the
+full cycle.
+
+Flap bound: a service written by the watch is not written by it again for `FAST_WRITE_HOLDOFF`
+seconds (N = 5 s, Prometheus's own minimum between service-discovery updates, so a faster
+write would not be seen sooner). A change held back that way is written when the hold-off ends;
+full cycles are not held. A listener that binds and closes many times a second therefore costs
+at most one write per service per 5 s between full cycles, plus what each full cycle writes.
+
+The daemon calls `run_for(seconds, stop)` where it used to wait for the next cycle.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Set
+
+import structlog
+
+from regagent.discovery.listeners import ListenerKeys
+from regagent.discovery.runner import DiscoveryRunner
+from regagent.engine import PartialReport, SyncEngine
+
+log = structlog.get_logger(__name__)
+
+FAST_WRITE_HOLDOFF = 5.0  # N: seconds between two writes of one service by the watch
+MIN_WAIT = 0.05  # the shortest wait between two looks (a retry due sooner waits this long)
+SIGHTING_MEMORY = 60.0  # seconds a change of a port is remembered for the delay in the log
+
+Clock = Callable[[], float]
+
+
+class Watch:
+    """Looks at the listeners between cycles and hands changes to the engine's partial cycle."""
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        runner: DiscoveryRunner,
+        interval: float,
+        *,
+        holdoff: float = FAST_WRITE_HOLDOFF,
+        clock: Clock = time.monotonic,
+        keys: Optional[Callable[[], ListenerKeys]] = None,
+        relevant: Callable[[int], bool] = lambda port: True,
+    ) -> None:
+        self.engine = engine
+        self.runner = runner
+        # What a look reads: by default what discovery lists; the daemon's is the lean reader.
+        self.keys = keys or (lambda: frozenset((i.port, i.inode) for i in runner.list_listeners()))
+        self.relevant = relevant  # whether a change on a port can matter without its process
+        self.interval = interval
+        self.holdoff = holdoff
+        self.clock = clock
+        self.looks = 0  # listener dumps made
+        self.passes = 0  # partial cycles that ran
+        self._keys: Optional[ListenerKeys] = None  # (port, inode) at the last look
+        self._unhandled = False  # a change seen while no partial cycle could run
+        self._sighted: Dict[int, float] = {}  # port -> when its listeners changed
+        self._written: Dict[str, float] = {}  # service ID -> last write by the watch
+        self._pending: Dict[int, float] = {}  # port -> when a held-back write is due
+        self._crashed = False
+
+    def run_for(self, seconds: float, stop: threading.Event) -> None:
+        """Returns after `seconds` or as soon as `stop` is set, looking every interval."""
+        deadline = self.clock() + seconds
+        for _ in range(int(seconds / MIN_WAIT) + 2):  # each turn waits at least MIN_WAIT
+            now = self.clock()
+            if now >= deadline:
+                return
+            wake = min(deadline, now + self.interval, *self._due_times())
+            if stop.wait(max(MIN_WAIT, wake - now)):
+                return
+            if self.clock() < deadline:
+                self.look()
+
+    def _due_times(self) -> List[float]:
+        due = list(self._pending.values())
+        retry = self.runner.next_retry()
+        if retry is not None:
+            due.append(retry)
+        return due
+
+    def look(self) -> Optional[PartialReport]:
+        """One look; a partial cycle when something changed or is due. Never raises."""
+        now = self.clock()
+        try:
+            keys = self.keys()
+        except OSError:
+            return None  # the full cycle reports a host where listeners cannot be read
+        self.looks += 1
+        changed = self._note_changes(keys, now)
+        retry = self.runner.next_retry()
+        due = {port for port, at in self._pending.items() if at <= now}
+        if not (changed or self._unhandled or (retry is not None and retry <= now) or due):
+            return None
+        hold = {sid for sid, at in self._written.items() if now - at < self.holdoff}
+        try:
+            result = self.engine.partial_cycle(hold, also=due)
+        except Exception:  # a bug must cost the fast path, not the daemon
+            if not self._crashed:
+                log.exception("watch_pass_crashed")
+            self._crashed = True
+            self.engine.known = None  # no partial cycle until a full cycle has read Consul
+            return None
+        self._crashed = False
+        # Without a kept state nothing ran: try again at each look (costs no request) until
+        # a full cycle has read Consul; that cycle's discovery has seen the change anyway.
+        self._unhandled = not result.ran
+        if result.ran:
+            self.passes += 1
+            log.debug("watch_pass", ports=sorted(result.ports), writes=result.report.writes)
+            self._record(result, due)
+        return result
+
+    def _note_changes(self, keys: ListenerKeys, now: float) -> Set[int]:
+        """Relevant ports whose sockets differ from the previous look (the first look compares
+        with what the last discovery pass saw); each remembered with the time it was seen."""
+        before = self._keys if self._keys is not None else (self.runner.last_keys or frozenset())
+        self._keys = keys
+        if keys == before:
+            return set()  # the usual look: nothing to remember, nothing to forget
+        changed = {p for p, _inode in before.symmetric_difference(keys) if self.relevant(p)}
+        for port in changed:
+            self._sighted[port] = now
+        listening = {port for port, _inode in keys}
+        self._sighted = {
+            port: at
+            for port, at in self._sighted.items()
+            if port in listening or port in self._pending or now - at < SIGHTING_MEMORY
+        }
+        return changed
+
+    def _record(self, result: PartialReport, due: Set[int]) -> None:
+        report = result.report
+        now = self.clock()
+        for port in due:
+            self._pending.pop(port, None)
+        self._written = {s: at for s, at in self._written.items() if now - at < self.holdoff}
+        if report.error is not None:
+            log.warning("fast_sync_failed", error=str(report.error), retry="next full cycle")
+            self._pending.clear()
+            return
+        for sid, port in result.held.items():
+            self._pending[port] = self._written.get(sid, now) + self.holdoff
+            log.debug("fast_write_held", service_id=sid, holdoff_s=self.holdoff)
+        done = report.plan
+        if done is None or not report.writes:
+            return
+        for write in done.services:
+            self._written[write.service.id] = now
+            log.info(
+                "exporter_registered_fast" if write.is_new else "exporter_updated_fast",
+                service_id=write.service.id,
+                status=write.check.status if write.check is not None else None,
+                delay_s=self._delay(write.service.port, now),
+                server=report.server,
+            )
+        ports = {s.id: s.port for s in report.desired.services} if report.desired else {}
+        for check_write in done.checks:
+            sid = check_write.check.service_id
+            self._written[sid] = now
+            log.info(
+                "exporter_status_fast",
+                service_id=sid,
+                status=check_write.check.status,
+                delay_s=self._delay(ports.get(sid, 0), now),
+                server=report.server,
+            )
+
+    def _delay(self, port: int, now: float) -> Optional[float]:
+        """Seconds from the watch's first sight of the change on `port` to its write."""
+        seen = self._sighted.get(port)
+        return None if seen is None else round(now - seen, 3)

@@ -1,0 +1,347 @@
+"""The watch's policies on fake clocks: probe reuse and retries, the partial plan, the hold-off."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+import pytest
+
+from regagent.app import build
+from regagent.config import load_config
+from regagent.consul.registrar import ApplyOutcome
+from regagent.desired import desired_state
+from regagent.discovery.listeners import Listener, ListenerKeysReader, listening_sockets
+from regagent.discovery.probe import ProbeResult
+from regagent.discovery.probe_cache import RETRY_DELAYS, ProbeCache
+from regagent.engine import PartialReport, SyncEngine, applied
+from regagent.errors import ConfigError, RegagentError
+from regagent.health.health import Health
+from regagent.model import (
+    CRITICAL,
+    PASSING,
+    SOURCE_DISCOVERY,
+    SOURCE_STATIC,
+    ActualState,
+    CheckState,
+    DesiredState,
+    NodeRegistration,
+    ServiceIntent,
+    ServiceRegistration,
+    canonical_service,
+    service_check_id,
+)
+from regagent.plan import Plan, plan
+from regagent.report import CycleReport
+from regagent.watch import FAST_WRITE_HOLDOFF, Watch
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Prober:
+    """Answers from a script of ok/not ok per port; counts calls."""
+
+    def __init__(self) -> None:
+        self.ok: Dict[int, bool] = {}
+        self.calls: List[int] = []
+
+    def __call__(self, address: str, port: int, path: str, t: float, n: int) -> ProbeResult:
+        self.calls.append(port)
+        good = self.ok.get(port, True)
+        return ProbeResult(f"http://{address}:{port}{path}", "http", good, "" if good else "503")
+
+
+def probe(cache: ProbeCache, port: int) -> bool:
+    return cache.probe("127.0.0.1", port, "/metrics", 1.0, 1000).ok
+
+
+def test_a_quick_pass_probes_only_new_listeners_and_a_full_pass_probes_all() -> None:
+    prober, clock = Prober(), FakeClock()
+    cache = ProbeCache(prober, clock)
+    cache.begin({9100: frozenset({11}), 9200: frozenset({12})}, quick=False)
+    probe(cache, 9100), probe(cache, 9200)
+    cache.begin({9100: frozenset({11}), 9200: frozenset({12}), 9300: frozenset({13})}, quick=True)
+    probe(cache, 9100), probe(cache, 9200), probe(cache, 9300)
+    assert prober.calls == [9100, 9200, 9300]
+    assert cache.probed_ports() == {9300}
+    # A restarted exporter is a new socket (new inode): probed again by a quick pass.
+    cache.begin({9100: frozenset({21}), 9200: frozenset({12})}, quick=True)
+    probe(cache, 9100), probe(cache, 9200)
+    assert prober.calls[3:] == [9100]
+    cache.begin({9100: frozenset({21}), 9200: frozenset({12})}, quick=False)
+    probe(cache, 9100), probe(cache, 9200)
+    assert prober.calls[4:] == [9100, 9200], "the full cycle's probe is the health check"
+    # An unknown inode (0) is never taken for the same listener.
+    cache.begin({9400: frozenset({0})}, quick=True)
+    probe(cache, 9400), probe(cache, 9400)
+    assert prober.calls[6:] == [9400, 9400]
+
+
+def test_a_slow_starter_is_retried_on_schedule_then_judged_and_a_good_one_never_early() -> None:
+    prober, clock = Prober(), FakeClock()
+    cache = ProbeCache(prober, clock)
+    prober.ok[9100] = False
+    listeners = {9100: frozenset({5}), 9200: frozenset({6})}
+    cache.begin(listeners, quick=True)
+    assert not probe(cache, 9100) and probe(cache, 9200)
+    retries = 0
+    for delay in RETRY_DELAYS:
+        next_retry = cache.next_retry()
+        assert next_retry == clock.now + delay
+        clock.now = next_retry - 0.01
+        cache.begin(listeners, quick=True)
+        probe(cache, 9100), probe(cache, 9200)
+        assert cache.probed_ports() == set(), "not due yet"
+        clock.now = next_retry
+        assert cache.retry_ports(clock.now) == {9100}
+        cache.begin(listeners, quick=True)
+        probe(cache, 9100), probe(cache, 9200)
+        assert cache.probed_ports() == {9100}
+        retries += 1
+    assert retries == len(RETRY_DELAYS) and cache.next_retry() is None, "judged"
+    assert prober.calls.count(9200) == 1, "a listener that answered well is not retried"
+    # Once it has answered well, failures are the full cycle's to count: no early retry.
+    prober.ok[9100] = True
+    cache.begin(listeners, quick=False)
+    probe(cache, 9100)
+    prober.ok[9100] = False
+    cache.begin(listeners, quick=False)
+    assert not probe(cache, 9100)
+    assert cache.next_retry() is None
+
+
+# --- the partial cycle -------------------------------------------------------------------
+
+NODE = NodeRegistration("host", "192.0.2.1", {"managed-by": "regagent"})
+
+
+def service(sid: str, port: int) -> ServiceRegistration:
+    return canonical_service(ServiceRegistration(sid, sid.rsplit("-", 1)[0], port, "192.0.2.1"))
+
+
+def check(sid: str, status: str, output: str = "ok") -> CheckState:
+    return CheckState(service_check_id(sid), sid, f"{sid.rsplit('-', 1)[0]} health", status, output)
+
+
+@dataclass
+class FakeRegistrar:
+    """The Registrar protocol over an in-memory node; records every plan it is asked to send."""
+
+    actual: ActualState
+    sent: List[Plan] = field(default_factory=list)
+    reads: int = 0
+
+    def read(self) -> ActualState:
+        self.reads += 1
+        return self.actual
+
+    def server(self) -> Optional[str]:
+        return "fake"
+
+    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+        return NODE.address
+
+    def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
+        return None
+
+    def desired(
+        self,
+        intents: Sequence[ServiceIntent],
+        actual: Optional[ActualState],
+        node_address: str,
+        health: Health,
+    ) -> DesiredState:
+        return desired_state(NODE, intents, health.evaluate(intents))
+
+    def planned_writes(self, plan: Plan) -> int:
+        return len(plan.services) + len(plan.checks) + len(plan.deregister)
+
+    def apply(self, plan: Plan) -> ApplyOutcome:
+        self.sent.append(plan)
+        self.actual = applied(self.actual, plan)
+        return ApplyOutcome(writes_by_kind={"write": self.planned_writes(plan)}, server="fake")
+
+    def deregister_owned(self) -> List[str]:
+        return []
+
+
+def exporter(sid: str, port: int, status: str = PASSING) -> ServiceIntent:
+    return ServiceIntent(service(sid, port), SOURCE_DISCOVERY, status=(status, "ok"))
+
+
+def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregisters() -> None:
+    kept = ActualState(
+        node=NODE,
+        services=(service("old-1", 1), service("a-9100", 9100), service("s-8080", 8080)),
+        checks=(check("old-1", PASSING), check("a-9100", PASSING), check("s-8080", PASSING)),
+    )
+    registrar = FakeRegistrar(kept)
+    now: Dict[str, Any] = {"intents": [], "changed": frozenset()}
+
+    def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
+        return [exporter("a-9100", 9100), ServiceIntent(service("s-8080", 8080), SOURCE_STATIC)]
+
+    def quick(address: str, actual: ActualState) -> Tuple[List[ServiceIntent], FrozenSet[int]]:
+        return list(now["intents"]), now["changed"]
+
+    engine = SyncEngine(registrar, intents, Health(), quick=quick)  # type: ignore[arg-type]
+    assert not engine.partial_cycle().ran, "no kept state before a full cycle"
+    full = engine.cycle()
+    assert full.error is None and full.plan is not None
+    assert [s.id for s in full.plan.deregister] == ["old-1"], "the full cycle removes it"
+    assert registrar.reads == 1
+
+    # A new exporter on 9200, a vanished one on 9100, a static service whose status changed,
+    # and c-9300 that the quick pass no longer wants (say, expired) on a port that changed.
+    assert engine.known is not None
+    engine.known = ActualState(
+        NODE,
+        (*engine.known.services, service("c-9300", 9300)),
+        (*engine.known.checks, check("c-9300", CRITICAL)),
+    )
+    now["intents"] = [
+        exporter("a-9100", 9100, CRITICAL),
+        exporter("b-9200", 9200),
+        ServiceIntent(service("s-8080", 8080), SOURCE_STATIC, status=(CRITICAL, "down")),
+    ]
+    now["changed"] = frozenset({9100, 9200, 9300, 8080})
+    sent_before = len(registrar.sent)
+    result = engine.partial_cycle()
+    assert result.ran and result.report.error is None
+    assert registrar.reads == 1, "no Consul read"
+    (sent,) = registrar.sent[sent_before:]
+    assert [w.service.id for w in sent.services] == ["b-9200"]
+    assert [(w.check.service_id, w.check.status) for w in sent.checks] == [("a-9100", CRITICAL)]
+    assert sent.deregister == (), "an incomplete view never deregisters"
+    assert engine.known is not None and "c-9300" in {s.id for s in engine.known.services}
+    # Nothing changed since: nothing sent.
+    assert engine.partial_cycle().report.writes == 0 and len(registrar.sent) == sent_before + 1
+
+
+def test_a_failed_partial_write_forgets_the_kept_state_until_a_full_cycle() -> None:
+    registrar = FakeRegistrar(ActualState(NODE, (), ()))
+
+    def fail(plan: Plan) -> ApplyOutcome:
+        return ApplyOutcome(error=RegagentError("refused"))
+
+    engine = SyncEngine(
+        registrar,  # type: ignore[arg-type]
+        lambda a, b, c: [],
+        Health(),
+        quick=lambda address, actual: ([exporter("b-9200", 9200)], frozenset({9200})),
+    )
+    engine.cycle()
+    registrar.apply = fail  # type: ignore[method-assign]
+    assert engine.partial_cycle().report.error is not None
+    assert engine.known is None and not engine.partial_cycle().ran
+
+
+# --- the watch's hold-off ---------------------------------------------------------------
+
+
+class FakeRunner:
+    def __init__(self) -> None:
+        self.listeners: List[Listener] = []
+        self.last_keys: Optional[FrozenSet[Tuple[int, int]]] = frozenset()
+
+    def list_listeners(self) -> List[Listener]:
+        return list(self.listeners)
+
+    def stale(self, keys: FrozenSet[Tuple[int, int]]) -> bool:
+        return keys != self.last_keys
+
+    def next_retry(self) -> Optional[float]:
+        return None
+
+
+class FakeEngine:
+    """Writes one check of `svc-9100` whenever asked and not held; remembers what it was told."""
+
+    def __init__(self, runner: FakeRunner) -> None:
+        self.runner = runner
+        self.calls: List[Tuple[FrozenSet[str], FrozenSet[int]]] = []
+        self.known: Optional[ActualState] = None
+
+    def partial_cycle(self, hold: Sequence[str] = (), also: Sequence[int] = ()) -> PartialReport:
+        self.calls.append((frozenset(hold), frozenset(also)))
+        self.runner.last_keys = frozenset((x.port, x.inode) for x in self.runner.listeners)
+        report = CycleReport()
+        result = PartialReport(report, ran=True, ports=frozenset({9100}))
+        sid = "svc-9100"
+        if sid in hold:
+            result.held = {sid: 9100}
+            report.plan = Plan(NODE)
+            return result
+        status = PASSING if self.runner.listeners else CRITICAL
+        report.plan = plan(
+            DesiredState(NODE, (service(sid, 9100),), (check(sid, status),)),
+            ActualState(NODE, (service(sid, 9100),), (check(sid, "warning"),)),
+        )
+        report.desired = DesiredState(NODE, (service(sid, 9100),), ())
+        report.writes_by_kind = {"status": 1}
+        return result
+
+
+def test_the_watch_writes_a_flapping_service_at_most_once_per_holdoff() -> None:
+    clock, runner = FakeClock(), FakeRunner()
+    engine = FakeEngine(runner)
+    watch = Watch(engine, runner, 0.1, clock=clock)  # type: ignore[arg-type]
+    writes: List[float] = []
+    for step in range(200):  # 20 s of a listener that changes at every look
+        clock.now += 0.1
+        runner.listeners = [Listener("0.0.0.0", 9100, 2, 100 + step)] if step % 2 else []
+        result = watch.look()
+        if result is not None and result.report.writes:
+            writes.append(clock.now)
+    assert len(writes) <= 1 + int(20 / FAST_WRITE_HOLDOFF)
+    assert all(b - a >= FAST_WRITE_HOLDOFF - 1e-9 for a, b in zip(writes, writes[1:]))
+    assert watch.looks == 200 and len(writes) >= 3, "held writes are made when the hold ends"
+
+
+def test_an_unchanged_listener_set_makes_no_partial_cycle_and_a_stop_ends_the_wait() -> None:
+    clock, runner = FakeClock(), FakeRunner()
+    engine = FakeEngine(runner)
+    watch = Watch(engine, runner, 0.05, clock=clock)  # type: ignore[arg-type]
+    for _ in range(50):
+        assert watch.look() is None
+    assert engine.calls == [] and watch.looks == 50
+    stop = threading.Event()
+    stop.set()
+    watch.run_for(3600, stop)  # returns at once: the daemon is stopping
+
+
+def test_the_lean_reader_sees_what_discovery_sees_and_a_new_listener() -> None:
+    reader = ListenerKeysReader()
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::", 0))
+            sock.listen(1)
+            port = sock.getsockname()[1]
+            keys = reader()
+            full = {(item.port, item.inode) for item in listening_sockets()}
+            assert full <= keys, "every deduplicated listener is in the lean view"
+            assert port in {p for p, _inode in keys}
+        assert port not in {p for p, _inode in reader()}
+    finally:
+        reader.close()
+
+
+def test_watch_interval_is_off_at_zero_and_refused_below_100ms(tmp_path: Path) -> None:
+    path = tmp_path / "regagent.yaml"
+    path.write_text("discovery: {watch_interval: 0s}\n")
+    assert load_config(str(path)).discovery.watch_interval == 0
+    path.write_text("discovery: {watch_interval: 50ms}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(path))
+    assert any("discovery.watch_interval" in p and "100ms" in p for p in raised.value.problems)
+    path.write_text("discovery: {watch_interval: 0s}\nconsul: {servers: ['127.0.0.1:1']}\n")
+    assert build(load_config(str(path))).watch is None, "0 turns the watch off"
