@@ -323,8 +323,11 @@ class Daemon:
                     self._reload()
         except StopNow:
             log.warning("cycle_interrupted", grace_s=STOP_GRACE)
-            if self.renew is not None:
-                self.loop = self.renew()  # the interrupted request may have left a connection
+            if self.loop.sync.deregister_on_shutdown and self.renew is not None:
+                try:  # fresh clients: the interrupted request may have left a connection
+                    self.loop = self.renew()
+                except Exception as exc:  # deregister with what there is
+                    log.warning("renew_failed", error=str(exc))
         if not self.stop.is_set():  # ended by max_cycles; a signal has said it already
             self.notifier.stopping()
         if self.loop.sync.deregister_on_shutdown:
