@@ -4,15 +4,25 @@
 identity, health checks, discovery and the sync engine. `build(new, previous=app)` does it
 again for a reloaded configuration while keeping what must survive a reload: server cool-downs
 and the server in use, the flap history, discovery's caches and once-only reports, and the
-node address found for `auto`. Nothing here is a module-level singleton: two apps in one
-process share no state.
+node address found for `auto`, the metrics (counters continue) and the daemon's heartbeat.
+Nothing here is a module-level singleton: two apps in one process share no state.
+
+It also adds regagent's own metrics endpoint (`telemetry.listen`) to the desired state as the
+service `regagent`, so that it goes through the one planner and write path like any other.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import FrozenSet, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
+import structlog
+
+from regagent import __version__
+from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
@@ -20,14 +30,35 @@ from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon
+from regagent.daemon import Daemon, Heartbeat, Loop, signals_blocked
+from regagent.discovery.identify import Prober
 from regagent.discovery.listeners import ListenerKeysReader
+from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.engine import IntentSource, QuickSource, SyncEngine
-from regagent.health.health import Health
+from regagent.errors import ConfigError
+from regagent.health.checks import run_probe
+from regagent.health.health import Health, ProbeRunner
 from regagent.identity import NodeIdentity
-from regagent.model import ActualState, ServiceIntent
+from regagent.metrics import Metrics
+from regagent.model import (
+    PASSING,
+    ActualState,
+    HealthProbe,
+    Result,
+    ServiceIntent,
+    ServiceRegistration,
+    canonical_service,
+)
+from regagent.notify import Notifier, watchdog_interval
+from regagent.rules import split_hostport
 from regagent.watch import Watch
+
+log = structlog.get_logger(__name__)
+
+SOURCE_SELF = "self"  # the intent source of regagent's own endpoint
+SELF_SERVICE = "regagent"
+_WILDCARDS = ("", "0.0.0.0", "[::]")
 
 
 @dataclass
@@ -42,6 +73,8 @@ class App:
     discovery: DiscoveryRunner
     registrar: Registrar
     engine: SyncEngine
+    metrics: Metrics
+    heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
 
 
@@ -69,6 +102,74 @@ def discovery_source(config: Config, runner: DiscoveryRunner) -> IntentSource:
     return intents
 
 
+def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
+    """regagent's own metrics endpoint as service `regagent`: Prometheus then scrapes every
+    agent, and `up == 0` for it says this host's agent is down and its check states frozen.
+    None with telemetry off, or on loopback while the node address is not (unreachable)."""
+    listen = config.telemetry.listen
+    if not listen:
+        return None
+    host, port = split_hostport(listen)
+    address = node_address if host in _WILDCARDS else host.strip("[]")
+    if _is_loopback(address) and not _is_loopback(node_address):
+        return None  # Prometheus reaches this host at the node address, not at its loopback
+    meta = {
+        **config.defaults.meta,
+        "metrics_path": "/metrics",
+        "scheme": "http",
+        "exporter": SELF_SERVICE,
+        "exporter_version": __version__,
+    }
+    service = canonical_service(
+        ServiceRegistration(
+            id=f"{SELF_SERVICE}-{port}",
+            name=SELF_SERVICE,
+            port=port,
+            address=address,
+            tags=(SELF_SERVICE, *config.defaults.tags),
+            meta=meta,
+        )
+    )
+    # Known passing while the process runs: its check is the agent being alive, and Prometheus
+    # scraping it says the rest (no probe of ourselves each cycle).
+    status = (PASSING, f"regagent {__version__} serving /metrics on :{port}")
+    return ServiceIntent(service, SOURCE_SELF, status=status)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def with_self(config: Config, source: IntentSource) -> IntentSource:
+    """`source` plus regagent's own endpoint, when telemetry is on."""
+    if not config.telemetry.listen:
+        return source
+
+    def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
+        wanted = source(address, actual, persist)
+        own = self_intent(config, address)
+        if own is not None and all(i.service.id != own.service.id for i in wanted):
+            wanted = [*wanted, own]
+        return wanted
+
+    return intents
+
+
+def beating_prober(heartbeat: Heartbeat, prober: Prober = probe_metrics) -> Prober:
+    """Discovery's prober, beating the daemon's heartbeat after each probe."""
+
+    def probe(address: str, port: int, path: str, timeout: float, max_bytes: int) -> ProbeResult:
+        try:
+            return prober(address, port, path, timeout, max_bytes)
+        finally:
+            heartbeat.beat()
+
+    return probe
+
+
 def build(
     config: Config,
     *,
@@ -88,17 +189,35 @@ def build(
         health = previous.health
         health.configure(config.sync.failures_before_critical)
         runner = previous.discovery
+        metrics = previous.metrics
+        heartbeat = previous.heartbeat
     else:
-        health = Health(config.sync.failures_before_critical)
-        runner = DiscoveryRunner(health=health)
+        health = Health(config.sync.failures_before_critical, persistent_probe_runner())
+        metrics = Metrics()
+        heartbeat = Heartbeat()
+        runner = DiscoveryRunner(health=health, prober=beating_prober(heartbeat))
+    metrics.configure(pool_addresses(pool))
+
+    def observe(server: str, outcome: str, seconds: float) -> None:
+        heartbeat.beat()
+        metrics.observe_request(server, outcome, seconds)
+
+    pool.observer = observe
     registrar = make_registrar(config, pool, identity)
-    source = intent_source or discovery_source(config, runner)
+    source = with_self(config, intent_source or discovery_source(config, runner))
     quick = quick_source(config, runner) if intent_source is None else None
     engine = SyncEngine(
-        registrar, source, health, cycle_deadline=policy.cycle_deadline, quick=quick
+        registrar,
+        source,
+        health,
+        cycle_deadline=policy.cycle_deadline,
+        quick=quick,
+        progress=heartbeat.beat,
     )
     watch = make_watch(config, engine, runner) if quick is not None else None
-    return App(config, policy, pool, identity, health, runner, registrar, engine, watch)
+    return App(
+        config, policy, pool, identity, health, runner, registrar, engine, metrics, heartbeat, watch
+    )
 
 
 def quick_source(config: Config, runner: DiscoveryRunner) -> Optional[QuickSource]:
@@ -123,6 +242,72 @@ def make_watch(config: Config, engine: SyncEngine, runner: DiscoveryRunner) -> W
     )
 
 
-def daemon(app: App) -> Daemon:
-    """The `regagent run` loop around the app's engine."""
-    return Daemon(app.engine, app.config.sync, app.config.consul.servers, watch=app.watch)
+PROBE_WORKERS = 8
+
+
+def persistent_probe_runner(workers: int = PROBE_WORKERS) -> ProbeRunner:
+    """The health checks of a cycle run concurrently on threads that live as long as the
+    process: starting eight threads every cycle cost more CPU than the checks themselves
+    (bench/footprint.py). The threads start without our signals, which stay with the main
+    thread (see `regagent.daemon.signals_blocked`)."""
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regagent-check")
+
+    def run(probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
+        unique = list(dict.fromkeys(probes))
+        if not unique:
+            return {}
+        with signals_blocked():  # threads are started lazily, on the first submits
+            futures = [executor.submit(run_probe, probe) for probe in unique]
+        return {probe: future.result() for probe, future in zip(unique, futures)}
+
+    return run
+
+
+def pool_addresses(pool: ServerPool) -> List[str]:
+    return [server.address for server in pool.servers]
+
+
+def loop(app: App) -> Loop:
+    """What the daemon needs of an app."""
+    return Loop(
+        app.engine,
+        app.config.sync,
+        tuple(pool_addresses(app.pool)),
+        app.config.telemetry.listen,
+        app.watch,
+    )
+
+
+def daemon(
+    app: App,
+    config_path: Optional[str] = None,
+    *,
+    on_reload: Callable[[Config], None] = lambda config: None,
+    notifier: Optional[Notifier] = None,
+) -> Daemon:
+    """The `regagent run` loop around the app's engine; SIGHUP re-reads `config_path` and
+    rebuilds with `build(new, previous=current)`, after `on_reload(new)` (logging set-up)."""
+    current = [app]
+
+    def reload() -> Loop:
+        if config_path is None:
+            raise ConfigError(["started without a configuration path to re-read"])
+        config = load_config(config_path)  # ConfigError: rejected whole, nothing changed
+        rebuilt = build(config, previous=current[0])
+        on_reload(config)
+        current[0] = rebuilt
+        return loop(rebuilt)
+
+    def renew() -> Loop:
+        current[0] = build(current[0].config, previous=current[0])
+        return loop(current[0])
+
+    return Daemon(
+        loop(app),
+        reload=reload,
+        renew=renew,
+        metrics=app.metrics,
+        notifier=notifier or Notifier.from_env(os.environ),
+        heartbeat=app.heartbeat,
+        watchdog_interval=watchdog_interval(os.environ),
+    )

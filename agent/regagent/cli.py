@@ -233,7 +233,10 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from regagent.app import daemon
 
-    loop = daemon(build(config))
+    def reconfigure_logging(new: Config) -> None:  # --log-level keeps winning after a reload
+        configure_logging(args.log_level or new.log.level, new.log.format)
+
+    loop = daemon(build(config), _resolve_path(args.config), on_reload=reconfigure_logging)
     loop.install_signal_handlers()
     return loop.run()
 

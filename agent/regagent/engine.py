@@ -73,6 +73,7 @@ class SyncEngine:
         clock: Clock = time.monotonic,
         cycle_deadline: float = CYCLE_DEADLINE,
         quick: Optional[QuickSource] = None,
+        progress: Callable[[], None] = lambda: None,
     ) -> None:
         self.registrar = registrar
         self.intents = intents
@@ -81,6 +82,7 @@ class SyncEngine:
         self.cycle_deadline = cycle_deadline
         self.quick = quick
         self.known: Optional[ActualState] = None
+        self.progress = progress  # told at each phase boundary (the daemon's watchdog)
 
     def cycle(self, dry_run: bool = False) -> CycleReport:
         """Never raises RegagentError: the caller decides how to report `report.error`."""
@@ -93,6 +95,7 @@ class SyncEngine:
             now = self.clock()
             report.timings[name] = now - mark
             mark = now
+            self.progress()
 
         try:
             report.actual = self.registrar.read()
@@ -106,6 +109,7 @@ class SyncEngine:
                 # After a restart, Consul still shows the last good results: start from them.
                 self.health.seed(report.actual.checks)
             intents = self.intents(address, report.actual, not dry_run)
+            report.sources = {intent.service.id: intent.source for intent in intents}
             report.desired = self.registrar.desired(intents, report.actual, address, self.health)
         except RegagentError as exc:
             report.error = report.error or exc

@@ -28,6 +28,7 @@ class CycleReport:
     server: Optional[str] = None
     error: Optional[RegagentError] = None
     timings: Dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    sources: Dict[str, str] = field(default_factory=dict)  # service ID -> intent source
 
     @property
     def writes(self) -> int:

@@ -47,6 +47,10 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
+# (server address, outcome, seconds) after each request, hedged ones included: success, failure
+# (cooled down), no_leader or refused. Metrics and the daemon's watchdog listen here; called
+# under the pool's lock, so it must be quick and must not call back into the pool.
+RequestObserver = Callable[[str, str, float], None]
 
 # python-consul2 lets these override constructor arguments; the pool must not be redirected.
 _CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
@@ -190,8 +194,10 @@ class ServerPool:
         client_factory: Callable[[str, ConsulConfig, Optional[str]], Any] = make_client,
         policy: Optional[RetryPolicy] = None,
         rng: Rng = random.random,
+        observer: Optional[RequestObserver] = None,
     ) -> None:
         self.config = config
+        self.observer = observer
         self.clock = clock
         self.rng = rng
         self.policy = policy or RetryPolicy.from_consul(config)
@@ -390,19 +396,31 @@ class ServerPool:
             if exc is None:
                 self._record_latency(attempt.index, self.clock() - attempt.started)
                 self._succeeded(attempt.index, adopt=adopt)
+                self._observe(server, "success", attempt)
                 return None
             refusal = classify_refusal(exc)
             if refusal is not None:
                 server.last_error = f"{refusal[0]} {refusal[1]}"
+                self._observe(server, "refused", attempt)
                 raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
             if is_no_leader(exc):
                 server.last_error = "no cluster leader"
+                self._observe(server, "no_leader", attempt)
                 return server.last_error
             if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
                 raise exc
             retry_after = exc.retry_after if isinstance(exc, ServerBusy) else None
             self._cool_down(server, describe_failure(exc), what, retry_after)
+            self._observe(server, "failure", attempt)
             return server.last_error
+
+    def _observe(self, server: ServerState, outcome: str, attempt: _Attempt) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(server.address, outcome, self.clock() - attempt.started)
+        except Exception:  # an observer must never break a Consul call
+            log.debug("request_observer_failed", exc_info=True)
 
     def _record_latency(self, index: int, seconds: float) -> None:
         """Feeds the server's EWMA and demotes it if it is markedly slower than a peer."""

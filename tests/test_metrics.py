@@ -1,0 +1,195 @@
+"""Self-metrics: values read from cycle reports and pool observations, and the bounded endpoint."""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import regagent
+from regagent import metrics as metrics_module
+from regagent.errors import ConsulUnreachable, NoClusterLeader
+from regagent.metrics import Metrics, MetricsServer, cycle_result
+from regagent.model import CheckState, DesiredState, NodeRegistration, ServiceRegistration
+from regagent.report import CycleReport
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample as {(name, sorted labels): value}."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+def report(
+    server: Optional[str] = "s1:8500", error: object = None, writes: Optional[Dict[str, int]] = None
+) -> CycleReport:
+    services = (
+        ServiceRegistration("a-1", "a", 1),
+        ServiceRegistration("b-2", "b", 2),
+        ServiceRegistration("regagent-9555", "regagent", 9555),
+    )
+    checks = (
+        CheckState("service:a-1", "a-1", "a", "passing"),
+        CheckState("service:b-2", "b-2", "b", "critical"),
+    )
+    return CycleReport(
+        desired=DesiredState(NodeRegistration("n", "127.0.0.1"), services, checks),
+        server=server,
+        error=error,  # type: ignore[arg-type]
+        writes_by_kind=dict(writes or {}),
+        timings={"read": 0.01, "desired": 0.02},
+        sources={"a-1": "static", "b-2": "discovery", "regagent-9555": "self"},
+    )
+
+
+def test_a_cycle_report_becomes_metrics() -> None:
+    metrics = Metrics()
+    metrics.configure(["s1:8500", "s2:8500", "s3:8500"])
+    metrics.observe_cycle(report(writes={"register": 2, "node": 1}), now=1000.0)
+    metrics.observe_cycle(report(server="s2:8500"), now=1030.0)  # another server: a failover
+    metrics.observe_cycle(report(server=None, error=ConsulUnreachable("none")), now=1060.0)
+    found = samples(metrics.render().decode())
+    assert value(found, "regagent_sync_cycles_total", result="success") == 2
+    assert value(found, "regagent_sync_cycles_total", result="unreachable") == 1
+    assert value(found, "regagent_consul_writes_total", kind="register") == 2
+    assert value(found, "regagent_consul_writes_total", kind="node") == 1
+    assert value(found, "regagent_consul_failovers_total") == 1
+    assert value(found, "regagent_last_successful_sync_timestamp_seconds") == 1030.0
+    assert value(found, "regagent_consul_current_server", server="s2:8500") == 1
+    assert value(found, "regagent_consul_current_server", server="s1:8500") == 0
+    assert value(found, "regagent_services", source="self") == 1
+    assert value(found, "regagent_services", source="discovery") == 1
+    assert value(found, "regagent_service_checks", status="critical") == 1
+    assert value(found, "regagent_sync_cycle_duration_seconds_count") == 3
+    assert value(found, "regagent_sync_cycle_duration_seconds_sum") == pytest.approx(0.09)
+    build = [labels for name, labels in found if name == "regagent_build_info"]
+    assert len(build) == 1 and dict(build[0])["version"] == regagent.__version__
+
+
+def test_requests_count_by_server_and_outcome_and_reachability_follows() -> None:
+    metrics = Metrics()
+    metrics.configure(["s1:8500", "s2:8500"])
+    metrics.observe_request("s1:8500", "failure", 1.0)
+    metrics.observe_request("s2:8500", "success", 0.002)
+    found = samples(metrics.render().decode())
+    assert value(found, "regagent_consul_rpc_requests_total", server="s1:8500", outcome="failure")
+    assert value(found, "regagent_consul_servers_reachable") == 1
+    assert value(found, "regagent_consul_servers") == 2
+    assert value(found, "regagent_consul_rpc_duration_seconds_count", server="s1:8500") == 1
+    metrics.observe_request("s2:8500", "failure", 1.0)
+    assert value(samples(metrics.render().decode()), "regagent_consul_servers_reachable") == 0
+    metrics.observe_request("s1:8500", "no_leader", 0.1)  # it answered: reachable
+    metrics.configure(["s1:8500"])  # a reload dropped s2
+    found = samples(metrics.render().decode())
+    assert value(found, "regagent_consul_servers_reachable") == 1
+    assert ("regagent_consul_current_server", (("server", "s2:8500"),)) not in found
+
+
+def test_reloads_and_cycle_results() -> None:
+    metrics = Metrics()
+    found = samples(metrics.render().decode())
+    assert value(found, "regagent_config_reloads_total", result="failure") == 0  # present at 0
+    assert value(found, "regagent_config_last_reload_successful") == 1
+    metrics.observe_reload(False)
+    found = samples(metrics.render().decode())
+    assert value(found, "regagent_config_reloads_total", result="failure") == 1
+    assert value(found, "regagent_config_last_reload_successful") == 0
+    assert cycle_result(CycleReport(error=NoClusterLeader("x"))) == "no_leader"
+
+
+def test_two_metrics_share_no_state() -> None:
+    first, second = Metrics(), Metrics()
+    first.observe_cycle(report())
+    found = samples(second.render().decode())
+    assert value(found, "regagent_sync_cycles_total", result="success") == 0
+
+
+def test_every_served_family_is_documented_in_readme() -> None:
+    metrics = Metrics()
+    metrics.configure(["s1:8500"])
+    metrics.observe_cycle(report(writes={"register": 1}))
+    metrics.observe_request("s1:8500", "success", 0.01)
+    served = {family.name for family in text_string_to_metric_families(metrics.render().decode())}
+    documented = set(re.findall(r"`((?:regagent|process)_[a-z_]+)", README.read_text()))
+    for name in served:
+        assert any(doc == name or doc.startswith(name + "_") for doc in documented), name
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Tuple[Metrics, int]]:
+    metrics = Metrics()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = MetricsServer(metrics, f"127.0.0.1:{port}")
+    assert server.start()
+    try:
+        yield metrics, port
+    finally:
+        server.stop()
+
+
+def get(port: int, path: str = "/metrics") -> Tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_endpoint_serves_metrics_and_only_metrics(endpoint: Tuple[Metrics, int]) -> None:
+    _, port = endpoint
+    status, body = get(port)
+    assert status == 200 and "regagent_build_info" in body
+    assert get(port, "/elsewhere")[0] == 404
+
+
+def test_endpoint_turns_away_scrapers_beyond_its_limit(
+    endpoint: Tuple[Metrics, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = endpoint
+    idle: List[socket.socket] = []
+    try:
+        for _ in range(metrics_module.MAX_CONNECTIONS):  # hold every slot, sending nothing
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with extra:
+            extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            try:
+                answer = extra.recv(100)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""  # closed at once, not queued behind the others
+    finally:
+        for sock in idle:
+            sock.close()
+    # The slots come back when the idle connections go: a scrape works again.
+    for _ in range(50):
+        try:
+            if get(port)[0] == 200:
+                break
+        except OSError:
+            pass
+    assert get(port)[0] == 200
+
+
+def test_endpoint_that_cannot_bind_is_reported_not_fatal(endpoint: Tuple[Metrics, int]) -> None:
+    metrics, port = endpoint
+    taken = MetricsServer(metrics, f"127.0.0.1:{port}")
+    assert not taken.start()
+    taken.stop()
