@@ -473,7 +473,7 @@ def test_bounds_are_inclusive_where_documented(tmp_path: Path) -> None:
     directory = write_files(
         tmp_path,
         {
-            "a.yaml": "consul: {read_timeout: 5m, cooldown_initial: 1s, cooldown_max: 1d}\n"
+            "a.yaml": "consul: {read_timeout: 30s, cooldown_initial: 1s, cooldown_max: 1d}\n"
             "sync: {interval: 1s, jitter: 0s, failures_before_critical: 100}\n"
             "discovery: {probe_max_bytes: 1024, max_new_per_cycle: 1000, probe_timeout: 1ms}\n"
         },

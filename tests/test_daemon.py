@@ -200,11 +200,12 @@ def test_ready_status_watchdog_reload_and_stopping(
 def test_a_wedged_cycle_stops_the_pings_and_sigterm_still_ends_it(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
-    """Every server black-holed with a 60s read timeout: the cycle hangs in one request, far
-    longer than the watchdog interval (0.5s). The pings must stop (systemd would restart the
-    service), and SIGTERM must end the process within the stop bound, not after the call."""
+    """Every server black-holed with a 30s read timeout (the most check-config allows): the
+    cycle hangs in one request, far longer than the watchdog interval (0.5s). The pings must
+    stop (systemd would restart the service), and SIGTERM must end the process within the stop
+    bound, not after the call."""
     config = write_config(
-        tmp_path, consul_cluster, [static("queue", 9000)], consul={"read_timeout": "60s"}
+        tmp_path, consul_cluster, [static("queue", 9000)], consul={"read_timeout": "30s"}
     )
     with notified_daemon(config, watchdog_usec=1_000_000) as (daemon, notify, log):
         notify.wait_for(has("READY=1"))
@@ -220,7 +221,7 @@ def test_a_wedged_cycle_stops_the_pings_and_sigterm_still_ends_it(
         assert daemon.poll() is None
         index = len(notify.snapshot())
         daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=STOP_BOUND) == 0  # not 60s: the call was interrupted
+        assert daemon.wait(timeout=STOP_BOUND) == 0  # not 30s: the call was interrupted
         notify.wait_for(has("STOPPING=1"), after=index, timeout=5)
     events = [e["event"] for e in log_events(log)]
     assert "watchdog_withheld" in events

@@ -24,9 +24,12 @@ DAY = 86400.0
 MIB = 1024 * 1024
 
 
-def _timeout() -> Dict[str, Any]:
-    """A network timeout: more than 0 s (0 means "fail at once"), at most 5 minutes."""
-    return _kind("duration", low=0.0, low_open=True, high=5 * MINUTE)
+def _timeout(high: float = 10.0) -> Dict[str, Any]:
+    """A network timeout: more than 0 s (0 means "fail at once"), at most `high` seconds.
+
+    The bounds keep every single call (connect + read at most 40 s) well inside the 60 s
+    between systemd watchdog pings, so one slow call can never get a working daemon killed."""
+    return _kind("duration", low=0.0, low_open=True, high=high)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class ConsulConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     connect_timeout: float = field(default=2.0, metadata=_timeout())
     # Above Consul's rpc_hold_timeout (7s), so "No cluster leader" arrives before a timeout.
-    read_timeout: float = field(default=10.0, metadata=_timeout())
+    read_timeout: float = field(default=10.0, metadata=_timeout(high=30.0))
     mode: str = field(default="catalog", metadata=_kind("choice", choices=("catalog", "agent")))
     agent_address: str = field(default="127.0.0.1:8500", metadata=_kind("hostport"))
     cooldown_initial: float = field(default=5.0, metadata=_kind("duration", low=0.1, high=HOUR))
