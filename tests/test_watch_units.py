@@ -382,3 +382,23 @@ def test_a_due_retry_that_cannot_run_does_not_make_the_watch_spin() -> None:
     watch = Watch(StuckEngine(runner), runner, 1.0, clock=clock)  # type: ignore[arg-type]
     watch.run_for(10.0, FakeWait(clock))
     assert 5 <= watch.looks <= 11  # about one look a second, not one every 50 ms
+
+
+def test_the_watchs_writes_reach_the_metrics() -> None:
+    from regagent.metrics import Metrics
+
+    clock, runner = FakeClock(), FakeRunner()
+    metrics = Metrics()
+    watch = Watch(
+        FakeEngine(runner),  # type: ignore[arg-type]
+        runner,  # type: ignore[arg-type]
+        0.1,
+        clock=clock,
+        on_report=metrics.observe_writes,
+    )
+    clock.now += 0.1
+    runner.listeners = [Listener("0.0.0.0", 9100, 2, 7)]
+    result = watch.look()
+    assert result is not None and result.report.writes == 1
+    value = metrics.registry.get_sample_value("regagent_consul_writes_total", {"kind": "status"})
+    assert value == 1.0

@@ -214,7 +214,7 @@ def build(
         quick=quick,
         progress=heartbeat.beat,
     )
-    watch = make_watch(config, engine, runner) if quick is not None else None
+    watch = make_watch(config, engine, runner, metrics) if quick is not None else None
     return App(
         config, policy, pool, identity, health, runner, registrar, engine, metrics, heartbeat, watch
     )
@@ -231,14 +231,18 @@ def quick_source(config: Config, runner: DiscoveryRunner) -> Optional[QuickSourc
     return quick
 
 
-def make_watch(config: Config, engine: SyncEngine, runner: DiscoveryRunner) -> Watch:
-    """The look at the listeners between cycles, every discovery.watch_interval."""
+def make_watch(
+    config: Config, engine: SyncEngine, runner: DiscoveryRunner, metrics: Optional[Metrics] = None
+) -> Watch:
+    """The look at the listeners between cycles, every discovery.watch_interval; its writes
+    are counted in the metrics like a full cycle's."""
     return Watch(
         engine,
         runner,
         config.discovery.watch_interval,
         keys=ListenerKeysReader(),
         relevant=lambda port: runner.could_matter(config, port),
+        on_report=metrics.observe_writes if metrics is not None else None,
     )
 
 

@@ -226,6 +226,12 @@ class Metrics:
             for status, count in by_status.items():
                 self.checks.labels(status).set(count)
 
+    def observe_writes(self, report: CycleReport) -> None:
+        """The writes of a partial cycle (the watch between full cycles): counted, nothing
+        else, since such a pass sees only the services whose listeners changed."""
+        for kind, count in report.writes_by_kind.items():
+            self.writes.labels(kind).inc(count)
+
     def observe_reload(self, ok: bool) -> None:
         self.reloads.labels("success" if ok else "failure").inc()
         self.reload_ok.set(1 if ok else 0)

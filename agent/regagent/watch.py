@@ -31,6 +31,7 @@ import structlog
 from regagent.discovery.listeners import ListenerKeys
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.engine import PartialReport, SyncEngine
+from regagent.report import CycleReport
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +55,10 @@ class Watch:
         clock: Clock = time.monotonic,
         keys: Optional[Callable[[], ListenerKeys]] = None,
         relevant: Callable[[int], bool] = lambda port: True,
+        on_report: Optional[Callable[[CycleReport], None]] = None,
     ) -> None:
         self.engine = engine
+        self.on_report = on_report  # what a partial cycle wrote, for the metrics
         self.runner = runner
         # What a look reads: by default what discovery lists; the daemon's is the lean reader.
         self.keys = keys or (lambda: frozenset((i.port, i.inode) for i in runner.list_listeners()))
@@ -127,6 +130,8 @@ class Watch:
             self.passes += 1
             log.debug("watch_pass", ports=sorted(result.ports), writes=result.report.writes)
             self._record(result, due)
+            if self.on_report is not None and result.report.writes:
+                self.on_report(result.report)
         return result
 
     def _note_changes(self, keys: ListenerKeys, now: float) -> Set[int]:
