@@ -14,9 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from regagent.config.show import format_duration
-from regagent.consul.answers import UnexpectedAnswer
 from regagent.consul.catalog import parse_service
-from regagent.consul.http import WriteRequest, get_json, send, send_all
+from regagent.consul.http import WriteRequest, get_json, parsed, send, send_all
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
 from regagent.desired import desired_state
@@ -66,14 +65,7 @@ def _parse_checks(data: Any) -> Tuple[CheckState, ...]:
 def _read(pool: ServerPool, what: str, path: str, parse: Callable[[Any], T]) -> T:
     """A GET parsed inside the pool's call: a malformed answer counts against the agent."""
 
-    def operation(c: Any) -> T:
-        data = get_json(c, path, dict).data
-        try:
-            return parse(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UnexpectedAnswer(f"{path} answered a malformed document ({exc!r})") from None
-
-    return pool.call(what, operation)
+    return pool.call(what, lambda c: parsed(get_json(c, path, dict).data, parse, path))
 
 
 def read_agent_actual(pool: ServerPool) -> ActualState:

@@ -13,8 +13,7 @@ from urllib.parse import quote
 
 import structlog
 
-from regagent.consul.answers import UnexpectedAnswer
-from regagent.consul.http import ReadAnswer, WriteRequest, send, stale_get
+from regagent.consul.http import WriteRequest, parsed, send, stale_get
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
 from regagent.consul.txn import TxnSender, Unit, check_op, node_op, service_op, single_requests
@@ -95,15 +94,6 @@ NodeAnswer = Tuple[Optional[NodeRegistration], Tuple[ServiceRegistration, ...]]
 CheckAnswer = Tuple[Tuple[CheckState, ...], Tuple[str, ...]]
 
 
-def _parsed(answer: ReadAnswer, parse: Any, path: str) -> Any:
-    """Parses inside the pool's call: a well-formed answer of the wrong shape counts against the
-    server that sent it (cool-down, failover), not against the cycle."""
-    try:
-        return parse(answer.data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UnexpectedAnswer(f"{path} answered a malformed document ({exc!r})") from None
-
-
 def read_actual(pool: ServerPool, node_name: str) -> ActualState:
     """This node's registrations: exactly two stale reads per cycle, each hedged."""
     path = quote(node_name, safe="")
@@ -112,11 +102,11 @@ def read_actual(pool: ServerPool, node_name: str) -> ActualState:
 
     def read_node(c: Any) -> Tuple[NodeAnswer, bool]:
         answer = stale_get(c, node_path, dict)
-        return _parsed(answer, parse_node, node_path), answer.known_leader
+        return parsed(answer.data, parse_node, node_path), answer.known_leader
 
     def read_checks(c: Any) -> Tuple[CheckAnswer, bool]:
         answer = stale_get(c, check_path, list)
-        return _parsed(answer, parse_checks, check_path), answer.known_leader
+        return parsed(answer.data, parse_checks, check_path), answer.known_leader
 
     (node, services), node_leader = pool.call("read node services", read_node, hedge=True)
     (checks, node_checks), check_leader = pool.call("read node checks", read_checks, hedge=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import structlog
 from consul.base import CB
@@ -15,6 +15,8 @@ from regagent.consul.registrar import ApplyOutcome
 from regagent.errors import ConsulRefused, RegagentError
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 def _headers(client: Any) -> Dict[str, str]:
@@ -78,6 +80,15 @@ def stale_get(client: Any, path: str, shape: type) -> ReadAnswer:
     if client.dc:
         params.append(("dc", client.dc))
     return get_json(client, path, shape, params)
+
+
+def parsed(data: Any, parse: Callable[[Any], T], path: str) -> T:
+    """`parse(data)` inside the pool's call: a well-formed answer of the wrong shape counts
+    against the server that sent it (cool-down, failover), not against the cycle."""
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UnexpectedAnswer(f"{path} answered a malformed document ({exc!r})") from None
 
 
 def get_json(
