@@ -166,3 +166,18 @@ def test_failover_over_tls_past_a_stopped_a_black_holed_and_a_slow_server(
     assert through_second.returncode == 0, through_second.stderr
     assert tls_cluster.addresses[1] in through_second.stdout
     assert set(node_services(tls_cluster)) == {"queue-9000", "cache-6379"}
+
+
+def test_verify_off_is_one_warning_per_configuration_and_pools_share_nothing() -> None:
+    from structlog.testing import capture_logs
+
+    from regagent.config.model import ConsulConfig, TLSConfig
+    from regagent.consul.pool import ServerPool
+
+    config = ConsulConfig(
+        servers=("127.0.0.1:1", "127.0.0.1:2"), scheme="https", tls=TLSConfig(verify=False)
+    )
+    with capture_logs() as logs:
+        ServerPool(config)
+        ServerPool(config)  # a second app in the same process warns too: no shared flag
+    assert [e["event"] for e in logs].count("consul_tls_verify_off") == 2

@@ -125,20 +125,7 @@ def make_client(address: str, config: ConsulConfig, token: Optional[str]) -> Any
             tls=tls,
         )
     client.token = token  # belt and braces: the constructor prefers CONSUL_HTTP_TOKEN
-    if not config.tls.verify and config.scheme == "https":
-        _warn_once_tls_unverified()
     return client
-
-
-_tls_warning_given = False
-
-
-def _warn_once_tls_unverified() -> None:
-    """One structured warning, not one per request."""
-    global _tls_warning_given
-    if not _tls_warning_given:
-        _tls_warning_given = True
-        log.warning("consul_tls_verify_off", hint="set consul.tls.ca_file instead")
 
 
 @dataclass(frozen=True)
@@ -205,6 +192,9 @@ class ServerPool:
             ServerState(address, client_factory(address, config, token))
             for address in config.servers
         ]
+        if not config.tls.verify and config.scheme == "https":
+            # Once per pool (per configuration loaded), not once per request.
+            log.warning("consul_tls_verify_off", hint="set consul.tls.ca_file instead")
         self.current = 0
         self.home = 0
         self.order = list(range(len(self.servers)))  # failover order after the home server
