@@ -185,3 +185,22 @@ def test_a_rebuild_keeps_what_must_survive_a_reload(tmp_path: Path) -> None:
     assert second.pool.observer is not None  # requests keep being counted and beating
     fresh = build(load_config(config_file(tmp_path)))
     assert fresh.metrics is not first.metrics  # two apps share no state
+
+
+def test_the_first_sync_waits_a_random_part_of_the_jitter() -> None:
+    """A fleet restarted at once (a package upgrade) spreads its first reads over the jitter."""
+    engine = FakeEngine("first", hook=lambda e: e.daemon.request_stop())
+    loop = Loop(engine, SyncConfig(interval=30.0, jitter=2.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
+    daemon = Daemon(loop, rng=lambda: 0.5)
+    engine.daemon = daemon
+    waits: List[float] = []
+    real_wait = daemon._wait_for_next_cycle
+
+    def recorded(delay: float) -> None:
+        waits.append(delay)
+        real_wait(0.0)
+
+    daemon._wait_for_next_cycle = recorded  # type: ignore[method-assign]
+    assert daemon.run(max_cycles=1) == 0
+    assert waits[0] == 1.0  # half the 2 s jitter (rng 0.5), before the first cycle
+    assert engine.cycles == 1
