@@ -252,7 +252,7 @@ def test_python_consul2_round_trip(cluster: SimCluster) -> None:
 def test_renew_resets_the_leaders_timer_and_writes_nothing(cluster: SimCluster) -> None:
     register_host(cluster, check_status="passing")
     sid = create_session(cluster, TTL="10s")
-    time.sleep(0.3)
+    time.sleep(1.0)  # margin: the restarted timer must be visibly longer than the old one
     before = cluster.sessions_config()["timers"][sid]
     assert 0 < before < 20  # 2 x TTL, counting down
     raft = cluster.stats()["raft_index"]
@@ -324,7 +324,7 @@ def test_session_dies_with_a_critical_or_deleted_check_or_node(cluster: SimClust
 def test_sessions_survive_a_leader_election_with_fresh_timers(cluster: SimCluster) -> None:
     register_host(cluster, check_status="passing")
     sid = create_session(cluster, TTL="10s")
-    time.sleep(0.5)
+    time.sleep(1.0)  # margin: the new leader's timer must be visibly longer than the old one
     before = cluster.sessions_config()["timers"][sid]
     old = cluster.drop_leader()
     new = cluster.wait_for_leader()
