@@ -1,0 +1,87 @@
+"""Fakes of regagent's collaborators, for unit tests of the policies that use them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import List, Optional, Sequence
+
+from regagent.consul.registrar import ApplyOutcome
+from regagent.desired import desired_state
+from regagent.engine import applied
+from regagent.errors import RegagentError
+from regagent.health.health import Health
+from regagent.model import ActualState, DesiredState, NodeRegistration, ServiceIntent
+from regagent.plan import Plan
+
+NODE = NodeRegistration("host", "192.0.2.1", {"managed-by": "regagent"})
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test moves it (`clock.now += 5`)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeRegistrar:
+    """The Registrar protocol over an in-memory node. A test sets what a read finds, whether
+    the cluster knows a leader, why the node is not regagent's (`refusal`) and how a send
+    fails (`failure`); the fake records every read and every plan it is asked to send, and
+    what it sent becomes what the next read finds."""
+
+    actual: ActualState
+    node: NodeRegistration = NODE
+    known_leader: bool = True
+    refusal: Optional[RegagentError] = None
+    failure: Optional[RegagentError] = None
+    sent: List[Plan] = field(default_factory=list)
+    reads: int = 0
+    in_sync_calls: int = 0
+
+    def read(self) -> ActualState:
+        self.reads += 1
+        return replace(self.actual, known_leader=self.known_leader)
+
+    def server(self) -> Optional[str]:
+        return "fake"
+
+    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+        return self.node.address
+
+    def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
+        return self.refusal
+
+    def desired(
+        self,
+        intents: Sequence[ServiceIntent],
+        actual: Optional[ActualState],
+        node_address: str,
+        health: Health,
+    ) -> DesiredState:
+        return desired_state(self.node, intents, health.evaluate(intents))
+
+    def in_sync(self) -> None:
+        self.in_sync_calls += 1
+
+    def planned_writes(self, plan: Plan) -> int:
+        return len(plan.services) + len(plan.checks) + len(plan.deregister)
+
+    def apply(self, plan: Plan) -> ApplyOutcome:
+        self.sent.append(plan)
+        if self.failure is not None:
+            return ApplyOutcome(error=self.failure, server="fake")
+        self.actual = applied(self.actual, plan)
+        return ApplyOutcome(writes_by_kind={"write": self.planned_writes(plan)}, server="fake")
+
+    def deregister_owned(self) -> List[str]:
+        owned = [s.id for s in self.actual.services if s.managed]
+        self.actual = replace(
+            self.actual,
+            services=tuple(s for s in self.actual.services if not s.managed),
+            checks=tuple(c for c in self.actual.checks if c.service_id not in owned),
+        )
+        return owned
