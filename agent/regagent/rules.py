@@ -3,8 +3,9 @@
 Sources: `structs.ValidateServiceMetadata` (Meta limits), the service-name rule Consul's DNS
 interface needs, and the `<name>-<port>` service-ID convention regagent uses everywhere. Also
 the rules for what regagent puts into URLs and headers (metrics paths, addresses, the token),
-and `printable_text`, which makes text taken from exporters safe for Meta, Output and terminals.
-All pure: no I/O.
+and `printable_text`, which makes text taken from exporters safe for Meta, Output and terminals,
+and `format_duration`, the one way durations are written (configuration output, Consul's agent
+API). All pure: no I/O.
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ def split_hostport(address: str) -> Tuple[str, int]:
     """`host:port` or `[v6]:port` to (host as written, brackets kept, port)."""
     host, _, port = address.rpartition(":")
     return host, int(port)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds back into the largest whole unit the configuration accepts: 300.0 -> `5m`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{round(seconds * 1000)}ms"
 
 
 def token_text(token: str) -> str:

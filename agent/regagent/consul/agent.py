@@ -13,7 +13,6 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import quote
 
-from regagent.config.show import format_duration
 from regagent.consul.catalog import parse_service
 from regagent.consul.http import WriteRequest, get_json, parsed, send, send_all
 from regagent.consul.pool import ServerPool
@@ -35,6 +34,7 @@ from regagent.model import (
     url_host,
 )
 from regagent.plan import Plan
+from regagent.rules import format_duration
 
 T = TypeVar("T")
 
