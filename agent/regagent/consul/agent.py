@@ -34,7 +34,7 @@ from regagent.model import (
     url_host,
 )
 from regagent.plan import Plan
-from regagent.rules import format_duration
+from regagent.rules import go_duration
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ def describe_check(probe: Optional[HealthProbe], interval: float) -> str:
     agent does not echo definitions back, so a changed definition must change the service."""
     if probe is None:
         return "none"
-    return f"{probe.kind} {probe.target} every {format_duration(interval)}"
+    return f"{probe.kind} {probe.target} every {go_duration(interval)}"
 
 
 def with_check_meta(
@@ -118,8 +118,8 @@ def check_definition(
     check: Dict[str, Any] = {
         "CheckID": service_check_id(service.id),
         "Name": f"{service.name} health",
-        "Interval": format_duration(interval),
-        "Timeout": format_duration(probe.timeout),
+        "Interval": go_duration(interval),
+        "Timeout": go_duration(probe.timeout),
     }
     check["HTTP" if probe.kind == "http" else "TCP"] = probe.target
     return check
