@@ -112,8 +112,8 @@ def test_transactions_are_canonical_and_keep_a_service_with_its_check() -> None:
         for s in services(40)
     )
     plan = Plan(node=node, node_write=(), services=writes)
-    first = batches(plan_units(plan, "dc1", {}))
-    again = batches(plan_units(plan, "dc1", {}))
+    first = batches(plan_units(plan, "dc1"))
+    again = batches(plan_units(plan, "dc1"))
     assert [t.body for t in first] == [t.body for t in again]
     assert [len(t.ops) for t in first] == [63, 18]  # a service never leaves its check behind
     assert all(len(t.ops) <= TXN_MAX_OPS for t in first)
@@ -140,7 +140,7 @@ def test_a_renamed_service_is_deleted_and_recreated_not_renamed_under_its_id() -
     old = ServiceRegistration("web-80", "web", 80)
     new = ServiceRegistration("web-80", "www", 80)
     plan = Plan(node=node, services=(ServiceWrite(new, None, old, (("name", "web", "www"),)),))
-    ops = batches(plan_units(plan, None, {}))[0].ops
+    ops = batches(plan_units(plan, None))[0].ops
     assert [(next(iter(op)), op[next(iter(op))]["Verb"]) for op in ops] == [
         ("Service", "delete"),
         ("Service", "set"),

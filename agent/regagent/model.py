@@ -111,9 +111,13 @@ def service_check_id(service_id: str) -> str:
 
 @dataclass(frozen=True)
 class DesiredState:
+    """What regagent wants Consul to hold for this node. Checks are either results regagent
+    writes (`checks`, catalog mode) or definitions a Consul agent runs (`probes`, agent mode)."""
+
     node: NodeRegistration
     services: Tuple[ServiceRegistration, ...]
     checks: Tuple[CheckState, ...]
+    probes: Mapping[str, HealthProbe] = field(default_factory=dict)  # service ID -> its check
 
 
 @dataclass(frozen=True)

@@ -141,16 +141,14 @@ def agent_register_body(
     return body
 
 
-def agent_requests(
-    plan: Plan, probes: Mapping[str, Optional[HealthProbe]], interval: float
-) -> List[WriteRequest]:
-    """The agent API requests that carry out `plan` (services only; no node, no statuses)."""
+def agent_requests(plan: Plan, interval: float) -> List[WriteRequest]:
+    """The agent API requests that carry out `plan` (services only; no node, no statuses),
+    each service with the check definition the plan gives it."""
     requests = [
         WriteRequest(
             "/v1/agent/service/register",
             agent_register_body(
-                write.service,
-                check_definition(write.service, probes.get(write.service.id), interval),
+                write.service, check_definition(write.service, write.probe, interval)
             ),
             f"service {write.service.id}",
             "register" if write.is_new else "update",
@@ -180,8 +178,6 @@ class AgentRegistrar:
         self.identity = identity
         self.node_meta = dict(node_meta)
         self.interval = interval
-        # The check definitions of the last desired state, for the requests that carry it out.
-        self._probes: Dict[str, Optional[HealthProbe]] = {}
 
     def read(self) -> ActualState:
         return read_agent_actual(self.pool)
@@ -206,29 +202,26 @@ class AgentRegistrar:
         node_address: str,
         health: Health,
     ) -> DesiredState:
-        self._probes = {i.service.id: agent_probe(i) for i in intents}
+        # Each intent's probe becomes what the agent runs; its description goes into Meta.
+        probes = [(intent, agent_probe(intent)) for intent in intents]
         described = [
             replace(
                 intent,
-                service=with_check_meta(
-                    intent.service, self._probes[intent.service.id], self.interval
-                ),
+                probe=probe,
+                service=with_check_meta(intent.service, probe, self.interval),
             )
-            for intent in intents
+            for intent, probe in probes
         ]
         node = actual.node if actual is not None and actual.node is not None else None
         if node is None:
             node = NodeRegistration(self.identity.name, node_address, self.node_meta)
         return desired_state(node, described, {}, with_checks=False)
 
-    def requests(self, plan: Plan) -> List[WriteRequest]:
-        return agent_requests(plan, self._probes, self.interval)
-
     def planned_writes(self, plan: Plan) -> int:
-        return len(self.requests(plan))
+        return len(plan.services) + len(plan.deregister)  # as agent_requests, without bodies
 
     def apply(self, plan: Plan) -> ApplyOutcome:
-        return send_all(self.pool, self.requests(plan))
+        return send_all(self.pool, agent_requests(plan, self.interval))
 
     def in_sync(self) -> None:
         pass  # the agent owns the node: no rename of ours to clean up

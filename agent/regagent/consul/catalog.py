@@ -163,12 +163,9 @@ def register_body(
     return body
 
 
-def plan_units(
-    plan: Plan, datacenter: Optional[str], service_names: Mapping[str, str]
-) -> List[Unit]:
+def plan_units(plan: Plan, datacenter: Optional[str]) -> List[Unit]:
     """The plan as logical writes, in a safe order, each with its txn ops and its single
-    catalog request (`regagent.consul.txn`). `service_names` maps service IDs to names, for the
-    `ServiceName` of a check written alone."""
+    catalog request (`regagent.consul.txn`)."""
     node = plan.node
     name = node.name
     units: List[Unit] = []
@@ -207,12 +204,11 @@ def plan_units(
         )
     for check_write in plan.checks:
         check = check_write.check
-        service_name = service_names.get(check.service_id, "")
         units.append(
             Unit(
                 f"check {check.check_id} of service {check.service_id}",
                 "status",
-                (check_op(name, txn_check_body(check, service_name)),),
+                (check_op(name, txn_check_body(check, check_write.service_name)),),
                 WriteRequest(
                     "/v1/catalog/register",
                     register_body(node, datacenter, check=check),
@@ -239,12 +235,18 @@ def txn_check_body(check: CheckState, service_name: str) -> Dict[str, Any]:
     return {**check_body(check), "ServiceName": service_name}
 
 
-def plan_requests(
-    plan: Plan, datacenter: Optional[str], service_names: Optional[Mapping[str, str]] = None
-) -> List[WriteRequest]:
+def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
     """The exact single catalog requests that carry out `plan`, in a safe order (the layout
     for a cluster without /v1/txn)."""
-    return single_requests(plan_units(plan, datacenter, service_names or {}))
+    return single_requests(plan_units(plan, datacenter))
+
+
+def logical_writes(plan: Plan) -> int:
+    """The writes the report counts for `plan`, whichever request layout carries them (as
+    `txn.counted`, without building a body): one per service, check or deregistration; the
+    node's own write only when none of those carries the node (every catalog register does)."""
+    writes = len(plan.services) + len(plan.checks) + len(plan.deregister)
+    return writes or (1 if plan.node_write is not None else 0)
 
 
 def deregister_request(node: str, service_id: str, datacenter: Optional[str]) -> WriteRequest:
@@ -308,7 +310,6 @@ class CatalogRegistrar:
         self.node_meta = dict(node_meta)
         self.datacenter = datacenter
         self.sender = TxnSender(pool, datacenter)
-        self._service_names: Dict[str, str] = {}
         pool.place(identity.name)
 
     def read(self) -> ActualState:
@@ -347,25 +348,13 @@ class CatalogRegistrar:
         node_address: str,
         health: Health,
     ) -> DesiredState:
-        desired = desired_state(self.node(node_address), intents, health.evaluate(intents))
-        # A check written alone names its service (ServiceName) in a txn.
-        self._service_names = {s.id: s.name for s in desired.services}
-        return desired
-
-    def units(self, plan: Plan) -> List[Unit]:
-        return plan_units(plan, self.datacenter, self._service_names)
-
-    def requests(self, plan: Plan) -> List[WriteRequest]:
-        """The single-write layout (dry-run JSON shows what each write does)."""
-        return plan_requests(plan, self.datacenter, self._service_names)
+        return desired_state(self.node(node_address), intents, health.evaluate(intents))
 
     def planned_writes(self, plan: Plan) -> int:
-        """Logical writes (one per service, check or deregistration, as the report counts
-        them), whichever request layout carries them."""
-        return len(self.requests(plan))
+        return logical_writes(plan)
 
     def apply(self, plan: Plan) -> ApplyOutcome:
-        outcome = self.sender.send(self.units(plan))
+        outcome = self.sender.send(plan_units(plan, self.datacenter))
         if outcome.error is None:
             self.retire_previous_node()
         return outcome
