@@ -4,7 +4,7 @@ alone, and where health checks run."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from helpers.fakes import NODE, FakeClock, FakeRegistrar
 from regagent.consul.retry import CYCLE_DEADLINE
@@ -12,10 +12,13 @@ from regagent.engine import SyncEngine
 from regagent.errors import CycleDeadline, NoClusterLeader, NodeOwnedByOther
 from regagent.health.health import Health
 from regagent.model import (
+    CRITICAL,
     PASSING,
     SOURCE_DISCOVERY,
     SOURCE_STATIC,
     ActualState,
+    HealthProbe,
+    Result,
     ServiceIntent,
     ServiceRegistration,
     canonical_service,
@@ -157,3 +160,73 @@ def test_a_partial_cycle_writes_the_discovered_services_status_without_a_read() 
     assert registrar.reads == 1 and [w.service.id for w in registrar.sent[-1].services] == [
         "node-9100"
     ]
+
+
+class Probes:
+    """A probe runner that answers from a script and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.result: Result = (PASSING, "ok")
+        self.asked: List[List[HealthProbe]] = []
+
+    def __call__(self, probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
+        self.asked.append(list(probes))
+        return dict.fromkeys(probes, self.result)
+
+
+def checked(sid: str, port: int) -> ServiceIntent:
+    probe = HealthProbe("tcp", f"{NODE.address}:{port}")
+    return ServiceIntent(static(sid, port).service, SOURCE_STATIC, probe=probe)
+
+
+def test_the_engine_runs_the_checks_only_where_consul_does_not() -> None:
+    for runs_checks in (True, False):
+        probes = Probes()
+        registrar = FakeRegistrar(EMPTY, runs_checks=runs_checks)
+        engine = SyncEngine(registrar, Intents([checked("app-80", 80)]), Health(3, probes))
+        report = engine.cycle()
+        assert report.error is None and report.desired is not None
+        if runs_checks:
+            assert [len(asked) for asked in probes.asked] == [1]
+            assert [c.status for c in report.desired.checks] == [PASSING]
+        else:  # a Consul agent runs it: the engine hands over the definition, runs nothing
+            assert probes.asked == [] and report.desired.checks == ()
+            assert list(report.desired.probes) == ["app-80"]
+
+
+def test_a_partial_cycle_runs_no_check_and_keeps_the_flap_history_it_does_not_see() -> None:
+    probes = Probes()
+    registrar = FakeRegistrar(EMPTY)
+    exporter = canonical_service(ServiceRegistration("node-9100", "node", 9100, NODE.address))
+    found = ServiceIntent(exporter, SOURCE_DISCOVERY, status=(PASSING, "ok"))
+    engine = SyncEngine(
+        registrar,
+        Intents([checked("app-80", 80), found]),
+        Health(3, probes),
+        quick=lambda address, actual: ([found], frozenset({9100})),
+    )
+    assert engine.cycle().writes == 2
+    probes.result = (CRITICAL, "connection refused")
+    statuses = []
+    for _ in range(3):  # app-80 fails three full cycles in a row, a partial cycle before each
+        assert engine.partial_cycle().ran
+        report = engine.cycle()
+        assert report.desired is not None
+        statuses += [c.status for c in report.desired.checks if c.service_id == "app-80"]
+    assert statuses == [PASSING, PASSING, CRITICAL], "the partial cycles kept the count"
+    assert len(probes.asked) == 4, "probes ran in the full cycles only"
+
+
+def test_a_full_cycle_forgets_the_flap_history_of_services_no_longer_wanted() -> None:
+    probes = Probes()
+    registrar = FakeRegistrar(EMPTY)
+    intents = Intents([checked("app-80", 80)])
+    engine = SyncEngine(registrar, intents, Health(3, probes))
+    assert engine.cycle().writes == 1
+    intents.intents = []  # app-80 leaves the configuration: deregistered, history dropped
+    assert engine.cycle().writes == 1
+    intents.intents = [checked("app-80", 80)]  # back, failing: no good result to hold
+    probes.result = (CRITICAL, "connection refused")
+    back = engine.cycle()
+    assert back.desired is not None
+    assert [c.status for c in back.desired.checks] == [CRITICAL]

@@ -104,13 +104,15 @@ class SyncEngine:
             report.error = exc
         phase("read")
         try:
-            address = self.registrar.node_address(report.actual, dry_run=dry_run)
+            address = self.registrar.node_address(report.actual)
             if report.actual is not None:
                 # After a restart, Consul still shows the last good results: start from them.
                 self.health.seed(report.actual.checks)
             intents = self.intents(address, report.actual, not dry_run)
             report.sources = {intent.service.id: intent.source for intent in intents}
-            report.desired = self.registrar.desired(intents, report.actual, address, self.health)
+            results = self.health.evaluate(intents) if self.registrar.runs_checks else {}
+            self.health.retain(intent.service.id for intent in intents)
+            report.desired = self.registrar.desired(intents, report.actual, address, results)
         except RegagentError as exc:
             report.error = report.error or exc
         phase("desired")
@@ -170,7 +172,7 @@ class SyncEngine:
             return PartialReport(report)
         started = self.clock()
         try:
-            address = self.registrar.node_address(known, dry_run=False)
+            address = self.registrar.node_address(known)
             intents, changed = self.quick(address, known)
             ports = frozenset(changed) | frozenset(also)
         except RegagentError as exc:
@@ -195,8 +197,8 @@ class SyncEngine:
         report.actual = known
         try:
             # Each chosen intent carries its status (discovery decided it, through the shared
-            # flap guard), so a scratch Health runs no probe and prunes no shared history.
-            report.desired = self.registrar.desired(chosen, scope, address, Health())
+            # flap guard): there is no probe to run.
+            report.desired = self.registrar.desired(chosen, scope, address, {})
         except RegagentError as exc:
             report.error = exc
             return result

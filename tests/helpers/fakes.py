@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 from regagent.consul.registrar import ApplyOutcome
 from regagent.desired import desired_state
 from regagent.engine import applied
 from regagent.errors import RegagentError
-from regagent.health.health import Health
-from regagent.model import ActualState, DesiredState, NodeRegistration, ServiceIntent
+from regagent.model import ActualState, DesiredState, NodeRegistration, Result, ServiceIntent
 from regagent.plan import Plan
 
 NODE = NodeRegistration("host", "192.0.2.1", {"managed-by": "regagent"})
@@ -41,6 +40,7 @@ class FakeRegistrar:
     sent: List[Plan] = field(default_factory=list)
     reads: int = 0
     in_sync_calls: int = 0
+    runs_checks: bool = True
 
     def read(self) -> ActualState:
         self.reads += 1
@@ -49,7 +49,7 @@ class FakeRegistrar:
     def server(self) -> Optional[str]:
         return "fake"
 
-    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+    def node_address(self, actual: Optional[ActualState]) -> str:
         return self.node.address
 
     def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
@@ -60,9 +60,10 @@ class FakeRegistrar:
         intents: Sequence[ServiceIntent],
         actual: Optional[ActualState],
         node_address: str,
-        health: Health,
+        results: Mapping[str, Result],
     ) -> DesiredState:
-        return desired_state(self.node, intents, health.evaluate(intents))
+        # Like agent mode when Consul runs the checks: definitions, no results.
+        return desired_state(self.node, intents, results, with_checks=self.runs_checks)
 
     def in_sync(self) -> None:
         self.in_sync_calls += 1

@@ -19,7 +19,6 @@ from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
 from regagent.desired import desired_state
 from regagent.errors import RegagentError
-from regagent.health.health import Health
 from regagent.identity import NodeIdentity
 from regagent.model import (
     SOURCE_DISCOVERY,
@@ -28,6 +27,7 @@ from regagent.model import (
     DesiredState,
     HealthProbe,
     NodeRegistration,
+    Result,
     ServiceIntent,
     ServiceRegistration,
     service_check_id,
@@ -167,6 +167,8 @@ def agent_deregister_request(service_id: str) -> WriteRequest:
 class AgentRegistrar:
     """The agent backend: services on the local agent's node, checks run by the agent."""
 
+    runs_checks = False  # the agent runs the check definitions regagent registers
+
     def __init__(
         self,
         pool: ServerPool,
@@ -185,7 +187,7 @@ class AgentRegistrar:
     def server(self) -> Optional[str]:
         return self.pool.current_server.address
 
-    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+    def node_address(self, actual: Optional[ActualState]) -> str:
         """The agent's advertised address (its node owns the services) unless configured."""
         node = actual.node if actual is not None else None
         if self.identity.auto and node is not None and node.address:
@@ -200,7 +202,7 @@ class AgentRegistrar:
         intents: Sequence[ServiceIntent],
         actual: Optional[ActualState],
         node_address: str,
-        health: Health,
+        results: Mapping[str, Result],
     ) -> DesiredState:
         # Each intent's probe becomes what the agent runs; its description goes into Meta.
         probes = [(intent, agent_probe(intent)) for intent in intents]

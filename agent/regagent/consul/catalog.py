@@ -24,7 +24,6 @@ from regagent.errors import (
     NodeOwnedByOtherHost,
     RegagentError,
 )
-from regagent.health.health import Health
 from regagent.identity import HOST_ID_KEY, NodeIdentity
 from regagent.model import (
     MANAGED_BY_KEY,
@@ -33,6 +32,7 @@ from regagent.model import (
     CheckState,
     DesiredState,
     NodeRegistration,
+    Result,
     ServiceIntent,
     ServiceRegistration,
 )
@@ -298,6 +298,8 @@ def ownership_problem(
 class CatalogRegistrar:
     """The catalog backend: an external node per host, checks run by regagent."""
 
+    runs_checks = True  # Consul never runs a check written through the catalog
+
     def __init__(
         self,
         pool: ServerPool,
@@ -325,7 +327,7 @@ class CatalogRegistrar:
     def server(self) -> Optional[str]:
         return self.pool.current_server.address
 
-    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+    def node_address(self, actual: Optional[ActualState]) -> str:
         """For `auto`, the route to the server that answered (kept once one did); before any
         answered, the route to the first configured server, not kept."""
         answered = actual is not None
@@ -346,9 +348,9 @@ class CatalogRegistrar:
         intents: Sequence[ServiceIntent],
         actual: Optional[ActualState],
         node_address: str,
-        health: Health,
+        results: Mapping[str, Result],
     ) -> DesiredState:
-        return desired_state(self.node(node_address), intents, health.evaluate(intents))
+        return desired_state(self.node(node_address), intents, results)
 
     def planned_writes(self, plan: Plan) -> int:
         return logical_writes(plan)

@@ -9,11 +9,10 @@ How a plan is sent (which requests, in which order, batched or not) is the backe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Protocol, Sequence
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence
 
 from regagent.errors import RegagentError
-from regagent.health.health import Health
-from regagent.model import ActualState, DesiredState, ServiceIntent
+from regagent.model import ActualState, DesiredState, Result, ServiceIntent
 from regagent.plan import Plan
 
 
@@ -41,7 +40,11 @@ class Registrar(Protocol):
     def server(self) -> Optional[str]:
         """The server (or agent) that answered last."""
 
-    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+    runs_checks: bool
+    """True: Consul runs no checks for this backend, so the engine runs the intents' probes and
+    hands the results to `desired`; False: Consul (a local agent) runs them."""
+
+    def node_address(self, actual: Optional[ActualState]) -> str:
         """The address services without one of their own register at."""
 
     def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
@@ -52,9 +55,10 @@ class Registrar(Protocol):
         intents: Sequence[ServiceIntent],
         actual: Optional[ActualState],
         node_address: str,
-        health: Health,
+        results: Mapping[str, Result],
     ) -> DesiredState:
-        """The canonical desired state for these intents, checks run where this mode runs them."""
+        """The canonical desired state for these intents; `results` are the probes' results by
+        service ID when `runs_checks`, else empty."""
 
     def planned_writes(self, plan: Plan) -> int:
         """How many requests sending `plan` takes."""
