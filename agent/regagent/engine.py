@@ -27,7 +27,7 @@ from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Tuple
 
 import structlog
 
-from regagent.consul.registrar import Registrar
+from regagent.consul.registrar import ReadMeta, Registrar
 from regagent.consul.retry import CYCLE_DEADLINE
 from regagent.errors import CycleDeadline, NoClusterLeader, RegagentError
 from regagent.health.health import Health
@@ -97,9 +97,10 @@ class SyncEngine:
             mark = now
             self.progress()
 
+        meta = ReadMeta(None, known_leader=False)
         try:
-            report.actual = self.registrar.read()
-            report.server = self.registrar.server()
+            report.actual, meta = self.registrar.read()
+            report.server = meta.server
         except RegagentError as exc:
             report.error = exc
         phase("read")
@@ -131,10 +132,11 @@ class SyncEngine:
         if dry_run:
             return report
         if report.plan.empty:
-            self.known = report.actual
+            # No partial cycle on the view of a cluster without a leader: it could not write.
+            self.known = report.actual if meta.known_leader else None
             self.registrar.in_sync()
             return report
-        if not report.actual.known_leader:
+        if not meta.known_leader:
             # A write would wait out Consul's rpc_hold_timeout (7s) only to fail: skip it.
             report.error = NoClusterLeader(
                 f"the Consul cluster has no leader (says {report.server}); "
@@ -168,7 +170,7 @@ class SyncEngine:
         they come back in `held`. Never raises RegagentError."""
         report = CycleReport()
         known = self.known
-        if known is None or self.quick is None or not known.known_leader:
+        if known is None or self.quick is None:
             return PartialReport(report)
         started = self.clock()
         try:

@@ -128,7 +128,6 @@ class ActualState:
     services: Tuple[ServiceRegistration, ...]
     checks: Tuple[CheckState, ...]
     node_check_ids: Tuple[str, ...] = ()  # node-level checks, e.g. serfHealth of a real agent
-    known_leader: bool = True  # from the stale reads' X-Consul-KnownLeader
 
 
 def meta_dict(pairs: Mapping[str, str]) -> Dict[str, str]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
-from regagent.consul.registrar import ApplyOutcome
+from regagent.consul.registrar import ApplyOutcome, ReadMeta
 from regagent.desired import desired_state
 from regagent.engine import applied
 from regagent.errors import RegagentError
@@ -42,12 +42,9 @@ class FakeRegistrar:
     in_sync_calls: int = 0
     runs_checks: bool = True
 
-    def read(self) -> ActualState:
+    def read(self) -> Tuple[ActualState, ReadMeta]:
         self.reads += 1
-        return replace(self.actual, known_leader=self.known_leader)
-
-    def server(self) -> Optional[str]:
-        return "fake"
+        return self.actual, ReadMeta("fake", self.known_leader)
 
     def node_address(self, actual: Optional[ActualState]) -> str:
         return self.node.address

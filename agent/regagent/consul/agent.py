@@ -16,7 +16,7 @@ from urllib.parse import quote
 from regagent.consul.catalog import parse_service
 from regagent.consul.http import WriteRequest, get_json, parsed, send, send_all
 from regagent.consul.pool import ServerPool
-from regagent.consul.registrar import ApplyOutcome
+from regagent.consul.registrar import ApplyOutcome, ReadMeta
 from regagent.desired import desired_state
 from regagent.errors import RegagentError
 from regagent.identity import NodeIdentity
@@ -181,11 +181,9 @@ class AgentRegistrar:
         self.node_meta = dict(node_meta)
         self.interval = interval
 
-    def read(self) -> ActualState:
-        return read_agent_actual(self.pool)
-
-    def server(self) -> Optional[str]:
-        return self.pool.current_server.address
+    def read(self) -> Tuple[ActualState, ReadMeta]:
+        actual = read_agent_actual(self.pool)  # agent-local: no index, no leader to know
+        return actual, ReadMeta(self.pool.current_server.address)
 
     def node_address(self, actual: Optional[ActualState]) -> str:
         """The agent's advertised address (its node owns the services) unless configured."""

@@ -15,7 +15,7 @@ import structlog
 
 from regagent.consul.http import WriteRequest, parsed, send, stale_get
 from regagent.consul.pool import ServerPool
-from regagent.consul.registrar import ApplyOutcome
+from regagent.consul.registrar import ApplyOutcome, ReadMeta
 from regagent.consul.txn import TxnSender, Unit, check_op, node_op, service_op, single_requests
 from regagent.desired import desired_state
 from regagent.errors import (
@@ -95,7 +95,12 @@ CheckAnswer = Tuple[Tuple[CheckState, ...], Tuple[str, ...]]
 
 
 def read_actual(pool: ServerPool, node_name: str) -> ActualState:
-    """This node's registrations: exactly two stale reads per cycle, each hedged."""
+    """This node's registrations: exactly two stale reads, each hedged."""
+    return read_with_leader(pool, node_name)[0]
+
+
+def read_with_leader(pool: ServerPool, node_name: str) -> Tuple[ActualState, bool]:
+    """`read_actual`, and whether both answers knew a cluster leader."""
     path = quote(node_name, safe="")
     node_path = f"/v1/catalog/node/{path}"
     check_path = f"/v1/health/node/{path}"
@@ -110,13 +115,8 @@ def read_actual(pool: ServerPool, node_name: str) -> ActualState:
 
     (node, services), node_leader = pool.call("read node services", read_node, hedge=True)
     (checks, node_checks), check_leader = pool.call("read node checks", read_checks, hedge=True)
-    return ActualState(
-        node=node,
-        services=services,
-        checks=checks,
-        node_check_ids=node_checks,
-        known_leader=node_leader and check_leader,
-    )
+    actual = ActualState(node=node, services=services, checks=checks, node_check_ids=node_checks)
+    return actual, node_leader and check_leader
 
 
 def node_fields(node: NodeRegistration, datacenter: Optional[str]) -> Dict[str, Any]:
@@ -314,18 +314,15 @@ class CatalogRegistrar:
         self.sender = TxnSender(pool, datacenter)
         pool.place(identity.name)
 
-    def read(self) -> ActualState:
-        actual = read_actual(self.pool, self.identity.name)
+    def read(self) -> Tuple[ActualState, ReadMeta]:
+        actual, leader = read_with_leader(self.pool, self.identity.name)
         # A server cut off from the others still answers stale reads but knows no leader: ask
         # the next ones before concluding that the cluster has none (bounded by the pool size).
         for _ in range(self.pool.policy.leader_searches(len(self.pool.servers))):
-            if actual.known_leader or not self.pool.move_on("no cluster leader"):
+            if leader or not self.pool.move_on("no cluster leader"):
                 break
-            actual = read_actual(self.pool, self.identity.name)
-        return actual
-
-    def server(self) -> Optional[str]:
-        return self.pool.current_server.address
+            actual, leader = read_with_leader(self.pool, self.identity.name)
+        return actual, ReadMeta(self.pool.current_server.address, leader)
 
     def node_address(self, actual: Optional[ActualState]) -> str:
         """For `auto`, the route to the server that answered (kept once one did); before any

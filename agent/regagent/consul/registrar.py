@@ -9,11 +9,20 @@ How a plan is sent (which requests, in which order, batched or not) is the backe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Protocol, Sequence
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from regagent.errors import RegagentError
 from regagent.model import ActualState, DesiredState, Result, ServiceIntent
 from regagent.plan import Plan
+
+
+@dataclass(frozen=True)
+class ReadMeta:
+    """What a read says beside the registrations: who answered, and whether the cluster has a
+    leader (a stale read is answered without one; a write would then fail)."""
+
+    server: Optional[str]
+    known_leader: bool = True
 
 
 @dataclass
@@ -34,11 +43,8 @@ class ApplyOutcome:
 class Registrar(Protocol):
     """Reads this node's registrations, judges ownership, builds and sends what differs."""
 
-    def read(self) -> ActualState:
+    def read(self) -> Tuple[ActualState, ReadMeta]:
         """What Consul holds for this node (all services, owned or not, and their checks)."""
-
-    def server(self) -> Optional[str]:
-        """The server (or agent) that answered last."""
 
     runs_checks: bool
     """True: Consul runs no checks for this backend, so the engine runs the intents' probes and
