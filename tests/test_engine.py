@@ -110,7 +110,7 @@ def test_a_node_regagent_does_not_own_is_never_written() -> None:
         report = engine.cycle(dry_run=dry_run)
         assert report.error is refusal
         assert report.plan is None and report.desired is not None, "shown, not planned"
-    assert registrar.sent == [] and registrar.in_sync_calls == 0
+    assert registrar.sent == [] and registrar.housekeeping == 0
     assert engine.known is None and not engine.partial_cycle().ran
 
 
@@ -122,7 +122,7 @@ def test_a_dry_run_persists_nothing() -> None:
     assert report.error is None and report.dry_run
     assert report.plan is not None and [w.service.id for w in report.plan.services] == ["app-80"]
     assert intents.persist == [False], "the intent source is told not to save its state"
-    assert registrar.sent == [] and registrar.in_sync_calls == 0, "nothing sent to Consul"
+    assert registrar.sent == [] and registrar.housekeeping == 0, "nothing sent to Consul"
     assert engine.known is None, "no kept state from a dry run"
     # A dry run after a real cycle leaves the real cycle's kept state as it was.
     assert engine.cycle().writes == 1
@@ -136,10 +136,10 @@ def test_a_dry_run_persists_nothing() -> None:
 def test_a_full_cycle_in_sync_writes_nothing_and_does_the_backends_housekeeping() -> None:
     registrar = FakeRegistrar(EMPTY)
     engine = engine_for(registrar, Intents([static("app-80", 80)]))
-    assert engine.cycle().writes == 1 and registrar.in_sync_calls == 0
+    assert engine.cycle().writes == 1 and registrar.housekeeping == 0
     report = engine.cycle()
     assert report.error is None and report.plan is not None and report.plan.in_sync
-    assert len(registrar.sent) == 1 and registrar.in_sync_calls == 1
+    assert len(registrar.sent) == 1 and registrar.housekeeping == 1
     assert report.server == "fake" and engine.known is not None
 
 

@@ -28,9 +28,10 @@ class FakeClock:
 @dataclass
 class FakeRegistrar:
     """The Registrar protocol over an in-memory node. A test sets what a read finds, whether
-    the cluster knows a leader, why the node is not regagent's (`refusal`) and how a send
-    fails (`failure`); the fake records every read and every plan it is asked to send, and
-    what it sent becomes what the next read finds."""
+    the cluster knows a leader, why the node is not regagent's (`refusal`), how a send fails
+    (`failure`) and whether Consul runs the checks (`runs_checks` False: like agent mode). The
+    fake counts reads and records every plan it is asked to send (an empty one only counts as
+    `housekeeping`); what it sent becomes what the next read finds."""
 
     actual: ActualState
     node: NodeRegistration = NODE
@@ -39,7 +40,7 @@ class FakeRegistrar:
     failure: Optional[RegagentError] = None
     sent: List[Plan] = field(default_factory=list)
     reads: int = 0
-    in_sync_calls: int = 0
+    housekeeping: int = 0
     runs_checks: bool = True
 
     def read(self) -> Tuple[ActualState, ReadMeta]:
@@ -62,13 +63,13 @@ class FakeRegistrar:
         # Like agent mode when Consul runs the checks: definitions, no results.
         return desired_state(self.node, intents, results, with_checks=self.runs_checks)
 
-    def in_sync(self) -> None:
-        self.in_sync_calls += 1
-
     def planned_writes(self, plan: Plan) -> int:
         return len(plan.services) + len(plan.checks) + len(plan.deregister)
 
     def apply(self, plan: Plan) -> ApplyOutcome:
+        if plan.empty:
+            self.housekeeping += 1
+            return ApplyOutcome(server="fake")
         self.sent.append(plan)
         if self.failure is not None:
             return ApplyOutcome(error=self.failure, server="fake")

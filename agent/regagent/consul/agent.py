@@ -223,9 +223,6 @@ class AgentRegistrar:
     def apply(self, plan: Plan) -> ApplyOutcome:
         return send_all(self.pool, agent_requests(plan, self.interval))
 
-    def in_sync(self) -> None:
-        pass  # the agent owns the node: no rename of ours to clean up
-
     def deregister_owned(self) -> List[str]:
         removed: List[str] = []
         for service in read_agent_actual(self.pool).services:

@@ -355,11 +355,9 @@ class CatalogRegistrar:
     def apply(self, plan: Plan) -> ApplyOutcome:
         outcome = self.sender.send(plan_units(plan, self.datacenter))
         if outcome.error is None:
+            # Also after an empty plan: a local file read, Consul only while a rename is pending.
             self.retire_previous_node()
         return outcome
-
-    def in_sync(self) -> None:
-        self.retire_previous_node()  # a local file read; Consul only while a rename is pending
 
     def retire_previous_node(self) -> None:
         """After a rename (a new host name or node.name), the node this host used before would
@@ -378,7 +376,7 @@ class CatalogRegistrar:
                 and self.identity.host_id is not None
             )
             removed = self._remove_owned(previous, actual) if ours else []
-        except RegagentError as exc:  # tried again after the next write or in-sync cycle
+        except RegagentError as exc:  # tried again at the next successful apply
             log.warning("previous_node_not_retired", node=previous, error=str(exc))
             return
         log.warning(
