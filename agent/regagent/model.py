@@ -1,4 +1,5 @@
-"""Registration values shared by discovery, the planner and the Consul pool.
+"""Registration values: what discovery and the configuration want, what the planner compares
+and what the Consul backends read and write.
 
 Everything here is plain, frozen data in canonical form, so that equal desired states produce
 byte-identical Consul requests (writes only on change depend on it).

@@ -1,9 +1,9 @@
 """Catalog mode (the default): this host is an external node, registered through the catalog API.
 
-Consul never runs checks written through the catalog, so regagent runs them (`Health`) and
-writes their status. Request bodies are built by pure functions with sorted keys, so an
-identical desired state yields byte-identical requests (Consul then changes no index,
-decision 3).
+Consul never runs checks written through the catalog, so the engine runs them (`runs_checks`)
+and this backend writes their status. Request bodies are built by pure functions with sorted
+keys, so an identical desired state yields byte-identical requests (Consul then changes no
+index, decision 3).
 """
 
 from __future__ import annotations
