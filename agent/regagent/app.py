@@ -87,7 +87,8 @@ def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
 
 
 def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> Registrar:
-    """The backend for `consul.mode`: the one place that knows there are two."""
+    """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
+    two modes."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
     return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)

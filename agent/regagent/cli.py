@@ -197,7 +197,7 @@ def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     app = build(config)
     servers = [asdict(report) for report in app.pool.survey()]
     try:
-        actual, error = app.registrar.read(), None
+        (actual, _), error = app.registrar.read(), None
     except RegagentError as exc:
         actual, error = None, str(exc)
     report = status_report(app.identity.name, servers, actual, error)

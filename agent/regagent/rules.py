@@ -3,8 +3,9 @@
 Sources: `structs.ValidateServiceMetadata` (Meta limits), the service-name rule Consul's DNS
 interface needs, and the `<name>-<port>` service-ID convention regagent uses everywhere. Also
 the rules for what regagent puts into URLs and headers (metrics paths, addresses, the token),
-and `printable_text`, which makes text taken from exporters safe for Meta, Output and terminals.
-All pure: no I/O.
+and `printable_text`, which makes text taken from exporters safe for Meta, Output and terminals,
+and how durations are written: `format_duration` for the configuration, `go_duration` for
+Consul's agent API. All pure: no I/O.
 """
 
 from __future__ import annotations
@@ -96,6 +97,28 @@ def split_hostport(address: str) -> Tuple[str, int]:
     """`host:port` or `[v6]:port` to (host as written, brackets kept, port)."""
     host, _, port = address.rpartition(":")
     return host, int(port)
+
+
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds back into the largest whole unit the configuration accepts: 300.0 -> `5m`."""
+    return _duration(seconds, _UNITS)
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as Go's `time.ParseDuration` reads them, for a check Consul's agent runs
+    (`Interval`, `Timeout`): the configuration's form without days, a unit Go does not know
+    (86400.0 -> `24h`; Consul refuses `1d` with a 400)."""
+    return _duration(seconds, _UNITS[1:])
+
+
+def _duration(seconds: float, units: Tuple[Tuple[str, int], ...]) -> str:
+    for unit, size in units:
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{round(seconds * 1000)}ms"
 
 
 def token_text(token: str) -> str:

@@ -16,8 +16,6 @@ seconds (N = 5 s, Prometheus's own minimum between service-discovery updates, so
 write would not be seen sooner). A change held back that way is written when the hold-off ends;
 full cycles are not held. A listener that binds and closes many times a second therefore costs
 at most one write per service per 5 s between full cycles, plus what each full cycle writes.
-
-The daemon calls `run_for(seconds, stop)` where it used to wait for the next cycle.
 """
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Un
 
 from regagent.config.load import MergedDocument
 from regagent.config.model import Config, ServiceConfig
-from regagent.config.show import format_duration
 from regagent.config.token import TOKEN_ENV, token_file_problem_text, token_file_text
 from regagent.config.yaml_strict import KeyPath, format_path
 from regagent.errors import ConfigError
 from regagent.rules import (
     META_MAX_PAIRS,
+    format_duration,
     host_problem,
     hostport_problem,
     meta_problems_by_key,
