@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -211,6 +212,12 @@ class Post:
     receiver: str
     path: str
     body: Dict[str, Any]
+    at: float  # time.time() when the relay received it
+
+    @property
+    def sender(self) -> str:
+        """The Alertmanager that sent it (its --web.external-url, which every webhook carries)."""
+        return str(self.body.get("externalURL", "?"))
 
     def alerts(self, status: str, **labels: str) -> List[Dict[str, Any]]:
         """The alerts of this notification in `status` whose labels include `labels`."""
@@ -228,7 +235,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         relay: Relay = self.server.relay  # type: ignore[attr-defined]
         with relay.lock:
-            relay.posts.append(Post(relay.name, self.path, body))
+            relay.posts.append(Post(relay.name, self.path, body, time.time()))
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()

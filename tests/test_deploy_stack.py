@@ -519,23 +519,35 @@ def samples_in(replica: Replica, instance: str, seconds: int) -> int:
 
 
 def describe(stack: Stack) -> str:
-    """Every notification the relays got, one line each: the failure message of a count."""
+    """Every notification the relays got, one line each: the failure message of a count.
+
+    In order of arrival, with the time and the Alertmanager that sent it, so a duplicate shows
+    whether one member sent twice (a retry) or both members sent once (de-duplication).
+    """
+    posts = sorted((post for relay in stack.relays for post in relay.received()), key=_arrival)
     lines = []
-    for relay in stack.relays:
-        for post in relay.received():
-            alerts = [
-                (
-                    a["status"],
-                    a["labels"].get("alertname"),
-                    a["labels"].get("instance"),
-                    a["labels"].get("escalate"),
-                    a["startsAt"],
-                    a.get("endsAt"),
-                )
-                for a in post.body.get("alerts", [])
-            ]
-            lines.append(f"{relay.name} {post.path} {post.body.get('status')} {alerts}")
+    for post in posts:
+        alerts = [
+            (
+                a["status"],
+                a["labels"].get("alertname"),
+                a["labels"].get("instance"),
+                a["labels"].get("escalate"),
+                a["startsAt"],
+                a.get("endsAt"),
+            )
+            for a in post.body.get("alerts", [])
+        ]
+        at = time.strftime("%H:%M:%S", time.localtime(post.at)) + f"{post.at % 1:.3f}"[1:]
+        lines.append(
+            f"{at} {post.receiver} from {post.sender} {post.path} {post.body.get('status')} "
+            f"{alerts}"
+        )
     return "\n".join(lines)
+
+
+def _arrival(post: Post) -> float:
+    return post.at
 
 
 def export_timestamps(store: str, selector: str, seconds: int) -> List[int]:
