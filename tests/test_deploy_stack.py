@@ -16,8 +16,10 @@ see: exactly one notification per alert whatever single component is down.
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -297,6 +299,28 @@ def stack(
     )
 
 
+def restartable_ports(count: int) -> List[int]:
+    """Free ports below the kernel's ephemeral range, for exporters the test restarts.
+
+    A port from `free_port` lies in the ephemeral range: while the exporter is stopped, any
+    outgoing connection on this busy machine may get it as its source port, and the restarted
+    exporter then fails with "address already in use" (seen under load). The kernel never
+    picks a port below net.ipv4.ip_local_port_range on its own.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: List[int] = []
+    for port in random.sample(range(max(10000, low - 10000), low), 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))  # the exporter listens on all addresses
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise AssertionError(f"not {count} free ports below {low} in 100 tries")
+
+
 def exporter_copy(tmp: Path) -> Path:
     """node_exporter under a name of its own, so regagent can tell ours from the host's.
 
@@ -413,7 +437,7 @@ def primary(alertmanagers: List[str]) -> int:
 
 
 def test_the_reference_stack_end_to_end(stack: Stack, tmp_path: Path) -> None:
-    port, late_port = free_port(), free_port()
+    port, late_port = restartable_ports(2)
     assert 9100 not in (port, late_port)
     instance, late_instance = f"{NODE}:{port}", f"{NODE}:{late_port}"
     exporter = stack.exporter(port)
