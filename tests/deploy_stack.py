@@ -150,23 +150,36 @@ def flag_value(default_file: Path, flag: str) -> str:
     return match.group(1).rstrip('"')
 
 
-def nginx_test_config(directory: Path, relays: Tuple[str, str], listen: str) -> Path:
-    """A full nginx.conf around the shipped server block, with everything under `directory`.
+RELAY_ADDRESSES = ("192.0.2.31:8060", "192.0.2.32:8060")  # the shipped upstream's placeholders
 
-    The shipped file is an `http`-context snippet for /etc/nginx/conf.d/; nginx -t and a test
-    nginx need a main file, and must not touch /var/log/nginx or /run as an unprivileged user.
+
+def nginx_test_config(directory: Path, relays: Tuple[str, str], listen: str) -> Path:
+    """The shipped server block pointed at test relays and a test port, all under `directory`.
+
+    A test nginx must not touch /var/log/nginx or /run; the relays' placeholder addresses
+    become the test's relays.
     """
     directory.mkdir(parents=True, exist_ok=True)
     text = replace_hosts(
         NGINX.read_text(),
         {
-            "relay-1.example.org:8060": relays[0],
-            "relay-2.example.org:8060": relays[1],
+            RELAY_ADDRESSES[0]: relays[0],
+            RELAY_ADDRESSES[1]: relays[1],
             "listen 127.0.0.1:8080;": f"listen {listen};",
             "/var/log/nginx/": f"{directory}/",
         },
     )
     (directory / "alert-relays.conf").write_text(text)
+    return nginx_main(directory, directory / "alert-relays.conf")
+
+
+def nginx_main(directory: Path, snippet: Path) -> Path:
+    """A main nginx.conf under `directory` whose `http` block includes `snippet`.
+
+    The shipped file is an `http`-context snippet for /etc/nginx/conf.d/; nginx -t and a test
+    nginx need a main file. Its own pid, logs and temp paths stay under `directory`.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
     temp = "\n".join(
         f"  {kind}_temp_path {directory / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -181,7 +194,7 @@ def nginx_test_config(directory: Path, relays: Tuple[str, str], listen: str) -> 
         "http {\n"
         f"  access_log {directory / 'access.log'};\n"
         f"{temp}\n"
-        f"  include {directory / 'alert-relays.conf'};\n"
+        f"  include {snippet};\n"
         "}\n"
     )
     return main

@@ -6,8 +6,8 @@ two Prometheus replicas built from deploy/prometheus/prometheus-{1,2}.yml, each 
 SD) remote-writing into a real Prometheus that runs the rest of the file (external labels,
 rules, alert relabelling, alerting, remote write); two clustered Alertmanagers with the shipped
 alertmanager.yml; nginx with the shipped relay config in front of two relays written here;
-VictoriaMetrics as the de-duplicating store. Only host names, ports, paths and durations
-differ from the shipped files (minutes become seconds).
+VictoriaMetrics as the de-duplicating store. Only host names and addresses, ports, paths and
+durations differ from the shipped files (minutes become seconds).
 
 The test walks through the failures the stack is built for and asserts what an operator would
 see: exactly one notification per alert whatever single component is down.
