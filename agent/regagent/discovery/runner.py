@@ -53,6 +53,7 @@ from regagent.discovery.seen import (
 )
 from regagent.health.health import Health
 from regagent.model import CRITICAL, SOURCE_DISCOVERY, ActualState, ServiceIntent
+from regagent.statedir import Warnings
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +88,7 @@ class DiscoveryRunner:
         self._vanished: Set[str] = set()
         self._adopted: Set[str] = set()
         self._new_since_full = 0  # new exporters added since the last full cycle
+        self.warnings = Warnings()  # state file problems, said once for the runner's life
         # Shared with the engine's checks in a daemon; its own for a runner used alone.
         self.health = health or Health()
 
@@ -144,7 +146,7 @@ class DiscoveryRunner:
             self.changed = _changed_ports(before, seen) | self.probes.probed_ports()
             self.last_keys = seen
         path = state_path(config.sync.state_dir)
-        stored = load_state(path) if result is not None else {}
+        stored = load_state(path, self.warnings) if result is not None else {}
         previous = adopt_registered(stored, actual, now) if result is not None else {}
         for sid in sorted(set(previous) - set(stored) - self._adopted):
             self._adopted.add(sid)  # once per process: an unwritable state dir repeats it
@@ -179,18 +181,18 @@ class DiscoveryRunner:
             and result.complete
             and worth_saving(stored, desired.seen)
         ):
-            save_state(path, desired.seen)
+            save_state(path, desired.seen, self.warnings)
         return result, desired
 
     def forget(self, config: Config, service_ids: Iterable[str]) -> None:
         """Drops services from the state file after `regagent deregister`: otherwise the next
         sync would bring a vanished exporter back, critical, for `deregister_after`."""
         path = state_path(config.sync.state_dir)
-        stored = load_state(path)
+        stored = load_state(path, self.warnings)
         gone = set(service_ids)
         kept = {sid: entry for sid, entry in stored.items() if sid not in gone}
         if len(kept) != len(stored):
-            save_state(path, kept)
+            save_state(path, kept, self.warnings)
             log.info("discovery_state_forgotten", service_ids=sorted(set(stored) & gone))
 
     def cycle(self, config: Config, node_address: str, now: float) -> Tuple[ServiceIntent, ...]:
