@@ -36,10 +36,10 @@ from regagent.discovery.listeners import ListenerKeysReader
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.engine import IntentSource, QuickSource, SyncEngine
-from regagent.errors import ConfigError
+from regagent.errors import ConfigError, StateDirectoryInUse
 from regagent.health.checks import run_probe
 from regagent.health.health import Health, ProbeRunner
-from regagent.identity import NodeIdentity
+from regagent.identity import DAEMON_LOCK, NodeIdentity, Writer
 from regagent.metrics import Metrics
 from regagent.model import (
     PASSING,
@@ -52,6 +52,7 @@ from regagent.model import (
 )
 from regagent.notify import Notifier, watchdog_interval
 from regagent.rules import split_hostport
+from regagent.statedir import Corrupt, Lock, StateDir, Untrusted
 from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
@@ -76,6 +77,7 @@ class App:
     metrics: Metrics
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
+    lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -176,13 +178,25 @@ def build(
     previous: Optional[App] = None,
     intent_source: Optional[IntentSource] = None,
     pool: Optional[ServerPool] = None,
+    writer: Optional[Writer] = None,
 ) -> App:
     """All components for `config`; with `previous`, carrying over what a reload keeps.
 
-    `intent_source` and `pool` replace the real ones (tests, benchmarks)."""
+    `writer` says which configuration runs and whether as the daemon (`regagent run`), which
+    then holds its state directory's lock. `intent_source` and `pool` replace the real ones
+    (tests, benchmarks)."""
     policy = RetryPolicy.from_config(config)
+    if previous is not None:
+        writer = previous.identity.writer
+    writer = writer or Writer()
+    identity = NodeIdentity(
+        config.node,
+        state_dir=config.sync.state_dir,
+        writer=writer,
+        warnings=previous.identity.warnings if previous is not None else None,
+    )
+    lock = daemon_lock(config, identity, previous) if writer.daemon else None
     pool = pool or make_pool(config, policy)
-    identity = NodeIdentity(config.node, state_dir=config.sync.state_dir)
     if previous is not None:
         pool.adopt(previous.pool)
         identity.adopt(previous.identity)
@@ -216,8 +230,49 @@ def build(
     )
     watch = make_watch(config, engine, runner, metrics) if quick is not None else None
     return App(
-        config, policy, pool, identity, health, runner, registrar, engine, metrics, heartbeat, watch
+        config,
+        policy,
+        pool,
+        identity,
+        health,
+        runner,
+        registrar,
+        engine,
+        metrics,
+        heartbeat,
+        watch,
+        lock,
     )
+
+
+def daemon_lock(config: Config, identity: NodeIdentity, previous: Optional[App]) -> Optional[Lock]:
+    """The daemon's lock on `sync.state_dir`, so that a one-shot command beside it leaves its
+    node alone and a second daemon does not share the directory. Kept across a reload that
+    keeps the directory; None (said once) where the directory cannot hold it."""
+    directory = StateDir(config.sync.state_dir, identity.warnings)
+    kept = previous.lock if previous is not None else None
+    if kept is not None and kept.directory.path == directory.path:
+        return kept
+    lock = Lock(directory, DAEMON_LOCK)
+    try:
+        taken = lock.acquire()
+    except (OSError, Untrusted, Corrupt) as exc:
+        identity.warnings.once(
+            "state_lock_unavailable",
+            directory.file(DAEMON_LOCK),
+            str(exc),
+            consequence="one-shot commands cannot tell that the daemon runs",
+        )
+        return None
+    if not taken:
+        raise StateDirectoryInUse(
+            f"sync.state_dir {directory.path} is in use by another `regagent run` (it holds "
+            f"{lock.directory.file(DAEMON_LOCK)}); two daemons sharing it would take each "
+            "other's node for a rename. Give each configuration its own sync.state_dir"
+        )
+    if previous is not None and previous.lock is not None:
+        previous.lock.release()  # the reload moved the state directory
+    return lock
 
 
 def quick_source(config: Config, runner: DiscoveryRunner) -> Optional[QuickSource]:
