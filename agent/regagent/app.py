@@ -7,13 +7,13 @@ and the server in use, the flap history, discovery's caches and once-only report
 node address found for `auto`, the metrics (counters continue) and the daemon's heartbeat.
 Nothing here is a module-level singleton: two apps in one process share no state.
 
-It also adds regagent's own metrics endpoint (`telemetry.listen`) to the desired state as the
-service `regagent`, so that it goes through the one planner and write path like any other.
+It also adds regagent's own metrics endpoint (`telemetry.listen`, built by
+`regagent.discovery.intents.self_intent`) to the desired state as the service `regagent`, so
+that it goes through the one planner and write path like any other.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -21,7 +21,6 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import structlog
 
-from regagent import __version__
 from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.config.token import load_token
@@ -32,6 +31,7 @@ from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
 from regagent.daemon import Daemon, Heartbeat, Loop, signals_blocked
 from regagent.discovery.identify import Prober
+from regagent.discovery.intents import self_intent
 from regagent.discovery.listeners import ListenerKeysReader
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.runner import DiscoveryRunner
@@ -41,25 +41,12 @@ from regagent.health.checks import run_probe
 from regagent.health.health import Health, ProbeRunner
 from regagent.identity import DAEMON_LOCK, NodeIdentity, Writer
 from regagent.metrics import Metrics
-from regagent.model import (
-    PASSING,
-    ActualState,
-    HealthProbe,
-    Result,
-    ServiceIntent,
-    ServiceRegistration,
-    canonical_service,
-)
+from regagent.model import ActualState, HealthProbe, Result, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
-from regagent.rules import split_hostport
 from regagent.statedir import Corrupt, Lock, StateDir, Untrusted
 from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
-
-SOURCE_SELF = "self"  # the intent source of regagent's own endpoint
-SELF_SERVICE = "regagent"
-_WILDCARDS = ("", "0.0.0.0", "[::]")
 
 
 @dataclass
@@ -102,47 +89,6 @@ def discovery_source(config: Config, runner: DiscoveryRunner) -> IntentSource:
         return runner.intents(config, address, actual, persist)
 
     return intents
-
-
-def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
-    """regagent's own metrics endpoint as service `regagent`: Prometheus then scrapes every
-    agent, and `up == 0` for it says this host's agent is down and its check states frozen.
-    None with telemetry off, or on loopback while the node address is not (unreachable)."""
-    listen = config.telemetry.listen
-    if not listen:
-        return None
-    host, port = split_hostport(listen)
-    address = node_address if host in _WILDCARDS else host.strip("[]")
-    if _is_loopback(address) and not _is_loopback(node_address):
-        return None  # Prometheus reaches this host at the node address, not at its loopback
-    meta = {
-        **config.defaults.meta,
-        "metrics_path": "/metrics",
-        "scheme": "http",
-        "exporter": SELF_SERVICE,
-        "exporter_version": __version__,
-    }
-    service = canonical_service(
-        ServiceRegistration(
-            id=f"{SELF_SERVICE}-{port}",
-            name=SELF_SERVICE,
-            port=port,
-            address=address,
-            tags=(SELF_SERVICE, *config.defaults.tags),
-            meta=meta,
-        )
-    )
-    # Known passing while the process runs: its check is the agent being alive, and Prometheus
-    # scraping it says the rest (no probe of ourselves each cycle).
-    status = (PASSING, f"regagent {__version__} serving /metrics on :{port}")
-    return ServiceIntent(service, SOURCE_SELF, status=status)
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
 
 
 def with_self(config: Config, source: IntentSource) -> IntentSource:

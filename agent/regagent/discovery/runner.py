@@ -147,7 +147,7 @@ class DiscoveryRunner:
             self.last_keys = seen
         path = state_path(config.sync.state_dir)
         stored = load_state(path, self.warnings) if result is not None else {}
-        previous = adopt_registered(stored, actual, now) if result is not None else {}
+        previous = adopt_registered(stored, actual, now, config) if result is not None else {}
         for sid in sorted(set(previous) - set(stored) - self._adopted):
             self._adopted.add(sid)  # once per process: an unwritable state dir repeats it
             log.warning(
