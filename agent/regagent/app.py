@@ -29,12 +29,13 @@ from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, Heartbeat, Loop, signals_blocked
+from regagent.daemon import Daemon, Heartbeat, Loop
 from regagent.discovery.identify import Prober
 from regagent.discovery.intents import self_intent
 from regagent.discovery.listeners import ListenerKeysReader
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.runner import DiscoveryRunner
+from regagent.discovery.unconfirmed import UnconfirmedProbes
 from regagent.engine import IntentSource, QuickSource, SyncEngine
 from regagent.errors import ConfigError, StateDirectoryInUse
 from regagent.health.checks import run_probe
@@ -44,6 +45,7 @@ from regagent.metrics import Metrics
 from regagent.model import ActualState, HealthProbe, Result, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
 from regagent.statedir import Corrupt, Lock, StateDir, Untrusted
+from regagent.threads import signals_blocked
 from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
@@ -155,7 +157,16 @@ def build(
         health = Health(config.sync.failures_before_critical, persistent_probe_runner())
         metrics = Metrics()
         heartbeat = Heartbeat()
-        runner = DiscoveryRunner(health=health, prober=beating_prober(heartbeat))
+        # Background identifications probe with the plain prober: only the loop's own progress
+        # may beat the heartbeat the watchdog reads.
+        unconfirmed = (
+            UnconfirmedProbes.for_daemon(probe_metrics)
+            if writer.daemon
+            else UnconfirmedProbes.for_one_shot(probe_metrics)
+        )
+        runner = DiscoveryRunner(
+            health=health, prober=beating_prober(heartbeat), unconfirmed=unconfirmed
+        )
     metrics.configure(pool_addresses(pool))
 
     def observe(server: str, outcome: str, seconds: float) -> None:
