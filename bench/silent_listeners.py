@@ -309,6 +309,11 @@ def show(results: List[Dict[str, Any]], silent: int, window: float) -> None:
         ),
         ("watch passes that ran", lambda r: str(len(r["passes"]))),
         (
+            "writes done / planned by those passes",
+            lambda r: f"{sum(p['writes'] for p in r['passes'])} / "
+            f"{sum(p['planned'] for p in r['passes'])}",
+        ),
+        (
             "longest watch pass",
             lambda r: _median_max([p["duration"] for p in r["passes"]]).split(" / ")[-1],
         ),

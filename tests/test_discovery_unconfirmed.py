@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Set
 
 from consulsim import SimCluster
+from regagent.app import build
+from regagent.config import load_config
 from regagent.config.model import DiscoveryConfig
 from regagent.discovery.exporters import load_exporter_table
 from regagent.discovery.identify import (
@@ -31,6 +33,7 @@ from regagent.discovery.identify import (
 from regagent.discovery.listeners import Listener
 from regagent.discovery.probe import Exposition, ProbeResult
 from regagent.discovery.unconfirmed import RETRY_MAX, UnconfirmedProbes, retry_delay
+from regagent.identity import Writer
 from test_sync import running_daemon, write_config
 from test_watch import OTHER_SERVER, events, exporter, stop
 
@@ -307,3 +310,23 @@ def test_hundreds_of_silent_listeners_neither_stall_the_cycle_nor_hide_a_new_or_
     assert daemon.returncode == 0, daemon.stderr_text
     assert "CycleDeadline" not in daemon.stderr_text and "took over" not in daemon.stderr_text
     assert events(daemon.stderr_text, "watch_pass_crashed") == []
+
+
+def test_the_daemons_background_probes_never_beat_its_heartbeat(tmp_path: Path) -> None:
+    """The watchdog reads the loop's heartbeat: a probe on a worker thread must not make a
+    stuck loop look alive (nor may it wait for one: the daemon's passes never wait)."""
+    config = tmp_path / "regagent.yaml"
+    config.write_text(f"sync: {{state_dir: {tmp_path / 'state'}}}\n")
+    app = build(load_config(str(config)), writer=Writer.of(str(config), daemon=True))
+    try:
+        background = app.discovery.unconfirmed
+        assert background is not None and background.settle == 0.0
+        port = free_range(1)[0]  # nothing listens: the probe fails at once
+        app.heartbeat.last = 0.0
+        background.prober("127.0.0.1", port, "/metrics", 0.5, 1024)
+        assert app.heartbeat.last == 0.0
+        app.discovery.prober("127.0.0.1", port, "/metrics", 0.5, 1024)  # the in-pass prober
+        assert app.heartbeat.last > 0.0
+    finally:
+        assert app.lock is not None
+        app.lock.release()

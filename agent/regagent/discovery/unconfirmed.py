@@ -23,7 +23,8 @@ never run inside a cycle or a watch pass (design decision 15):
   cannot starve older ones).
 
 Results that name an exporter are *news* until a pass takes them: `next_check` tells the watch
-to look again now, and while a new socket's first probe runs, every `CHECK_EVERY` seconds.
+to look again now, and, while a young socket (its first few probes: an exporter often binds
+before it serves) may be answering, `CHECK_EVERY` seconds after its probe may have ended.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ BURST = 20  # starts allowed at once (a host starting its exporters together)
 ONE_SHOT_BURST = 256  # a one-shot command is run by a person, once: probe what it can at once
 RETRY_FIRST = 0.5  # seconds after the first failure; doubled after each further one
 RETRY_MAX = 300.0
-CHECK_EVERY = 0.1  # how often the watch looks for a new socket's first result
+CHECK_EVERY = 0.1  # how soon after a young socket's probe may end the watch looks again
+YOUNG_ATTEMPTS = 5  # a socket's first probes (about 7.5 s with the retries) are worth a look
 IDLE_EXIT = 10.0  # a worker with nothing due for this long ends (started again on demand)
 PENDING_REASON = (
     "identification pending: a new listener is probed in the background "
@@ -178,9 +180,14 @@ class UnconfirmedProbes:
             news = [s.finished for s in self._sockets.values() if s.news]
             if news:
                 return min(news)  # already due: the time the first result came
-            if any(s.attempts == 0 and s.running_since is not None for s in self._sockets.values()):
-                return self.clock() + CHECK_EVERY
-        return None
+            now = self.clock()
+            young = [s for s in self._sockets.values() if s.attempts < YOUNG_ATTEMPTS]
+            # A new socket (an exporter that binds before it serves is retried a few times
+            # soon): look again shortly after its probe may have ended.
+            checks = [
+                max(now, s.due if s.running_since is None else now) + CHECK_EVERY for s in young
+            ]
+            return min(checks, default=None)
 
     def _waiting_for(self, keys: Sequence[SocketKey]) -> bool:
         """Whether a result for one of `keys` can still come soon: one is running, or due and
