@@ -310,8 +310,10 @@ def show(results: List[Dict[str, Any]], silent: int, window: float) -> None:
         ("watch passes that ran", lambda r: str(len(r["passes"]))),
         (
             "writes done / planned by those passes",
-            lambda r: f"{sum(p['writes'] for p in r['passes'])} / "
-            f"{sum(p['planned'] for p in r['passes'])}",
+            lambda r: (
+                f"{sum(p['writes'] for p in r['passes'])} / "
+                f"{sum(p['planned'] for p in r['passes'])}"
+            ),
         ),
         (
             "longest watch pass",
