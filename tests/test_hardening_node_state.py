@@ -33,7 +33,8 @@ from consulsim import SimCluster
 from regagent.config.model import NodeConfig
 from regagent.identity import NODE_FILE, NodeIdentity, NodeNames, Writer, host_id
 from regagent.statedir import StateDir, Warnings
-from test_sync import node_services, regagent, running_daemon, static, write_config
+from test_sync import free_port, node_services, regagent, running_daemon, static, write_config
+from test_watch import exporter, hermetic_discovery
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
@@ -280,3 +281,32 @@ def test_identity_carries_its_warnings_across_a_reload(tmp_path: Path) -> None:
     first = NodeIdentity(NodeConfig(name="h"), state_dir=str(tmp_path))
     again = NodeIdentity(NodeConfig(name="h"), state_dir=str(tmp_path), warnings=first.warnings)
     assert again.warnings is first.warnings
+
+
+def test_a_one_shot_beside_the_daemon_leaves_the_discovery_state_to_it(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """The scratch configuration discovers other ports: its view must not become the
+    daemon's (which would register the scratch exporter on the daemon's node, critical)."""
+    state = tmp_path / "state"
+    mine, theirs = free_port(), free_port()
+    live = config_for(tmp_path / "live", consul_cluster, "live", state, [])
+    scratch = config_for(tmp_path / "scratch", consul_cluster, "scratch", state, [])
+    for config, port in ((live, mine), (scratch, theirs)):
+        doc = yaml.safe_load(config.read_text())
+        doc["discovery"] = hermetic_discovery([port])
+        config.write_text(yaml.safe_dump(doc))
+    with exporter("serve", str(mine)), exporter("serve", str(theirs)):
+        with running_daemon(live) as daemon:
+            wait_for(
+                "the daemon's exporter",
+                lambda: f"node-exporter-{mine}" in node_services(consul_cluster, "live"),
+            )
+            done = regagent(scratch, "sync")
+            assert done.returncode == 0, done.stderr
+            assert set(node_services(consul_cluster, "scratch")) == {f"node-exporter-{theirs}"}
+            time.sleep(3)  # three daemon cycles
+            assert set(node_services(consul_cluster, "live")) == {f"node-exporter-{mine}"}
+        assert daemon.returncode == 0, daemon.stderr_text
+    saved = json.loads((state / "discovered.json").read_text())["services"]
+    assert set(saved) == {f"node-exporter-{mine}"}

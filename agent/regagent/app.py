@@ -84,11 +84,16 @@ def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> 
     return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)
 
 
-def discovery_source(config: Config, runner: DiscoveryRunner) -> IntentSource:
-    """Discovery plus static services, as the engine asks for them each cycle."""
+def discovery_source(
+    config: Config, runner: DiscoveryRunner, identity: Optional[NodeIdentity] = None
+) -> IntentSource:
+    """Discovery plus static services, as the engine asks for them each cycle. A one-shot
+    command beside the running daemon leaves the discovery state file to the daemon, which
+    owns the state directory (another configuration's view must not become the daemon's)."""
 
     def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
-        return runner.intents(config, address, actual, persist)
+        beside_daemon = identity is not None and identity.beside_daemon()
+        return runner.intents(config, address, actual, persist, own_state=not beside_daemon)
 
     return intents
 
@@ -175,7 +180,7 @@ def build(
 
     pool.observer = observe
     registrar = make_registrar(config, pool, identity)
-    source = with_self(config, intent_source or discovery_source(config, runner))
+    source = with_self(config, intent_source or discovery_source(config, runner, identity))
     quick = quick_source(config, runner) if intent_source is None else None
     engine = SyncEngine(
         registrar,

@@ -223,7 +223,8 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
             print("Nothing removed.", file=out)
             return EXIT_OK
     removed = app.engine.deregister_owned()
-    app.discovery.forget(config, removed)  # deregistered stays deregistered
+    if not app.identity.beside_daemon():  # the running daemon owns the state directory
+        app.discovery.forget(config, removed)  # deregistered stays deregistered
     for item in removed:
         out.write(f"- deregistered {item}\n")
     if not removed:

@@ -196,6 +196,11 @@ class NodeIdentity:
             return None
         return self.names.previous(self.name)
 
+    def beside_daemon(self) -> bool:
+        """Whether this is a one-shot command while `regagent run` holds the state directory:
+        then it leaves the directory's files to the daemon."""
+        return self.names is not None and self.names.beside_daemon()
+
     def record_name(self) -> None:
         """Remembers this node name for this configuration (once per process; an untrusted or
         unwritable state directory, or a one-shot beside the daemon, records nothing)."""
@@ -244,7 +249,7 @@ class NodeNames:
 
     def previous(self, name: str) -> Optional[str]:
         """This configuration's last node name on this host when it differs from `name`."""
-        if self.host is None or self._beside_daemon():
+        if self.host is None or self.beside_daemon():
             return None
         entry = self.load().get(self.writer.config)
         if entry is None or entry.node == name or entry.host_id != self.host:
@@ -255,7 +260,7 @@ class NodeNames:
 
     def record(self, name: str) -> bool:
         """Records `name` for this configuration; True when the file now says so."""
-        if self.host is None or self._beside_daemon():
+        if self.host is None or self.beside_daemon():
             return False
         records = self.load()
         mine = records.get(self.writer.config)
@@ -284,7 +289,8 @@ class NodeNames:
             self.file.corrupt(f"{type(exc).__name__}: {printable_text(str(exc), 200)}")
             return {}
 
-    def _beside_daemon(self) -> bool:
+    def beside_daemon(self) -> bool:
+        """Whether this one-shot command runs while `regagent run` holds the lock (said once)."""
         if self.writer.daemon or not self.lock.held_elsewhere():
             return False
         if not self._deferred:
@@ -293,7 +299,7 @@ class NodeNames:
                 "node_rename_left_to_daemon",
                 path=self.lock.directory.path,
                 reason="regagent run holds this state directory: a one-shot command retires "
-                "and records no node name",
+                "no node and writes none of its files",
             )
         return True
 

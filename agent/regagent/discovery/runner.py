@@ -147,16 +147,20 @@ class DiscoveryRunner:
         actual: Optional[ActualState] = None,
         *,
         quick: bool = False,
+        own_state: bool = True,
     ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
         """Discover, build intents against the stored state, store the new state if `persist`.
 
         `quick`: reuse probe results (see `quick_intents`); flap protection then judges only
-        the ports in `self.changed`."""
+        the ports in `self.changed`. `own_state` false: the state file is another process's
+        (a one-shot command beside the daemon): neither read nor written; what Consul holds
+        for this node is adopted instead."""
         self.health.configure(config.sync.failures_before_critical)
         before = self.last_keys
         path = state_path(config.sync.state_dir)
         enabled = config.discovery.enabled
-        stored = load_state(path, self.warnings) if enabled else {}
+        persist = persist and own_state
+        stored = load_state(path, self.warnings) if enabled and own_state else {}
         previous = adopt_registered(stored, actual, now, config) if enabled else {}
         self._quick = quick
         self._seen_keys = None
@@ -170,7 +174,7 @@ class DiscoveryRunner:
             identified = self.unconfirmed.used_ports() if self.unconfirmed else frozenset()
             self.changed = _changed_ports(before, seen) | self.probes.probed_ports() | identified
             self.last_keys = seen
-        for sid in sorted(set(previous) - set(stored) - self._adopted):
+        for sid in sorted(set(previous) - set(stored) - self._adopted if own_state else ()):
             self._adopted.add(sid)  # once per process: an unwritable state dir repeats it
             log.warning(
                 "discovery_state_adopted",
@@ -228,11 +232,15 @@ class DiscoveryRunner:
         actual: Optional[ActualState],
         persist: bool,
         now: Optional[float] = None,
+        *,
+        own_state: bool = True,
     ) -> List[ServiceIntent]:
         """What the sync engine asks each cycle: discover, build intents, persist the state
-        unless `persist` is false (a dry run leaves the state file untouched)."""
+        unless `persist` is false (a dry run leaves the state file untouched) or the state
+        file is not this process's (`own_state`, see `run`)."""
         moment = time.time() if now is None else now
-        return list(self.run(config, node_address, moment, persist, actual)[1].intents)
+        desired = self.run(config, node_address, moment, persist, actual, own_state=own_state)
+        return list(desired[1].intents)
 
     def quick_intents(
         self,
