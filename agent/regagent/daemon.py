@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import structlog
 
@@ -43,6 +43,7 @@ from regagent.errors import (
 from regagent.metrics import Metrics, MetricsServer
 from regagent.notify import Notifier
 from regagent.report import CycleReport
+from regagent.threads import signals_blocked
 from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
@@ -52,7 +53,6 @@ log = structlog.get_logger(__name__)
 STOP_GRACE = 5.0  # seconds a running cycle may go on after SIGTERM before it is interrupted
 DEREGISTER_BOUND = 12.0  # seconds deregistration on shutdown (opt-in) may take
 STOP_BOUND = 20.0  # STOP_GRACE + DEREGISTER_BOUND + time to close the threads and exit
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)
 Clock = Callable[[], float]
 
 
@@ -174,17 +174,6 @@ class Loop:
 
 
 Reload = Callable[[], Loop]  # re-reads the configuration; raises ConfigError if it is invalid
-
-
-@contextlib.contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Threads started inside inherit a mask without our signals, so the kernel delivers them
-    to the main thread, whose blocking call they must interrupt."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _WakeUp(threading.Event):

@@ -45,6 +45,10 @@ class UsageError(RegagentError):
     exit_code = 2
 
 
+class StateDirectoryInUse(RegagentError):
+    """Another `regagent run` holds the state directory: two daemons would share its files."""
+
+
 class ChangesPending(RegagentError):
     """`sync --dry-run --detailed-exitcode`: the plan is not empty (Terraform's convention)."""
 

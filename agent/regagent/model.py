@@ -17,6 +17,7 @@ Result = Tuple[str, str]  # a check result: (status, stable output)
 
 SOURCE_DISCOVERY = "discovery"  # where a service intent comes from
 SOURCE_STATIC = "static"
+SOURCE_SELF = "self"  # regagent's own metrics endpoint (telemetry.listen)
 
 PASSING = "passing"
 WARNING = "warning"

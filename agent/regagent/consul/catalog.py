@@ -362,11 +362,11 @@ class CatalogRegistrar:
     def retire_previous_node(self) -> None:
         """After a rename (a new host name or node.name), the node this host used before would
         stay in Consul forever with passing checks: remove its regagent services, and the node
-        if nothing else is on it, when it carries this host's identity."""
-        if not self.identity.rename_pending:
-            return
-        previous = self.identity.previous_name()
+        if nothing else is on it, when it carries this host's identity. What counts as a
+        rename (and not a second configuration) is `regagent.identity.NodeNames`' to say."""
+        previous = self.identity.previous_name()  # no I/O once this name is recorded
         if previous is None:
+            self.identity.record_name()
             return
         try:
             actual = read_actual(self.pool, previous)
