@@ -40,7 +40,8 @@ from regagent.errors import (
     NoClusterLeader,
     RegagentError,
 )
-from regagent.metrics import Metrics, MetricsServer
+from regagent.metrics import Metrics
+from regagent.metrics_endpoint import MetricsServer
 from regagent.notify import Notifier
 from regagent.report import CycleReport
 from regagent.watch import Watch
@@ -448,7 +449,7 @@ class Daemon:
     def _serve_metrics(self, listen: str) -> None:
         if self.metrics is None or not listen:
             return
-        server = MetricsServer(self.metrics, listen)
+        server = MetricsServer(self.metrics.render, listen)
         if server.start():
             self.metrics_server = server
 
