@@ -74,6 +74,7 @@ class SyncEngine:
         cycle_deadline: float = CYCLE_DEADLINE,
         quick: Optional[QuickSource] = None,
         progress: Callable[[], None] = lambda: None,
+        begin: Callable[[], None] = lambda: None,
     ) -> None:
         self.registrar = registrar
         self.intents = intents
@@ -83,12 +84,14 @@ class SyncEngine:
         self.quick = quick
         self.known: Optional[ActualState] = None
         self.progress = progress  # told at each phase boundary (the daemon's watchdog)
+        self.begin = begin  # told when a full cycle begins (the server pool's early try)
 
     def cycle(self, dry_run: bool = False) -> CycleReport:
         """Never raises RegagentError: the caller decides how to report `report.error`."""
         report = CycleReport(dry_run=dry_run)
         started = self.clock()
         mark = started
+        self.begin()
 
         def phase(name: str) -> None:
             nonlocal mark
