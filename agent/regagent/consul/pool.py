@@ -9,8 +9,9 @@ Failover (design decision 6), applied to every call in one place, with the numbe
   to `cooldown_max`;
 - `No cluster leader` is a cluster state, not the server's fault: try the others, then give up
   for this cycle without cooling anyone down;
-- 4xx answers (bad request, ACL denied) and Consul's 500 validation errors are raised at once:
-  another server would say the same (classification in answers.py);
+- 4xx answers (bad request, ACL denied), Consul's 500 validation errors and its 500 for an
+  unknown datacenter are raised at once: another server would say the same (classification in
+  answers.py);
 - with every server cooling down, the server whose cool-down ends first is still asked once per
   cycle (`new_cycle`, `policy.early_tries_per_cycle`): after a full outage, the first cycle
   after the heal finds it, instead of waiting out cool-downs of up to `cooldown_max`.
@@ -413,7 +414,7 @@ class ServerPool:
                 self._succeeded(attempt.index, adopt=adopt)
                 self._observe(server, "success", attempt)
                 return None
-            refusal = classify_refusal(exc)
+            refusal = classify_refusal(exc, getattr(server.client, "dc", None))
             if refusal is not None:
                 server.last_error = f"{refusal[0]} {refusal[1]}"
                 self._observe(server, "refused", attempt)
