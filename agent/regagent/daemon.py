@@ -45,6 +45,7 @@ from regagent.metrics import Metrics
 from regagent.metrics_endpoint import MetricsServer
 from regagent.notify import Notifier
 from regagent.report import CycleReport
+from regagent.throttle import LogThrottle
 from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
@@ -279,6 +280,7 @@ class Daemon:
         self.clock = clock
         self.stop = threading.Event()
         self.reporter = ErrorReporter(clock)
+        self.crashes = LogThrottle(REMIND_EVERY, clock)
         self.reload_requested = False
         self.reload_problem: Optional[str] = None
         self.metrics_server: Optional[MetricsServer] = None
@@ -383,8 +385,10 @@ class Daemon:
         self._interruptible = True
         try:
             return self.loop.engine.cycle()
-        except Exception:
-            log.exception("sync_cycle_crashed")
+        except Exception as exc:
+            suppressed = self.crashes.admit(type(exc).__name__)  # a bug may repeat each cycle
+            if suppressed is not None:
+                log.exception("sync_cycle_crashed", suppressed=suppressed)
             return CycleReport(error=RegagentError("internal error; see the log"))
         finally:
             self._interruptible = False
