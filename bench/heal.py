@@ -8,7 +8,8 @@ defaults: sync.interval 30s +/- 5s, cool-downs from 5 s doubling to 5 min, 2 s c
 read timeouts. For each outage length (`--outages`, default 60 s and 6 min): every server is
 stopped (connections refused), each daemon is given one more static service (SIGHUP), and after
 the outage every server is started again; from that moment, the time until each daemon's new
-service is in the catalog (polled every 0.2 s), i.e. its first successful write.
+service is in the catalog (polled every 0.2 s), i.e. its first successful write. Also the
+error-level lines each daemon logged during the outage.
 
     python3 bench/heal.py [--before REV] [--hosts 3] [--outages 60,360]
 
@@ -18,6 +19,7 @@ About 15 minutes with the defaults (a 6-minute outage, then up to 5 minutes of c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -26,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -84,6 +86,19 @@ class Host:
         self.write_config()
         os.kill(self.proc.pid, signal.SIGHUP)
 
+    def log_lines(self) -> List[str]:
+        return (self.home / "stderr.log").read_text(errors="replace").splitlines()
+
+    def errors_since(self, line: int) -> int:
+        """Error-level lines logged from line `line` of its stderr on."""
+        count = 0
+        for text in self.log_lines()[line:]:
+            try:
+                count += json.loads(text).get("level") == "error"
+            except ValueError:
+                count += 1  # not a log line: count it against the daemon
+        return count
+
     def has(self, service_id: str) -> bool:
         try:
             server = self.cluster.live_server()
@@ -114,17 +129,22 @@ def wait_all(hosts: List[Host], service_id: str, limit: float) -> Dict[str, Opti
     return found
 
 
-def outage(cluster: SimCluster, hosts: List[Host], seconds: float) -> Dict[str, Optional[float]]:
+def outage(
+    cluster: SimCluster, hosts: List[Host], seconds: float
+) -> Tuple[Dict[str, Optional[float]], Dict[str, int]]:
+    """(seconds from the heal to each host's first write, error lines each logged meanwhile)."""
     port = 9100 + int(seconds) % 800
     name = f"extra{int(seconds)}"
+    marks = {host.name: len(host.log_lines()) for host in hosts}
     for i in range(len(cluster.addresses)):
         cluster.stop_server(i)
     for host in hosts:
         host.add_service(name, port)
     time.sleep(seconds)
+    errors = {host.name: host.errors_since(marks[host.name]) for host in hosts}
     for i in range(len(cluster.addresses)):
         cluster.start_server(i)
-    return wait_all(hosts, f"{name}-{port}", WAIT_MAX)
+    return wait_all(hosts, f"{name}-{port}", WAIT_MAX), errors
 
 
 def show(label: str, times: List[Optional[float]]) -> str:
@@ -162,12 +182,14 @@ def main() -> None:
             if any(t is None for t in first.values()):
                 raise SystemExit(f"not every daemon registered at start: {first}")
             for seconds in lengths:
-                found = outage(cluster, hosts, seconds)
+                found, errors = outage(cluster, hosts, seconds)
                 report.append(f"outage of every server for {seconds:g} s, heal -> first write:")
                 for variant in trees:
                     times = [t for name, t in found.items() if name.startswith(variant)]
+                    lines = sorted(n for name, n in errors.items() if name.startswith(variant))
                     report.append("  " + show(f"{variant:6s}", times))
-                print("\n".join(report[-3:]), flush=True)
+                    report.append(f"          error lines logged during the outage: {lines}")
+                print("\n".join(report[-5:]), flush=True)
         finally:
             for host in hosts:
                 host.stop()
