@@ -183,3 +183,79 @@ def test_a_reset_flood_writes_nothing_to_stderr_and_the_endpoint_keeps_serving(
     assert get(port)[0] == 200
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception" not in err, err[:2000]
+
+
+ENDPOINT_WITH_FEW_FDS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+from regagent.logs import configure_logging
+configure_logging("warning")  # to stderr: stdout carries the answers
+from regagent.metrics import Metrics
+from regagent.metrics_endpoint import EndpointLimits, MetricsServer
+server = MetricsServer(Metrics().render, "127.0.0.1:0", EndpointLimits(request_deadline=3.0))
+assert server.start()
+print(server.port, flush=True)
+for line in sys.stdin:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(usage.ru_utime + usage.ru_stime, flush=True)
+server.stop()
+"""
+
+
+def test_out_of_file_descriptors_it_pauses_accepting_instead_of_spinning() -> None:
+    """The endpoint's process may open 40 files; 60 idle clients (each within its address's
+    share) make accept() fail with EMFILE. The endpoint stops watching its listener for a
+    moment instead of spinning on it, and serves again once the idle ones are cut off."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", ENDPOINT_WITH_FEW_FDS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    held: List[socket.socket] = []
+    try:
+        port = int(child.stdout.readline())
+        for i in range(60):
+            sock = socket.socket()
+            sock.bind((f"127.0.2.{i + 1}", 0))
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            held.append(sock)
+        child.stdin.write("cpu\n")
+        child.stdin.flush()
+        before = float(child.stdout.readline())
+        time.sleep(2.0)  # out of descriptors all along: the idle clients have 3 s
+        child.stdin.write("cpu\n")
+        child.stdin.flush()
+        spent = float(child.stdout.readline()) - before
+        assert spent < 0.25, f"{spent:.2f} s of CPU in 2 s: spinning on the listener"
+        answered = False
+        for _ in range(20):
+            try:
+                answered = get(port)[0] == 200
+            except OSError:
+                answered = False
+            if answered:
+                break
+            time.sleep(0.5)
+        assert answered
+    finally:
+        for sock in held:
+            sock.close()
+        child.stdin.close()  # the child stops its endpoint and exits
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        assert child.stderr is not None
+        stderr = child.stderr.read()
+        child.stderr.close()
+        child.stdout.close()
+    accept_failed = [line for line in stderr.splitlines() if "metrics_accept_failed" in line]
+    assert len(accept_failed) == 1, stderr  # one line a minute, however often it happens

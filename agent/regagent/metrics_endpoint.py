@@ -178,6 +178,9 @@ class _Loop:
             self._wake_w.send(b"x")
 
     def _turn(self) -> None:
+        if self._accept_paused_until and self.clock() >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self.selector.register(self.listener, selectors.EVENT_READ, "listener")
         accept = False
         for key, mask in self.selector.select(self._timeout()):
             if key.data == "listener":
@@ -187,7 +190,7 @@ class _Loop:
             else:
                 self._ready(key.data, mask)
         # Requests completed in this turn have been answered; only now come new connections.
-        if accept and self.clock() >= self._accept_paused_until:
+        if accept:
             self._accept_some()
         self._expire()
 
@@ -217,6 +220,8 @@ class _Loop:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # The listener stays readable: stop watching it for a while, or spin.
+                    self.selector.unregister(self.listener)
                     self._accept_paused_until = self.clock() + _ACCEPT_PAUSE
                     self._unexpected("metrics_accept_failed", exc)
                 return  # ECONNABORTED and the like: that client is gone already
