@@ -190,6 +190,7 @@ def build(
         cycle_deadline=policy.cycle_deadline,
         quick=quick,
         progress=heartbeat.beat,
+        begin=pool.new_cycle,
     )
     watch = make_watch(config, engine, runner, metrics) if quick is not None else None
     return App(

@@ -34,6 +34,7 @@ from regagent.errors import (
 )
 from regagent.identity import Writer
 from regagent.logs import configure_logging
+from regagent.stderr_guard import install as install_stderr_guard
 
 log = structlog.get_logger(__name__)
 
@@ -263,6 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.config = getattr(args, "config", None)
     args.log_level = getattr(args, "log_level", None)
+    install_stderr_guard()  # whatever Python would print to stderr becomes one log line
     configure_logging(args.log_level or "info")
     try:
         config = load_config(_resolve_path(args.config))

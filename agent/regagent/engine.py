@@ -91,6 +91,7 @@ class SyncEngine:
         cycle_deadline: float = CYCLE_DEADLINE,
         quick: Optional[QuickSource] = None,
         progress: Callable[[], None] = lambda: None,
+        begin: Callable[[], None] = lambda: None,
     ) -> None:
         self.registrar = registrar
         self.intents = intents
@@ -100,6 +101,7 @@ class SyncEngine:
         self.quick = quick
         self.known: Optional[ActualState] = None
         self.progress = progress  # told at each phase boundary (the daemon's watchdog)
+        self.begin = begin  # told when a full cycle begins (the server pool's early try)
 
     def cycle(self, dry_run: bool = False) -> CycleReport:
         """Reads Consul, builds every intent, plans and (unless `dry_run`) writes.
@@ -107,6 +109,7 @@ class SyncEngine:
         report = CycleReport(dry_run=dry_run)
         phases = _Phases(report, self.clock, self.progress)
         meta = ReadMeta(None, known_leader=False)
+        self.begin()
         try:
             report.actual, meta = self.registrar.read()
             report.server = meta.server

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--control-port", type=int, default=0, help="control API port; 0 picks a free port"
     )
+    parser.add_argument("--control-bind", help="address the control API binds to (default: --bind)")
     parser.add_argument("--datacenter", default="dc1")
     parser.add_argument(
         "--acl-file", help="JSON ACL configuration (see acl.py); ACLs off without it"
@@ -170,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.acl_file, encoding="utf-8") as fh:
             emulator.set_acl(json.load(fh))
     emulator.start()
-    control = ControlServer((args.bind, args.control_port), emulator)
+    control = ControlServer((args.control_bind or args.bind, args.control_port), emulator)
     control.start()
 
     done = threading.Event()

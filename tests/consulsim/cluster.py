@@ -64,10 +64,14 @@ class SimCluster:
         txn: bool = True,
         session_ttl_min: Duration = "10s",
         session_checks: bool = True,
+        control_bind: Optional[str] = None,
+        netns: Optional[str] = None,
     ) -> None:
         """``tls_cert``/``tls_key`` turn HTTPS on (``tls_client_ca`` also requires client
         certificates); ``tls_ca`` (default: ``tls_cert`` itself) and ``tls_client_cert``/
-        ``tls_client_key`` are what this handle's own ``get`` uses to talk to it."""
+        ``tls_client_key`` are what this handle's own ``get`` uses to talk to it.
+        ``netns`` runs the emulator in that network namespace (``ip netns exec``), and
+        ``control_bind`` puts its control API on another address than ``bind``."""
         self.servers = servers
         self.bind = bind
         self.acl = acl
@@ -105,6 +109,10 @@ class SimCluster:
             self._args.append("--no-txn")
         if not session_checks:
             self._args.append("--no-session-checks")
+        if control_bind:
+            self._args += ["--control-bind", control_bind]
+        # `ip netns exec` execs the emulator in place: the pid is still the emulator's.
+        self._prefix = ["ip", "netns", "exec", netns] if netns else []
         for flag, value in (
             ("--tls-cert", tls_cert),
             ("--tls-key", tls_key),
@@ -134,7 +142,7 @@ class SimCluster:
         # Kept open for the process lifetime and closed in stop(): no context manager fits.
         self._stderr = tempfile.TemporaryFile(prefix="consulsim-stderr-")  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.consulsim", *args],
+            [*self._prefix, sys.executable, "-m", "tests.consulsim", *args],
             cwd=_REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
