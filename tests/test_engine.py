@@ -14,13 +14,12 @@ from regagent.health.health import Health
 from regagent.model import (
     CRITICAL,
     PASSING,
-    SOURCE_DISCOVERY,
-    SOURCE_STATIC,
     ActualState,
     HealthProbe,
     Result,
     ServiceIntent,
     ServiceRegistration,
+    Source,
     canonical_service,
 )
 
@@ -29,7 +28,7 @@ EMPTY = ActualState(None, (), ())
 
 def static(sid: str, port: int) -> ServiceIntent:
     service = canonical_service(ServiceRegistration(sid, sid.rsplit("-", 1)[0], port, NODE.address))
-    return ServiceIntent(service, SOURCE_STATIC)
+    return ServiceIntent(service, Source.STATIC)
 
 
 class Intents:
@@ -146,7 +145,7 @@ def test_a_full_cycle_in_sync_writes_nothing_and_does_the_backends_housekeeping(
 def test_a_partial_cycle_writes_the_discovered_services_status_without_a_read() -> None:
     registrar = FakeRegistrar(EMPTY)
     exporter = canonical_service(ServiceRegistration("node-9100", "node", 9100, NODE.address))
-    found = ServiceIntent(exporter, SOURCE_DISCOVERY, status=(PASSING, "ok"))
+    found = ServiceIntent(exporter, Source.DISCOVERY, status=(PASSING, "ok"))
     engine = SyncEngine(
         registrar,
         Intents([]),
@@ -176,7 +175,7 @@ class Probes:
 
 def checked(sid: str, port: int) -> ServiceIntent:
     probe = HealthProbe("tcp", f"{NODE.address}:{port}")
-    return ServiceIntent(static(sid, port).service, SOURCE_STATIC, probe=probe)
+    return ServiceIntent(static(sid, port).service, Source.STATIC, probe=probe)
 
 
 def test_the_engine_runs_the_checks_only_where_consul_does_not() -> None:
@@ -198,7 +197,7 @@ def test_a_partial_cycle_runs_no_check_and_keeps_the_flap_history_it_does_not_se
     probes = Probes()
     registrar = FakeRegistrar(EMPTY)
     exporter = canonical_service(ServiceRegistration("node-9100", "node", 9100, NODE.address))
-    found = ServiceIntent(exporter, SOURCE_DISCOVERY, status=(PASSING, "ok"))
+    found = ServiceIntent(exporter, Source.DISCOVERY, status=(PASSING, "ok"))
     engine = SyncEngine(
         registrar,
         Intents([checked("app-80", 80), found]),

@@ -21,13 +21,12 @@ from regagent.health.health import Health
 from regagent.model import (
     CRITICAL,
     PASSING,
-    SOURCE_DISCOVERY,
-    SOURCE_STATIC,
     ActualState,
     CheckState,
     DesiredState,
     ServiceIntent,
     ServiceRegistration,
+    Source,
     canonical_service,
     service_check_id,
 )
@@ -120,7 +119,7 @@ def check(sid: str, status: str, output: str = "ok") -> CheckState:
 
 
 def exporter(sid: str, port: int, status: str = PASSING) -> ServiceIntent:
-    return ServiceIntent(service(sid, port), SOURCE_DISCOVERY, status=(status, "ok"))
+    return ServiceIntent(service(sid, port), Source.DISCOVERY, status=(status, "ok"))
 
 
 def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregisters() -> None:
@@ -133,7 +132,7 @@ def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregi
     now: Dict[str, Any] = {"intents": [], "changed": frozenset()}
 
     def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
-        return [exporter("a-9100", 9100), ServiceIntent(service("s-8080", 8080), SOURCE_STATIC)]
+        return [exporter("a-9100", 9100), ServiceIntent(service("s-8080", 8080), Source.STATIC)]
 
     def quick(address: str, actual: ActualState) -> Tuple[List[ServiceIntent], FrozenSet[int]]:
         return list(now["intents"]), now["changed"]
@@ -156,7 +155,7 @@ def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregi
     now["intents"] = [
         exporter("a-9100", 9100, CRITICAL),
         exporter("b-9200", 9200),
-        ServiceIntent(service("s-8080", 8080), SOURCE_STATIC, status=(CRITICAL, "down")),
+        ServiceIntent(service("s-8080", 8080), Source.STATIC, status=(CRITICAL, "down")),
     ]
     now["changed"] = frozenset({9100, 9200, 9300, 8080})
     sent_before = len(registrar.sent)

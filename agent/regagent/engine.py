@@ -32,11 +32,11 @@ from regagent.consul.retry import CYCLE_DEADLINE
 from regagent.errors import CycleDeadline, NoClusterLeader, RegagentError
 from regagent.health.health import Health
 from regagent.model import (
-    SOURCE_DISCOVERY,
     ActualState,
     CheckState,
     ServiceIntent,
     ServiceRegistration,
+    Source,
 )
 from regagent.plan import Plan, plan
 from regagent.report import CycleReport
@@ -245,7 +245,7 @@ class SyncEngine:
 def _fresh_discovery(intent: ServiceIntent, ports: Collection[int]) -> bool:
     """A discovered service on a changed port, its status decided by discovery."""
     return (
-        intent.source == SOURCE_DISCOVERY
+        intent.source == Source.DISCOVERY
         and intent.status is not None
         and intent.service.port in ports
     )

@@ -25,7 +25,7 @@ from regagent.discovery.exporters import ExporterSpec, ExporterTable, load_expor
 from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
-from regagent.rules import printable_text
+from regagent.rules import exporter_text, printable_text
 
 log = structlog.get_logger(__name__)
 
@@ -358,14 +358,6 @@ def identify(
         metrics_path=path,
         scheme=result.scheme,
     )
-
-
-def exporter_text(text: Optional[str]) -> Optional[str]:
-    """Text an exporter chose (its version label), safe for Meta, check Output and a terminal:
-    printable, within Consul's Meta value limit; None when nothing printable is left."""
-    if text is None:
-        return None
-    return printable_text(text) or None
 
 
 def _matched(spec: ExporterSpec, names: FrozenSet[str]) -> str:

@@ -40,24 +40,21 @@ from regagent.discovery.identify import (
     WILDCARD,
     DiscoveryResult,
     Finding,
-    exporter_text,
 )
 from regagent.discovery.probe import url_host
 from regagent.discovery.seen import SeenService, format_time, parse_time
 from regagent.model import (
     CRITICAL,
     PASSING,
-    SOURCE_DISCOVERY,
-    SOURCE_SELF,
-    SOURCE_STATIC,
     ActualState,
     CheckState,
     HealthProbe,
     ServiceIntent,
     ServiceRegistration,
+    Source,
     canonical_service,
 )
-from regagent.rules import service_id, split_hostport
+from regagent.rules import exporter_text, service_id, split_hostport
 
 LOOPBACK_REASON = "listens on loopback only"
 HELD_BACK_REASON = "held back"
@@ -213,7 +210,7 @@ def static_intent(svc: ServiceConfig, config: Config, node_address: str) -> Serv
             meta=meta,
         )
     )
-    return ServiceIntent(service, SOURCE_STATIC, probe=static_probe(svc, address))
+    return ServiceIntent(service, Source.STATIC, probe=static_probe(svc, address))
 
 
 def static_probe(svc: ServiceConfig, address: str) -> Optional[HealthProbe]:
@@ -259,7 +256,7 @@ def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
     # Known passing while the process runs: its check is the agent being alive, and Prometheus
     # scraping it says the rest (no probe of ourselves each cycle).
     status = (PASSING, f"regagent {__version__} serving /metrics on :{port}")
-    return ServiceIntent(service, SOURCE_SELF, status=status)
+    return ServiceIntent(service, Source.SELF, status=status)
 
 
 def _is_loopback(address: str) -> bool:
@@ -341,7 +338,7 @@ def _discovered(
     url = f"{finding.scheme}://{url_host(address)}:{finding.port}{finding.metrics_path}"
     probe = HealthProbe("http", url, settings.probe_timeout)
     return ServiceIntent(
-        service, SOURCE_DISCOVERY, probe=probe, status=(PASSING, _ok_text(finding))
+        service, Source.DISCOVERY, probe=probe, status=(PASSING, _ok_text(finding))
     )
 
 
@@ -362,7 +359,7 @@ def _ok_text(finding: Finding) -> str:
 def _vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
     what = "not serving metrics" if still_listening else "not listening"
     output = f"{what} on :{entry.port} since {format_time(entry.last_seen)}"
-    return ServiceIntent(_registration(entry), SOURCE_DISCOVERY, status=(CRITICAL, output))
+    return ServiceIntent(_registration(entry), Source.DISCOVERY, status=(CRITICAL, output))
 
 
 def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
@@ -370,7 +367,7 @@ def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
     path = entry.meta.get("metrics_path", "/metrics")
     url = f"{scheme}://{url_host(entry.address)}:{entry.port}{path}"
     probe = HealthProbe("http", url, config.discovery.probe_timeout)
-    return ServiceIntent(_registration(entry), SOURCE_DISCOVERY, probe=probe)
+    return ServiceIntent(_registration(entry), Source.DISCOVERY, probe=probe)
 
 
 def _registration(entry: SeenService) -> ServiceRegistration:

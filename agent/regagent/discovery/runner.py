@@ -59,7 +59,7 @@ from regagent.discovery.seen import (
 )
 from regagent.discovery.unconfirmed import UnconfirmedProbes
 from regagent.health.health import Health
-from regagent.model import CRITICAL, SOURCE_DISCOVERY, ActualState, ServiceIntent
+from regagent.model import CRITICAL, ActualState, ServiceIntent, Source
 from regagent.statedir import Warnings
 
 log = structlog.get_logger(__name__)
@@ -305,7 +305,7 @@ class DiscoveryRunner:
         self, intent: ServiceIntent, not_serving: Set[str], reasons: Mapping[int, str]
     ) -> ServiceIntent:
         sid = intent.service.id
-        if intent.source != SOURCE_DISCOVERY or intent.status is None:
+        if intent.source != Source.DISCOVERY or intent.status is None:
             return intent
         if sid not in not_serving:
             if intent.status[0] == CRITICAL:
