@@ -10,7 +10,7 @@ from helpers.fakes import NODE, FakeClock, FakeRegistrar
 from regagent.consul.retry import CYCLE_DEADLINE
 from regagent.engine import SyncEngine
 from regagent.errors import CycleDeadline, NoClusterLeader, NodeOwnedByOther
-from regagent.health.health import Health
+from regagent.health import Health
 from regagent.model import (
     CRITICAL,
     PASSING,

@@ -17,7 +17,7 @@ from regagent.discovery.probe import ProbeResult
 from regagent.discovery.probe_cache import RETRY_DELAYS, ProbeCache
 from regagent.engine import PartialReport, SyncEngine
 from regagent.errors import ConfigError, RegagentError
-from regagent.health.health import Health
+from regagent.health import Health
 from regagent.model import (
     CRITICAL,
     PASSING,

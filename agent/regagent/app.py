@@ -15,9 +15,8 @@ that it goes through the one planner and write path like any other.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, FrozenSet, List, Optional, Tuple
 
 import structlog
 
@@ -38,14 +37,12 @@ from regagent.discovery.runner import DiscoveryRunner
 from regagent.discovery.unconfirmed import UnconfirmedProbes
 from regagent.engine import IntentSource, QuickSource, SyncEngine
 from regagent.errors import ConfigError, StateDirectoryInUse
-from regagent.health.checks import run_probe
-from regagent.health.health import Health, ProbeRunner
+from regagent.health import Health, ProbePool
 from regagent.identity import DAEMON_LOCK, NodeIdentity, Writer
 from regagent.metrics import Metrics
-from regagent.model import ActualState, HealthProbe, Result, ServiceIntent
+from regagent.model import ActualState, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
 from regagent.statedir import Corrupt, Lock, StateDir, Untrusted
-from regagent.threads import signals_blocked
 from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
@@ -160,7 +157,7 @@ def build(
         metrics = previous.metrics
         heartbeat = previous.heartbeat
     else:
-        health = Health(config.sync.failures_before_critical, persistent_probe_runner())
+        health = Health(config.sync.failures_before_critical, ProbePool())
         metrics = Metrics()
         heartbeat = Heartbeat()
         # Background identifications probe with the plain prober: only the loop's own progress
@@ -263,27 +260,6 @@ def make_watch(
         relevant=lambda port: runner.could_matter(config, port),
         on_report=metrics.observe_writes if metrics is not None else None,
     )
-
-
-PROBE_WORKERS = 8
-
-
-def persistent_probe_runner(workers: int = PROBE_WORKERS) -> ProbeRunner:
-    """The health checks of a cycle run concurrently on threads that live as long as the
-    process: starting eight threads every cycle cost more CPU than the checks themselves
-    (bench/footprint.py). The threads start without our signals, which stay with the main
-    thread (see `regagent.daemon.signals_blocked`)."""
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regagent-check")
-
-    def run(probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
-        unique = list(dict.fromkeys(probes))
-        if not unique:
-            return {}
-        with signals_blocked():  # threads are started lazily, on the first submits
-            futures = [executor.submit(run_probe, probe) for probe in unique]
-        return {probe: future.result() for probe, future in zip(unique, futures)}
-
-    return run
 
 
 def pool_addresses(pool: ServerPool) -> List[str]:

@@ -30,7 +30,7 @@ import structlog
 from regagent.consul.registrar import ReadMeta, Registrar
 from regagent.consul.retry import CYCLE_DEADLINE
 from regagent.errors import CycleDeadline, NoClusterLeader, RegagentError
-from regagent.health.health import Health
+from regagent.health import Health
 from regagent.model import (
     ActualState,
     CheckState,

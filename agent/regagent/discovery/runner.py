@@ -58,7 +58,7 @@ from regagent.discovery.seen import (
     worth_saving,
 )
 from regagent.discovery.unconfirmed import UnconfirmedProbes
-from regagent.health.health import Health
+from regagent.health import Health
 from regagent.model import CRITICAL, ActualState, ServiceIntent, Source
 from regagent.statedir import Warnings
 
@@ -298,7 +298,7 @@ class DiscoveryRunner:
             self._held(i, not_serving, reasons) if only is None or i.service.port in only else i
             for i in desired.intents
         )
-        self.health.guard.retain(intent.service.id for intent in intents)
+        self.health.retain(intent.service.id for intent in intents)
         return replace(desired, intents=intents)
 
     def _held(
@@ -309,7 +309,7 @@ class DiscoveryRunner:
             return intent
         if sid not in not_serving:
             if intent.status[0] == CRITICAL:
-                self.health.guard.forget(sid)
+                self.health.forget(sid)
             else:
                 self.health.hold(sid, intent.status)
             return intent
@@ -320,8 +320,8 @@ class DiscoveryRunner:
             "exporter_probe_failed",
             service_id=sid,
             reason=reasons.get(intent.service.port, ""),
-            failures=self.health.guard.failures(sid),
-            failures_before_critical=self.health.guard.failures_before_critical,
+            failures=self.health.failures(sid),
+            failures_before_critical=self.health.failures_before_critical,
         )
         return replace(intent, status=status)
 
