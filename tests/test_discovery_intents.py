@@ -29,7 +29,7 @@ from regagent.discovery.identify import (
     DiscoveryResult,
     Finding,
 )
-from regagent.discovery.intents import DesiredServices, build_intents
+from regagent.discovery.intents import IntentSet, build_intents
 from regagent.discovery.listeners import Listener
 from regagent.discovery.seen import SeenService
 from regagent.model import (
@@ -80,7 +80,7 @@ def run(
     *findings: Finding,
     now: float = NOW,
     previous: Optional[Dict[str, SeenService]] = None,
-) -> DesiredServices:
+) -> IntentSet:
     return build_intents(config, NODE, DiscoveryResult(tuple(findings)), now, previous=previous)
 
 

@@ -79,8 +79,9 @@ class Skipped:
 
 
 @dataclass(frozen=True)
-class DesiredServices:
-    """The intents, the discovery state to persist, and what was left out."""
+class IntentSet:
+    """What one pass wants registered (its intents), the discovery state to persist, and what
+    was left out and why. Not a `DesiredState`: the checks are not run yet."""
 
     intents: Tuple[ServiceIntent, ...]
     seen: Mapping[str, SeenService] = field(default_factory=dict)
@@ -101,7 +102,7 @@ def build_intents(
     previous: Optional[Mapping[str, SeenService]] = None,
     table: Optional[ExporterTable] = None,
     max_new: Optional[int] = None,
-) -> DesiredServices:
+) -> IntentSet:
     """Pure: static services plus discovered (present or vanished-but-kept) exporters.
 
     `discovery` None means discovery is disabled: only static services, state kept as it was.
@@ -113,7 +114,7 @@ def build_intents(
     static_ids = {intent.service.id for intent in statics}
     static_ports = {intent.service.port: intent.service.id for intent in statics}
     if discovery is None:
-        return DesiredServices(tuple(statics), previous)
+        return IntentSet(tuple(statics), previous)
     if not discovery.complete:
         # Listeners could not be read: nothing is known to have vanished. Keep what was seen,
         # and let a health probe decide its status instead of guessing.
@@ -122,7 +123,7 @@ def build_intents(
             for sid, entry in sorted(previous.items())
             if sid not in static_ids and entry.port not in static_ports
         ]
-        return DesiredServices(tuple(statics + kept), previous)
+        return IntentSet(tuple(statics + kept), previous)
 
     table = table or load_exporter_table()
     intents: List[ServiceIntent] = list(statics)
@@ -186,7 +187,7 @@ def build_intents(
         intents.append(_vanished_intent(entry, entry.port in listening))
         if entry.port in listening:
             not_serving.append(sid)
-    return DesiredServices(
+    return IntentSet(
         tuple(intents), seen, tuple(skipped), tuple(expired), by_port, tuple(not_serving)
     )
 

@@ -42,7 +42,7 @@ from regagent.config.model import Config
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
 from regagent.discovery.identify import DiscoveryResult, Prober, discover, own_port
 from regagent.discovery.intents import (
-    DesiredServices,
+    IntentSet,
     adopt_registered,
     build_intents,
 )
@@ -148,7 +148,7 @@ class DiscoveryRunner:
         *,
         quick: bool = False,
         own_state: bool = True,
-    ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
+    ) -> Tuple[Optional[DiscoveryResult], IntentSet]:
         """Discover, build intents against the stored state, store the new state if `persist`.
 
         `quick`: reuse probe results (see `quick_intents`); flap protection then judges only
@@ -282,10 +282,10 @@ class DiscoveryRunner:
 
     def _hold_failures(
         self,
-        desired: DesiredServices,
+        desired: IntentSet,
         result: DiscoveryResult,
         only: Optional[Collection[int]] = None,
-    ) -> DesiredServices:
+    ) -> IntentSet:
         """A known exporter whose probe failed stays passing with its last good output until
         `failures_before_critical` probes in a row failed; a vanished listener (nothing listens
         on its port) is critical at once, as nothing will answer Prometheus either.
@@ -325,7 +325,7 @@ class DiscoveryRunner:
         )
         return replace(intent, status=status)
 
-    def _report(self, desired: DesiredServices, previous: Mapping[str, SeenService]) -> None:
+    def _report(self, desired: IntentSet, previous: Mapping[str, SeenService]) -> None:
         for item in desired.skipped:
             key = (item.port, item.endpoints, item.reason)
             if key not in self._reported:
