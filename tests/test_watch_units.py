@@ -12,7 +12,7 @@ import pytest
 from helpers.fakes import NODE, FakeClock, FakeRegistrar
 from regagent.app import build
 from regagent.config import load_config
-from regagent.discovery.listeners import Listener, ListenerKeysReader, listening_sockets
+from regagent.discovery.listeners import Listener, ListenerReader, listening_sockets
 from regagent.discovery.probe import ProbeResult
 from regagent.discovery.probe_cache import RETRY_DELAYS, ProbeCache
 from regagent.engine import PartialReport, SyncEngine
@@ -260,17 +260,17 @@ def test_an_unchanged_listener_set_makes_no_partial_cycle_and_a_stop_ends_the_wa
 
 
 def test_the_lean_reader_sees_what_discovery_sees_and_a_new_listener() -> None:
-    reader = ListenerKeysReader()
+    reader = ListenerReader()
     try:
         with socket.socket(socket.AF_INET6) as sock:
             sock.bind(("::", 0))
             sock.listen(1)
             port = sock.getsockname()[1]
-            keys = reader()
+            keys = reader().keys
             full = {(item.port, item.inode) for item in listening_sockets()}
             assert full <= keys, "every deduplicated listener is in the lean view"
             assert port in {p for p, _inode in keys}
-        assert port not in {p for p, _inode in reader()}
+        assert port not in {p for p, _inode in reader().keys}
     finally:
         reader.close()
 

@@ -31,7 +31,7 @@ from regagent.consul.retry import RetryPolicy
 from regagent.daemon import Daemon, Heartbeat, Loop
 from regagent.discovery.identify import Prober
 from regagent.discovery.intents import self_intent
-from regagent.discovery.listeners import ListenerKeysReader
+from regagent.discovery.listeners import ListenerReader
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.discovery.unconfirmed import UnconfirmedProbes
@@ -252,11 +252,12 @@ def make_watch(
 ) -> Watch:
     """The look at the listeners between cycles, every discovery.watch_interval; its writes
     are counted in the metrics like a full cycle's."""
+    reader = ListenerReader()
     return Watch(
         engine,
         runner,
         config.discovery.watch_interval,
-        keys=ListenerKeysReader(),
+        keys=lambda: reader().keys,
         relevant=lambda port: runner.could_matter(config, port),
         on_report=metrics.observe_writes if metrics is not None else None,
     )
