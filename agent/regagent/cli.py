@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Optional, Sequence, TextIO
 
@@ -19,11 +18,11 @@ import structlog
 import yaml
 
 from regagent import __version__
-from regagent.app import build
+from regagent.app import build, discovery_alone
 from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
 from regagent.config import resolve_config_path as _resolve_path
 from regagent.config.show import MASK, effective_config
-from regagent.discovery.runner import DiscoveryRunner
+from regagent.discovery.service import Discovery
 from regagent.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -161,34 +160,32 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    app = build(config, writer=_writer(args))
+    identity, discovery = discovery_alone(config, _writer(args))
     try:
-        address = app.identity.address(config.consul.servers[0], keep=False)
+        address = identity.address(config.consul.servers[0], keep=False)
     except RegagentError as exc:  # discover needs no Consul: say so, and carry on
         print(f"regagent: {exc}; showing addresses as 127.0.0.1", file=sys.stderr)
         address = "127.0.0.1"
-    return discover_command(config, address, args.format, out, runner=app.discovery)
+    return discover_command(address, args.format, out, discovery=discovery)
 
 
 def discover_command(
-    config: Config,
     node_address: str,
     fmt: str,
     out: TextIO,
     *,
-    runner: DiscoveryRunner,
+    discovery: Discovery,
     now: Optional[float] = None,
 ) -> int:
     """Prints the discovery report as `text` or `json`; 1 when listeners could not be read.
     The state file is read (vanished exporters still kept are shown) but never written."""
     from regagent.render.discover import report_json, report_text
 
-    moment = time.time() if now is None else now
-    result, desired = runner.run(config, node_address, moment, persist=False)
+    result, wanted = discovery.examine(node_address, now)
     if fmt == "json":
-        out.write(json.dumps(report_json(node_address, result, desired), indent=2) + "\n")
+        out.write(json.dumps(report_json(node_address, result, wanted), indent=2) + "\n")
     else:
-        out.write("".join(line + "\n" for line in report_text(node_address, result, desired)))
+        out.write("".join(line + "\n" for line in report_text(node_address, result, wanted)))
     incomplete = result is not None and not result.complete
     return RegagentError.exit_code if incomplete else EXIT_OK
 
@@ -225,7 +222,7 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
             return EXIT_OK
     removed = app.engine.deregister_owned()
     if not app.identity.beside_daemon():  # the running daemon owns the state directory
-        app.discovery.forget(config, removed)  # deregistered stays deregistered
+        app.discovery.forget(removed)  # deregistered stays deregistered
     for item in removed:
         out.write(f"- deregistered {item}\n")
     if not removed:

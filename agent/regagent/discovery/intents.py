@@ -1,10 +1,12 @@
-"""Desired services: discovered exporters, static services from config, `defaults`, and
-regagent's own endpoint.
+"""Service intents, pure: configured services (`static_intent`), discovered exporters present
+(`discovered_intent`) or vanished but kept (`vanished_intent`), and regagent's own endpoint
+(`self_intent`), with `defaults` applied.
 
 `build_intents` is pure: the same config, node address, discovery result, clock reading and
-previous discovery state always give the same intents and the same new state. Everything that
-reads sockets or files lives in `regagent.discovery`; `regagent.discovery.runner.DiscoveryRunner`
-is the thin shell the sync engine calls each cycle.
+previous discovery state always give the same intents and the same new state. What reads
+sockets or files is elsewhere: `regagent.discovery.sensor` senses the host, and
+`regagent.discovery.service.Discovery`, the engine's intent source, reads and writes the state
+file around this module.
 
 Rules (design decisions 3, 4 and 9):
 - Service ID `<name>-<port>` (static services may set their own `id`).
@@ -89,7 +91,7 @@ class IntentSet:
     expired: Tuple[str, ...] = ()  # service IDs dropped this time after deregister_after
     by_port: Mapping[int, str] = field(default_factory=dict)  # discovered port -> service ID
     # Seen before, still listening, but the probe failed now: critical here, and a candidate
-    # for the runner's flap protection (a vanished listener is not).
+    # for discovery's flap protection (a vanished listener is not).
     not_serving: Tuple[str, ...] = ()
 
 
@@ -132,7 +134,7 @@ def build_intents(
     by_port: Dict[int, str] = {}
     new = 0
     for finding in discovery.exporters:
-        outcome = _discovered(finding, config, node_address, table)
+        outcome = discovered_intent(finding, config, node_address, table)
         if isinstance(outcome, str):
             skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, outcome))
             continue
@@ -184,7 +186,7 @@ def build_intents(
             expired.append(sid)
             continue
         seen[sid] = entry
-        intents.append(_vanished_intent(entry, entry.port in listening))
+        intents.append(vanished_intent(entry, entry.port in listening))
         if entry.port in listening:
             not_serving.append(sid)
     return IntentSet(
@@ -260,6 +262,15 @@ def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
     return ServiceIntent(service, Source.SELF, status=status)
 
 
+def with_self(wanted: IntentSet, config: Config, node_address: str) -> IntentSet:
+    """`wanted` plus regagent's own endpoint (`self_intent`), unless a configured service
+    already has its ID."""
+    own = self_intent(config, node_address)
+    if own is None or any(i.service.id == own.service.id for i in wanted.intents):
+        return wanted
+    return replace(wanted, intents=(*wanted.intents, own))
+
+
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -287,10 +298,11 @@ def _ignored(overrides: Tuple[ExporterOverride, ...], exporter: Optional[str], p
     return any(o.ignore for o in matching_overrides(overrides, exporter, port))
 
 
-def _discovered(
+def discovered_intent(
     finding: Finding, config: Config, node_address: str, table: ExporterTable
 ) -> Union[ServiceIntent, str]:
-    """The intent for a present exporter, or the reason it is not registered."""
+    """A present exporter's intent (passing, as its probe just said), or the reason it is not
+    registered."""
     settings = config.discovery
     if finding.outcome != IDENTIFIED:
         if not settings.register_unknown:
@@ -357,7 +369,8 @@ def _ok_text(finding: Finding) -> str:
     return f"{what}{version} serving {finding.metrics_path} on :{finding.port}"
 
 
-def _vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
+def vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
+    """A kept exporter that no longer serves metrics: critical, registered as it was."""
     what = "not serving metrics" if still_listening else "not listening"
     output = f"{what} on :{entry.port} since {format_time(entry.last_seen)}"
     return ServiceIntent(_registration(entry), Source.DISCOVERY, status=(CRITICAL, output))
