@@ -10,14 +10,14 @@ Between full cycles the watch (`regagent.watch`) hands a look's `Change` to `par
 the same intent source (a quick pass over that look), the same planner and the same
 `Registrar.apply`, but against the actual state the last full cycle read (kept up to date with
 what was written since) instead of two more Consul reads, and restricted to the discovered
-services on the ports whose intents carry new information. Why a partial
-cycle and not an early full one: a full cycle costs two reads and a probe of every static
-service, while a new exporter needs one write. Why it is safe: the plan is made over the chosen
-services on both sides (desired and actual), so nothing else can be written or removed, and its
-deregistrations are dropped outright: an incomplete view never deregisters anything. If the
-kept state was stale (someone else wrote the node), a write may be redundant or refused; every
-write is idempotent and the next full cycle reads Consul again and repairs whatever differs. A
-failed write forgets the kept state, so no partial cycle runs until a full cycle has re-read it.
+services on the ports whose intents carry new information. Why a partial cycle and not an
+early full one: a full cycle costs two reads and a probe of every static service, while a new
+exporter needs one write. Why it is safe: the plan is made over the chosen services on both
+sides (desired and actual), so nothing else can be written or removed, and its deregistrations
+are dropped outright: an incomplete view never deregisters anything. If the kept state was
+stale (someone else wrote the node), a write may be redundant or refused; every write is
+idempotent and the next full cycle reads Consul again and repairs whatever differs. A failed
+write forgets the kept state, so no partial cycle runs until a full cycle has re-read it.
 """
 
 from __future__ import annotations
