@@ -4,8 +4,7 @@ policy of its own.
 `build(config)` wires the server pool, the registration backend for `consul.mode`, the node
 identity, health checks, discovery (the engine's intent source), the sync engine and the
 listener watch. A reload builds again from the new configuration (`build(new, previous=app)`),
-except what `SURVIVES_RELOAD` names. `discovery_alone` builds what `regagent discover` uses,
-which needs no Consul client. Nothing here is a module-level singleton: two apps in one
+except what `SURVIVES_RELOAD` names. Nothing here is a module-level singleton: two apps in one
 process share no state.
 """
 
@@ -141,15 +140,6 @@ def build(
         watch,
         lock,
     )
-
-
-def discovery_alone(
-    config: Config, writer: Optional[Writer] = None
-) -> Tuple[NodeIdentity, Discovery]:
-    """What `regagent discover` uses, and nothing else: the identity (for the node address)
-    and discovery with a checks history of its own; no Consul client, no metrics."""
-    identity = NodeIdentity(config.node, state_dir=config.sync.state_dir, writer=writer)
-    return identity, Discovery(config)
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:

@@ -1,6 +1,7 @@
 """Command line: parses arguments, runs one command, turns errors into one line + exit code.
 
-Components come from the composition root (`regagent.app.build`); exit codes from the error
+Components come from the composition root (`regagent.app.build`), imported by the commands
+that talk to Consul: `discover` and `check-config` need none of it. Exit codes come from the error
 classes in `regagent.errors` (0 success or in sync, 1 runtime error, 2 invalid configuration or
 usage, and with `sync --dry-run --detailed-exitcode` also "there are changes to make").
 """
@@ -18,7 +19,6 @@ import structlog
 import yaml
 
 from regagent import __version__
-from regagent.app import build, discovery_alone
 from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
 from regagent.config import resolve_config_path as _resolve_path
 from regagent.config.show import MASK, effective_config
@@ -31,7 +31,7 @@ from regagent.errors import (
     RegagentError,
     UsageError,
 )
-from regagent.identity import Writer
+from regagent.identity import NodeIdentity, Writer
 from regagent.logs import configure_logging
 from regagent.stderr_guard import install as install_stderr_guard
 
@@ -144,6 +144,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
 
 
 def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
     from regagent.render.sync import cycle_json, cycle_text
 
     report = build(config, writer=_writer(args)).engine.cycle(dry_run=args.dry_run)
@@ -160,7 +161,10 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    identity, discovery = discovery_alone(config, _writer(args))
+    # Only what discover uses: the identity (for the node address) and discovery; no Consul
+    # client, nor the modules one needs.
+    identity = NodeIdentity(config.node, state_dir=config.sync.state_dir, writer=_writer(args))
+    discovery = Discovery(config)
     try:
         address = identity.address(config.consul.servers[0], keep=False)
     except RegagentError as exc:  # discover needs no Consul: say so, and carry on
@@ -191,6 +195,7 @@ def discover_command(
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
     from regagent.render.status import status_report, status_text
 
     app = build(config, writer=_writer(args))
@@ -208,6 +213,8 @@ def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
+
     app = build(config, writer=_writer(args))
     node = app.identity.name
     if not args.yes:
@@ -231,7 +238,7 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
 
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.app import daemon
+    from regagent.app import build, daemon
 
     def reconfigure_logging(new: Config) -> None:  # --log-level keeps winning after a reload
         configure_logging(args.log_level or new.log.level, new.log.format)
