@@ -8,10 +8,11 @@ from typing import Any, List, Optional
 
 import yaml
 
-from regagent.app import build, self_intent
+from regagent.app import SURVIVES_RELOAD, build
 from regagent.config import load_config
 from regagent.config.model import SyncConfig
 from regagent.daemon import Daemon, Heartbeat, Loop, Watchdog, status_text
+from regagent.discovery.intents import self_intent
 from regagent.errors import ConfigError, ConsulUnreachable, NoClusterLeader
 from regagent.model import DesiredState, NodeRegistration, ServiceRegistration
 from regagent.notify import Notifier
@@ -185,6 +186,26 @@ def test_a_rebuild_keeps_what_must_survive_a_reload(tmp_path: Path) -> None:
     assert second.pool.observer is not None  # requests keep being counted and beating
     fresh = build(load_config(config_file(tmp_path)))
     assert fresh.metrics is not first.metrics  # two apps share no state
+
+
+def test_a_reload_keeps_each_survivor_and_tells_it_the_new_configuration(tmp_path: Path) -> None:
+    first = build(load_config(config_file(tmp_path)))
+    new = load_config(
+        config_file(
+            tmp_path,
+            sync={"state_dir": str(tmp_path), "failures_before_critical": 5},
+            discovery={"enabled": True, "watch_interval": "2s"},
+        )
+    )
+    second = build(new, previous=first)
+    adopted = {"pool", "identity"}  # rebuilt from the configuration, taking over the state
+    for name in SURVIVES_RELOAD:
+        assert (getattr(second, name) is getattr(first, name)) == (name not in adopted), name
+    assert second.health.failures_before_critical == 5
+    assert second.discovery.config is new and second.discovery.sensor.config is new
+    assert second.engine.source is second.discovery
+    assert second.watch is not None and second.watch.sensor is second.discovery.sensor
+    assert second.watch.interval == 2.0
 
 
 def test_the_first_sync_waits_a_random_part_of_the_jitter() -> None:

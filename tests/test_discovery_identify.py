@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Dict, Set
 
+from helpers.fakes import FakeHost, FakeResolver
 from regagent.config.model import Config, DiscoveryConfig, TelemetryConfig
 from regagent.discovery.identify import EXCLUDED, IDENTIFIED, NOT_CANDIDATE, Finding, discover
 from regagent.discovery.processes import ProcessInfo
-from test_discovery_runner import FakeHost, FakeResolver
 
 # A packaged exporter: /usr/bin/prometheus-node-exporter is root's alone, so its name is evidence.
 NODE_EXPORTER = ProcessInfo(

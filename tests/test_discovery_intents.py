@@ -29,7 +29,7 @@ from regagent.discovery.identify import (
     DiscoveryResult,
     Finding,
 )
-from regagent.discovery.intents import DesiredServices, build_intents
+from regagent.discovery.intents import IntentSet, build_intents
 from regagent.discovery.listeners import Listener
 from regagent.discovery.seen import SeenService
 from regagent.model import (
@@ -80,7 +80,7 @@ def run(
     *findings: Finding,
     now: float = NOW,
     previous: Optional[Dict[str, SeenService]] = None,
-) -> DesiredServices:
+) -> IntentSet:
     return build_intents(config, NODE, DiscoveryResult(tuple(findings)), now, previous=previous)
 
 
@@ -366,17 +366,18 @@ def test_static_meta_cannot_take_ownership_away() -> None:
     assert intent.service.meta["managed-by"] == "regagent"
 
 
-def test_the_runner_feeds_the_engine_and_the_pure_module_does_not_import_it() -> None:
+def test_discovery_feeds_the_engine_and_the_pure_module_does_not_import_it() -> None:
     import regagent.discovery.intents
-    from regagent.discovery.runner import DiscoveryRunner
+    from regagent.discovery.service import Discovery
 
-    assert not hasattr(regagent.discovery.intents, "DiscoveryRunner")  # no shell in the pure module
+    assert not hasattr(regagent.discovery.intents, "Discovery")  # no shell in the pure module
     config = Config(
         discovery=DiscoveryConfig(enabled=False), services=(ServiceConfig(name="a", port=1),)
     )
-    assert ids(tuple(DiscoveryRunner().intents(config, NODE, None, False, NOW))) == ["a-1"]
+    wanted, _ports = Discovery(config).intents(NODE, None, persist=False, now=NOW)
+    assert ids(wanted.intents) == ["a-1"]
     probe = (
-        "import sys, regagent.discovery.intents; print('regagent.discovery.runner' in sys.modules)"
+        "import sys, regagent.discovery.intents; print('regagent.discovery.service' in sys.modules)"
     )
     shown = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60

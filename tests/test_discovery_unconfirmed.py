@@ -319,13 +319,13 @@ def test_the_daemons_background_probes_never_beat_its_heartbeat(tmp_path: Path) 
     config.write_text(f"sync: {{state_dir: {tmp_path / 'state'}}}\n")
     app = build(load_config(str(config)), writer=Writer.of(str(config), daemon=True))
     try:
-        background = app.discovery.unconfirmed
+        background = app.discovery.sensor.unconfirmed
         assert background is not None and background.settle == 0.0
         port = free_range(1)[0]  # nothing listens: the probe fails at once
         app.heartbeat.last = 0.0
         background.prober("127.0.0.1", port, "/metrics", 0.5, 1024)
         assert app.heartbeat.last == 0.0
-        app.discovery.prober("127.0.0.1", port, "/metrics", 0.5, 1024)  # the in-pass prober
+        app.discovery.sensor.prober("127.0.0.1", port, "/metrics", 0.5, 1024)  # in-pass prober
         assert app.heartbeat.last > 0.0
     finally:
         assert app.lock is not None

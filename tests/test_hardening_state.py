@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator
 import pytest
 from structlog.testing import capture_logs
 
+from helpers.fakes import FakeHost, full_pass
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.discovery.identify import DiscoveryResult
 from regagent.discovery.intents import build_intents
@@ -41,9 +42,11 @@ from regagent.discovery.seen import (
 )
 from regagent.statedir import Warnings
 from test_discovery_intents import finding
-from test_discovery_runner import NODE, PORT, SID, FakeHost, runner_for
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+NODE = "192.0.2.10"
+PORT = 9100
+SID = f"node-exporter-{PORT}"
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
 )
@@ -102,7 +105,7 @@ def test_directory_writable_by_others_is_neither_read_nor_written(
     before = path.read_bytes()
     state_dir.chmod(mode)
 
-    warnings = Warnings()  # one runner's, for its life
+    warnings = Warnings()  # one Discovery's, for its life
     with capture_logs() as logs:
         assert load_state(str(path), warnings) == {}
         assert load_state(str(path), warnings) == {}  # warned once, not every cycle
@@ -191,11 +194,11 @@ def test_daemon_keeps_registering_with_an_untrusted_state_dir(state_dir: Path) -
         discovery=DiscoveryConfig(port_ranges=((PORT, PORT),)),
         sync=SyncConfig(state_dir=str(state_dir)),
     )
-    runner = runner_for(host)
+    discovery = host.discovery(config)
 
     with capture_logs() as logs:
         for step in range(3):
-            (intent,) = runner.cycle(config, NODE, T0 + 30 * step)
+            (intent,) = full_pass(discovery, NODE, T0 + 30 * step)
             assert intent.service.id == SID
 
     assert not (state_dir / "discovered.json").exists()

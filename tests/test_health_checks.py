@@ -17,9 +17,9 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
+from regagent.health import Health, ProbePool
 from regagent.health.checks import http_check
 from regagent.health.flap import FlapGuard
-from regagent.health.health import Health
 from regagent.model import (
     CRITICAL,
     PASSING,
@@ -28,6 +28,7 @@ from regagent.model import (
     ServiceIntent,
     ServiceRegistration,
 )
+from regagent.threads import SIGNALS
 
 GOOD = (PASSING, "HTTP GET http://127.0.0.1:9100/metrics: 200 OK")
 BAD = (CRITICAL, "HTTP GET http://127.0.0.1:9100/metrics: timed out")
@@ -174,3 +175,37 @@ def test_http_check_has_an_overall_deadline_against_a_trickling_server(tmp_path:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _blocked_signals(native_id: int) -> int:
+    """The signal mask of one of this process's threads, from /proc."""
+    with open(f"/proc/self/task/{native_id}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk line")
+
+
+def test_the_probe_pool_keeps_its_threads_across_cycles_and_leaves_signals_to_main() -> None:
+    """The daemon's checks run on threads started once (starting eight per cycle cost more
+    CPU than the checks) and blind to the signals that must wake the main thread."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        probe = HealthProbe("tcp", f"127.0.0.1:{port}", 1.0)
+        closed = HealthProbe("tcp", "127.0.0.1:1", 1.0)
+        pool = ProbePool(workers=2)
+        try:
+            threads = set()
+            for _ in range(5):  # five cycles, a probe shared by two services in each
+                results = pool([probe, probe, closed])
+                assert list(results) == [probe, closed]
+                assert results[probe][0] == PASSING and results[closed][0] == CRITICAL
+                threads |= {t for t in threading.enumerate() if t.name.startswith("regagent-check")}
+            assert 1 <= len(threads) <= 2, "the same threads, cycle after cycle"
+            for thread in threads:
+                assert thread.native_id is not None
+                mask = _blocked_signals(thread.native_id)
+                assert all(mask & (1 << (sig - 1)) for sig in SIGNALS), thread.name
+        finally:
+            pool.close()
+    assert not any(t.name.startswith("regagent-check") for t in threading.enumerate())

@@ -1,6 +1,7 @@
 """Command line: parses arguments, runs one command, turns errors into one line + exit code.
 
-Components come from the composition root (`regagent.app.build`); exit codes from the error
+Components come from the composition root (`regagent.app.build`), imported by the commands
+that talk to Consul: `discover` and `check-config` need none of it. Exit codes come from the error
 classes in `regagent.errors` (0 success or in sync, 1 runtime error, 2 invalid configuration or
 usage, and with `sync --dry-run --detailed-exitcode` also "there are changes to make").
 """
@@ -11,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Optional, Sequence, TextIO
 
@@ -19,11 +19,10 @@ import structlog
 import yaml
 
 from regagent import __version__
-from regagent.app import build
 from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
 from regagent.config import resolve_config_path as _resolve_path
 from regagent.config.show import MASK, effective_config
-from regagent.discovery.runner import DiscoveryRunner
+from regagent.discovery.service import Discovery
 from regagent.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -32,7 +31,7 @@ from regagent.errors import (
     RegagentError,
     UsageError,
 )
-from regagent.identity import Writer
+from regagent.identity import NodeIdentity, Writer
 from regagent.logs import configure_logging
 from regagent.stderr_guard import install as install_stderr_guard
 
@@ -145,6 +144,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
 
 
 def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
     from regagent.render.sync import cycle_json, cycle_text
 
     report = build(config, writer=_writer(args)).engine.cycle(dry_run=args.dry_run)
@@ -161,39 +161,41 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    app = build(config, writer=_writer(args))
+    # Only what discover uses: the identity (for the node address) and discovery; no Consul
+    # client, nor the modules one needs.
+    identity = NodeIdentity(config.node, state_dir=config.sync.state_dir, writer=_writer(args))
+    discovery = Discovery(config)
     try:
-        address = app.identity.address(config.consul.servers[0], keep=False)
+        address = identity.address(config.consul.servers[0], keep=False)
     except RegagentError as exc:  # discover needs no Consul: say so, and carry on
         print(f"regagent: {exc}; showing addresses as 127.0.0.1", file=sys.stderr)
         address = "127.0.0.1"
-    return discover_command(config, address, args.format, out, runner=app.discovery)
+    return discover_command(address, args.format, out, discovery=discovery)
 
 
 def discover_command(
-    config: Config,
     node_address: str,
     fmt: str,
     out: TextIO,
     *,
-    runner: DiscoveryRunner,
+    discovery: Discovery,
     now: Optional[float] = None,
 ) -> int:
     """Prints the discovery report as `text` or `json`; 1 when listeners could not be read.
     The state file is read (vanished exporters still kept are shown) but never written."""
     from regagent.render.discover import report_json, report_text
 
-    moment = time.time() if now is None else now
-    result, desired = runner.run(config, node_address, moment, persist=False)
+    result, wanted = discovery.examine(node_address, now)
     if fmt == "json":
-        out.write(json.dumps(report_json(node_address, result, desired), indent=2) + "\n")
+        out.write(json.dumps(report_json(node_address, result, wanted), indent=2) + "\n")
     else:
-        out.write("".join(line + "\n" for line in report_text(node_address, result, desired)))
+        out.write("".join(line + "\n" for line in report_text(node_address, result, wanted)))
     incomplete = result is not None and not result.complete
     return RegagentError.exit_code if incomplete else EXIT_OK
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
     from regagent.render.status import status_report, status_text
 
     app = build(config, writer=_writer(args))
@@ -211,6 +213,8 @@ def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
+
     app = build(config, writer=_writer(args))
     node = app.identity.name
     if not args.yes:
@@ -225,7 +229,7 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
             return EXIT_OK
     removed = app.engine.deregister_owned()
     if not app.identity.beside_daemon():  # the running daemon owns the state directory
-        app.discovery.forget(config, removed)  # deregistered stays deregistered
+        app.discovery.forget(removed)  # deregistered stays deregistered
     for item in removed:
         out.write(f"- deregistered {item}\n")
     if not removed:
@@ -234,7 +238,7 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
 
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.app import daemon
+    from regagent.app import build, daemon
 
     def reconfigure_logging(new: Config) -> None:  # --log-level keeps winning after a reload
         configure_logging(args.log_level or new.log.level, new.log.format)

@@ -30,6 +30,7 @@ from prometheus_client.exposition import generate_latest
 
 from regagent import __version__
 from regagent.errors import ConsulRefused, ConsulUnreachable, CycleDeadline, NoClusterLeader
+from regagent.model import Source
 from regagent.report import CycleReport
 
 # Request outcomes, as the pool reports them.
@@ -200,10 +201,9 @@ class Metrics:
                 for server in self._servers:
                     self.current.labels(server).set(1 if server == report.server else 0)
         if report.desired is not None:
-            by_source: Dict[str, int] = {"static": 0, "discovery": 0, "self": 0}
+            by_source = dict.fromkeys(Source, 0)
             for service in report.desired.services:
-                source = report.sources.get(service.id, "static")
-                by_source[source] = by_source.get(source, 0) + 1
+                by_source[report.sources.get(service.id, Source.STATIC)] += 1
             for source, count in by_source.items():
                 self.services.labels(source).set(count)
             by_status: Dict[str, int] = {"passing": 0, "warning": 0, "critical": 0}

@@ -16,7 +16,7 @@ another process (a one-shot command beside the daemon) never loses its file mid-
 
 Problems are logged once per instance of `Warnings` (each (event, path, error) once): a broken
 state directory stays broken for every 30 s cycle. No module-level state: the owner of a
-`Warnings` (the discovery runner, the node identity) decides how long "once" lasts.
+`Warnings` (discovery, the node identity) decides how long "once" lasts.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from regagent.discovery.exporters import ExporterSpec, ExporterTable, load_expor
 from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
-from regagent.rules import printable_text
+from regagent.rules import exporter_text, printable_text
 
 log = structlog.get_logger(__name__)
 
@@ -95,11 +95,14 @@ class Finding:
 
 @dataclass(frozen=True)
 class DiscoveryResult:
-    """Everything one discovery pass saw; `complete` is false when listeners could not be read."""
+    """Everything one discovery pass saw; `complete` is false when listeners could not be read.
+    `fresh`: the ports whose identification is new in this pass (probed now rather than
+    answered from a cache, or identified in the background since the last pass)."""
 
     findings: Tuple[Finding, ...] = ()
     complete: bool = True
     error: str = ""
+    fresh: FrozenSet[int] = frozenset()
 
     @property
     def exporters(self) -> Tuple[Finding, ...]:
@@ -116,18 +119,45 @@ def discover(
     known_ports: Collection[int] = (),
     deferred: Optional[Deferred] = None,
 ) -> DiscoveryResult:
-    """Lists listeners, picks candidates, probes them concurrently (bounded), identifies them.
+    """Lists listeners, then `discover_among` them."""
+    try:
+        listeners = list_listeners()
+    except OSError as exc:
+        return unreadable(exc)
+    return discover_among(
+        listeners,
+        config,
+        table=table,
+        resolver=resolver,
+        prober=prober,
+        known_ports=known_ports,
+        deferred=deferred,
+    )
+
+
+def unreadable(exc: OSError) -> DiscoveryResult:
+    """The result of a pass that could not list the listeners (said at error level)."""
+    log.error("listener_discovery_failed", error=str(exc))
+    return DiscoveryResult((), complete=False, error=str(exc))
+
+
+def discover_among(
+    listeners: Sequence[Listener],
+    config: Config,
+    *,
+    table: Optional[ExporterTable] = None,
+    resolver: Optional[ProcessResolver] = None,
+    prober: Prober = probe_metrics,
+    known_ports: Collection[int] = (),
+    deferred: Optional[Deferred] = None,
+) -> DiscoveryResult:
+    """Picks candidates among `listeners`, probes them concurrently (bounded), identifies them.
 
     With `deferred`, only candidates on `known_ports` (the ports of services discovery keeps:
     their probe is their health check) are probed here; the others are unconfirmed and go to
     `deferred`, which probes them outside the pass (design decision 15)."""
     table = table or load_exporter_table()
     resolver = resolver or ProcessResolver()
-    try:
-        listeners = list_listeners()
-    except OSError as exc:
-        log.error("listener_discovery_failed", error=str(exc))
-        return DiscoveryResult((), complete=False, error=str(exc))
     groups = group_by_port(listeners)
     wanted = [
         lst
@@ -358,14 +388,6 @@ def identify(
         metrics_path=path,
         scheme=result.scheme,
     )
-
-
-def exporter_text(text: Optional[str]) -> Optional[str]:
-    """Text an exporter chose (its version label), safe for Meta, check Output and a terminal:
-    printable, within Consul's Meta value limit; None when nothing printable is left."""
-    if text is None:
-        return None
-    return printable_text(text) or None
 
 
 def _matched(spec: ExporterSpec, names: FrozenSet[str]) -> str:

@@ -1,10 +1,12 @@
-"""Desired services: discovered exporters, static services from config, `defaults`, and
-regagent's own endpoint.
+"""Service intents, pure: configured services (`static_intent`), discovered exporters present
+(`discovered_intent`) or vanished but kept (`vanished_intent`), and regagent's own endpoint
+(`self_intent`), with `defaults` applied.
 
 `build_intents` is pure: the same config, node address, discovery result, clock reading and
-previous discovery state always give the same intents and the same new state. Everything that
-reads sockets or files lives in `regagent.discovery`; `regagent.discovery.runner.DiscoveryRunner`
-is the thin shell the sync engine calls each cycle.
+previous discovery state always give the same intents and the same new state. What reads
+sockets or files is elsewhere: `regagent.discovery.sensor` senses the host, and
+`regagent.discovery.service.Discovery`, the engine's intent source, reads and writes the state
+file around this module.
 
 Rules (design decisions 3, 4 and 9):
 - Service ID `<name>-<port>` (static services may set their own `id`).
@@ -40,24 +42,21 @@ from regagent.discovery.identify import (
     WILDCARD,
     DiscoveryResult,
     Finding,
-    exporter_text,
 )
 from regagent.discovery.probe import url_host
 from regagent.discovery.seen import SeenService, format_time, parse_time
 from regagent.model import (
     CRITICAL,
     PASSING,
-    SOURCE_DISCOVERY,
-    SOURCE_SELF,
-    SOURCE_STATIC,
     ActualState,
     CheckState,
     HealthProbe,
     ServiceIntent,
     ServiceRegistration,
+    Source,
     canonical_service,
 )
-from regagent.rules import service_id, split_hostport
+from regagent.rules import exporter_text, service_id, split_hostport
 
 LOOPBACK_REASON = "listens on loopback only"
 HELD_BACK_REASON = "held back"
@@ -82,8 +81,9 @@ class Skipped:
 
 
 @dataclass(frozen=True)
-class DesiredServices:
-    """The intents, the discovery state to persist, and what was left out."""
+class IntentSet:
+    """What one pass wants registered (its intents), the discovery state to persist, and what
+    was left out and why. Not a `DesiredState`: the checks are not run yet."""
 
     intents: Tuple[ServiceIntent, ...]
     seen: Mapping[str, SeenService] = field(default_factory=dict)
@@ -91,7 +91,7 @@ class DesiredServices:
     expired: Tuple[str, ...] = ()  # service IDs dropped this time after deregister_after
     by_port: Mapping[int, str] = field(default_factory=dict)  # discovered port -> service ID
     # Seen before, still listening, but the probe failed now: critical here, and a candidate
-    # for the runner's flap protection (a vanished listener is not).
+    # for discovery's flap protection (a vanished listener is not).
     not_serving: Tuple[str, ...] = ()
 
 
@@ -104,7 +104,7 @@ def build_intents(
     previous: Optional[Mapping[str, SeenService]] = None,
     table: Optional[ExporterTable] = None,
     max_new: Optional[int] = None,
-) -> DesiredServices:
+) -> IntentSet:
     """Pure: static services plus discovered (present or vanished-but-kept) exporters.
 
     `discovery` None means discovery is disabled: only static services, state kept as it was.
@@ -116,7 +116,7 @@ def build_intents(
     static_ids = {intent.service.id for intent in statics}
     static_ports = {intent.service.port: intent.service.id for intent in statics}
     if discovery is None:
-        return DesiredServices(tuple(statics), previous)
+        return IntentSet(tuple(statics), previous)
     if not discovery.complete:
         # Listeners could not be read: nothing is known to have vanished. Keep what was seen,
         # and let a health probe decide its status instead of guessing.
@@ -125,7 +125,7 @@ def build_intents(
             for sid, entry in sorted(previous.items())
             if sid not in static_ids and entry.port not in static_ports
         ]
-        return DesiredServices(tuple(statics + kept), previous)
+        return IntentSet(tuple(statics + kept), previous)
 
     table = table or load_exporter_table()
     intents: List[ServiceIntent] = list(statics)
@@ -134,7 +134,7 @@ def build_intents(
     by_port: Dict[int, str] = {}
     new = 0
     for finding in discovery.exporters:
-        outcome = _discovered(finding, config, node_address, table)
+        outcome = discovered_intent(finding, config, node_address, table)
         if isinstance(outcome, str):
             skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, outcome))
             continue
@@ -186,10 +186,10 @@ def build_intents(
             expired.append(sid)
             continue
         seen[sid] = entry
-        intents.append(_vanished_intent(entry, entry.port in listening))
+        intents.append(vanished_intent(entry, entry.port in listening))
         if entry.port in listening:
             not_serving.append(sid)
-    return DesiredServices(
+    return IntentSet(
         tuple(intents), seen, tuple(skipped), tuple(expired), by_port, tuple(not_serving)
     )
 
@@ -213,7 +213,7 @@ def static_intent(svc: ServiceConfig, config: Config, node_address: str) -> Serv
             meta=meta,
         )
     )
-    return ServiceIntent(service, SOURCE_STATIC, probe=static_probe(svc, address))
+    return ServiceIntent(service, Source.STATIC, probe=static_probe(svc, address))
 
 
 def static_probe(svc: ServiceConfig, address: str) -> Optional[HealthProbe]:
@@ -259,7 +259,16 @@ def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
     # Known passing while the process runs: its check is the agent being alive, and Prometheus
     # scraping it says the rest (no probe of ourselves each cycle).
     status = (PASSING, f"regagent {__version__} serving /metrics on :{port}")
-    return ServiceIntent(service, SOURCE_SELF, status=status)
+    return ServiceIntent(service, Source.SELF, status=status)
+
+
+def with_self(wanted: IntentSet, config: Config, node_address: str) -> IntentSet:
+    """`wanted` plus regagent's own endpoint (`self_intent`), unless a configured service
+    already has its ID."""
+    own = self_intent(config, node_address)
+    if own is None or any(i.service.id == own.service.id for i in wanted.intents):
+        return wanted
+    return replace(wanted, intents=(*wanted.intents, own))
 
 
 def _is_loopback(address: str) -> bool:
@@ -289,10 +298,11 @@ def _ignored(overrides: Tuple[ExporterOverride, ...], exporter: Optional[str], p
     return any(o.ignore for o in matching_overrides(overrides, exporter, port))
 
 
-def _discovered(
+def discovered_intent(
     finding: Finding, config: Config, node_address: str, table: ExporterTable
 ) -> Union[ServiceIntent, str]:
-    """The intent for a present exporter, or the reason it is not registered."""
+    """A present exporter's intent (passing, as its probe just said), or the reason it is not
+    registered."""
     settings = config.discovery
     if finding.outcome != IDENTIFIED:
         if not settings.register_unknown:
@@ -341,7 +351,7 @@ def _discovered(
     url = f"{finding.scheme}://{url_host(address)}:{finding.port}{finding.metrics_path}"
     probe = HealthProbe("http", url, settings.probe_timeout)
     return ServiceIntent(
-        service, SOURCE_DISCOVERY, probe=probe, status=(PASSING, _ok_text(finding))
+        service, Source.DISCOVERY, probe=probe, status=(PASSING, _ok_text(finding))
     )
 
 
@@ -359,10 +369,11 @@ def _ok_text(finding: Finding) -> str:
     return f"{what}{version} serving {finding.metrics_path} on :{finding.port}"
 
 
-def _vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
+def vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
+    """A kept exporter that no longer serves metrics: critical, registered as it was."""
     what = "not serving metrics" if still_listening else "not listening"
     output = f"{what} on :{entry.port} since {format_time(entry.last_seen)}"
-    return ServiceIntent(_registration(entry), SOURCE_DISCOVERY, status=(CRITICAL, output))
+    return ServiceIntent(_registration(entry), Source.DISCOVERY, status=(CRITICAL, output))
 
 
 def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
@@ -370,7 +381,7 @@ def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
     path = entry.meta.get("metrics_path", "/metrics")
     url = f"{scheme}://{url_host(entry.address)}:{entry.port}{path}"
     probe = HealthProbe("http", url, config.discovery.probe_timeout)
-    return ServiceIntent(_registration(entry), SOURCE_DISCOVERY, probe=probe)
+    return ServiceIntent(_registration(entry), Source.DISCOVERY, probe=probe)
 
 
 def _registration(entry: SeenService) -> ServiceRegistration:

@@ -94,7 +94,7 @@ class _Socket:
 
 
 class UnconfirmedProbes:
-    """The background identification of unconfirmed listeners for one process (one runner)."""
+    """The background identification of unconfirmed listeners for one process (one sensor)."""
 
     def __init__(
         self,

@@ -9,12 +9,15 @@ from __future__ import annotations
 import http.client
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List
+from types import TracebackType
+from typing import Dict, List, Optional, Type
 
 from regagent.health.http import GetFailed, bounded_get, describe_error
 from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe, Result
+from regagent.threads import signals_blocked
 
 USER_AGENT = "regagent-check"
+WORKERS = 8  # checks run at once, so one slow service does not delay the others by its timeout
 _CHECK_BODY_BYTES = 0  # the check judges the status line only, as Consul's HTTP check does
 
 
@@ -47,10 +50,43 @@ def run_probe(probe: HealthProbe) -> Result:
     return tcp_check(probe.target, probe.timeout)
 
 
-def run_probes(probes: List[HealthProbe], workers: int = 8) -> Dict[HealthProbe, Result]:
-    """All probes concurrently, so one slow service does not delay the cycle by its timeout each."""
-    unique = list(dict.fromkeys(probes))
-    if not unique:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(workers, len(unique))) as executor:
-        return dict(zip(unique, executor.map(run_probe, unique)))
+class ProbePool:
+    """Runs the probes of a cycle concurrently, on threads kept for the next cycle: starting
+    eight threads every cycle cost more CPU than the checks themselves (bench/footprint.py).
+    The threads start lazily, on the first probes, without the daemon's signals, which stay
+    with the main thread (`regagent.threads`)."""
+
+    def __init__(self, workers: int = WORKERS) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="regagent-check"
+        )
+
+    def __call__(self, probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
+        """Each distinct probe's result (a probe shared by two services runs once)."""
+        unique = list(dict.fromkeys(probes))
+        if not unique:
+            return {}
+        with signals_blocked():  # threads are started on the submits
+            futures = [self._executor.submit(run_probe, probe) for probe in unique]
+        return {probe: future.result() for probe, future in zip(unique, futures)}
+
+    def close(self) -> None:
+        """Ends the threads once their probes are done."""
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> ProbePool:
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+def run_probes(probes: List[HealthProbe], workers: int = WORKERS) -> Dict[HealthProbe, Result]:
+    """All probes concurrently, once, on threads of their own that end with the call."""
+    with ProbePool(max(1, min(workers, len(set(probes))))) as pool:
+        return pool(probes)
