@@ -116,12 +116,11 @@ def build(kind: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def deb() -> Path:
-    """`packaging/build deb`, once per module: dist/regagent_<version>_all.deb."""
+def deb(deb_package: Path) -> Path:
+    """`packaging/build deb` (once per session, conftest): dist/regagent_<version>_all.deb."""
     require_root()
-    build("deb")
     path = DIST / f"regagent_{version()}_all.deb"
-    assert path.is_file(), f"packaging/build deb did not write {path}"
+    assert deb_package == path, f"packaging/build deb wrote {deb_package}, not {path}"
     return path
 
 
