@@ -281,7 +281,9 @@ class SystemdBox:
                 if state in ("running", "degraded"):
                     return
             time.sleep(0.2)
-        raise BoxError(f"the container did not boot within {self.boot_timeout}s ({state!r})")
+        raise BoxError(
+            f"the container did not boot within {self.boot_timeout}s ({state!r}): {self.log()}"
+        )
 
     def _configure_network(self) -> None:
         veth = f"ve-{self.name}"
