@@ -342,7 +342,10 @@ class SystemdBox:
         all but the network one: the container's files and systemd, the host's routes)."""
         if not self.init_pid:
             raise BoxError("the container is not running")
-        spaces = ["-m", "-u", "-i", "-p", "-C", "-r", "-w"] if host_network else ["-a"]
+        # -r -w: the init's own root, not its mount namespace's. They differ where nspawn itself
+        # ran in a chroot (a CI chroot such as fresh-ci): there the namespace's root is the host's.
+        spaces = ["-m", "-u", "-i", "-p", "-C"] if host_network else ["-a"]
+        spaces += ["-r", "-w"]
         return _run(
             ["nsenter", "-t", str(self.init_pid), *spaces, "--", *args],
             timeout=timeout,
