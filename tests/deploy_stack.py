@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -149,23 +150,36 @@ def flag_value(default_file: Path, flag: str) -> str:
     return match.group(1).rstrip('"')
 
 
-def nginx_test_config(directory: Path, relays: Tuple[str, str], listen: str) -> Path:
-    """A full nginx.conf around the shipped server block, with everything under `directory`.
+RELAY_ADDRESSES = ("192.0.2.31:8060", "192.0.2.32:8060")  # the shipped upstream's placeholders
 
-    The shipped file is an `http`-context snippet for /etc/nginx/conf.d/; nginx -t and a test
-    nginx need a main file, and must not touch /var/log/nginx or /run as an unprivileged user.
+
+def nginx_test_config(directory: Path, relays: Tuple[str, str], listen: str) -> Path:
+    """The shipped server block pointed at test relays and a test port, all under `directory`.
+
+    A test nginx must not touch /var/log/nginx or /run; the relays' placeholder addresses
+    become the test's relays.
     """
     directory.mkdir(parents=True, exist_ok=True)
     text = replace_hosts(
         NGINX.read_text(),
         {
-            "relay-1.example.org:8060": relays[0],
-            "relay-2.example.org:8060": relays[1],
+            RELAY_ADDRESSES[0]: relays[0],
+            RELAY_ADDRESSES[1]: relays[1],
             "listen 127.0.0.1:8080;": f"listen {listen};",
             "/var/log/nginx/": f"{directory}/",
         },
     )
     (directory / "alert-relays.conf").write_text(text)
+    return nginx_main(directory, directory / "alert-relays.conf")
+
+
+def nginx_main(directory: Path, snippet: Path) -> Path:
+    """A main nginx.conf under `directory` whose `http` block includes `snippet`.
+
+    The shipped file is an `http`-context snippet for /etc/nginx/conf.d/; nginx -t and a test
+    nginx need a main file. Its own pid, logs and temp paths stay under `directory`.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
     temp = "\n".join(
         f"  {kind}_temp_path {directory / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -180,7 +194,7 @@ def nginx_test_config(directory: Path, relays: Tuple[str, str], listen: str) -> 
         "http {\n"
         f"  access_log {directory / 'access.log'};\n"
         f"{temp}\n"
-        f"  include {directory / 'alert-relays.conf'};\n"
+        f"  include {snippet};\n"
         "}\n"
     )
     return main
@@ -211,6 +225,12 @@ class Post:
     receiver: str
     path: str
     body: Dict[str, Any]
+    at: float  # time.time() when the relay received it
+
+    @property
+    def sender(self) -> str:
+        """The Alertmanager that sent it (its --web.external-url, which every webhook carries)."""
+        return str(self.body.get("externalURL", "?"))
 
     def alerts(self, status: str, **labels: str) -> List[Dict[str, Any]]:
         """The alerts of this notification in `status` whose labels include `labels`."""
@@ -228,7 +248,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         relay: Relay = self.server.relay  # type: ignore[attr-defined]
         with relay.lock:
-            relay.posts.append(Post(relay.name, self.path, body))
+            relay.posts.append(Post(relay.name, self.path, body, time.time()))
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -310,6 +330,28 @@ def cluster_peers(api: str) -> List[Dict[str, Any]]:
     """The members an Alertmanager sees in its cluster (itself included)."""
     peers: List[Dict[str, Any]] = http_json(f"{api}/api/v2/status")["cluster"].get("peers") or []
     return peers
+
+
+def groups_holding(api: str, alertname: str) -> int:
+    """How many alert groups of an Alertmanager may hold `alertname`, resolved copies included.
+
+    The API lists only groups with unresolved alerts, while a group lives until its resolved
+    alerts are flushed and the dispatcher's cleanup (every 30s) drops it empty; the metric
+    `alertmanager_dispatcher_aggregation_groups` counts every group. Groups by alert name, as
+    the shipped route is: all groups minus those the API shows holding other alerts. (The API
+    is read first: a group dropped between the two reads then errs on the side of "held".)
+    """
+    others = [
+        group
+        for group in http_json(f"{api}/api/v2/alerts/groups")
+        if all(a["labels"].get("alertname") != alertname for a in group["alerts"])
+    ]
+    with urllib.request.urlopen(f"{api}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    match = re.search(r"^alertmanager_dispatcher_aggregation_groups (\S+)$", text, re.MULTILINE)
+    if match is None:
+        raise AssertionError(f"{api}/metrics has no alertmanager_dispatcher_aggregation_groups")
+    return int(float(match.group(1))) - len(others)
 
 
 def alertmanager_config(directory: Path, nginx: str, timing: Mapping[str, str]) -> Path:

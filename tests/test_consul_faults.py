@@ -292,3 +292,32 @@ def test_a_huge_hostile_refusal_is_one_short_line_in_every_error(
     assert "refused the request (403)" in text
     assert len(text) < 400
     assert "\n" not in text and "\x1b" not in text
+
+
+def test_an_unknown_datacenter_is_a_refusal_not_a_dead_cluster(
+    tmp_path: Path, consul_cluster: SimCluster
+) -> None:
+    """Consul answers `?dc=` naming a datacenter no server knows with 500 `No path to
+    datacenter` (the emulator too): every server would say the same, so it is reported as what
+    it is, once, and no server is cooled down."""
+    from regagent.daemon import status_text
+    from regagent.errors import ConsulRefused
+    from test_sync import regagent, static
+
+    path = write_config(
+        tmp_path, consul_cluster, [static("queue", 9000)], consul={"datacenter": "dc9"}
+    )
+    app = build(load_config(str(path)))
+    consul_cluster.reset_stats()
+    report = app.engine.cycle()
+    assert isinstance(report.error, ConsulRefused)
+    assert report.error.status == 500
+    assert "No path to datacenter" in str(report.error)
+    assert "'dc9'" in str(report.error) and "consul.datacenter" in str(report.error)
+    assert status_text(report, 3).startswith("Consul refused a request")
+    assert app.pool.wait_idle(10)
+    assert not any(s.cooling(time.monotonic()) for s in app.pool.servers)
+    assert consul_cluster.stats()["requests"] == 1
+    result = regagent(path, "sync")
+    assert result.returncode == 1
+    assert "No path to datacenter" in result.stderr and "reachable" not in result.stderr

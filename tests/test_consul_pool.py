@@ -1,6 +1,7 @@
 """The pool's choice of server, pinned on a fake clock and rng: the home server from the node
-name (a fleet spreads), latency demotion with hysteresis, 429 Retry-After, the first-sync jitter;
-and hedged reads against a black-holed emulator server (real sockets, no timing assertions)."""
+name (a fleet spreads), latency demotion with hysteresis, 429 Retry-After, the first-sync jitter,
+the early try once per cycle when every server is cooling down; hedged reads against a black-holed
+emulator server and a full outage of the emulator healed (real sockets, no timing assertions)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from regagent.consul.retry import (
     server_order,
     start_index,
 )
+from regagent.errors import ConsulUnreachable
+from regagent.model import ServiceIntent, ServiceRegistration
 from test_sync import NODE, write_config
 
 MIDDLE = 0.5
@@ -276,3 +279,109 @@ def test_a_slow_home_server_is_demoted_against_the_emulator(
         report = app.engine.cycle()
         assert report.error is None and report.server != consul_cluster.addresses[0]
     assert home.requests == asked  # asked last: not at all while the others answer
+
+
+# --- after a full outage -------------------------------------------------------------------------
+
+
+def test_with_every_server_cooling_down_a_cycle_still_asks_the_one_that_cools_first() -> None:
+    clock = FakeClock()
+    asked: List[str] = []
+    dead = set(SERVERS)
+
+    def call(client: Timed) -> str:
+        asked.append(client.address)
+        if client.address in dead:
+            raise ServerBusy("unavailable (503 Service Unavailable)")
+        return client.address
+
+    readings = iter([0.9, 0.1, 0.5] + [MIDDLE] * 20)  # a:1 6 s, b:1 4 s, c:1 5 s
+    config = ConsulConfig(servers=SERVERS, cooldown_initial=5.0, cooldown_max=300.0)
+    pool = ServerPool(
+        config,
+        clock=clock,
+        client_factory=lambda address, *_: Timed(address, clock, {}),
+        rng=lambda: next(readings),
+    )
+    pool.place(NODE)
+    pool.new_cycle()
+    with pytest.raises(ConsulUnreachable):
+        pool.call("read", call)  # the outage: every server fails once and cools down
+    assert asked == ["a:1", "b:1", "c:1"]
+    clock.now += 1
+    asked.clear()
+    pool.new_cycle()
+    with pytest.raises(ConsulUnreachable, match="b:1: unavailable"):
+        pool.call("read", call)  # every server cooling down: the one that cools first is asked
+    assert asked == ["b:1"]
+    with pytest.raises(ConsulUnreachable, match="cooling down"):
+        pool.call("read", call)
+    assert asked == ["b:1"]  # once per cycle
+    pool.new_cycle()
+    with pytest.raises(ConsulUnreachable, match="c:1: unavailable"):
+        pool.call("read", call)
+    assert asked == ["b:1", "c:1"]  # b:1 cools longer now: c:1 ends first
+    dead.clear()  # the heal
+    pool.new_cycle()
+    assert pool.call("read", call) == "a:1"
+    assert pool.call("read", call) == "a:1"  # a:1 answered: it is usable again, and home
+    assert not pool.servers[0].cooling(clock.now)
+
+
+def test_without_early_tries_every_server_cooling_down_is_waited_out() -> None:
+    """The policy's knob, at 0: what the pool did before (bench/heal.py measures both)."""
+    clock = FakeClock()
+    config = ConsulConfig(servers=SERVERS[:1], cooldown_initial=5.0, cooldown_max=300.0)
+    pool = ServerPool(
+        config,
+        clock=clock,
+        client_factory=lambda address, *_: Timed(address, clock, {}),
+        policy=RetryPolicy(early_tries_per_cycle=0),
+        rng=lambda: MIDDLE,
+    )
+    calls: List[str] = []
+
+    def dead(client: Timed) -> str:
+        calls.append(client.address)
+        raise ServerBusy("unavailable (503 Service Unavailable)")
+
+    pool.new_cycle()
+    with pytest.raises(ConsulUnreachable):
+        pool.call("read", dead)
+    pool.new_cycle()
+    with pytest.raises(ConsulUnreachable, match="cooling down"):
+        pool.call("read", dead)
+    assert calls == ["a:1"]
+
+
+def test_a_cycle_after_every_server_was_down_and_healed_writes_at_once(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """Every emulator server stopped, then started again: the first cycle after the heal
+    reads and writes, although every server's cool-down (60 s and more) is far from over."""
+    from test_sync import _engine, node_services
+
+    config = write_config(
+        tmp_path, consul_cluster, [], consul={"cooldown_initial": "60s", "cooldown_max": "5m"}
+    )
+    queue = ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1")
+    app = _engine(config, [queue])
+    assert app.engine.cycle().error is None
+    for i in range(3):
+        consul_cluster.stop_server(i)
+    failed = app.engine.cycle()
+    assert isinstance(failed.error, ConsulUnreachable)
+    assert all(s.cooling(app.pool.clock()) for s in app.pool.servers)
+    again = app.engine.cycle()  # still down: one early try, refused, and the cycle ends
+    assert isinstance(again.error, ConsulUnreachable)
+    for i in range(3):
+        consul_cluster.start_server(i)
+    consul_cluster.wait_for_leader()
+    app.engine.intents = lambda *_: [
+        ServiceIntent(queue, "static"),
+        ServiceIntent(ServiceRegistration("cache-6379", "cache", 6379, "127.0.0.1"), "static"),
+    ]
+    healed = app.engine.cycle()
+    assert healed.error is None, healed.error
+    assert healed.writes_by_kind == {"register": 1}
+    assert set(node_services(consul_cluster)) == {"queue-9000", "cache-6379"}

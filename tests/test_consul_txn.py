@@ -16,6 +16,8 @@ from regagent.app import App, build
 from regagent.config import load_config
 from regagent.consul.catalog import plan_units
 from regagent.consul.txn import TXN_MAX_OPS, batches
+from regagent.errors import ConsulRefused
+from regagent.metrics import cycle_result
 from regagent.model import NodeRegistration, ServiceIntent, ServiceRegistration
 from regagent.plan import Plan, ServiceWrite
 from test_sync import NODE, node_services, regagent, static, write_config
@@ -110,8 +112,8 @@ def test_transactions_are_canonical_and_keep_a_service_with_its_check() -> None:
         for s in services(40)
     )
     plan = Plan(node=node, node_write=(), services=writes)
-    first = batches(plan_units(plan, "dc1", {}))
-    again = batches(plan_units(plan, "dc1", {}))
+    first = batches(plan_units(plan, "dc1"))
+    again = batches(plan_units(plan, "dc1"))
     assert [t.body for t in first] == [t.body for t in again]
     assert [len(t.ops) for t in first] == [63, 18]  # a service never leaves its check behind
     assert all(len(t.ops) <= TXN_MAX_OPS for t in first)
@@ -138,7 +140,7 @@ def test_a_renamed_service_is_deleted_and_recreated_not_renamed_under_its_id() -
     old = ServiceRegistration("web-80", "web", 80)
     new = ServiceRegistration("web-80", "www", 80)
     plan = Plan(node=node, services=(ServiceWrite(new, None, old, (("name", "web", "www"),)),))
-    ops = batches(plan_units(plan, None, {}))[0].ops
+    ops = batches(plan_units(plan, None))[0].ops
     assert [(next(iter(op)), op[next(iter(op))]["Verb"]) for op in ops] == [
         ("Service", "delete"),
         ("Service", "set"),
@@ -165,6 +167,32 @@ def test_a_409_names_the_failing_op_and_its_service_and_the_rest_is_written(
     assert report.writes == 1  # a-1
     assert set(node_services(consul_cluster, token="tok")) == {"a-1"}
     assert consul_cluster.stats()["endpoints"][TXN] == 2  # the refused one, then the rest
+
+
+@pytest.mark.parametrize("txn", [True, False])
+def test_several_refused_writes_are_reported_as_a_refusal(
+    consul_cluster: SimCluster, tmp_path: Path, txn: bool
+) -> None:
+    """Two transactions (70 services) each with one service the token may not write, or three
+    single writes of which two are refused: one error, a refusal like its parts, so metrics
+    count the cycle as `refused` and not as a generic `error`."""
+    some_denied = {
+        "AccessorID": "5d0c6b3e-0000-4000-8000-000000000004",
+        "node_prefix": {"": "write"},
+        "service_prefix": {"": "write"},
+        "service": {"svc3": "deny", "svc40": "deny"} if txn else {"b": "deny", "c": "deny"},
+    }
+    consul_cluster.set_acl({"default_policy": "deny", "tokens": {"tok": some_denied}})
+    consul_cluster.set_txn(txn)
+    wanted = services(70) if txn else [ServiceRegistration(f"{n}-1", n, 1) for n in "abc"]
+    report = app_for(consul_cluster, tmp_path, wanted, token="tok").engine.cycle()
+    assert isinstance(report.error, ConsulRefused), repr(report.error)
+    text = str(report.error)
+    assert text.startswith("2 writes failed; first:" if txn else "2 of 3 writes failed; first:")
+    assert "service svc3-9003" in text if txn else 'on "b"' in text
+    assert report.writes == len(wanted) - 2
+    assert cycle_result(report) == "refused"
+    assert report.error.exit_code == ConsulRefused.exit_code
 
 
 @pytest.mark.parametrize("status", [404, 405, 403])

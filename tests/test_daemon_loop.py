@@ -204,3 +204,20 @@ def test_the_first_sync_waits_a_random_part_of_the_jitter() -> None:
     assert daemon.run(max_cycles=1) == 0
     assert waits[0] == 1.0  # half the 2 s jitter (rng 0.5), before the first cycle
     assert engine.cycles == 1
+
+
+def test_a_bug_that_crashes_every_cycle_logs_its_traceback_once_per_ten_minutes() -> None:
+    from structlog.testing import capture_logs
+
+    class Crashing(FakeEngine):
+        def cycle(self) -> CycleReport:
+            raise KeyError("a bug")
+
+    clock = FakeClock()
+    daemon = Daemon(loop_of(Crashing("bug")), notifier=Recorder(), clock=clock)
+    with capture_logs() as logs:
+        for _ in range(40):  # 20 minutes of cycles every 30 s
+            assert "internal error" in str(daemon.cycle().error)
+            clock.now += 30
+    crashes = [e for e in logs if e["event"] == "sync_cycle_crashed"]
+    assert [c["suppressed"] for c in crashes] == [0, 19]

@@ -9,6 +9,10 @@ escalates, dedup interval = scrape interval) are checked here too, so a drift fa
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+import shutil
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -38,6 +42,7 @@ from deploy_stack import (
     flag_value,
     load_yaml,
     nginx_command,
+    nginx_main,
     nginx_test_config,
     rewrite_credentials,
     scrape_part_for_vmagent,
@@ -45,6 +50,7 @@ from deploy_stack import (
 )
 from test_consulsim_vmagent import VMAGENT
 
+UNSHARE = shutil.which("unshare")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian prometheus) missing")
 
 
@@ -238,6 +244,76 @@ def test_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
         line for line in text.splitlines() if line.strip().startswith("proxy_next_upstream ")
     )
     assert "non_idempotent" in next_upstream and "error" in next_upstream
+
+
+def private_namespaces() -> bool:
+    """True where this process may make a mount and a network namespace of its own (root)."""
+    if UNSHARE is None or os.geteuid() != 0:
+        return False
+    probe = run([UNSHARE, "--mount", "--net", "true"])
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(NGINX_BIN is None, reason="nginx missing")
+@pytest.mark.skipif(
+    not private_namespaces(),
+    reason="needs root and unshare (util-linux) for a private mount and network namespace",
+)
+def test_shipped_nginx_file_passes_nginx_t_unchanged(tmp_path: Path) -> None:
+    """`nginx -t` on deploy/nginx/alert-relays.conf as shipped, included from where it lies.
+
+    nginx resolves an upstream's host names once, at start, and one that does not resolve
+    stops nginx from starting: the whole alert path. The check runs in a network namespace of
+    its own, with no network and so no DNS, where any name would fail; and in a mount namespace
+    whose fresh /var/log takes the shipped log files, so the host's /var/log/nginx is untouched.
+    """
+    main = nginx_main(tmp_path, NGINX)
+    checked = run(
+        [
+            str(UNSHARE),
+            "--mount",
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            'mount -t tmpfs tmpfs /var/log && mkdir /var/log/nginx && exec "$@"',
+            "nginx-t",
+            *nginx_command(main, "-t"),
+        ]
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "test is successful" in checked.stderr
+    # and the reason it passes: every relay is an address (a placeholder to replace)
+    servers = re.findall(r"^\s*server\s+(\S+):\d+\s", NGINX.read_text(), re.MULTILINE)
+    assert len(servers) == 2
+    for host in servers:
+        assert ipaddress.ip_address(host) in ipaddress.ip_network("192.0.2.0/24"), host
+
+
+def nginx_directive(name: str) -> str:
+    """The value of a directive that occurs once in the shipped nginx file."""
+    values = re.findall(rf"^\s*{re.escape(name)}\s+([^;]+);", NGINX.read_text(), re.MULTILINE)
+    assert len(values) == 1, (name, values)
+    return str(values[0])
+
+
+def test_nginx_gives_up_before_the_second_alertmanager_stops_waiting() -> None:
+    """nginx's timeouts for one notification, all tries together, fit in --cluster.peer-timeout.
+
+    The second Alertmanager sends unless the first one's notification is in the gossiped log
+    when its peer timeout is over, and the first logs it only once nginx has answered: a
+    notification still being tried through nginx then would be sent by both members.
+    """
+    per_try = sum(
+        duration_seconds(nginx_directive(f"proxy_{kind}_timeout"))
+        for kind in ("connect", "send", "read")
+    )
+    tries = int(nginx_directive("proxy_next_upstream_tries"))
+    all_tries = duration_seconds(nginx_directive("proxy_next_upstream_timeout"))
+    for path in ALERTMANAGER_DEFAULTS:
+        peer_timeout = duration_seconds(flag_value(path, "cluster.peer-timeout"))
+        assert tries * per_try < peer_timeout, (path, tries, per_try)
+        assert all_tries < peer_timeout, path
 
 
 @pytest.mark.skipif(DOT is None, reason="graphviz (dot) missing")

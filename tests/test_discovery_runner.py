@@ -22,6 +22,7 @@ from regagent.discovery.processes import ProcessInfo, ProcessResolver
 from regagent.discovery.runner import DiscoveryRunner
 from regagent.discovery.seen import SeenService, format_time
 from regagent.model import CRITICAL, PASSING, ActualState, ServiceIntent, ServiceRegistration
+from regagent.statedir import Warnings
 
 NODE = "192.0.2.10"
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -142,9 +143,11 @@ def test_state_file_is_rewritten_on_change_not_every_cycle(
     saves: List[float] = []
     real_save = runner_module.save_state
 
-    def counting_save(path: str, entries: Mapping[str, SeenService]) -> bool:
+    def counting_save(
+        path: str, entries: Mapping[str, SeenService], warnings: Optional[Warnings] = None
+    ) -> bool:
         saves.append(entries[SID].last_seen)
-        return real_save(path, entries)
+        return real_save(path, entries, warnings)
 
     monkeypatch.setattr(runner_module, "save_state", counting_save)
     config = config_for(tmp_path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import random
 import shutil
 import stat
 import subprocess
@@ -38,6 +39,7 @@ from regagent.discovery.seen import (
     save_state,
     state_path,
 )
+from regagent.statedir import Warnings
 from test_discovery_intents import finding
 from test_discovery_runner import NODE, PORT, SID, FakeHost, runner_for
 
@@ -100,10 +102,11 @@ def test_directory_writable_by_others_is_neither_read_nor_written(
     before = path.read_bytes()
     state_dir.chmod(mode)
 
+    warnings = Warnings()  # one runner's, for its life
     with capture_logs() as logs:
-        assert load_state(str(path)) == {}
-        assert load_state(str(path)) == {}  # warned once, not every cycle
-        assert not save_state(str(path), {})
+        assert load_state(str(path), warnings) == {}
+        assert load_state(str(path), warnings) == {}  # warned once, not every cycle
+        assert not save_state(str(path), {}, warnings)
 
     assert events(logs) == ["warning:discovery_state_untrusted"]
     assert f"run: chmod go-w {state_dir}" in logs[0]["error"]
@@ -268,9 +271,10 @@ def test_odd_file_is_corrupt_at_once_and_replaced(
     path = state_dir / "discovered.json"
 
     started = time.monotonic()
+    warnings = Warnings()
     with capture_logs() as logs:
-        assert load_state(str(path)) == {}
-        assert load_state(str(path)) == {}
+        assert load_state(str(path), warnings) == {}
+        assert load_state(str(path), warnings) == {}
     elapsed = time.monotonic() - started
 
     assert elapsed < 5  # a FIFO used to block here forever
@@ -398,3 +402,56 @@ def test_fifo_does_not_hang_the_real_command(state_dir: Path, tmp_path: Path) ->
 
     assert "Traceback" not in result.stderr
     assert result.returncode in (0, 1), result.stderr  # 1: no Consul server on port 1
+
+
+# -- leftovers of a writer killed mid-save ------------------------------------------------------
+
+SAVER = """
+import sys
+from regagent.discovery.seen import save_state
+from test_hardening_state import good_entry
+entries = {f"node-exporter-{p}": good_entry(f"node-exporter-{p}") for p in range(9100, 9400)}
+print("saving", flush=True)
+while True:
+    save_state(sys.argv[1], entries)
+"""
+
+
+def test_temporaries_left_by_a_kill_during_a_save_are_removed_by_a_later_save(
+    state_dir: Path,
+) -> None:
+    path = state_dir / "discovered.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for _ in range(100):  # until a kill lands between the temporary's creation and its rename
+        saver = subprocess.Popen(
+            [sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, env=env, text=True
+        )
+        try:
+            assert saver.stdout is not None and saver.stdout.readline() == "saving\n"
+            time.sleep(random.uniform(0.01, 0.05))
+        finally:
+            saver.kill()  # SIGKILL: no cleanup handler runs
+            saver.wait(timeout=10)
+        if list(state_dir.glob(".discovered.*.tmp")):
+            break
+    leftovers = sorted(p.name for p in state_dir.glob(".discovered.*.tmp"))
+    assert leftovers, "no kill landed mid-save in 100 tries"
+    assert list(load_state(str(path))) != []  # the file itself stayed whole
+
+    # Someone else's file of the same shape is never touched (a link, another name).
+    decoy = state_dir / ".discovered.decoy.tmp"
+    decoy.symlink_to(path)
+    assert save_state(str(path), {SID: good_entry()})  # a writer in flight may own a young one
+    assert sorted(p.name for p in state_dir.glob(".discovered.*.tmp")) == sorted(
+        [*leftovers, decoy.name]
+    )
+
+    old = time.time() - 120  # the daemon saves again later (on change, or every 10 minutes)
+    for name in leftovers:
+        os.utime(state_dir / name, (old, old))
+    with capture_logs() as logs:
+        assert save_state(str(path), {SID: good_entry()})
+
+    assert sorted(p.name for p in state_dir.glob(".discovered.*.tmp")) == [decoy.name]
+    assert [e["event"] for e in logs] == ["state_leftovers_removed"]
+    assert list(load_state(str(path))) == [SID]

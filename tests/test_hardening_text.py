@@ -108,3 +108,75 @@ def test_real_exporter_with_a_hostile_version_is_registered_clean(
     assert len(version.encode()) <= META_VALUE_MAX
     assert all(c.isprintable() for c in version)
     assert intent.status is not None and "\x1b" not in intent.status[1]
+
+
+# -- configured text: the same printable rule, refused at check-config -------------------------
+
+HOSTILE_CONFIG_TEXT = {
+    "nul": "a\\0b",
+    "escape": "\\e[2Jwiped",
+    "bidi-override": "evil\\u202etxt.exe",
+    "zero-width-space": "node\\u200bexporter",
+    "line-break": "two\\nlines",
+}
+
+
+@pytest.mark.parametrize("text", list(HOSTILE_CONFIG_TEXT.values()), ids=list(HOSTILE_CONFIG_TEXT))
+@pytest.mark.parametrize(
+    ("where", "section"),
+    [
+        ("services[0].tags[0]", 'services: [{{name: web, port: 8080, tags: ["{t}"]}}]'),
+        ("services[0].meta.team", 'services: [{{name: web, port: 8080, meta: {{team: "{t}"}}}}]'),
+        ("services[0].id", 'services: [{{name: web, port: 8080, id: "{t}"}}]'),
+        ("defaults.tags[0]", 'defaults: {{tags: ["{t}"]}}'),
+        ("defaults.meta.team", 'defaults: {{meta: {{team: "{t}"}}}}'),
+        ("node.meta.rack", 'node: {{meta: {{rack: "{t}"}}}}'),
+        (
+            "discovery.overrides[0].tags[0]",
+            'discovery: {{overrides: [{{port: 9100, tags: ["{t}"]}}]}}',
+        ),
+    ],
+)
+def test_configured_text_that_would_reach_consul_must_be_printable(
+    tmp_path: Path, text: str, where: str, section: str
+) -> None:
+    config = tmp_path / "regagent.yaml"
+    config.write_text(section.format(t=text) + "\n")
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", str(config), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert checked.returncode == 2, checked.stdout
+    assert f"{where}: contains U+" in checked.stderr
+    assert "only printable characters are allowed" in checked.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["bad node/../x?y", "a_b", "-lead", "trail-", "x" * 64, "web01..example", ""]
+)
+def test_node_name_follows_consuls_rule(tmp_path: Path, name: str) -> None:
+    config = tmp_path / "regagent.yaml"
+    config.write_text(f"node: {{name: {name!r}}}\n")
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", str(config), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert checked.returncode == 2
+    assert "node.name:" in checked.stderr and "is not a valid node name" in checked.stderr
+
+
+@pytest.mark.parametrize("name", ["web01", "Web-01", "10-0-0-7", "web01.dc1.example.com", "x" * 63])
+def test_node_names_consul_accepts_are_accepted(name: str) -> None:
+    from regagent.rules import node_name_problem
+
+    assert node_name_problem(name) is None

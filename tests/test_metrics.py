@@ -1,20 +1,18 @@
-"""Self-metrics: values read from cycle reports and pool observations, and the bounded endpoint."""
+"""Self-metrics: values read from cycle reports and pool observations (the endpoint that serves
+them: test_metrics_endpoint.py)."""
 
 from __future__ import annotations
 
 import re
-import socket
-import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import regagent
-from regagent import metrics as metrics_module
 from regagent.errors import ConsulUnreachable, NoClusterLeader
-from regagent.metrics import Metrics, MetricsServer, cycle_result
+from regagent.metrics import Metrics, cycle_result
 from regagent.model import CheckState, DesiredState, NodeRegistration, ServiceRegistration
 from regagent.report import CycleReport
 
@@ -128,68 +126,3 @@ def test_every_served_family_is_documented_in_readme() -> None:
     documented = set(re.findall(r"`((?:regagent|process)_[a-z_]+)", README.read_text()))
     for name in served:
         assert any(doc == name or doc.startswith(name + "_") for doc in documented), name
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Tuple[Metrics, int]]:
-    metrics = Metrics()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = MetricsServer(metrics, f"127.0.0.1:{port}")
-    assert server.start()
-    try:
-        yield metrics, port
-    finally:
-        server.stop()
-
-
-def get(port: int, path: str = "/metrics") -> Tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-
-
-def test_endpoint_serves_metrics_and_only_metrics(endpoint: Tuple[Metrics, int]) -> None:
-    _, port = endpoint
-    status, body = get(port)
-    assert status == 200 and "regagent_build_info" in body
-    assert get(port, "/elsewhere")[0] == 404
-
-
-def test_endpoint_turns_away_scrapers_beyond_its_limit(
-    endpoint: Tuple[Metrics, int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, port = endpoint
-    idle: List[socket.socket] = []
-    try:
-        for _ in range(metrics_module.MAX_CONNECTIONS):  # hold every slot, sending nothing
-            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
-        with extra:
-            extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-            try:
-                answer = extra.recv(100)
-            except ConnectionResetError:
-                answer = b""
-            assert answer == b""  # closed at once, not queued behind the others
-    finally:
-        for sock in idle:
-            sock.close()
-    # The slots come back when the idle connections go: a scrape works again.
-    for _ in range(50):
-        try:
-            if get(port)[0] == 200:
-                break
-        except OSError:
-            pass
-    assert get(port)[0] == 200
-
-
-def test_endpoint_that_cannot_bind_is_reported_not_fatal(endpoint: Tuple[Metrics, int]) -> None:
-    metrics, port = endpoint
-    taken = MetricsServer(metrics, f"127.0.0.1:{port}")
-    assert not taken.start()
-    taken.stop()

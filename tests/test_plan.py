@@ -146,3 +146,45 @@ def test_node_change_rides_along_with_a_check_write() -> None:
     assert len(requests) == 1
     assert requests[0].body["Address"] == "10.0.0.5"
     assert requests[0].body["Check"]["Status"] == CRITICAL
+
+
+def test_the_plan_carries_what_sending_it_needs() -> None:
+    """The requests are a function of the plan alone: a check written alone names its service
+    (a transaction's ACL check reads ServiceName), and in agent mode a service write carries
+    the check definition the agent runs. No backend has to remember its last desired state."""
+    from regagent.consul.agent import agent_requests
+    from regagent.consul.catalog import plan_units
+    from regagent.desired import desired_state
+    from regagent.model import SOURCE_STATIC, HealthProbe, ServiceIntent
+
+    want = desired(service("node-9100"), statuses={"node-9100": CRITICAL})
+    result = plan(want, actual_of(desired(service("node-9100"))))
+    assert [c.service_name for c in result.checks] == ["node"]
+    (unit,) = plan_units(result, None)
+    assert unit.ops[0]["Check"]["Check"]["ServiceName"] == "node"
+
+    probe = HealthProbe("tcp", "10.0.0.5:9100", 2.0)
+    intent = ServiceIntent(service("node-9100"), SOURCE_STATIC, probe=probe)
+    agent_want = desired_state(NODE, [intent], {}, with_checks=False)
+    assert agent_want.checks == () and dict(agent_want.probes) == {"node-9100": probe}
+    (write,) = plan(agent_want, ActualState(NODE, (), ())).services
+    assert write.probe == probe
+    (request,) = agent_requests(plan(agent_want, ActualState(NODE, (), ())), 30.0)
+    assert request.body["Check"]["TCP"] == "10.0.0.5:9100"
+    assert request.body["Check"]["Interval"] == "30s"
+
+
+def test_planned_writes_count_what_the_requests_carry_without_building_them() -> None:
+    from regagent.consul.catalog import logical_writes
+
+    moved = NodeRegistration("host1", "10.0.0.9", dict(NODE.meta))
+    want = desired(service("node-9100"), service("redis-9121", 9121))
+    plans = [
+        plan(want, ActualState(None, (), ())),  # new node and two services
+        plan(want, actual_of(want)),  # nothing
+        plan(want, ActualState(moved, want.services, want.checks)),  # the node alone
+        plan(desired(service("node-9100")), actual_of(want)),  # one deregistration
+        plan(desired(service("node-9100"), statuses={"node-9100": CRITICAL}), actual_of(want)),
+    ]
+    assert [logical_writes(p) for p in plans] == [len(plan_requests(p, None)) for p in plans]
+    assert [logical_writes(p) for p in plans] == [2, 0, 1, 1, 2]

@@ -1,7 +1,8 @@
 """The policies that keep ten thousand hosts from acting in step, pinned on a fake clock and rng.
 
 Each test fails if its policy is removed: cool-downs that no longer double, cool-downs or daemon
-intervals without jitter, an error reporter that logs every repeat at error level.
+intervals without jitter, an error reporter that logs every repeat (or every cycle of an outage,
+whose text changes) at error level instead of once and a reminder every ten minutes.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from structlog.testing import capture_logs
 from regagent.config.model import ConsulConfig
 from regagent.consul.pool import ServerPool
 from regagent.consul.retry import RetryPolicy, jittered
-from regagent.daemon import ErrorReporter, next_delay
-from regagent.errors import ConsulUnreachable, RegagentError
+from regagent.daemon import REMIND_EVERY, ErrorReporter, error_kind, next_delay
+from regagent.errors import ConsulUnreachable, NoClusterLeader, RegagentError
 
 POLICY = RetryPolicy(cooldown_initial=5.0, cooldown_max=300.0, cooldown_jitter=0.2)
 MIDDLE = 0.5  # an rng reading that applies no jitter
@@ -127,3 +128,41 @@ def test_error_reporter_logs_again_when_the_error_changes_or_clears() -> None:
         ("sync_recovered", "info"),
         ("sync_failed", "error"),
     ]
+
+
+def test_an_outage_is_one_error_then_a_reminder_every_ten_minutes() -> None:
+    """An hour without a server, a cycle every 30 s, each error's text different (the seconds
+    to the next retry, the servers tried) and the kind switching between unreachable and no
+    leader: two `sync_failed` (one per kind), a reminder every REMIND_EVERY, debug between."""
+    clock = FakeClock()
+    reporter = ErrorReporter(clock)
+    with capture_logs() as logs:
+        for cycle in range(120):
+            clock.now = 1000.0 + 30 * cycle
+            if cycle % 7 == 3:
+                reporter.report(NoClusterLeader(f"no leader (says s{cycle % 3}:8500)"))
+            else:
+                reporter.report(ConsulUnreachable(f"all cooling down (next retry in {cycle}s)"))
+        clock.now += 30
+        reporter.report(None)
+    errors = [(e["event"], e.get("failing_s")) for e in logs if e["log_level"] == "error"]
+    assert errors == [
+        ("sync_failed", None),
+        ("sync_failed", None),  # the first no-leader cycle, 90 s in
+        ("sync_still_failing", 690),
+        ("sync_still_failing", 1290),
+        ("sync_still_failing", 1890),
+        ("sync_still_failing", 2490),
+        ("sync_still_failing", 3090),
+    ]
+    assert REMIND_EVERY == 600.0
+    assert len(events(logs, "debug")) == 120 - len(errors)
+    (recovered,) = [e for e in logs if e["event"] == "sync_recovered"]
+    assert recovered["failed_s"] == 3600 and recovered["failed_cycles"] == 120
+
+
+def test_a_refusal_is_its_text_and_an_outage_its_class() -> None:
+    assert error_kind(ConsulUnreachable("a 1s")) == error_kind(ConsulUnreachable("b 2s"))
+    assert error_kind(NoClusterLeader("x")) != error_kind(ConsulUnreachable("x"))
+    denied = RegagentError("Consul s1 refused the request (403): ACL not found")
+    assert error_kind(denied) == str(denied)

@@ -100,3 +100,23 @@ def test_agent_mode_follows_check_definition_changes_and_type_none(
     assert agent_services(consul_cluster)["db-5432"]["Meta"]["regagent-check"] == (
         "http http://127.0.0.1:5432/metrics every 1s"
     )
+
+
+def test_agent_mode_writes_a_whole_day_interval_as_go_reads_it(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """Consul parses a check's Interval with Go's time.ParseDuration, which has no `d` unit:
+    `sync.interval: 24h` must reach the agent as `24h`, not as the configuration's `1d`."""
+    tcp = {**static("db", 5432), "check": {"type": "tcp"}}
+    config = write_config(
+        tmp_path,
+        consul_cluster,
+        [tcp],
+        consul={"mode": "agent", "agent_address": consul_cluster.addresses[1]},
+        sync={"interval": "24h", "jitter": "0s", "state_dir": str(tmp_path / "state")},
+    )
+    synced = regagent(config, "sync")
+    assert synced.returncode == 0, synced.stderr
+    assert "service:db-5432" in consul_cluster.get(1, "/v1/agent/checks")
+    meta = agent_services(consul_cluster)["db-5432"]["Meta"]
+    assert meta["regagent-check"] == "tcp 127.0.0.1:5432 every 24h"

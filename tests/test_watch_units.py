@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import socket
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import pytest
 
+from helpers.fakes import NODE, FakeClock, FakeRegistrar
 from regagent.app import build
 from regagent.config import load_config
-from regagent.consul.registrar import ApplyOutcome
-from regagent.desired import desired_state
 from regagent.discovery.listeners import Listener, ListenerKeysReader, listening_sockets
 from regagent.discovery.probe import ProbeResult
 from regagent.discovery.probe_cache import RETRY_DELAYS, ProbeCache
-from regagent.engine import PartialReport, SyncEngine, applied
+from regagent.engine import PartialReport, SyncEngine
 from regagent.errors import ConfigError, RegagentError
 from regagent.health.health import Health
 from regagent.model import (
@@ -28,7 +26,6 @@ from regagent.model import (
     ActualState,
     CheckState,
     DesiredState,
-    NodeRegistration,
     ServiceIntent,
     ServiceRegistration,
     canonical_service,
@@ -37,14 +34,6 @@ from regagent.model import (
 from regagent.plan import Plan, plan
 from regagent.report import CycleReport
 from regagent.watch import FAST_WRITE_HOLDOFF, Watch
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Prober:
@@ -121,8 +110,6 @@ def test_a_slow_starter_is_retried_on_schedule_then_judged_and_a_good_one_never_
 
 # --- the partial cycle -------------------------------------------------------------------
 
-NODE = NodeRegistration("host", "192.0.2.1", {"managed-by": "regagent"})
-
 
 def service(sid: str, port: int) -> ServiceRegistration:
     return canonical_service(ServiceRegistration(sid, sid.rsplit("-", 1)[0], port, "192.0.2.1"))
@@ -130,51 +117,6 @@ def service(sid: str, port: int) -> ServiceRegistration:
 
 def check(sid: str, status: str, output: str = "ok") -> CheckState:
     return CheckState(service_check_id(sid), sid, f"{sid.rsplit('-', 1)[0]} health", status, output)
-
-
-@dataclass
-class FakeRegistrar:
-    """The Registrar protocol over an in-memory node; records every plan it is asked to send."""
-
-    actual: ActualState
-    sent: List[Plan] = field(default_factory=list)
-    reads: int = 0
-
-    def read(self) -> ActualState:
-        self.reads += 1
-        return self.actual
-
-    def server(self) -> Optional[str]:
-        return "fake"
-
-    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
-        return NODE.address
-
-    def ownership_problem(self, actual: ActualState) -> Optional[RegagentError]:
-        return None
-
-    def desired(
-        self,
-        intents: Sequence[ServiceIntent],
-        actual: Optional[ActualState],
-        node_address: str,
-        health: Health,
-    ) -> DesiredState:
-        return desired_state(NODE, intents, health.evaluate(intents))
-
-    def in_sync(self) -> None:
-        pass
-
-    def planned_writes(self, plan: Plan) -> int:
-        return len(plan.services) + len(plan.checks) + len(plan.deregister)
-
-    def apply(self, plan: Plan) -> ApplyOutcome:
-        self.sent.append(plan)
-        self.actual = applied(self.actual, plan)
-        return ApplyOutcome(writes_by_kind={"write": self.planned_writes(plan)}, server="fake")
-
-    def deregister_owned(self) -> List[str]:
-        return []
 
 
 def exporter(sid: str, port: int, status: str = PASSING) -> ServiceIntent:
@@ -196,7 +138,7 @@ def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregi
     def quick(address: str, actual: ActualState) -> Tuple[List[ServiceIntent], FrozenSet[int]]:
         return list(now["intents"]), now["changed"]
 
-    engine = SyncEngine(registrar, intents, Health(), quick=quick)  # type: ignore[arg-type]
+    engine = SyncEngine(registrar, intents, Health(), quick=quick)
     assert not engine.partial_cycle().ran, "no kept state before a full cycle"
     full = engine.cycle()
     assert full.error is None and full.plan is not None
@@ -232,18 +174,14 @@ def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregi
 
 def test_a_failed_partial_write_forgets_the_kept_state_until_a_full_cycle() -> None:
     registrar = FakeRegistrar(ActualState(NODE, (), ()))
-
-    def fail(plan: Plan) -> ApplyOutcome:
-        return ApplyOutcome(error=RegagentError("refused"))
-
     engine = SyncEngine(
-        registrar,  # type: ignore[arg-type]
+        registrar,
         lambda a, b, c: [],
         Health(),
         quick=lambda address, actual: ([exporter("b-9200", 9200)], frozenset({9200})),
     )
     engine.cycle()
-    registrar.apply = fail  # type: ignore[method-assign]
+    registrar.failure = RegagentError("refused")
     assert engine.partial_cycle().report.error is not None
     assert engine.known is None and not engine.partial_cycle().ran
 

@@ -7,13 +7,13 @@ and the server in use, the flap history, discovery's caches and once-only report
 node address found for `auto`, the metrics (counters continue) and the daemon's heartbeat.
 Nothing here is a module-level singleton: two apps in one process share no state.
 
-It also adds regagent's own metrics endpoint (`telemetry.listen`) to the desired state as the
-service `regagent`, so that it goes through the one planner and write path like any other.
+It also adds regagent's own metrics endpoint (`telemetry.listen`, built by
+`regagent.discovery.intents.self_intent`) to the desired state as the service `regagent`, so
+that it goes through the one planner and write path like any other.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -21,7 +21,6 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import structlog
 
-from regagent import __version__
 from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.config.token import load_token
@@ -30,35 +29,26 @@ from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, Heartbeat, Loop, signals_blocked
+from regagent.daemon import Daemon, Heartbeat, Loop
 from regagent.discovery.identify import Prober
+from regagent.discovery.intents import self_intent
 from regagent.discovery.listeners import ListenerKeysReader
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.runner import DiscoveryRunner
+from regagent.discovery.unconfirmed import UnconfirmedProbes
 from regagent.engine import IntentSource, QuickSource, SyncEngine
-from regagent.errors import ConfigError
+from regagent.errors import ConfigError, StateDirectoryInUse
 from regagent.health.checks import run_probe
 from regagent.health.health import Health, ProbeRunner
-from regagent.identity import NodeIdentity
+from regagent.identity import DAEMON_LOCK, NodeIdentity, Writer
 from regagent.metrics import Metrics
-from regagent.model import (
-    PASSING,
-    ActualState,
-    HealthProbe,
-    Result,
-    ServiceIntent,
-    ServiceRegistration,
-    canonical_service,
-)
+from regagent.model import ActualState, HealthProbe, Result, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
-from regagent.rules import split_hostport
+from regagent.statedir import Corrupt, Lock, StateDir, Untrusted
+from regagent.threads import signals_blocked
 from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
-
-SOURCE_SELF = "self"  # the intent source of regagent's own endpoint
-SELF_SERVICE = "regagent"
-_WILDCARDS = ("", "0.0.0.0", "[::]")
 
 
 @dataclass
@@ -76,6 +66,7 @@ class App:
     metrics: Metrics
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
+    lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -87,60 +78,25 @@ def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
 
 
 def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> Registrar:
-    """The backend for `consul.mode`: the one place that knows there are two."""
+    """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
+    two modes."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
     return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)
 
 
-def discovery_source(config: Config, runner: DiscoveryRunner) -> IntentSource:
-    """Discovery plus static services, as the engine asks for them each cycle."""
+def discovery_source(
+    config: Config, runner: DiscoveryRunner, identity: Optional[NodeIdentity] = None
+) -> IntentSource:
+    """Discovery plus static services, as the engine asks for them each cycle. A one-shot
+    command beside the running daemon leaves the discovery state file to the daemon, which
+    owns the state directory (another configuration's view must not become the daemon's)."""
 
     def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
-        return runner.intents(config, address, actual, persist)
+        beside_daemon = identity is not None and identity.beside_daemon()
+        return runner.intents(config, address, actual, persist, own_state=not beside_daemon)
 
     return intents
-
-
-def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
-    """regagent's own metrics endpoint as service `regagent`: Prometheus then scrapes every
-    agent, and `up == 0` for it says this host's agent is down and its check states frozen.
-    None with telemetry off, or on loopback while the node address is not (unreachable)."""
-    listen = config.telemetry.listen
-    if not listen:
-        return None
-    host, port = split_hostport(listen)
-    address = node_address if host in _WILDCARDS else host.strip("[]")
-    if _is_loopback(address) and not _is_loopback(node_address):
-        return None  # Prometheus reaches this host at the node address, not at its loopback
-    meta = {
-        **config.defaults.meta,
-        "metrics_path": "/metrics",
-        "scheme": "http",
-        "exporter": SELF_SERVICE,
-        "exporter_version": __version__,
-    }
-    service = canonical_service(
-        ServiceRegistration(
-            id=f"{SELF_SERVICE}-{port}",
-            name=SELF_SERVICE,
-            port=port,
-            address=address,
-            tags=(SELF_SERVICE, *config.defaults.tags),
-            meta=meta,
-        )
-    )
-    # Known passing while the process runs: its check is the agent being alive, and Prometheus
-    # scraping it says the rest (no probe of ourselves each cycle).
-    status = (PASSING, f"regagent {__version__} serving /metrics on :{port}")
-    return ServiceIntent(service, SOURCE_SELF, status=status)
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
 
 
 def with_self(config: Config, source: IntentSource) -> IntentSource:
@@ -176,13 +132,25 @@ def build(
     previous: Optional[App] = None,
     intent_source: Optional[IntentSource] = None,
     pool: Optional[ServerPool] = None,
+    writer: Optional[Writer] = None,
 ) -> App:
     """All components for `config`; with `previous`, carrying over what a reload keeps.
 
-    `intent_source` and `pool` replace the real ones (tests, benchmarks)."""
+    `writer` says which configuration runs and whether as the daemon (`regagent run`), which
+    then holds its state directory's lock. `intent_source` and `pool` replace the real ones
+    (tests, benchmarks)."""
     policy = RetryPolicy.from_config(config)
+    if previous is not None:
+        writer = previous.identity.writer
+    writer = writer or Writer()
+    identity = NodeIdentity(
+        config.node,
+        state_dir=config.sync.state_dir,
+        writer=writer,
+        warnings=previous.identity.warnings if previous is not None else None,
+    )
+    lock = daemon_lock(config, identity, previous) if writer.daemon else None
     pool = pool or make_pool(config, policy)
-    identity = NodeIdentity(config.node, state_dir=config.sync.state_dir)
     if previous is not None:
         pool.adopt(previous.pool)
         identity.adopt(previous.identity)
@@ -195,7 +163,16 @@ def build(
         health = Health(config.sync.failures_before_critical, persistent_probe_runner())
         metrics = Metrics()
         heartbeat = Heartbeat()
-        runner = DiscoveryRunner(health=health, prober=beating_prober(heartbeat))
+        # Background identifications probe with the plain prober: only the loop's own progress
+        # may beat the heartbeat the watchdog reads.
+        unconfirmed = (
+            UnconfirmedProbes.for_daemon(probe_metrics)
+            if writer.daemon
+            else UnconfirmedProbes.for_one_shot(probe_metrics)
+        )
+        runner = DiscoveryRunner(
+            health=health, prober=beating_prober(heartbeat), unconfirmed=unconfirmed
+        )
     metrics.configure(pool_addresses(pool))
 
     def observe(server: str, outcome: str, seconds: float) -> None:
@@ -204,7 +181,7 @@ def build(
 
     pool.observer = observe
     registrar = make_registrar(config, pool, identity)
-    source = with_self(config, intent_source or discovery_source(config, runner))
+    source = with_self(config, intent_source or discovery_source(config, runner, identity))
     quick = quick_source(config, runner) if intent_source is None else None
     engine = SyncEngine(
         registrar,
@@ -213,11 +190,53 @@ def build(
         cycle_deadline=policy.cycle_deadline,
         quick=quick,
         progress=heartbeat.beat,
+        begin=pool.new_cycle,
     )
     watch = make_watch(config, engine, runner, metrics) if quick is not None else None
     return App(
-        config, policy, pool, identity, health, runner, registrar, engine, metrics, heartbeat, watch
+        config,
+        policy,
+        pool,
+        identity,
+        health,
+        runner,
+        registrar,
+        engine,
+        metrics,
+        heartbeat,
+        watch,
+        lock,
     )
+
+
+def daemon_lock(config: Config, identity: NodeIdentity, previous: Optional[App]) -> Optional[Lock]:
+    """The daemon's lock on `sync.state_dir`, so that a one-shot command beside it leaves its
+    node alone and a second daemon does not share the directory. Kept across a reload that
+    keeps the directory; None (said once) where the directory cannot hold it."""
+    directory = StateDir(config.sync.state_dir, identity.warnings)
+    kept = previous.lock if previous is not None else None
+    if kept is not None and kept.directory.path == directory.path:
+        return kept
+    lock = Lock(directory, DAEMON_LOCK)
+    try:
+        taken = lock.acquire()
+    except (OSError, Untrusted, Corrupt) as exc:
+        identity.warnings.once(
+            "state_lock_unavailable",
+            directory.file(DAEMON_LOCK),
+            str(exc),
+            consequence="one-shot commands cannot tell that the daemon runs",
+        )
+        return None
+    if not taken:
+        raise StateDirectoryInUse(
+            f"sync.state_dir {directory.path} is in use by another `regagent run` (it holds "
+            f"{lock.directory.file(DAEMON_LOCK)}); two daemons sharing it would take each "
+            "other's node for a rename. Give each configuration its own sync.state_dir"
+        )
+    if previous is not None and previous.lock is not None:
+        previous.lock.release()  # the reload moved the state directory
+    return lock
 
 
 def quick_source(config: Config, runner: DiscoveryRunner) -> Optional[QuickSource]:

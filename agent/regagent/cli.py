@@ -32,7 +32,9 @@ from regagent.errors import (
     RegagentError,
     UsageError,
 )
+from regagent.identity import Writer
 from regagent.logs import configure_logging, journal_prefix
+from regagent.stderr_guard import install as install_stderr_guard
 
 log = structlog.get_logger(__name__)
 
@@ -145,7 +147,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
 def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from regagent.render.sync import cycle_json, cycle_text
 
-    report = build(config).engine.cycle(dry_run=args.dry_run)
+    report = build(config, writer=_writer(args)).engine.cycle(dry_run=args.dry_run)
     if args.format == "json":
         out.write(json.dumps(cycle_json(report, args.dry_run), indent=2) + "\n")
     else:
@@ -159,7 +161,7 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    app = build(config)
+    app = build(config, writer=_writer(args))
     try:
         address = app.identity.address(config.consul.servers[0], keep=False)
     except RegagentError as exc:  # discover needs no Consul: say so, and carry on
@@ -194,10 +196,10 @@ def discover_command(
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from regagent.render.status import status_report, status_text
 
-    app = build(config)
+    app = build(config, writer=_writer(args))
     servers = [asdict(report) for report in app.pool.survey()]
     try:
-        actual, error = app.registrar.read(), None
+        (actual, _), error = app.registrar.read(), None
     except RegagentError as exc:
         actual, error = None, str(exc)
     report = status_report(app.identity.name, servers, actual, error)
@@ -209,7 +211,7 @@ def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    app = build(config)
+    app = build(config, writer=_writer(args))
     node = app.identity.name
     if not args.yes:
         if not sys.stdin.isatty():
@@ -222,7 +224,8 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
             print("Nothing removed.", file=out)
             return EXIT_OK
     removed = app.engine.deregister_owned()
-    app.discovery.forget(config, removed)  # deregistered stays deregistered
+    if not app.identity.beside_daemon():  # the running daemon owns the state directory
+        app.discovery.forget(config, removed)  # deregistered stays deregistered
     for item in removed:
         out.write(f"- deregistered {item}\n")
     if not removed:
@@ -236,9 +239,15 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     def reconfigure_logging(new: Config) -> None:  # --log-level keeps winning after a reload
         configure_logging(args.log_level or new.log.level, new.log.format)
 
-    loop = daemon(build(config), _resolve_path(args.config), on_reload=reconfigure_logging)
+    app = build(config, writer=_writer(args, daemon=True))
+    loop = daemon(app, _resolve_path(args.config), on_reload=reconfigure_logging)
     loop.install_signal_handlers()
     return loop.run()
+
+
+def _writer(args: argparse.Namespace, *, daemon: bool = False) -> Writer:
+    """Which configuration runs, and whether as the daemon: renames are judged per writer."""
+    return Writer.of(_resolve_path(args.config), daemon=daemon)
 
 
 COMMANDS: Dict[str, Callable[[Config, argparse.Namespace, TextIO], int]] = {
@@ -255,6 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.config = getattr(args, "config", None)
     args.log_level = getattr(args, "log_level", None)
+    install_stderr_guard()  # whatever Python would print to stderr becomes one log line
     configure_logging(args.log_level or "info")
     try:
         config = load_config(_resolve_path(args.config))

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import structlog
 
@@ -37,12 +37,16 @@ from regagent.errors import (
     ConfigError,
     ConsulRefused,
     ConsulUnreachable,
+    CycleDeadline,
     NoClusterLeader,
     RegagentError,
 )
-from regagent.metrics import Metrics, MetricsServer
+from regagent.metrics import Metrics
+from regagent.metrics_endpoint import MetricsServer
 from regagent.notify import Notifier
 from regagent.report import CycleReport
+from regagent.threads import signals_blocked
+from regagent.throttle import LogThrottle
 from regagent.watch import Watch
 
 log = structlog.get_logger(__name__)
@@ -52,7 +56,6 @@ log = structlog.get_logger(__name__)
 STOP_GRACE = 5.0  # seconds a running cycle may go on after SIGTERM before it is interrupted
 DEREGISTER_BOUND = 12.0  # seconds deregistration on shutdown (opt-in) may take
 STOP_BOUND = 20.0  # STOP_GRACE + DEREGISTER_BOUND + time to close the threads and exit
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)
 Clock = Callable[[], float]
 
 
@@ -61,24 +64,63 @@ class StopNow(BaseException):
     request. A BaseException, so that no `except Exception` on the way swallows it."""
 
 
-class ErrorReporter:
-    """Logs a failure once at error level and its repeats at debug, so a denied ACL token does
-    not flood the journal every 30 seconds; logs again when the error changes or clears."""
+# During a long failure, a reminder at error level this often (the cycles in between log at
+# debug): an outage of an hour is one `sync_failed` and five `sync_still_failing`, not 120 errors.
+REMIND_EVERY = 600.0
+_KINDS_KEPT = 16  # distinct failures remembered in one spell; more are treated as repeats
 
-    def __init__(self) -> None:
-        self.last: Optional[str] = None
+
+def error_kind(error: RegagentError) -> str:
+    """What stays the same from cycle to cycle of one failure. An unreachable or leaderless
+    cluster, or a cycle past its deadline, names servers, seconds and counts that change every
+    cycle: its class is the kind. Anything else (a refusal, a bug) is its text."""
+    if isinstance(error, (ConsulUnreachable, CycleDeadline)):
+        return type(error).__name__
+    return str(error)
+
+
+class ErrorReporter:
+    """Logs each kind of failure once at error level (`sync_failed`), then, while cycles keep
+    failing, a reminder every `remind_every` seconds (`sync_still_failing`) and the cycles in
+    between at debug, so neither an outage nor a denied ACL token floods the journal every 30
+    seconds; `sync_recovered` when a cycle succeeds again."""
+
+    def __init__(self, clock: Clock = time.monotonic, remind_every: float = REMIND_EVERY):
+        self.clock = clock
+        self.remind_every = remind_every
+        self.kinds: List[str] = []  # logged at error level in this spell of failures
+        self.since: Optional[float] = None  # when the spell began
+        self.reminded = 0.0
+        self.failed = 0  # cycles failed in this spell
 
     def report(self, error: Optional[RegagentError]) -> None:
-        text = None if error is None else str(error)
-        if text == self.last:
-            if text is not None:
-                log.debug("sync_failed_again", error=text)
+        now = self.clock()
+        if error is None:
+            if self.since is not None:
+                log.info(
+                    "sync_recovered", failed_s=round(now - self.since), failed_cycles=self.failed
+                )
+            self.kinds, self.since, self.failed = [], None, 0
             return
-        if text is None:
-            log.info("sync_recovered")
-        else:
+        text, kind = str(error), error_kind(error)
+        if self.since is None:
+            self.since = now
+        self.failed += 1
+        if kind not in self.kinds and len(self.kinds) < _KINDS_KEPT:
+            self.kinds.append(kind)
+            self.reminded = now
             log.error("sync_failed", error=text, kind=type(error).__name__)
-        self.last = text
+        elif now - self.reminded >= self.remind_every:
+            self.reminded = now
+            log.error(
+                "sync_still_failing",
+                error=text,
+                kind=type(error).__name__,
+                failing_s=round(now - self.since),
+                failed_cycles=self.failed,
+            )
+        else:
+            log.debug("sync_failed_again", error=text)
 
 
 def next_delay(interval: float, jitter: float, rng: Rng = random.random) -> float:
@@ -176,17 +218,6 @@ class Loop:
 Reload = Callable[[], Loop]  # re-reads the configuration; raises ConfigError if it is invalid
 
 
-@contextlib.contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Threads started inside inherit a mask without our signals, so the kernel delivers them
-    to the main thread, whose blocking call they must interrupt."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class _WakeUp(threading.Event):
     """What the watch waits on between its looks: set once a stop or reload is requested, and
     woken by the daemon's self-pipe, which the signal paths write. No lock is involved that a
@@ -237,7 +268,8 @@ class Daemon:
         self.rng = rng
         self.clock = clock
         self.stop = threading.Event()
-        self.reporter = ErrorReporter()
+        self.reporter = ErrorReporter(clock)
+        self.crashes = LogThrottle(REMIND_EVERY, clock)
         self.reload_requested = False
         self.reload_problem: Optional[str] = None
         self.metrics_server: Optional[MetricsServer] = None
@@ -342,8 +374,10 @@ class Daemon:
         self._interruptible = True
         try:
             return self.loop.engine.cycle()
-        except Exception:
-            log.exception("sync_cycle_crashed")
+        except Exception as exc:
+            suppressed = self.crashes.admit(type(exc).__name__)  # a bug may repeat each cycle
+            if suppressed is not None:
+                log.exception("sync_cycle_crashed", suppressed=suppressed)
             return CycleReport(error=RegagentError("internal error; see the log"))
         finally:
             self._interruptible = False
@@ -448,7 +482,7 @@ class Daemon:
     def _serve_metrics(self, listen: str) -> None:
         if self.metrics is None or not listen:
             return
-        server = MetricsServer(self.metrics, listen)
+        server = MetricsServer(self.metrics.render, listen)
         if server.start():
             self.metrics_server = server
 

@@ -6,12 +6,13 @@ results from `regagent.health`; the planner compares what this builds with what 
 
 from __future__ import annotations
 
-from typing import List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 from regagent.model import (
     PASSING,
     CheckState,
     DesiredState,
+    HealthProbe,
     NodeRegistration,
     Result,
     ServiceIntent,
@@ -32,13 +33,17 @@ def desired_state(
 ) -> DesiredState:
     """Canonical registrations, each with its check: the status the intent knows, else its
     probe's result (by service ID), else passing. `with_checks` False when someone else
-    (a Consul agent) owns the check status."""
+    (a Consul agent) runs the checks and owns their status: then each intent's probe is the
+    check definition handed to it."""
     services: List[ServiceRegistration] = []
     checks: List[CheckState] = []
+    probes: Dict[str, HealthProbe] = {}
     for intent in sorted(intents, key=lambda i: i.service.id):
         service = canonical_service(intent.service)
         services.append(service)
         if not with_checks:
+            if intent.probe is not None:
+                probes[service.id] = intent.probe
             continue
         if intent.status is not None:
             status, output = intent.status
@@ -51,4 +56,4 @@ def desired_state(
                 service_check_id(service.id), service.id, f"{service.name} health", status, output
             )
         )
-    return DesiredState(node=node, services=tuple(services), checks=tuple(checks))
+    return DesiredState(node=node, services=tuple(services), checks=tuple(checks), probes=probes)

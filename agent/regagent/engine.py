@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Set, Tuple
 
 import structlog
 
-from regagent.consul.registrar import Registrar
+from regagent.consul.registrar import ReadMeta, Registrar
 from regagent.consul.retry import CYCLE_DEADLINE
 from regagent.errors import CycleDeadline, NoClusterLeader, RegagentError
 from regagent.health.health import Health
@@ -60,9 +60,26 @@ class PartialReport:
     held: Dict[str, int] = field(default_factory=dict)  # service ID -> port, write postponed
 
 
+class _Phases:
+    """Times a cycle's phases into its report and tells `progress` at each boundary."""
+
+    def __init__(self, report: CycleReport, clock: Clock, progress: Callable[[], None]) -> None:
+        self.report = report
+        self.clock = clock
+        self.progress = progress
+        self.started = self.mark = clock()
+
+    def end(self, name: str) -> None:
+        now = self.clock()
+        self.report.timings[name] = now - self.mark
+        self.mark = now
+        self.progress()
+
+
 class SyncEngine:
-    """Holds what lives across cycles through its collaborators, plus the actual state the last
-    full cycle read (updated by every write since), which only `partial_cycle` uses."""
+    """Holds what lives across cycles through its collaborators, plus `known`: the actual state
+    the last full cycle read from a cluster with a leader, updated by every write since, which
+    only `partial_cycle` uses."""
 
     def __init__(
         self,
@@ -74,6 +91,7 @@ class SyncEngine:
         cycle_deadline: float = CYCLE_DEADLINE,
         quick: Optional[QuickSource] = None,
         progress: Callable[[], None] = lambda: None,
+        begin: Callable[[], None] = lambda: None,
     ) -> None:
         self.registrar = registrar
         self.intents = intents
@@ -83,76 +101,38 @@ class SyncEngine:
         self.quick = quick
         self.known: Optional[ActualState] = None
         self.progress = progress  # told at each phase boundary (the daemon's watchdog)
+        self.begin = begin  # told when a full cycle begins (the server pool's early try)
 
     def cycle(self, dry_run: bool = False) -> CycleReport:
-        """Never raises RegagentError: the caller decides how to report `report.error`."""
+        """Reads Consul, builds every intent, plans and (unless `dry_run`) writes.
+        Never raises RegagentError: the caller decides how to report `report.error`."""
         report = CycleReport(dry_run=dry_run)
-        started = self.clock()
-        mark = started
-
-        def phase(name: str) -> None:
-            nonlocal mark
-            now = self.clock()
-            report.timings[name] = now - mark
-            mark = now
-            self.progress()
-
+        phases = _Phases(report, self.clock, self.progress)
+        meta = ReadMeta(None, known_leader=False)
+        self.begin()
         try:
-            report.actual = self.registrar.read()
-            report.server = self.registrar.server()
+            report.actual, meta = self.registrar.read()
+            report.server = meta.server
         except RegagentError as exc:
             report.error = exc
-        phase("read")
+        phases.end("read")
         try:
-            address = self.registrar.node_address(report.actual, dry_run=dry_run)
+            address = self.registrar.node_address(report.actual)
             if report.actual is not None:
                 # After a restart, Consul still shows the last good results: start from them.
                 self.health.seed(report.actual.checks)
             intents = self.intents(address, report.actual, not dry_run)
             report.sources = {intent.service.id: intent.source for intent in intents}
-            report.desired = self.registrar.desired(intents, report.actual, address, self.health)
+            results = self.health.evaluate(intents) if self.registrar.runs_checks else {}
+            self.health.retain(intent.service.id for intent in intents)
+            report.desired = self.registrar.desired(intents, report.actual, address, results)
         except RegagentError as exc:
             report.error = report.error or exc
-        phase("desired")
+        phases.end("desired")
         if not dry_run:
             self.known = None  # until this cycle shows what Consul holds now
-        if report.error is not None or report.actual is None or report.desired is None:
-            return report
-        report.error = self.registrar.ownership_problem(report.actual)
-        if report.error is not None:
-            return report
-        report.plan = plan(report.desired, report.actual)
-        report.planned_writes = self.registrar.planned_writes(report.plan)
-        phase("plan")
-        for conflict in report.plan.conflicts:
-            log.warning("service_skipped", service_id=conflict.service_id, reason=conflict.reason)
-        if dry_run:
-            return report
-        if report.plan.empty:
-            self.known = report.actual
-            self.registrar.in_sync()
-            return report
-        if not report.actual.known_leader:
-            # A write would wait out Consul's rpc_hold_timeout (7s) only to fail: skip it.
-            report.error = NoClusterLeader(
-                f"the Consul cluster has no leader (says {report.server}); "
-                f"{report.planned_writes} write(s) postponed to the next cycle"
-            )
-            return report
-        if self.clock() - started > self.cycle_deadline:
-            report.error = CycleDeadline(
-                f"the cycle took over {self.cycle_deadline:g}s before writing; "
-                f"{report.planned_writes} write(s) postponed to the next cycle"
-            )
-            return report
-        outcome = self.registrar.apply(report.plan)
-        report.writes_by_kind = outcome.writes_by_kind
-        report.requests = outcome.requests
-        report.server = outcome.server or report.server
-        report.error = outcome.error
-        if outcome.error is None:
-            self.known = applied(report.actual, report.plan)
-        phase("apply")
+        if report.error is None and report.actual is not None and report.desired is not None:
+            self._plan_and_apply(report, report.actual, phases, leader=meta.known_leader)
         return report
 
     def partial_cycle(
@@ -166,79 +146,133 @@ class SyncEngine:
         they come back in `held`. Never raises RegagentError."""
         report = CycleReport()
         known = self.known
-        if known is None or self.quick is None or not known.known_leader:
+        if known is None or self.quick is None:
             return PartialReport(report)
-        started = self.clock()
+        phases = _Phases(report, self.clock, self.progress)
         try:
-            address = self.registrar.node_address(known, dry_run=False)
+            address = self.registrar.node_address(known)
             intents, changed = self.quick(address, known)
-            ports = frozenset(changed) | frozenset(also)
         except RegagentError as exc:
             report.error = exc
             return PartialReport(report, ran=True)
-        chosen = [
-            i
-            for i in intents
-            if i.source == SOURCE_DISCOVERY and i.status is not None and i.service.port in ports
-        ]
+        ports = frozenset(changed) | frozenset(also)
+        chosen = {i.service.id: i for i in intents if _fresh_discovery(i, ports)}
         result = PartialReport(report, ran=True, ports=ports)
-        report.timings["desired"] = self.clock() - started
+        phases.end("desired")
         if not chosen:
             return result
-        ids = {i.service.id for i in chosen}
-        # The chosen services on both sides: nothing else can be written or removed.
-        scope = replace(
-            known,
-            services=tuple(s for s in known.services if s.id in ids),
-            checks=tuple(c for c in known.checks if c.service_id in ids),
-        )
         report.actual = known
+        scope = _only(known, chosen)  # the chosen on both sides: nothing else is touched
         try:
             # Each chosen intent carries its status (discovery decided it, through the shared
-            # flap guard), so a scratch Health runs no probe and prunes no shared history.
-            report.desired = self.registrar.desired(chosen, scope, address, Health())
+            # flap guard): no probe to run, no results to hand over.
+            report.desired = self.registrar.desired(list(chosen.values()), scope, address, {})
         except RegagentError as exc:
             report.error = exc
             return result
-        report.error = self.registrar.ownership_problem(known)
+        held = self._plan_and_apply(report, scope, phases, hold=hold)
+        result.held = {sid: chosen[sid].service.port for sid in held}
+        return result
+
+    def _plan_and_apply(
+        self,
+        report: CycleReport,
+        against: ActualState,
+        phases: _Phases,
+        *,
+        leader: bool = True,
+        hold: Optional[Collection[str]] = None,
+    ) -> Set[str]:
+        """Both cycles end here: plans `report.desired` against `against`, writes the plan
+        unless something stops it, keeps what Consul then holds for partial cycles, and
+        returns the services held back.
+
+        `hold` None: a full cycle. Its plan covers every service and may deregister; it writes
+        nothing without a cluster leader or past the cycle deadline, and hands even an empty
+        plan to the backend (housekeeping). Otherwise a partial cycle: its plan loses the
+        writes to services in `hold` and every deregistration, and an empty one goes nowhere."""
+        assert report.actual is not None and report.desired is not None
+        report.error = self.registrar.ownership_problem(report.actual)
         if report.error is not None:
-            return result
-        full = plan(report.desired, scope)
-        report.plan, result.held = _without(
-            full, hold, {i.service.id: i.service.port for i in chosen}
-        )
+            return set()
+        whole = plan(report.desired, against)
+        report.plan = whole if hold is None else _partial(whole, hold)
         report.planned_writes = self.registrar.planned_writes(report.plan)
+        phases.end("plan")
         for conflict in report.plan.conflicts:
             log.warning("service_skipped", service_id=conflict.service_id, reason=conflict.reason)
-        if report.plan.empty:
-            return result
-        outcome = self.registrar.apply(report.plan)
+        held = _held(whole, hold or ())
+        if report.dry_run or (hold is not None and report.plan.empty):
+            return held
+        if hold is None and not report.plan.empty:
+            report.error = self._postponed(report, leader, phases.started)
+            if report.error is not None:
+                return held
+        outcome = self.registrar.apply(report.plan)  # a full cycle's empty plan: housekeeping
         report.writes_by_kind = outcome.writes_by_kind
         report.requests = outcome.requests
-        report.server = outcome.server
+        report.server = outcome.server or report.server
         report.error = outcome.error
-        # Stale kept state is repaired by the next full cycle; until then, no partial ones.
-        self.known = applied(known, report.plan) if outcome.error is None else None
-        report.timings["apply"] = self.clock() - started - report.timings["desired"]
-        return result
+        # A failed write forgets the kept state: the next full cycle reads Consul again. No
+        # partial cycle on the view of a cluster without a leader either: it could not write.
+        kept = outcome.error is None and leader
+        self.known = applied(report.actual, report.plan) if kept else None
+        phases.end("apply")
+        return held
+
+    def _postponed(
+        self, report: CycleReport, leader: bool, started: float
+    ) -> Optional[RegagentError]:
+        """Why a full cycle must not write now, or None."""
+        if not leader:
+            # A write would wait out Consul's rpc_hold_timeout (7s) only to fail: skip it.
+            return NoClusterLeader(
+                f"the Consul cluster has no leader (says {report.server}); "
+                f"{report.planned_writes} write(s) postponed to the next cycle"
+            )
+        if self.clock() - started > self.cycle_deadline:  # design decision 11
+            return CycleDeadline(
+                f"the cycle took over {self.cycle_deadline:g}s before writing; "
+                f"{report.planned_writes} write(s) postponed to the next cycle"
+            )
+        return None
 
     def deregister_owned(self) -> List[str]:
         """This node's regagent-owned registrations removed (decommission, or on shutdown)."""
         return self.registrar.deregister_owned()
 
 
-def _without(
-    full: Plan, hold: Collection[str], ports: Dict[str, int]
-) -> Tuple[Plan, Dict[str, int]]:
+def _fresh_discovery(intent: ServiceIntent, ports: Collection[int]) -> bool:
+    """A discovered service on a changed port, its status decided by discovery."""
+    return (
+        intent.source == SOURCE_DISCOVERY
+        and intent.status is not None
+        and intent.service.port in ports
+    )
+
+
+def _only(actual: ActualState, service_ids: Collection[str]) -> ActualState:
+    """`actual` restricted to these services and their checks."""
+    return replace(
+        actual,
+        services=tuple(s for s in actual.services if s.id in service_ids),
+        checks=tuple(c for c in actual.checks if c.service_id in service_ids),
+    )
+
+
+def _held(whole: Plan, hold: Collection[str]) -> Set[str]:
+    """The services in `hold` that `whole` writes."""
+    planned = {w.service.id for w in whole.services} | {w.check.service_id for w in whole.checks}
+    return planned & set(hold)
+
+
+def _partial(whole: Plan, hold: Collection[str]) -> Plan:
     """The plan minus writes to held services and minus any deregistration, ever."""
-    planned = [w.service.id for w in full.services] + [w.check.service_id for w in full.checks]
-    held = {sid: ports.get(sid, 0) for sid in planned if sid in hold}
-    services = tuple(w for w in full.services if w.service.id not in hold)
-    checks = tuple(w for w in full.checks if w.check.service_id not in hold)
+    services = tuple(w for w in whole.services if w.service.id not in hold)
+    checks = tuple(w for w in whole.checks if w.check.service_id not in hold)
     # A node change alone waits for the full cycle; with a service it rides in the same request.
-    node_write = full.node_write if services or checks else None
-    kept = replace(full, node_write=node_write, services=services, checks=checks, deregister=())
-    return kept, held
+    node_write = whole.node_write if services or checks else None
+    return replace(whole, node_write=node_write, services=services, checks=checks, deregister=())
 
 
 def applied(actual: ActualState, done: Plan) -> ActualState:

@@ -7,16 +7,26 @@ are changes to make"), 130 interrupted.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
+
+E = TypeVar("E", bound="RegagentError")
 
 
 class RegagentError(Exception):
     """Base class: anything regagent reports to the user without a traceback."""
 
     exit_code = 1
+
+    def retold(self: E, message: str) -> E:
+        """The same error (type, attributes, exit code) told in other words: whoever sorts
+        errors by type, such as the metrics' `result` label, still sees what happened."""
+        retold = type(self).__new__(type(self))
+        retold.__dict__.update(self.__dict__)
+        retold.args = (message,)
+        return retold
 
 
 class ConfigError(RegagentError):
@@ -33,6 +43,10 @@ class UsageError(RegagentError):
     """The command line asks for something that cannot be done as asked."""
 
     exit_code = 2
+
+
+class StateDirectoryInUse(RegagentError):
+    """Another `regagent run` holds the state directory: two daemons would share its files."""
 
 
 class ChangesPending(RegagentError):

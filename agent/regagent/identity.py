@@ -8,7 +8,8 @@
 - The host identity is derived from `/etc/machine-id` (a hash, never the raw id, which systemd
   asks not to expose) and recorded in NodeMeta, so two hosts cloned with the same name (or both
   called `localhost`) are told apart instead of overwriting each other's services.
-- The name used last is kept in the state directory, so a renamed host can retire its old node.
+- The name each configuration used last is kept in the state directory (`NodeNames`), so a
+  renamed host can retire its old node, and a second configuration is not taken for a rename.
 
 The host name, route lookup, interface list and machine-id path are handed in, so the engine
 does no hidden I/O and a test can give each simulated host its own.
@@ -16,22 +17,23 @@ does no hidden I/O and a test can give each simulated host its own.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import json
 import os
 import socket
-import stat
-import tempfile
-from typing import Callable, Dict, List, Optional, Tuple
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x
 import structlog
 
 from regagent.config.model import NodeConfig
-from regagent.errors import NoLocalRoute
-from regagent.rules import split_hostport
+from regagent.errors import ConfigError, NoLocalRoute
+from regagent.rules import node_name_problem, printable_text, split_hostport
+from regagent.statedir import Lock, StateDir, StateFile, Warnings
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +42,11 @@ Interfaces = Callable[[], List[Tuple[int, str]]]  # (family, address) of this ho
 
 HOST_ID_KEY = "regagent-host-id"  # NodeMeta key
 MACHINE_ID = "/etc/machine-id"
-NODE_FILE = "node.json"  # in the state directory: the node name used last
-_MAX_NODE_FILE = 4096
+NODE_FILE = "node.json"  # in the state directory: the node name each configuration used last
+NODE_FILE_VERSION = 2
+MAX_NODE_RECORDS = 32  # configurations remembered; the least recently recorded go first
+MAX_NODE_FILE = 64 * 1024  # far above 32 records; a larger file was not written by regagent
+DAEMON_LOCK = "run.lock"  # in the state directory: held by `regagent run` while it runs
 
 
 def route_source_address(server: str) -> str:
@@ -85,6 +90,23 @@ def _usable(address: str) -> bool:
     return not (ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast)
 
 
+@dataclass(frozen=True)
+class Writer:
+    """Who runs: which configuration (its path as given to `-c`, made absolute) and whether as
+    the daemon. That, with the host identity, tells a rename from a second configuration."""
+
+    config: str = ""
+    daemon: bool = False
+
+    @property
+    def command(self) -> str:
+        return "run" if self.daemon else "one-shot"
+
+    @classmethod
+    def of(cls, config_path: Optional[str], *, daemon: bool) -> Writer:
+        return cls(os.path.abspath(config_path) if config_path else "", daemon)
+
+
 class NodeIdentity:
     """This host's node name, host identity, and address as resolved once for the process."""
 
@@ -93,6 +115,8 @@ class NodeIdentity:
         config: NodeConfig,
         *,
         state_dir: Optional[str] = None,
+        writer: Optional[Writer] = None,
+        warnings: Optional[Warnings] = None,
         hostname: Callable[[], str] = socket.gethostname,
         route: Route = route_source_address,
         interfaces: Interfaces = interface_addresses,
@@ -100,10 +124,19 @@ class NodeIdentity:
     ) -> None:
         self.config = config
         self.name = config.name or hostname()
+        problem = node_name_problem(self.name)
+        if problem is not None:  # node.name itself is checked with the configuration
+            raise ConfigError([f"node.name: not set, and this host's name {problem}; set it"])
         self.host_id = host_id(machine_id)
         self.route = route
         self.interfaces = interfaces
-        self.state_dir = state_dir
+        self.writer = writer or Writer()
+        self.warnings = warnings or Warnings()  # node.json problems, said once (across reloads)
+        self.names = (
+            None
+            if state_dir is None
+            else NodeNames(StateDir(state_dir, self.warnings), self.writer, self.host_id)
+        )
         self._auto_address: Optional[str] = None
         self._recorded = False  # node.json is known to hold this name: nothing to retire
 
@@ -155,60 +188,150 @@ class NodeIdentity:
 
     # The node name used last, so that a renamed host can retire its old node.
 
-    def _node_file(self) -> Optional[str]:
-        return os.path.join(self.state_dir, NODE_FILE) if self.state_dir else None
-
     def previous_name(self) -> Optional[str]:
-        """The node name recorded by the last successful sync, if any and readable."""
-        path = self._node_file()
-        if path is None:
+        """The node this configuration used before on this host and now no longer uses: the
+        old node of a rename, to retire. None when there is none, or nothing says so reliably.
+        No I/O once this name is recorded."""
+        if self._recorded or self.names is None:
             return None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                    return None  # a FIFO or device planted there must not hang or flood us
-                raw = handle.read(_MAX_NODE_FILE + 1)
-        except OSError:
-            return None
-        try:
-            doc = json.loads(raw) if len(raw) <= _MAX_NODE_FILE else None
-        except ValueError:
-            return None
-        name = doc.get("node") if isinstance(doc, dict) else None
-        return name if isinstance(name, str) and 0 < len(name) <= 255 else None
+        return self.names.previous(self.name)
 
-    @property
-    def rename_pending(self) -> bool:
-        """Whether an earlier node name may still be registered (costs no I/O once settled)."""
-        if self._recorded:
-            return False
-        previous = self.previous_name()
-        if previous is None or previous == self.name:
-            self.record_name()
-            return False
-        return True
+    def beside_daemon(self) -> bool:
+        """Whether this is a one-shot command while `regagent run` holds the state directory:
+        then it leaves the directory's files to the daemon."""
+        return self.names is not None and self.names.beside_daemon()
 
     def record_name(self) -> None:
-        """Remembers this node name (atomically; an unwritable state dir is only logged)."""
-        path = self._node_file()
-        if path is None or self.previous_name() == self.name:
-            self._recorded = path is not None
-            return
-        body: Dict[str, str] = {"node": self.name}
-        directory = os.path.dirname(path)
+        """Remembers this node name for this configuration (once per process; an untrusted or
+        unwritable state directory, or a one-shot beside the daemon, records nothing)."""
+        if not self._recorded and self.names is not None:
+            self._recorded = self.names.record(self.name)
+
+
+@dataclass(frozen=True)
+class NameRecord:
+    """One line of `node.json`: the node a configuration used last, on which host, by which
+    command, and when."""
+
+    node: str
+    host_id: str
+    command: str
+    recorded: str
+
+
+class NodeNames:
+    """`<state_dir>/node.json`: the node name each configuration used last on this host.
+
+    A rename is when the same configuration on the same host comes back under another name (a
+    new host name, or node.name edited). Anything else is not evidence of one: a second
+    configuration sharing the state directory (a scratch `regagent -c other.yaml sync`) has a
+    record of its own; a record made on another host (a copied state directory) is not this
+    host's; and while `regagent run` holds the state directory's lock, a one-shot command
+    neither retires nor records anything, nor does it ever act on what the daemon recorded:
+    the daemon owns its node and retires its own old names. The file is read only if regagent
+    could have written it (`regagent.statedir`): an untrusted one is ignored, with one
+    warning, and can never order a deletion.
+    """
+
+    def __init__(
+        self,
+        directory: StateDir,
+        writer: Writer,
+        host: Optional[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.file = StateFile(directory, NODE_FILE, "node_state", MAX_NODE_FILE)
+        self.lock = Lock(directory, DAEMON_LOCK)
+        self.writer = writer
+        self.host = host
+        self.clock = clock
+        self._deferred = False  # said once: a one-shot beside the daemon leaves renames to it
+
+    def previous(self, name: str) -> Optional[str]:
+        """This configuration's last node name on this host when it differs from `name`."""
+        if self.host is None or self.beside_daemon():
+            return None
+        entry = self.load().get(self.writer.config)
+        if entry is None or entry.node == name or entry.host_id != self.host:
+            return None
+        if entry.command == "run" and not self.writer.daemon:
+            return None  # the daemon's own record: the daemon retires its old names
+        return entry.node
+
+    def record(self, name: str) -> bool:
+        """Records `name` for this configuration; True when the file now says so."""
+        if self.host is None or self.beside_daemon():
+            return False
+        records = self.load()
+        mine = records.get(self.writer.config)
+        if mine is not None and mine.command == "run" and not self.writer.daemon:
+            return mine.node == name  # not overwritten by a one-shot (see previous)
+        if mine is not None and (mine.node, mine.host_id, mine.command) == (
+            name,
+            self.host,
+            self.writer.command,
+        ):
+            return True
+        records[self.writer.config] = NameRecord(
+            name, self.host, self.writer.command, _timestamp(self.clock())
+        )
+        newest = sorted(records.items(), key=lambda item: item[1].recorded, reverse=True)
+        return self.file.write(_encode_names(dict(newest[:MAX_NODE_RECORDS])))
+
+    def load(self) -> Dict[str, NameRecord]:
+        """The records in the file ({} when absent, untrusted or corrupt; said once)."""
+        raw = self.file.read()
+        if raw is None:
+            return {}
         try:
-            os.makedirs(directory, mode=0o750, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=".node-", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(body, handle)
-                handle.write("\n")
-            os.replace(temporary, path)
-            self._recorded = True
-        except OSError as exc:
-            with contextlib.suppress(OSError, UnboundLocalError):
-                os.unlink(temporary)
-            log.warning("node_name_not_recorded", path=path, error=exc.strerror or str(exc))
+            return _decode_names(raw)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            self.file.corrupt(f"{type(exc).__name__}: {printable_text(str(exc), 200)}")
+            return {}
+
+    def beside_daemon(self) -> bool:
+        """Whether this one-shot command runs while `regagent run` holds the lock (said once)."""
+        if self.writer.daemon or not self.lock.held_elsewhere():
+            return False
+        if not self._deferred:
+            self._deferred = True
+            log.info(
+                "node_rename_left_to_daemon",
+                path=self.lock.directory.path,
+                reason="regagent run holds this state directory: a one-shot command retires "
+                "no node and writes none of its files",
+            )
+        return True
+
+
+def _timestamp(moment: float) -> str:
+    return datetime.fromtimestamp(int(moment), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _encode_names(records: Mapping[str, NameRecord]) -> str:
+    doc = {
+        "version": NODE_FILE_VERSION,
+        "configs": {key: asdict(entry) for key, entry in sorted(records.items())},
+    }
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def _decode_names(raw: str) -> Dict[str, NameRecord]:
+    """Strictly: a record that names no valid node, or too many records, is not regagent's."""
+    doc = json.loads(raw)
+    if not isinstance(doc, dict) or doc.get("version") != NODE_FILE_VERSION:
+        raise ValueError(f"expected a version {NODE_FILE_VERSION} node name record")
+    configs = doc["configs"]
+    if not isinstance(configs, dict) or len(configs) > MAX_NODE_RECORDS:
+        raise ValueError(f"configs must be a mapping of at most {MAX_NODE_RECORDS} records")
+    records: Dict[str, NameRecord] = {}
+    for key, item in configs.items():
+        if not isinstance(item, dict):
+            raise TypeError("a record must be a mapping")
+        fields = {f: item[f] for f in ("node", "host_id", "command", "recorded")}
+        if not all(isinstance(v, str) and printable_text(v) == v for v in (key, *fields.values())):
+            raise TypeError("record fields must be printable text")
+        if node_name_problem(fields["node"]) or fields["command"] not in ("run", "one-shot"):
+            raise ValueError("a record names no valid node or command")
+        records[key] = NameRecord(**fields)
+    return records

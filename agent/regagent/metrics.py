@@ -1,4 +1,4 @@
-"""regagent's own metrics (prometheus-client), and the bounded endpoint that serves them.
+"""regagent's own metrics (prometheus-client).
 
 Everything is read from the cycle report (`observe_cycle`), from the server pool's request
 observer (`observe_request`) and from the daemon's reload outcome, never sprinkled next to
@@ -7,23 +7,17 @@ process share no state. Names follow Prometheus's own Consul SD metrics
 (`prometheus_sd_consul_rpc_failures_total`, `..._rpc_duration_seconds`); the list, with what
 each means and what to alert on, is in README ("Operating the daemon").
 
-The endpoint runs in its own threads, serves at most `MAX_CONNECTIONS` scrapers at once (more
-are closed at once), gives each `CONNECTION_TIMEOUT` seconds per read or write, and renders the
-exposition at most once per `RENDER_EVERY` seconds, so neither a slow nor a flooding scraper can
-hold the sync loop or take its CPU.
+`regagent.metrics_endpoint` serves `Metrics.render` on `telemetry.listen`, within bounds.
 """
 
 from __future__ import annotations
 
 import platform
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Optional, Sequence, Set, Tuple
+from typing import Dict, Optional, Sequence, Set, Tuple
 
 import prometheus_client
-import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -32,19 +26,11 @@ from prometheus_client import (
     Info,
     ProcessCollector,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from regagent import __version__
 from regagent.errors import ConsulRefused, ConsulUnreachable, CycleDeadline, NoClusterLeader
 from regagent.report import CycleReport
-from regagent.rules import split_hostport
-
-log = structlog.get_logger(__name__)
-
-DEFAULT_PORT = 9555
-MAX_CONNECTIONS = 4
-CONNECTION_TIMEOUT = 5.0
-RENDER_EVERY = 1.0
 
 # Request outcomes, as the pool reports them.
 SUCCESS = "success"
@@ -238,121 +224,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class _CachedExposition:
-    """The rendered metrics, re-rendered at most once per `RENDER_EVERY` seconds."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self._lock = threading.Lock()
-        self._body = b""
-        self._at = float("-inf")
-
-    def body(self) -> bytes:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._at >= RENDER_EVERY:
-                self._body = self.metrics.render()
-                self._at = now
-            return self._body
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _BoundedServer
-    timeout = CONNECTION_TIMEOUT  # per read and write on the connection
-    protocol_version = "HTTP/1.0"  # one request per connection: a slot is never held idle
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path not in ("/metrics", "/"):
-            self._answer(404, b"not found; try /metrics\n", "text/plain; charset=utf-8")
-            return
-        self._answer(200, self.server.exposition.body(), CONTENT_TYPE_LATEST)
-
-    def _answer(self, code: int, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # scrapes are not worth a journal line each
-
-
-class _BoundedServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 16
-
-    def __init__(self, address: Tuple[str, int], family: int, metrics: Metrics) -> None:
-        self.address_family = family
-        self.exposition = _CachedExposition(metrics)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # busy: the scraper retries next interval
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
-def listen_address(listen: str) -> Tuple[str, int, int]:
-    """`telemetry.listen` as (host to bind, port, address family); `[v6]:port` for IPv6."""
-    host, port = split_hostport(listen)
-    if host.startswith("["):
-        return host[1:-1], port, socket.AF_INET6
-    return host, port, socket.AF_INET
-
-
-class MetricsServer:
-    """The `/metrics` endpoint on `telemetry.listen`, in its own threads."""
-
-    def __init__(self, metrics: Metrics, listen: str) -> None:
-        self.metrics = metrics
-        self.listen = listen
-        self._server: Optional[_BoundedServer] = None
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self) -> bool:
-        """Binds and serves; False (logged) when the address cannot be bound: the sync loop
-        matters more than its metrics, and `up == 0` for the regagent target shows it."""
-        host, port, family = listen_address(self.listen)
-        try:
-            self._server = _BoundedServer((host, port), family, self.metrics)
-        except OSError as exc:
-            log.error("metrics_listen_failed", listen=self.listen, error=str(exc))
-            return False
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.5},
-            name="regagent-metrics",
-            daemon=True,
-        )
-        self._thread.start()
-        log.info("metrics_serving", listen=self.listen, path="/metrics")
-        return True
-
-    @property
-    def port(self) -> Optional[int]:
-        return None if self._server is None else int(self._server.server_address[1])
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None

@@ -1,4 +1,5 @@
-"""Registration values shared by discovery, the planner and the Consul pool.
+"""Registration values: what discovery and the configuration want, what the planner compares
+and what the Consul backends read and write.
 
 Everything here is plain, frozen data in canonical form, so that equal desired states produce
 byte-identical Consul requests (writes only on change depend on it).
@@ -16,6 +17,7 @@ Result = Tuple[str, str]  # a check result: (status, stable output)
 
 SOURCE_DISCOVERY = "discovery"  # where a service intent comes from
 SOURCE_STATIC = "static"
+SOURCE_SELF = "self"  # regagent's own metrics endpoint (telemetry.listen)
 
 PASSING = "passing"
 WARNING = "warning"
@@ -111,9 +113,13 @@ def service_check_id(service_id: str) -> str:
 
 @dataclass(frozen=True)
 class DesiredState:
+    """What regagent wants Consul to hold for this node. Checks are either results regagent
+    writes (`checks`, catalog mode) or definitions a Consul agent runs (`probes`, agent mode)."""
+
     node: NodeRegistration
     services: Tuple[ServiceRegistration, ...]
     checks: Tuple[CheckState, ...]
+    probes: Mapping[str, HealthProbe] = field(default_factory=dict)  # service ID -> its check
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,6 @@ class ActualState:
     services: Tuple[ServiceRegistration, ...]
     checks: Tuple[CheckState, ...]
     node_check_ids: Tuple[str, ...] = ()  # node-level checks, e.g. serfHealth of a real agent
-    known_leader: bool = True  # from the stale reads' X-Consul-KnownLeader
 
 
 def meta_dict(pairs: Mapping[str, str]) -> Dict[str, str]:

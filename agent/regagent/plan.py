@@ -13,6 +13,7 @@ from regagent.model import (
     ActualState,
     CheckState,
     DesiredState,
+    HealthProbe,
     NodeRegistration,
     ServiceRegistration,
 )
@@ -23,12 +24,14 @@ FieldDiff = Tuple[str, object, object]  # (field, old, new)
 
 @dataclass(frozen=True)
 class ServiceWrite:
-    """Register (old is None) or update a service together with its check."""
+    """Register (old is None) or update a service together with its check: the result
+    regagent writes (`check`), or the definition a Consul agent runs (`probe`)."""
 
     service: ServiceRegistration
     check: Optional[CheckState]
     old: Optional[ServiceRegistration] = None
     diff: Tuple[FieldDiff, ...] = ()
+    probe: Optional[HealthProbe] = None
 
     @property
     def is_new(self) -> bool:
@@ -37,10 +40,12 @@ class ServiceWrite:
 
 @dataclass(frozen=True)
 class CheckWrite:
-    """Only the check's status/output changed: write the check alone."""
+    """Only the check's status/output changed: write the check alone (naming its service,
+    which a transaction's ACL check needs)."""
 
     check: CheckState
     old: Optional[CheckState]
+    service_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ def plan(desired: DesiredState, actual: ActualState) -> Plan:
     conflicts: List[Conflict] = []
     for service in desired.services:
         check = desired_checks.get(service.id)
+        probe = desired.probes.get(service.id)
         current = actual_services.get(service.id)
         invalid = meta_problems(dict(service.meta))
         if invalid:
@@ -119,13 +125,14 @@ def plan(desired: DesiredState, actual: ActualState) -> Plan:
             )
             continue
         if current is None:
-            service_writes.append(ServiceWrite(service, check))
+            service_writes.append(ServiceWrite(service, check, probe=probe))
             continue
         changes = diff_fields(current, service, SERVICE_FIELDS)
         if changes:
-            service_writes.append(ServiceWrite(service, check, current, changes))
+            service_writes.append(ServiceWrite(service, check, current, changes, probe))
         elif check is not None and _check_changed(actual_checks.get(check.check_id), check):
-            check_writes.append(CheckWrite(check, actual_checks.get(check.check_id)))
+            old = actual_checks.get(check.check_id)
+            check_writes.append(CheckWrite(check, old, service.name))
 
     wanted = {s.id for s in desired.services}
     deregister = tuple(s for s in actual.services if s.managed and s.id not in wanted)

@@ -22,7 +22,7 @@ class CycleReport:
     desired: Optional[DesiredState] = None
     actual: Optional[ActualState] = None
     plan: Optional[Plan] = None
-    planned_writes: int = 0  # requests the plan takes, in this backend's request layout
+    planned_writes: int = 0  # writes the plan takes, counted as writes_by_kind counts them
     writes_by_kind: Dict[str, int] = field(default_factory=dict)
     requests: int = 0  # write requests that carried them (one transaction carries many)
     server: Optional[str] = None

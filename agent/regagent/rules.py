@@ -3,8 +3,9 @@
 Sources: `structs.ValidateServiceMetadata` (Meta limits), the service-name rule Consul's DNS
 interface needs, and the `<name>-<port>` service-ID convention regagent uses everywhere. Also
 the rules for what regagent puts into URLs and headers (metrics paths, addresses, the token),
-and `printable_text`, which makes text taken from exporters safe for Meta, Output and terminals.
-All pure: no I/O.
+and `printable_text`, which makes text taken from exporters safe for Meta, Output and terminals,
+and how durations are written: `format_duration` for the configuration, `go_duration` for
+Consul's agent API. All pure: no I/O.
 """
 
 from __future__ import annotations
@@ -98,6 +99,28 @@ def split_hostport(address: str) -> Tuple[str, int]:
     return host, int(port)
 
 
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds back into the largest whole unit the configuration accepts: 300.0 -> `5m`."""
+    return _duration(seconds, _UNITS)
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as Go's `time.ParseDuration` reads them, for a check Consul's agent runs
+    (`Interval`, `Timeout`): the configuration's form without days, a unit Go does not know
+    (86400.0 -> `24h`; Consul refuses `1d` with a 400)."""
+    return _duration(seconds, _UNITS[1:])
+
+
+def _duration(seconds: float, units: Tuple[Tuple[str, int], ...]) -> str:
+    for unit, size in units:
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{round(seconds * 1000)}ms"
+
+
 def token_text(token: str) -> str:
     """The token as sent: without the one trailing newline a file (or YAML `|`) ends with."""
     return token[:-1] if token.endswith("\n") else token
@@ -179,6 +202,50 @@ def host_problem(host: str) -> Optional[str]:
     return f"{host!r} is neither an IP address nor a host name"
 
 
+def node_name_problem(name: str) -> Optional[str]:
+    """Why `name` is not a node name regagent registers, or None.
+
+    Consul's own rule for node names is the DNS one (agent/config/builder.go warns about any
+    character outside letters, digits and '-', using agent/dns's RFC 1123 label rule, and about
+    more than 63 characters). A host name may also have dots (an FQDN: Consul accepts it, only
+    its DNS interface cannot serve it), so: RFC 1123 labels of letters, digits and '-', each
+    starting and ending with a letter or digit, at most 63 characters, joined by dots, at most
+    253 in all. Nothing else reaches Consul's URLs, the catalog and Prometheus's labels.
+    """
+    labels = name.split(".")
+    if name and len(name) <= HOST_NAME_MAX and all(_HOST_LABEL_RE.match(label) for label in labels):
+        return None
+    shown = printable_text(name, 80)
+    return (
+        f"{shown!r} is not a valid node name (letters, digits and '-', starting and ending with "
+        "a letter or digit, at most 63 characters; dot-separated parts of a host name allowed)"
+    )
+
+
+def text_problem(text: str) -> Optional[str]:
+    """Why configured text must not be sent to Consul as it is, or None: the rule exporter
+    text gets (`printable_text`), refused instead of repaired, since an operator can fix it.
+    Control characters (NUL, escape sequences), bidi controls and zero-width characters would
+    reach Consul, Prometheus labels and every terminal that shows them."""
+    for position, char in enumerate(text, start=1):
+        if not _printable(char):
+            return (
+                f"contains {_describe_char(char)} at character {position}; "
+                "only printable characters are allowed"
+            )
+    return None
+
+
+def _describe_char(char: str) -> str:
+    name = unicodedata.name(char, "")
+    code = f"U+{ord(char):04X}"
+    return f"{code} ({name.lower()})" if name else f"{code} (a control character)"
+
+
+def _printable(char: str) -> bool:
+    return char == " " or (char.isprintable() and unicodedata.category(char)[0] != "C")
+
+
 def printable_text(text: str, limit: int = META_VALUE_MAX) -> str:
     """`text` from an untrusted source reduced to printable characters, at most `limit` bytes.
 
@@ -187,12 +254,7 @@ def printable_text(text: str, limit: int = META_VALUE_MAX) -> str:
     limit by default) without splitting a character, ending in `...` when cut. The same input
     always gives the same output, so check Output and Meta stay stable across cycles.
     """
-    cleaned = "".join(
-        char
-        if char == " " or (char.isprintable() and unicodedata.category(char)[0] != "C")
-        else "?"
-        for char in _ANSI_RE.sub("", text)
-    )
+    cleaned = "".join(char if _printable(char) else "?" for char in _ANSI_RE.sub("", text))
     if len(cleaned.encode("utf-8")) <= limit:
         return cleaned
     room = max(limit - 3, 0)

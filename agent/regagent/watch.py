@@ -1,23 +1,22 @@
 """The watch: between full cycles, a look at the LISTEN sockets every `discovery.watch_interval`.
 
 A look is one netlink dump (about 0.1 ms, design decision 13) and no Consul request. When the
-set of (port, socket inode) differs from what discovery last saw, or a slow-starting exporter is
-due for another probe, the watch runs the engine's `partial_cycle`: a quick discovery pass (only
-new listeners are probed), the one planner, the one write path, restricted to the discovered
-services on the ports that changed and planned against the actual state the last full cycle
-read (see `regagent.engine` for why that is safe and what repairs a stale one). So a new exporter
-is registered, and a vanished one marked critical, about a second after its `listen()` or its
-death, while a host where nothing changes costs Consul nothing between full cycles. Everything
-else (static services, checks of exporters that still listen, deregistrations) waits for the
-full cycle.
+set of (port, socket inode) differs from what discovery last saw, a slow-starting exporter is
+due for another probe, or a background identification found an exporter (the runner's
+`next_retry`), the watch runs the engine's `partial_cycle`: a quick discovery pass (only new
+listeners are probed, unconfirmed ones in the background), the one planner, the one write
+path, restricted to the discovered services on the ports that changed and planned against the
+actual state the last full cycle read (see `regagent.engine` for why that is safe and what
+repairs a stale one). So a new exporter is registered, and a vanished one marked critical,
+about a second after its `listen()` or its death, while a host where nothing changes costs
+Consul nothing between full cycles. Everything else (static services, checks of exporters that
+still listen, deregistrations) waits for the full cycle.
 
 Flap bound: a service written by the watch is not written by it again for `FAST_WRITE_HOLDOFF`
 seconds (N = 5 s, Prometheus's own minimum between service-discovery updates, so a faster
 write would not be seen sooner). A change held back that way is written when the hold-off ends;
 full cycles are not held. A listener that binds and closes many times a second therefore costs
 at most one write per service per 5 s between full cycles, plus what each full cycle writes.
-
-The daemon calls `run_for(seconds, stop)` where it used to wait for the next cycle.
 """
 
 from __future__ import annotations

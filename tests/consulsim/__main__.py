@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--control-port", type=int, default=0, help="control API port; 0 picks a free port"
     )
+    parser.add_argument("--control-bind", help="address the control API binds to (default: --bind)")
     parser.add_argument("--datacenter", default="dc1")
     parser.add_argument(
         "--acl-file", help="JSON ACL configuration (see acl.py); ACLs off without it"
@@ -97,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer /v1/txn with 404 and an empty body, like a Consul before 0.7",
     )
     parser.add_argument(
+        "--session-ttl-min",
+        type=_duration,
+        default=10.0,
+        help="shortest session TTL accepted (Consul's session_ttl_min: 10s); tests lower it",
+    )
+    parser.add_argument(
+        "--no-session-checks",
+        action="store_true",
+        help="behave like a Consul without the 'session' check type (before PR #22227): "
+        "Definition.SessionName is dropped and session checks never change",
+    )
+    parser.add_argument(
         "--tls-cert", metavar="FILE", help="PEM server certificate: the server ports speak HTTPS"
     )
     parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -142,7 +155,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         rpc_hold=args.rpc_hold,
         ae_interval=args.ae_interval,
         txn_max_ops=args.txn_max_ops,
+        session_ttl_min=args.session_ttl_min,
+        session_checks=not args.no_session_checks,
     )
+    if args.session_ttl_min <= 0:
+        print("consulsim: --session-ttl-min must be > 0", file=sys.stderr)
+        return 2
     if args.txn_max_ops < 1:
         print("consulsim: --txn-max-ops must be >= 1", file=sys.stderr)
         return 2
@@ -153,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.acl_file, encoding="utf-8") as fh:
             emulator.set_acl(json.load(fh))
     emulator.start()
-    control = ControlServer((args.bind, args.control_port), emulator)
+    control = ControlServer((args.control_bind or args.bind, args.control_port), emulator)
     control.start()
 
     done = threading.Event()

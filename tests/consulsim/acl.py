@@ -1,9 +1,9 @@
-"""Optional ACLs: tokens mapped to node/service/agent rules, with Consul's denial texts.
+"""Optional ACLs: tokens mapped to node/service/agent/session rules, with Consul's denial texts.
 
 The rule model is the subset of Consul's policy language regagent and Prometheus need:
-``node``, ``service`` and ``agent`` resources, each with exact-name and prefix rules and a
-``read``/``write``/``deny`` policy. As in Consul, an exact rule beats any prefix rule and the
-longest prefix wins. Configuration is JSON, e.g.::
+``node``, ``service``, ``agent`` and ``session`` resources, each with exact-name and prefix
+rules and a ``read``/``write``/``deny`` policy. As in Consul, an exact rule beats any prefix
+rule and the longest prefix wins. Configuration is JSON, e.g.::
 
     {"default_policy": "deny",
      "tokens": {"regagent-secret": {"AccessorID": "...",
@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
 _LEVELS = {"deny": 0, "read": 1, "write": 2}
-RESOURCES = ("node", "service", "agent")
+RESOURCES = ("node", "service", "agent", "session")
 
 
 class PermissionDenied(Exception):

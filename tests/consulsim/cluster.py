@@ -62,10 +62,16 @@ class SimCluster:
         tls_client_key: Optional[str] = None,
         txn_max_ops: int = 128,
         txn: bool = True,
+        session_ttl_min: Duration = "10s",
+        session_checks: bool = True,
+        control_bind: Optional[str] = None,
+        netns: Optional[str] = None,
     ) -> None:
         """``tls_cert``/``tls_key`` turn HTTPS on (``tls_client_ca`` also requires client
         certificates); ``tls_ca`` (default: ``tls_cert`` itself) and ``tls_client_cert``/
-        ``tls_client_key`` are what this handle's own ``get`` uses to talk to it."""
+        ``tls_client_key`` are what this handle's own ``get`` uses to talk to it.
+        ``netns`` runs the emulator in that network namespace (``ip netns exec``), and
+        ``control_bind`` puts its control API on another address than ``bind``."""
         self.servers = servers
         self.bind = bind
         self.acl = acl
@@ -98,8 +104,15 @@ class SimCluster:
             "--txn-max-ops",
             str(txn_max_ops),
         ]
+        self._args += ["--session-ttl-min", _arg(session_ttl_min)]
         if not txn:
             self._args.append("--no-txn")
+        if not session_checks:
+            self._args.append("--no-session-checks")
+        if control_bind:
+            self._args += ["--control-bind", control_bind]
+        # `ip netns exec` execs the emulator in place: the pid is still the emulator's.
+        self._prefix = ["ip", "netns", "exec", netns] if netns else []
         for flag, value in (
             ("--tls-cert", tls_cert),
             ("--tls-key", tls_key),
@@ -129,7 +142,7 @@ class SimCluster:
         # Kept open for the process lifetime and closed in stop(): no context manager fits.
         self._stderr = tempfile.TemporaryFile(prefix="consulsim-stderr-")  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.consulsim", *args],
+            [*self._prefix, sys.executable, "-m", "tests.consulsim", *args],
             cwd=_REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -248,6 +261,30 @@ class SimCluster:
     def endless(self, i: int, on: bool = True) -> None:
         """Server ``i`` answers every request with a 200 whose body never ends."""
         self._control("POST", f"/servers/{i}/endless", {"on": on})
+
+    def no_block(self, i: int, on: bool = True) -> None:
+        """Server ``i`` answers every blocking read at once, whatever ``?index`` (a broken
+        proxy); ``on=False`` restores blocking."""
+        self._control("POST", f"/servers/{i}/noblock", {"on": on})
+
+    def set_session_checks(self, enabled: bool) -> None:
+        """Serve the ``session`` check type, or behave like a Consul older than it."""
+        self._control("PUT", "/sessions", {"session_checks": enabled})
+
+    def sessions_config(self) -> Dict[str, Any]:
+        """``{"session_checks": bool, "ttl_min": s, "timers": {id: seconds left | None}}``."""
+        config: Dict[str, Any] = self._control("GET", "/sessions")
+        return config
+
+    def snapshot_save(self) -> int:
+        """Keep a copy of the replicated state (``consul snapshot save``); returns its id."""
+        number: int = self._control("POST", "/snapshot")["id"]
+        return number
+
+    def snapshot_restore(self, number: int) -> None:
+        """Put the state and every index back to snapshot ``number``: indexes go backwards and
+        blocked reads return at once, as after ``consul snapshot restore``."""
+        self._control("POST", "/snapshot/restore", {"id": number})
 
     def set_txn(self, enabled: bool, server: Optional[int] = None, status: int = 404) -> None:
         """Serve /v1/txn or refuse it (on ``server``, or every server) with ``status`` and

@@ -13,7 +13,11 @@ Routes (all answers are JSON; errors are 400/404 with ``{"error": "..."}``)::
     PUT  /acl  {acl config, see acl.py; {} turns ACLs off}
     GET  /txn                           PUT /txn {"enabled": false, "server": 1, "status": 404,
                                                   "max_ops": 64}  (every key optional)
-    GET  /catalog                       (debug dump of every node, service and check)
+    POST /servers/<i>/noblock   {"on": true|false}  (blocking reads answered at once)
+    GET  /sessions                      PUT /sessions {"session_checks": false}
+    POST /snapshot                      -> {"id": n}
+    POST /snapshot/restore {"id": n}    (state and indexes back to snapshot n)
+    GET  /catalog                       (debug dump of every node, service, check and session)
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .emulator import Emulator
 
-_SERVER_OP = re.compile(r"^/servers/(\d+)/(stop|start|blackhole|slow|status|drip|endless)$")
+_SERVER_OP = re.compile(r"^/servers/(\d+)/(stop|start|blackhole|slow|status|drip|endless|noblock)$")
 
 
 class ControlServer(ThreadingHTTPServer):
@@ -121,6 +125,17 @@ class _ControlHandler(BaseHTTPRequestHandler):
             return 200, emu.txn_config()
         if path == "/catalog" and method == "GET":
             return 200, emu.catalog()
+        if path == "/sessions" and method == "GET":
+            return 200, emu.sessions_config()
+        if path == "/sessions" and method in ("PUT", "POST"):
+            if "session_checks" in body:
+                emu.set_session_checks(bool(body["session_checks"]))
+            return 200, emu.sessions_config()
+        if path == "/snapshot" and method == "POST":
+            return 200, {"id": emu.snapshot_save()}
+        if path == "/snapshot/restore" and method == "POST":
+            emu.snapshot_restore(int(body["id"]))
+            return 200, {"ok": True}
         match = _SERVER_OP.match(path)
         if match and method == "POST":
             i, op = int(match.group(1)), match.group(2)
@@ -136,6 +151,8 @@ class _ControlHandler(BaseHTTPRequestHandler):
                 emu.drip(i, float(body["seconds"]))
             elif op == "endless":
                 emu.endless(i, bool(body.get("on", True)))
+            elif op == "noblock":
+                emu.no_block(i, bool(body.get("on", True)))
             else:
                 emu.slow(i, float(body["seconds"]))
             return 200, {"ok": True}

@@ -280,9 +280,13 @@ def _parse_json(raw: bytes) -> JSON:
     return value
 
 
-def decode_body(raw: bytes, schema: Schema) -> Dict[str, Any]:
-    """Decode a request body the way ``lib.DecodeJSON`` does, raising Go's error texts."""
-    return decode_struct(_parse_json(raw), schema)
+def decode_body(raw: bytes, schema: Schema, strict: bool = True) -> Dict[str, Any]:
+    """Decode a request body the way ``lib.DecodeJSON`` does, raising Go's error texts.
+
+    ``strict=False`` is for structs with their own ``UnmarshalJSON`` (``structs.Session``):
+    DisallowUnknownFields does not reach inside one, so unknown keys are ignored there.
+    """
+    return decode_struct(_parse_json(raw), schema, strict=strict)
 
 
 def decode_body_list(raw: bytes, schema: Schema, go_type: str) -> List[Dict[str, Any]]:
@@ -341,6 +345,9 @@ DEFINITION = Schema(
             "AliasService": "str",
             "TTL": "duration",
             "OSService": "str",
+            # Consul PR #22227 (1.21.x, 1.20.x backport): with a check Type "session", the
+            # check follows the session of this Name.
+            "SessionName": "str",
         }
     ),
 )
@@ -526,6 +533,26 @@ SERVICE_DEFINITION = Schema(
 )
 
 CHECK_UPDATE = Schema("checkUpdate", _fields({"Status": "str", "Output": "str"}))
+
+SESSION = Schema(
+    "Session",
+    _fields(
+        {
+            "ID": "str",
+            "Name": "str",
+            "Node": "str",
+            "LockDelay": "any",
+            "Behavior": "str",
+            "TTL": "str",
+            "NodeChecks": "strlist",
+            "ServiceChecks": Field(
+                "structlist", Schema("ServiceCheck", _fields({"ID": "str", "Namespace": "str"}))
+            ),
+            "Checks": "strlist",
+            **_RAFT,
+        }
+    ),
+)
 
 
 # --------------------------------------------------------------------------- /v1/txn

@@ -7,10 +7,12 @@ live here rather than in ``sim.py`` or ``listener.py``; ``control.py`` exposes t
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any, Dict, List, Optional
 
 from .http_api import ConsulAPI
 from .listener import ServerListener
+from .sessions import session_json
 from .sim import Settings, Simulation
 from .state import check_json, node_json, node_service_json
 
@@ -111,6 +113,37 @@ class Emulator:
             self.sim.topology.faults[i].endless = on
             self.sim.cond.notify_all()
 
+    def no_block(self, i: int, on: bool) -> None:
+        """Server ``i`` answers blocking reads at once whatever ``?index`` says, like a proxy
+        that strips the query or a server that ignores it."""
+        self._check(i)
+        with self.sim.cond:
+            self.sim.topology.faults[i].no_block = on
+            self.sim.cond.notify_all()
+
+    def set_session_checks(self, enabled: bool) -> None:
+        """Serve the ``session`` check type, or behave like a server older than it."""
+        self.sim.set_session_checks(enabled)
+
+    def sessions_config(self) -> Dict[str, Any]:
+        """Session settings and the leader's timers: seconds left per session ID."""
+        sim = self.sim
+        with sim.cond:
+            now = time.monotonic()
+            return {
+                "session_checks": sim.store.session_checks,
+                "ttl_min": sim.settings.session_ttl_min,
+                "timers": {
+                    s["ID"]: sim.timers.remaining(s["ID"], now) for s in sim.store.all_sessions()
+                },
+            }
+
+    def snapshot_save(self) -> int:
+        return self.sim.snapshot_save()
+
+    def snapshot_restore(self, number: int) -> None:
+        self.sim.snapshot_restore(number)
+
     def set_txn(self, enabled: bool, server: Optional[int] = None, status: int = 404) -> None:
         """Serve ``/v1/txn`` or not, on one server or all; ``status`` is what a refusing
         server answers (404 with an empty body is a Consul before 0.7)."""
@@ -160,4 +193,5 @@ class Emulator:
                     for node, svc in store.service_rows()
                 ],
                 "checks": [check_json(c) for c in store.all_checks()],
+                "sessions": [session_json(s) for s in store.all_sessions()],
             }

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import decode, txn
 from .acl import PermissionDenied, Policy
 from .agent_local import AgentError, AgentState
+from .sessions import new_session_request, session_json
 from .sim import ApiError, ReadMeta, Simulation
 from .state import (
     CHECK_STATUSES,
@@ -125,6 +126,12 @@ class ConsulAPI:
             ("/v1/agent/check/warn/", ("PUT",), self._ttl("warning")),
             ("/v1/agent/check/fail/", ("PUT",), self._ttl("critical")),
             ("/v1/agent/check/update/", ("PUT",), self.agent_check_update),
+            ("/v1/session/create", ("PUT",), self.session_create),
+            ("/v1/session/destroy/", ("PUT",), self.session_destroy),
+            ("/v1/session/renew/", ("PUT",), self.session_renew),
+            ("/v1/session/info/", ("GET",), self.session_info),
+            ("/v1/session/node/", ("GET",), self.session_node),
+            ("/v1/session/list", ("GET",), self.session_list),
             ("/v1/txn", ("PUT",), self.txn),
             ("/v1/status/leader", ("GET",), self.status_leader),
             ("/v1/status/peers", ("GET",), self.status_peers),
@@ -565,6 +572,71 @@ class ConsulAPI:
             self.sim.agent_write(req.server, change)
         except AgentError as exc:
             raise ApiError(exc.status, str(exc)) from None
+
+    # ------------------------------------------------------------------ sessions
+
+    def session_create(self, req: Request) -> Response:
+        """``SessionCreate``: the answering agent's defaults (its own node, ``serfHealth``,
+        15 s lock delay, release), the body on top (lenient: Session has its own
+        UnmarshalJSON), then ``Session.Apply`` on the leader."""
+        body: Record = {}
+        if req.body:
+            try:
+                body = decode.decode_body(req.body, decode.SESSION, strict=False)
+                sess = new_session_request(self.sim.node_name(req.server), body, True)
+            except decode.DecodeError as exc:
+                raise ApiError(400, f"Request decode failed: {exc}") from None
+        else:
+            sess = new_session_request(self.sim.node_name(req.server), body, False)
+        sess.pop("ID", None)
+        sid = self.sim.session_create(req.server, sess, req.token)
+        return _json_response(req, {"ID": sid})
+
+    def session_destroy(self, req: Request) -> Response:
+        if not req.arg:
+            raise ApiError(400, "Missing session")
+        self.sim.session_destroy(req.server, req.arg, req.token)
+        return _json_response(req, True)
+
+    def session_renew(self, req: Request) -> Response:
+        """``SessionRenew``: resets the leader's timer; 404 for a session it does not know."""
+        if not req.arg:
+            raise ApiError(400, "Missing session")
+        sess = self.sim.session_renew(req.server, req.arg, req.token)
+        if sess is None:
+            raise ApiError(404, f"Session id '{req.arg}' not found")
+        return _json_response(req, [session_json(sess)])
+
+    def _sessions_read(self, req: Request, select: Callable[[Record], bool]) -> Response:
+        store = self.sim.store
+
+        def compute(policy: Optional[Policy]) -> Tuple[int, Tuple[Any, bool]]:
+            out, filtered = [], False
+            for sess in store.all_sessions():
+                if not select(sess):
+                    continue
+                if not self._can(policy, "session", sess["Node"]):
+                    filtered = True
+                    continue
+                out.append(session_json(sess))
+            return store.idx.sessions, (out, filtered)
+
+        return self._read(req, compute)
+
+    def session_info(self, req: Request) -> Response:
+        if not req.arg:
+            raise ApiError(400, "Missing session")
+        low = req.arg.lower()
+        return self._sessions_read(req, lambda s: s["ID"].lower() == low)
+
+    def session_node(self, req: Request) -> Response:
+        if not req.arg:
+            raise ApiError(400, "Missing node name")
+        low = req.arg.lower()
+        return self._sessions_read(req, lambda s: s["Node"].lower() == low)
+
+    def session_list(self, req: Request) -> Response:
+        return self._sessions_read(req, lambda s: True)
 
     # ------------------------------------------------------------------ txn
 

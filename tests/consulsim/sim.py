@@ -21,7 +21,16 @@ from .acl import ACL, PermissionDenied, Policy
 from .agent_local import AgentState
 from .catalog_rpc import RPCError, prepare_register, vet_deregister, vet_register
 from .decode import DecodeError, parse_go_duration
-from .state import Record, Store, StoreError, WriteResult, check_same, service_same
+from .sessions import SessionError, SessionTimers, ttl_seconds, validate_apply
+from .state import (
+    Record,
+    Store,
+    StoreError,
+    StoreSnapshot,
+    WriteResult,
+    check_same,
+    service_same,
+)
 from .stats import Stats
 from .topology import Topology
 
@@ -60,6 +69,8 @@ class Settings:
     version: str = "1.17.0"
     txn_max_ops: int = txn.MAX_OPS
     txn_max_req_len: int = txn.MAX_REQ_LEN
+    session_ttl_min: float = 10.0  # Consul's session_ttl_min
+    session_checks: bool = True  # False: a server older than the session check type
 
 
 @dataclass
@@ -85,6 +96,12 @@ class Simulation:
         self.addresses: List[str] = []
         self.agents: List[AgentState] = []
         self.node_ids: List[str] = []
+        self.timers = SessionTimers()
+        self._timers_term: Optional[int] = None  # the term whose leader started the timers
+        self.store.session_checks = settings.session_checks
+        self.snapshots: List[StoreSnapshot] = []
+        # Bumped by a snapshot restore: blocked reads return at once (the store is abandoned).
+        self.abandoned = 0
         self._closing = False
         self._next_ae = 0.0
         self._ticker: Optional[threading.Thread] = None
@@ -169,6 +186,19 @@ class Simulation:
             if self.topology.leader is not None:
                 self._reconcile_members()
             self.cond.notify_all()
+        self._sync_timers(now)
+
+    def _sync_timers(self, now: float) -> None:
+        """Session timers belong to the leader: none without one, and a new leader starts a
+        fresh 2 x TTL for every session (``initializeSessionTimers``)."""
+        if self.topology.leader is None:
+            self.timers.clear_all()
+            self._timers_term = None
+        elif self._timers_term != self.topology.term:
+            self.timers.clear_all()
+            for sess in self.store.all_sessions():
+                self.timers.reset(sess["ID"], ttl_seconds(sess), now)
+            self._timers_term = self.topology.term
 
     def _await_leader(self, server: int) -> int:
         """Wait up to ``rpc_hold`` for a leader, as a follower's RPC forwarding does."""
@@ -199,7 +229,7 @@ class Simulation:
             leader = self._await_leader(server)
             try:
                 return call()
-            except (RPCError, StoreError, PermissionDenied) as exc:
+            except (RPCError, StoreError, SessionError, PermissionDenied) as exc:
                 status = getattr(exc, "status", 500)
                 if isinstance(exc, PermissionDenied):
                     status = 403
@@ -227,11 +257,111 @@ class Simulation:
 
         def call() -> WriteResult:
             policy = self.acl.resolve(token)
-            req = prepare_register(body)
+            req = prepare_register(_without_session_names(body) if self._old_server() else body)
             vet_register(self.acl, policy, self.store, req)
             return self._applied(self.store.register(req))
 
         return self.rpc(server, call)
+
+    def _old_server(self) -> bool:
+        return not self.store.session_checks
+
+    # ------------------------------------------------------------------ sessions
+
+    def session_create(self, server: int, sess: Record, token: str) -> str:
+        """``Session.Apply`` (create) through server ``server``; returns the new ID."""
+
+        def call() -> str:
+            policy = self.acl.resolve(token)
+            if not sess.get("Node"):
+                raise SessionError("Must provide Node")
+            self.acl.require(policy, "session", sess["Node"], "write")
+            validate_apply(sess, int(self.settings.session_ttl_min * 1e9))
+            row = {**sess, "ID": self._new_session_id()}
+            idx = self.store.begin()
+            try:
+                self.store.create_session(idx, row)
+            except StoreError:
+                self.store.abort()
+                raise
+            self._applied(self.store.commit())
+            self.timers.reset(row["ID"], ttl_seconds(row), time.monotonic())
+            return str(row["ID"])
+
+        return self.rpc(server, call)
+
+    def _new_session_id(self) -> str:
+        while True:
+            sid = str(uuid.uuid4())
+            if self.store.session(sid) is None:
+                return sid
+
+    def session_destroy(self, server: int, session_id: str, token: str) -> None:
+        """``Session.Apply`` (destroy): an unknown ID is answered before Raft, writing nothing."""
+
+        def call() -> None:
+            policy = self.acl.resolve(token)
+            existing = self.store.session(session_id)
+            if existing is None:
+                return
+            self.acl.require(policy, "session", existing["Node"], "write")
+            idx = self.store.begin()
+            self.store.destroy_session(idx, session_id)
+            self._applied(self.store.commit())
+            self.timers.clear(session_id)
+
+        self.rpc(server, call)
+
+    def session_renew(self, server: int, session_id: str, token: str) -> Optional[Record]:
+        """``Session.Renew`` on the leader: resets its timer, writes nothing to Raft; None for an
+        unknown session."""
+
+        def call() -> Optional[Record]:
+            policy = self.acl.resolve(token)
+            sess = self.store.session(session_id)
+            if sess is None:
+                return None
+            self.acl.require(policy, "session", sess["Node"], "write")
+            self.timers.reset(sess["ID"], ttl_seconds(sess), time.monotonic())
+            return sess
+
+        return self.rpc(server, call)
+
+    def _expire_sessions(self, now: float) -> None:
+        """The leader's timers that fired: one Raft apply each (``invalidateSession``)."""
+        if self.topology.leader is None:
+            return
+        for sid in self.timers.expired(now):
+            self.timers.clear(sid)
+            idx = self.store.begin()
+            self.store.destroy_session(idx, sid)
+            self._applied(self.store.commit())
+
+    def set_session_checks(self, enabled: bool) -> None:
+        """Serve the session check type (Consul PR #22227) or behave like an older server."""
+        with self.cond:
+            self.store.session_checks = enabled
+            self.settings.session_checks = enabled
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_save(self) -> int:
+        """``consul snapshot save``: keep a copy of the replicated state; returns its number."""
+        with self.cond:
+            self.snapshots.append(self.store.save())
+            return len(self.snapshots) - 1
+
+    def snapshot_restore(self, number: int) -> None:
+        """``consul snapshot restore``: the state (and every index) goes back to the snapshot,
+        blocked reads are released at once, and the leader restarts its session timers."""
+        with self.cond:
+            if not 0 <= number < len(self.snapshots):
+                raise ValueError(f"no snapshot {number}")
+            self.store.restore(self.snapshots[number])
+            self._timers_term = None
+            self._sync_timers(time.monotonic())
+            self.abandoned += 1
+            self.cond.notify_all()
 
     def catalog_deregister(self, server: int, body: Record, token: str) -> WriteResult:
         """``Catalog.Deregister`` through server ``server``."""
@@ -365,13 +495,14 @@ class Simulation:
                 prefix = "rpc error making call: " if forwarded else ""
                 raise ApiError(403, prefix + str(exc)) from None
             index, data = compute(policy)
-            if min_index > 0:
+            if min_index > 0 and not self.topology.faults[server].no_block:
                 timeout = min(
                     wait if wait > 0 else self.settings.default_wait, self.settings.wait_cap
                 )
                 if self.settings.stagger_divisor > 0:
                     timeout += random.uniform(0, timeout / self.settings.stagger_divisor)
                 deadline = time.monotonic() + timeout
+                abandoned = self.abandoned
                 while index <= min_index:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -379,6 +510,8 @@ class Simulation:
                     self.cond.wait(remaining)
                     self.check_up(server)
                     index, data = compute(policy)
+                    if self.abandoned != abandoned:
+                        break  # a snapshot restore abandoned the state store: answer now
             now = time.monotonic()
             known = self.topology.leader is not None
             meta = ReadMeta(
@@ -472,7 +605,9 @@ class Simulation:
     def drop_leader(self) -> Optional[int]:
         """Make the leader step down; returns the old leader's index."""
         with self.cond:
-            old = self.topology.drop_leader(time.monotonic())
+            now = time.monotonic()
+            old = self.topology.drop_leader(now)
+            self._sync_timers(now)
             self.cond.notify_all()
             return old
 
@@ -503,7 +638,11 @@ class Simulation:
                 if now >= self._next_ae:
                     self._sync_all_agents()
                     self._next_ae = now + self.settings.ae_interval
+                self._expire_sessions(now)
                 deadlines = [self._next_ae]
+                timer = self.timers.next_deadline()
+                if timer is not None:
+                    deadlines.append(timer)
                 election = self.topology.next_deadline()
                 if election is not None:
                     deadlines.append(election)
@@ -522,6 +661,25 @@ class Simulation:
             self.stats.reset()
             self.store.writes_applied = 0
             self.store.writes_changed = 0
+
+
+def _without_session_names(body: Record) -> Record:
+    """What an older server's decoder keeps: its HealthCheckDefinition has no SessionName and
+    decodes leniently, so the field is dropped without an error (the check's Type stays)."""
+    out = dict(body)
+    for key in ("Check", "Checks"):
+        value = out.get(key)
+        checks = [value] if key == "Check" else value
+        cleaned = []
+        for check in checks or []:
+            kept = check
+            if check is not None and "SessionName" in (check.get("Definition") or {}):
+                definition = {k: v for k, v in check["Definition"].items() if k != "SessionName"}
+                kept = {**check, "Definition": definition}
+            cleaned.append(kept)
+        if value is not None:
+            out[key] = cleaned[0] if key == "Check" else cleaned
+    return out
 
 
 def _parse_wait(query: Dict[str, List[str]]) -> Tuple[int, float]:

@@ -22,6 +22,8 @@ from .decode import format_go_duration
 Record = Dict[str, Any]
 
 CHECK_STATUSES = ("passing", "warning", "critical")
+# A check of this Type follows the session named by Definition.SessionName (Consul PR #22227).
+SESSION_CHECK_TYPE = "session"
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 _DEFAULT_WEIGHTS = {"Passing": 1, "Warning": 1}
 
@@ -39,6 +41,8 @@ class Indexes:
     service: Dict[str, int] = field(default_factory=dict)
     node: Dict[str, int] = field(default_factory=dict)
     service_extinction: int = 0
+    node_extinction: int = 0
+    sessions: int = 0  # the sessions table index (kept apart: the stats' "tables" are catalog)
 
     def bump(self, idx: int, *tables: str) -> None:
         for table in tables:
@@ -52,7 +56,20 @@ class Indexes:
             dict(self.service),
             dict(self.node),
             self.service_extinction,
+            self.node_extinction,
+            self.sessions,
         )
+
+
+@dataclass
+class StoreSnapshot:
+    """The replicated tables and their indexes at one moment (``Store.save``)."""
+
+    nodes: Dict[str, Record]
+    services: Dict[Tuple[str, str], Record]
+    checks: Dict[Tuple[str, str], Record]
+    sessions: Dict[str, Record]
+    indexes: Indexes
 
 
 @dataclass
@@ -91,6 +108,14 @@ def valid_weights(weights: Optional[Dict[str, int]]) -> Dict[str, int]:
     if not weights or weights.get("Passing", 0) < 1 or weights.get("Warning", 0) < 0:
         return dict(_DEFAULT_WEIGHTS)
     return {"Passing": weights.get("Passing", 0), "Warning": weights.get("Warning", 0)}
+
+
+def session_check_ids(sess: Record) -> List[str]:
+    """``Session.CheckIDs``: NodeChecks, ServiceChecks' IDs and the deprecated Checks, merged."""
+    ids: List[str] = list(sess.get("NodeChecks") or [])
+    ids += [c.get("ID", "") for c in sess.get("ServiceChecks") or []]
+    ids += [c for c in sess.get("Checks") or [] if c not in ids]
+    return ids
 
 
 def check_type(definition: Record) -> str:
@@ -252,6 +277,9 @@ class Store:
         self.nodes: Dict[str, Record] = {}
         self.services: Dict[Tuple[str, str], Record] = {}
         self.checks: Dict[Tuple[str, str], Record] = {}
+        self.sessions: Dict[str, Record] = {}
+        # False: an "older server" without the session check type (Consul PR #22227).
+        self.session_checks = True
         self.idx = Indexes()
         self.writes_applied = 0
         self.writes_changed = 0
@@ -411,13 +439,18 @@ class Store:
             row["ServiceTags"] = copy.deepcopy(owner.get("Tags"))
         key = (node_key, row["CheckID"].lower())
         old = self.checks.get(key)
+        if row["Status"] == "critical":
+            # ensureCheckTxn deletes the sessions mapped to a critical check before it looks at
+            # IsSame, so even a no-op critical write invalidates them.
+            self._invalidate_sessions_of_check(idx, node_key, row["CheckID"])
         if old is not None and check_same(old, row):
             return old
         row["CreateIndex"] = old["CreateIndex"] if old else idx
         row["ModifyIndex"] = idx
         self._put(self.checks, key, row)
+        # catalogInsertCheck moves only the checks indexes (and the services' below): never the
+        # per-node index behind /v1/catalog/node, which shows no checks.
         self.idx.bump(idx, "checks")
-        self._bump_node(idx, node_key)
         if sid:
             self._bump_service(idx, row["ServiceName"])
         else:
@@ -430,8 +463,8 @@ class Store:
         row = self._drop(self.checks, (node_key, check_id.lower()))
         if row is None:
             return False
+        self._invalidate_sessions_of_check(idx, node_key, row["CheckID"])
         self.idx.bump(idx, "checks")
-        self._bump_node(idx, node_key)
         if row.get("ServiceID"):
             self._bump_service(idx, row["ServiceName"])
         else:
@@ -446,7 +479,10 @@ class Store:
             return False
         for key, check in list(self.checks.items()):
             if key[0] == node_key and (check.get("ServiceID") or "").lower() == service_id.lower():
+                # deleteServiceTxn deletes them through deleteCheckTxn: "This will invalidate
+                # sessions as necessary."
                 self._drop(self.checks, key)
+                self._invalidate_sessions_of_check(idx, node_key, check["CheckID"])
                 self.idx.bump(idx, "checks")
         self.idx.bump(idx, "services", "nodes")
         self._bump_node(idx, node_key)
@@ -461,12 +497,103 @@ class Store:
         for svc in self._services_on(node_key):
             self.delete_service(idx, node_key, svc["ID"])
         for key in [k for k in self.checks if k[0] == node_key]:
-            self._drop(self.checks, key)
+            row = self._drop(self.checks, key)
+            if row is not None:
+                self._invalidate_sessions_of_check(idx, node_key, row["CheckID"])
             self.idx.bump(idx, "checks")
         self._drop(self.nodes, node_key)
+        # The node.<name> index entry goes with the node; the node extinction index is what a
+        # read of the now unknown node answers, so a blocking reader of it wakes.
         self.idx.node.pop(node_key, None)
+        self.idx.node_extinction = idx
         self.idx.bump(idx, "nodes")
+        # "Invalidate any sessions for this node."
+        for sess in [r for r in self.sessions.values() if r["Node"].lower() == node_key]:
+            self._delete_session(idx, sess)
         return True
+
+    # ------------------------------------------------------------------ sessions
+
+    def create_session(self, idx: int, sess: Record) -> Record:
+        """``sessionCreateTxn``: the node must exist, and every check the session names must
+        exist on it and not be critical; then the session is stored (Raft state) and, on a
+        server with session checks, the node's ``session`` checks of that name turn passing.
+
+        A critical ``session`` check of the session's own name does not refuse the session:
+        consul-esm lists that very check in its session's NodeChecks while it starts critical
+        (inferred, see the README's "Sessions" section).
+        """
+        node_key = sess["Node"].lower()
+        if node_key not in self.nodes:
+            raise StoreError("Missing node registration")
+        for check_id in session_check_ids(sess):
+            check = self.checks.get((node_key, check_id.lower()))
+            if check is None:
+                raise StoreError(f"Missing check '{check_id}' registration")
+            if check["Status"] == "critical" and not self._follows(check, sess):
+                raise StoreError(f"Check '{check_id}' is in critical state")
+        row = copy.deepcopy(sess)
+        row["CreateIndex"] = row["ModifyIndex"] = idx
+        self._put(self.sessions, row["ID"].lower(), row)
+        self.idx.sessions = max(self.idx.sessions, idx)
+        self._set_session_checks(idx, row, "passing")
+        return row
+
+    def destroy_session(self, idx: int, session_id: str) -> bool:
+        """``deleteSessionTxn`` through a destroy or a TTL expiry; an absent session is a no-op."""
+        sess = self.sessions.get(session_id.lower())
+        if sess is None:
+            return False
+        self._delete_session(idx, sess)
+        return True
+
+    def session(self, session_id: str) -> Optional[Record]:
+        return self.sessions.get(session_id.lower())
+
+    def all_sessions(self) -> List[Record]:
+        """Sessions in ID order, like the ``sessions`` table."""
+        return [self.sessions[k] for k in sorted(self.sessions)]
+
+    def _follows(self, check: Record, sess: Record) -> bool:
+        """A ``session`` check on the session's node naming this session (PR #22227)."""
+        return (
+            self.session_checks
+            and check.get("Type") == SESSION_CHECK_TYPE
+            and check["Node"].lower() == sess["Node"].lower()
+            and (check.get("Definition") or {}).get("SessionName") == sess.get("Name")
+            and bool(sess.get("Name"))
+        )
+
+    def _set_session_checks(self, idx: int, sess: Record, status: str) -> None:
+        """Turn the node's ``session`` checks of this session's name to ``status``, through the
+        ordinary check write (so indexes move and blocking health readers wake)."""
+        if not self.session_checks:
+            return
+        node_key = sess["Node"].lower()
+        for key in sorted(self.checks):
+            check = self.checks.get(key)
+            if check is None or key[0] != node_key or not self._follows(check, sess):
+                continue
+            if check["Status"] != status:
+                self.ensure_check(idx, {**check, "Status": status})
+
+    def _delete_session(self, idx: int, sess: Record) -> None:
+        """Remove a session (it releases no KV here: the emulator has no KV) and mark its
+        ``session`` checks critical."""
+        if self._drop(self.sessions, sess["ID"].lower()) is None:
+            return
+        self.idx.sessions = max(self.idx.sessions, idx)
+        if self.nodes.get(sess["Node"].lower()) is not None:
+            self._set_session_checks(idx, sess, "critical")
+
+    def _invalidate_sessions_of_check(self, idx: int, node_key: str, check_id: str) -> None:
+        """Sessions that name this check (``session_checks`` table) are invalidated."""
+        low = check_id.lower()
+        for sess in list(self.sessions.values()):
+            if sess["Node"].lower() != node_key:
+                continue
+            if low in (c.lower() for c in session_check_ids(sess)):
+                self._delete_session(idx, sess)
 
     # ------------------------------------------------------------------ catalog RPCs
 
@@ -534,10 +661,14 @@ class Store:
         return max(self.idx.tables[t] for t in tables)
 
     def node_index(self, node: str) -> int:
-        """``NodeServices``: max of the nodes and services tables; 0 for an unknown node."""
+        """``nodeServices`` since Consul PR #12399: the node's own ``node.<name>`` index, which
+        node and service writes on that node move and check writes do not. An unknown node
+        answers the node extinction index (names shorter than ``minUUIDLookupLen`` = 2: 0)."""
         if node.lower() not in self.nodes:
-            return 0  # served as 1: X-Consul-Index is never 0
-        return max(self.idx.tables["nodes"], self.idx.tables["services"])
+            if len(node) < 2:
+                return 0  # served as 1: X-Consul-Index is never 0
+            return self.idx.node_extinction
+        return self.idx.node.get(node.lower(), 0)
 
     def node(self, name: str) -> Optional[Record]:
         return self.nodes.get(name.lower())
@@ -584,7 +715,31 @@ class Store:
             "service": dict(sorted(self.idx.service.items())),
             "node": dict(sorted(self.idx.node.items())),
             "service_extinction": self.idx.service_extinction,
+            "node_extinction": self.idx.node_extinction,
+            "sessions": self.idx.sessions,
         }
+
+    def save(self) -> StoreSnapshot:
+        """A copy of the replicated state, as ``consul snapshot save`` takes it."""
+        return StoreSnapshot(
+            copy.deepcopy(self.nodes),
+            copy.deepcopy(self.services),
+            copy.deepcopy(self.checks),
+            copy.deepcopy(self.sessions),
+            self.idx.copy(),
+        )
+
+    def restore(self, snap: StoreSnapshot) -> None:
+        """``consul snapshot restore``: the tables and their indexes become the snapshot's (so
+        every index may go backwards); the Raft log goes on from where it is."""
+        assert self._journal is None, "restore inside a Raft apply"
+        raft = self.idx.raft
+        self.nodes = copy.deepcopy(snap.nodes)
+        self.services = copy.deepcopy(snap.services)
+        self.checks = copy.deepcopy(snap.checks)
+        self.sessions = copy.deepcopy(snap.sessions)
+        self.idx = snap.indexes.copy()
+        self.idx.raft = raft
 
 
 # ---------------------------------------------------------------------- JSON shapes

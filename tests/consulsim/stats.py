@@ -49,6 +49,7 @@ class Stats:
                     "blackholed": faults.blackholed,
                     "slow_seconds": faults.slow_seconds,
                     "txn_refusal": faults.txn_refusal,
+                    "no_block": faults.no_block,
                     "leader": sim.topology.leader == i,
                     "requests": sum(counter.values()),
                     "endpoints": dict(sorted(counter.items())),

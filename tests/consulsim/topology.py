@@ -27,6 +27,7 @@ class ServerFaults:
     retry_after: int = 0  # with answer_status: a Retry-After header of this many seconds
     drip_seconds: float = 0.0  # > 0: send the answer one byte per this many seconds
     endless: bool = False  # a 200 whose body never ends
+    no_block: bool = False  # blocking reads answered at once, whatever ?index (a broken proxy)
 
 
 class Topology:

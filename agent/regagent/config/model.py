@@ -2,7 +2,9 @@
 
 Each field's metadata may carry a `kind` the validator understands: "duration" (seconds, written
 as `30s`, `5m`, `72h`), "port" (1-65535), "hostport", "port_range", "choice" (with `choices`),
-"count" (a whole number), "url_path", "service_address". Durations and counts carry bounds
+"count" (a whole number), "url_path", "service_address", "node_name", and "text" / "tags" /
+"service_meta" for text sent to Consul (printable only: no control, bidi or zero-width
+characters). Durations and counts carry bounds
 (`low`, `high`; `low_open` when the low bound itself is refused): a value that passes
 check-config must never fail at run time, and zero or absurd values would (a 0 s timeout, a
 1e400 s interval, a 0-byte probe). Secrets are marked `secret=True` so check-config can mask them.
@@ -59,7 +61,7 @@ class ConsulConfig:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    name: Optional[str] = None  # None: the host name
+    name: Optional[str] = field(default=None, metadata=_kind("node_name"))  # None: host name
     address: str = field(default="auto", metadata=_kind("address_or_auto"))
     meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("node_meta"))
 
@@ -85,7 +87,7 @@ class ExporterOverride:
     exporter: Optional[str] = None
     port: Optional[int] = field(default=None, metadata=_kind("port"))
     name: Optional[str] = field(default=None, metadata=_kind("service_name"))
-    tags: Tuple[str, ...] = ()
+    tags: Tuple[str, ...] = field(default=(), metadata=_kind("tags"))
     meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("service_meta"))
     ignore: bool = False
 
@@ -121,9 +123,9 @@ class CheckConfig:
 class ServiceConfig:
     name: str = field(default="", metadata=_kind("service_name", required=True))
     port: int = field(default=0, metadata=_kind("port", required=True))
-    id: Optional[str] = None  # default: <name>-<port>
+    id: Optional[str] = field(default=None, metadata=_kind("text"))  # default: <name>-<port>
     address: Optional[str] = field(default=None, metadata=_kind("service_address"))  # node's
-    tags: Tuple[str, ...] = ()
+    tags: Tuple[str, ...] = field(default=(), metadata=_kind("tags"))
     meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("service_meta"))
     metrics_path: str = field(default="/metrics", metadata=_kind("url_path"))
     scheme: str = field(default="http", metadata=_kind("choice", choices=("http", "https")))
@@ -132,7 +134,7 @@ class ServiceConfig:
 
 @dataclass(frozen=True)
 class DefaultsConfig:
-    tags: Tuple[str, ...] = ()
+    tags: Tuple[str, ...] = field(default=(), metadata=_kind("tags"))
     meta: Dict[str, str] = field(default_factory=dict, metadata=_kind("service_meta"))
 
 

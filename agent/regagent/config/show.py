@@ -6,16 +6,9 @@ import dataclasses
 from typing import Any, Dict
 
 from regagent.config.model import Config
+from regagent.rules import format_duration
 
 MASK = "********"
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds back into the largest whole unit the config accepts: 300.0 -> `5m`."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s" if seconds >= 1 else f"{round(seconds * 1000)}ms"
 
 
 def to_plain(value: Any, metadata: Any = None) -> Any:

@@ -17,16 +17,18 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Un
 
 from regagent.config.load import MergedDocument
 from regagent.config.model import Config, ServiceConfig
-from regagent.config.show import format_duration
 from regagent.config.token import TOKEN_ENV, token_file_problem_text, token_file_text
 from regagent.config.yaml_strict import KeyPath, format_path
 from regagent.errors import ConfigError
 from regagent.rules import (
     META_MAX_PAIRS,
+    format_duration,
     host_problem,
     hostport_problem,
     meta_problems_by_key,
+    node_name_problem,
     service_name_problem,
+    text_problem,
     token_problem,
     url_path_problem,
 )
@@ -319,7 +321,27 @@ class _Validator:
             return values
         for key, problem in meta_problems_by_key(values):
             self.report(path, problem, origin=path if key is None else (*path, key))
+        for key, value in values.items():
+            unprintable = text_problem(value)
+            if unprintable:
+                self.report((*path, key), unprintable)
         return values
+
+    def printable(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        """Text that reaches Consul: the printable rule exporter text gets, refused here."""
+        return self.checked_text(raw, path, text_problem)
+
+    def tags(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        if raw is None:  # `tags:` with every item commented out
+            return ()
+        if not isinstance(raw, list):
+            self.report(path, f"expected a list, got {_describe(raw)}")
+            return _INVALID
+        items = [self.printable(v, (*path, i), meta) for i, v in enumerate(raw)]
+        return tuple(v for v in items if v is not _INVALID)
+
+    def node_name(self, raw: Any, path: KeyPath, meta: Any) -> Any:
+        return self.checked_text(raw, path, node_name_problem)
 
     def node_meta(self, raw: Any, path: KeyPath, meta: Any) -> Any:
         return self.service_meta(raw, path, meta)
@@ -350,6 +372,9 @@ _KIND_CHECKS = {
     "service_name": _Validator.service_name,
     "service_meta": _Validator.service_meta,
     "node_meta": _Validator.node_meta,
+    "node_name": _Validator.node_name,
+    "text": _Validator.printable,
+    "tags": _Validator.tags,
     "token_file": _Validator.token_file,
     "choice": _Validator.choice,
 }

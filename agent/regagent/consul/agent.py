@@ -13,14 +13,12 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import quote
 
-from regagent.config.show import format_duration
 from regagent.consul.catalog import parse_service
 from regagent.consul.http import WriteRequest, get_json, parsed, send, send_all
 from regagent.consul.pool import ServerPool
-from regagent.consul.registrar import ApplyOutcome
+from regagent.consul.registrar import ApplyOutcome, ReadMeta
 from regagent.desired import desired_state
 from regagent.errors import RegagentError
-from regagent.health.health import Health
 from regagent.identity import NodeIdentity
 from regagent.model import (
     SOURCE_DISCOVERY,
@@ -29,12 +27,14 @@ from regagent.model import (
     DesiredState,
     HealthProbe,
     NodeRegistration,
+    Result,
     ServiceIntent,
     ServiceRegistration,
     service_check_id,
     url_host,
 )
 from regagent.plan import Plan
+from regagent.rules import go_duration
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ def describe_check(probe: Optional[HealthProbe], interval: float) -> str:
     agent does not echo definitions back, so a changed definition must change the service."""
     if probe is None:
         return "none"
-    return f"{probe.kind} {probe.target} every {format_duration(interval)}"
+    return f"{probe.kind} {probe.target} every {go_duration(interval)}"
 
 
 def with_check_meta(
@@ -118,8 +118,8 @@ def check_definition(
     check: Dict[str, Any] = {
         "CheckID": service_check_id(service.id),
         "Name": f"{service.name} health",
-        "Interval": format_duration(interval),
-        "Timeout": format_duration(probe.timeout),
+        "Interval": go_duration(interval),
+        "Timeout": go_duration(probe.timeout),
     }
     check["HTTP" if probe.kind == "http" else "TCP"] = probe.target
     return check
@@ -141,16 +141,14 @@ def agent_register_body(
     return body
 
 
-def agent_requests(
-    plan: Plan, probes: Mapping[str, Optional[HealthProbe]], interval: float
-) -> List[WriteRequest]:
-    """The agent API requests that carry out `plan` (services only; no node, no statuses)."""
+def agent_requests(plan: Plan, interval: float) -> List[WriteRequest]:
+    """The agent API requests that carry out `plan` (services only; no node, no statuses),
+    each service with the check definition the plan gives it."""
     requests = [
         WriteRequest(
             "/v1/agent/service/register",
             agent_register_body(
-                write.service,
-                check_definition(write.service, probes.get(write.service.id), interval),
+                write.service, check_definition(write.service, write.probe, interval)
             ),
             f"service {write.service.id}",
             "register" if write.is_new else "update",
@@ -169,6 +167,8 @@ def agent_deregister_request(service_id: str) -> WriteRequest:
 class AgentRegistrar:
     """The agent backend: services on the local agent's node, checks run by the agent."""
 
+    runs_checks = False  # the agent runs the check definitions regagent registers
+
     def __init__(
         self,
         pool: ServerPool,
@@ -180,16 +180,12 @@ class AgentRegistrar:
         self.identity = identity
         self.node_meta = dict(node_meta)
         self.interval = interval
-        # The check definitions of the last desired state, for the requests that carry it out.
-        self._probes: Dict[str, Optional[HealthProbe]] = {}
 
-    def read(self) -> ActualState:
-        return read_agent_actual(self.pool)
+    def read(self) -> Tuple[ActualState, ReadMeta]:
+        actual = read_agent_actual(self.pool)  # agent-local: no index, no leader to know
+        return actual, ReadMeta(self.pool.current_server.address)
 
-    def server(self) -> Optional[str]:
-        return self.pool.current_server.address
-
-    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+    def node_address(self, actual: Optional[ActualState]) -> str:
         """The agent's advertised address (its node owns the services) unless configured."""
         node = actual.node if actual is not None else None
         if self.identity.auto and node is not None and node.address:
@@ -204,34 +200,28 @@ class AgentRegistrar:
         intents: Sequence[ServiceIntent],
         actual: Optional[ActualState],
         node_address: str,
-        health: Health,
+        results: Mapping[str, Result],
     ) -> DesiredState:
-        self._probes = {i.service.id: agent_probe(i) for i in intents}
+        # Each intent's probe becomes what the agent runs; its description goes into Meta.
+        probes = [(intent, agent_probe(intent)) for intent in intents]
         described = [
             replace(
                 intent,
-                service=with_check_meta(
-                    intent.service, self._probes[intent.service.id], self.interval
-                ),
+                probe=probe,
+                service=with_check_meta(intent.service, probe, self.interval),
             )
-            for intent in intents
+            for intent, probe in probes
         ]
         node = actual.node if actual is not None and actual.node is not None else None
         if node is None:
             node = NodeRegistration(self.identity.name, node_address, self.node_meta)
         return desired_state(node, described, {}, with_checks=False)
 
-    def requests(self, plan: Plan) -> List[WriteRequest]:
-        return agent_requests(plan, self._probes, self.interval)
-
     def planned_writes(self, plan: Plan) -> int:
-        return len(self.requests(plan))
+        return len(plan.services) + len(plan.deregister)  # as agent_requests, without bodies
 
     def apply(self, plan: Plan) -> ApplyOutcome:
-        return send_all(self.pool, self.requests(plan))
-
-    def in_sync(self) -> None:
-        pass  # the agent owns the node: no rename of ours to clean up
+        return send_all(self.pool, agent_requests(plan, self.interval))
 
     def deregister_owned(self) -> List[str]:
         removed: List[str] = []

@@ -144,15 +144,31 @@ def one_line(text: str, limit: int = 200) -> str:
 
 REFUSAL_MAX = 300  # characters of Consul's refusal text kept in an error message
 
+# Consul's answer (500, structs.ErrNoDCPath) when `?dc=` or a write's `Datacenter` names a
+# datacenter no server knows: a configuration mistake that every server repeats, not a failure.
+UNKNOWN_DATACENTER = "No path to datacenter"
+
 
 def is_no_leader(exc: BaseException) -> bool:
     return isinstance(exc, ConsulException) and "No cluster leader" in str(exc)
 
 
-def classify_refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
-    """(status, Consul's message) for a 4xx answer, else None."""
+def classify_refusal(
+    exc: BaseException, datacenter: Optional[str] = None
+) -> Optional[Tuple[int, str]]:
+    """(status, Consul's message) for an answer another server would repeat (a 4xx, a 500
+    validation error, an unknown datacenter), else None."""
     found = _refusal(exc)
-    return None if found is None else (found[0], one_line(found[1], REFUSAL_MAX))
+    if found is None:
+        return None
+    status, message = found[0], one_line(found[1], REFUSAL_MAX)
+    if UNKNOWN_DATACENTER in message:
+        named = f"'{one_line(datacenter, 64)}'" if datacenter else "it names"
+        message = (
+            f"{message}: no server of this cluster knows the datacenter {named} "
+            "(check consul.datacenter, or leave it unset for the servers' own)"
+        )
+    return status, message
 
 
 def _refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
@@ -163,7 +179,9 @@ def _refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
     if isinstance(exc, (BadRequest, ClientError)):
         code, _, message = str(exc).partition(" ")
         return (int(code), message) if code.isdigit() else (400, str(exc))
-    if type(exc) is ConsulException and any(text in str(exc) for text in _VALIDATION_ERRORS):
+    if type(exc) is ConsulException and any(
+        text in str(exc) for text in (*_VALIDATION_ERRORS, UNKNOWN_DATACENTER)
+    ):
         code, _, message = str(exc).partition(" ")
         return (int(code), message) if code.isdigit() else (500, str(exc))
     return None

@@ -1,9 +1,9 @@
 """Catalog mode (the default): this host is an external node, registered through the catalog API.
 
-Consul never runs checks written through the catalog, so regagent runs them (`Health`) and
-writes their status. Request bodies are built by pure functions with sorted keys, so an
-identical desired state yields byte-identical requests (Consul then changes no index,
-decision 3).
+Consul never runs checks written through the catalog, so the engine runs them (`runs_checks`)
+and this backend writes their status. Request bodies are built by pure functions with sorted
+keys, so an identical desired state yields byte-identical requests (Consul then changes no
+index, decision 3).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import structlog
 
 from regagent.consul.http import WriteRequest, parsed, send, stale_get
 from regagent.consul.pool import ServerPool
-from regagent.consul.registrar import ApplyOutcome
+from regagent.consul.registrar import ApplyOutcome, ReadMeta
 from regagent.consul.txn import TxnSender, Unit, check_op, node_op, service_op, single_requests
 from regagent.desired import desired_state
 from regagent.errors import (
@@ -24,7 +24,6 @@ from regagent.errors import (
     NodeOwnedByOtherHost,
     RegagentError,
 )
-from regagent.health.health import Health
 from regagent.identity import HOST_ID_KEY, NodeIdentity
 from regagent.model import (
     MANAGED_BY_KEY,
@@ -33,6 +32,7 @@ from regagent.model import (
     CheckState,
     DesiredState,
     NodeRegistration,
+    Result,
     ServiceIntent,
     ServiceRegistration,
 )
@@ -95,7 +95,12 @@ CheckAnswer = Tuple[Tuple[CheckState, ...], Tuple[str, ...]]
 
 
 def read_actual(pool: ServerPool, node_name: str) -> ActualState:
-    """This node's registrations: exactly two stale reads per cycle, each hedged."""
+    """This node's registrations: exactly two stale reads, each hedged."""
+    return read_with_leader(pool, node_name)[0]
+
+
+def read_with_leader(pool: ServerPool, node_name: str) -> Tuple[ActualState, bool]:
+    """`read_actual`, and whether both answers knew a cluster leader."""
     path = quote(node_name, safe="")
     node_path = f"/v1/catalog/node/{path}"
     check_path = f"/v1/health/node/{path}"
@@ -110,13 +115,8 @@ def read_actual(pool: ServerPool, node_name: str) -> ActualState:
 
     (node, services), node_leader = pool.call("read node services", read_node, hedge=True)
     (checks, node_checks), check_leader = pool.call("read node checks", read_checks, hedge=True)
-    return ActualState(
-        node=node,
-        services=services,
-        checks=checks,
-        node_check_ids=node_checks,
-        known_leader=node_leader and check_leader,
-    )
+    actual = ActualState(node=node, services=services, checks=checks, node_check_ids=node_checks)
+    return actual, node_leader and check_leader
 
 
 def node_fields(node: NodeRegistration, datacenter: Optional[str]) -> Dict[str, Any]:
@@ -163,12 +163,9 @@ def register_body(
     return body
 
 
-def plan_units(
-    plan: Plan, datacenter: Optional[str], service_names: Mapping[str, str]
-) -> List[Unit]:
+def plan_units(plan: Plan, datacenter: Optional[str]) -> List[Unit]:
     """The plan as logical writes, in a safe order, each with its txn ops and its single
-    catalog request (`regagent.consul.txn`). `service_names` maps service IDs to names, for the
-    `ServiceName` of a check written alone."""
+    catalog request (`regagent.consul.txn`)."""
     node = plan.node
     name = node.name
     units: List[Unit] = []
@@ -207,12 +204,11 @@ def plan_units(
         )
     for check_write in plan.checks:
         check = check_write.check
-        service_name = service_names.get(check.service_id, "")
         units.append(
             Unit(
                 f"check {check.check_id} of service {check.service_id}",
                 "status",
-                (check_op(name, txn_check_body(check, service_name)),),
+                (check_op(name, txn_check_body(check, check_write.service_name)),),
                 WriteRequest(
                     "/v1/catalog/register",
                     register_body(node, datacenter, check=check),
@@ -239,12 +235,18 @@ def txn_check_body(check: CheckState, service_name: str) -> Dict[str, Any]:
     return {**check_body(check), "ServiceName": service_name}
 
 
-def plan_requests(
-    plan: Plan, datacenter: Optional[str], service_names: Optional[Mapping[str, str]] = None
-) -> List[WriteRequest]:
+def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
     """The exact single catalog requests that carry out `plan`, in a safe order (the layout
     for a cluster without /v1/txn)."""
-    return single_requests(plan_units(plan, datacenter, service_names or {}))
+    return single_requests(plan_units(plan, datacenter))
+
+
+def logical_writes(plan: Plan) -> int:
+    """The writes the report counts for `plan`, whichever request layout carries them (as
+    `txn.counted`, without building a body): one per service, check or deregistration; the
+    node's own write only when none of those carries the node (every catalog register does)."""
+    writes = len(plan.services) + len(plan.checks) + len(plan.deregister)
+    return writes or (1 if plan.node_write is not None else 0)
 
 
 def deregister_request(node: str, service_id: str, datacenter: Optional[str]) -> WriteRequest:
@@ -296,6 +298,8 @@ def ownership_problem(
 class CatalogRegistrar:
     """The catalog backend: an external node per host, checks run by regagent."""
 
+    runs_checks = True  # Consul never runs a check written through the catalog
+
     def __init__(
         self,
         pool: ServerPool,
@@ -308,23 +312,19 @@ class CatalogRegistrar:
         self.node_meta = dict(node_meta)
         self.datacenter = datacenter
         self.sender = TxnSender(pool, datacenter)
-        self._service_names: Dict[str, str] = {}
         pool.place(identity.name)
 
-    def read(self) -> ActualState:
-        actual = read_actual(self.pool, self.identity.name)
+    def read(self) -> Tuple[ActualState, ReadMeta]:
+        actual, leader = read_with_leader(self.pool, self.identity.name)
         # A server cut off from the others still answers stale reads but knows no leader: ask
         # the next ones before concluding that the cluster has none (bounded by the pool size).
         for _ in range(self.pool.policy.leader_searches(len(self.pool.servers))):
-            if actual.known_leader or not self.pool.move_on("no cluster leader"):
+            if leader or not self.pool.move_on("no cluster leader"):
                 break
-            actual = read_actual(self.pool, self.identity.name)
-        return actual
+            actual, leader = read_with_leader(self.pool, self.identity.name)
+        return actual, ReadMeta(self.pool.current_server.address, leader)
 
-    def server(self) -> Optional[str]:
-        return self.pool.current_server.address
-
-    def node_address(self, actual: Optional[ActualState], *, dry_run: bool) -> str:
+    def node_address(self, actual: Optional[ActualState]) -> str:
         """For `auto`, the route to the server that answered (kept once one did); before any
         answered, the route to the first configured server, not kept."""
         answered = actual is not None
@@ -345,42 +345,28 @@ class CatalogRegistrar:
         intents: Sequence[ServiceIntent],
         actual: Optional[ActualState],
         node_address: str,
-        health: Health,
+        results: Mapping[str, Result],
     ) -> DesiredState:
-        desired = desired_state(self.node(node_address), intents, health.evaluate(intents))
-        # A check written alone names its service (ServiceName) in a txn.
-        self._service_names = {s.id: s.name for s in desired.services}
-        return desired
-
-    def units(self, plan: Plan) -> List[Unit]:
-        return plan_units(plan, self.datacenter, self._service_names)
-
-    def requests(self, plan: Plan) -> List[WriteRequest]:
-        """The single-write layout (dry-run JSON shows what each write does)."""
-        return plan_requests(plan, self.datacenter, self._service_names)
+        return desired_state(self.node(node_address), intents, results)
 
     def planned_writes(self, plan: Plan) -> int:
-        """Logical writes (one per service, check or deregistration, as the report counts
-        them), whichever request layout carries them."""
-        return len(self.requests(plan))
+        return logical_writes(plan)
 
     def apply(self, plan: Plan) -> ApplyOutcome:
-        outcome = self.sender.send(self.units(plan))
+        outcome = self.sender.send(plan_units(plan, self.datacenter))
         if outcome.error is None:
+            # Also after an empty plan: a local file read, Consul only while a rename is pending.
             self.retire_previous_node()
         return outcome
-
-    def in_sync(self) -> None:
-        self.retire_previous_node()  # a local file read; Consul only while a rename is pending
 
     def retire_previous_node(self) -> None:
         """After a rename (a new host name or node.name), the node this host used before would
         stay in Consul forever with passing checks: remove its regagent services, and the node
-        if nothing else is on it, when it carries this host's identity."""
-        if not self.identity.rename_pending:
-            return
-        previous = self.identity.previous_name()
+        if nothing else is on it, when it carries this host's identity. What counts as a
+        rename (and not a second configuration) is `regagent.identity.NodeNames`' to say."""
+        previous = self.identity.previous_name()  # no I/O once this name is recorded
         if previous is None:
+            self.identity.record_name()
             return
         try:
             actual = read_actual(self.pool, previous)
@@ -390,7 +376,7 @@ class CatalogRegistrar:
                 and self.identity.host_id is not None
             )
             removed = self._remove_owned(previous, actual) if ours else []
-        except RegagentError as exc:  # tried again after the next write or in-sync cycle
+        except RegagentError as exc:  # tried again at the next successful apply
             log.warning("previous_node_not_retired", node=previous, error=str(exc))
             return
         log.warning(

@@ -163,11 +163,18 @@ def send_all(pool: ServerPool, requests: Sequence[WriteRequest]) -> ApplyOutcome
         outcome.requests += 1
         log.info("consul_write", what=request.what, server=pool.current_server.address)
     outcome.server = pool.current_server.address
-    if failures:
-        first = failures[0]
-        outcome.error = (
-            first
-            if len(failures) == 1
-            else RegagentError(f"{len(failures)} of {len(requests)} writes failed; first: {first}")
-        )
+    outcome.error = first_failure(failures, of=len(requests))
     return outcome
+
+
+def first_failure(
+    failures: Sequence[RegagentError], *, of: Optional[int] = None
+) -> Optional[RegagentError]:
+    """The one error a send reports: its only failure, or the first of several retold with
+    their count. Its type stays the first's, so a refusal is counted as `refused`, not as
+    `error`, and the exit code and STATUS= line are the first failure's."""
+    if len(failures) <= 1:
+        return failures[0] if failures else None
+    total = f" of {of}" if of is not None else ""
+    first = failures[0]
+    return first.retold(f"{len(failures)}{total} writes failed; first: {first}")

@@ -9,8 +9,12 @@ Failover (design decision 6), applied to every call in one place, with the numbe
   to `cooldown_max`;
 - `No cluster leader` is a cluster state, not the server's fault: try the others, then give up
   for this cycle without cooling anyone down;
-- 4xx answers (bad request, ACL denied) and Consul's 500 validation errors are raised at once:
-  another server would say the same (classification in answers.py).
+- 4xx answers (bad request, ACL denied), Consul's 500 validation errors and its 500 for an
+  unknown datacenter are raised at once: another server would say the same (classification in
+  answers.py);
+- with every server cooling down, the server whose cool-down ends first is still asked once per
+  cycle (`new_cycle`, `policy.early_tries_per_cycle`): after a full outage, the first cycle
+  after the heal finds it, instead of waiting out cool-downs of up to `cooldown_max`.
 
 Which server first (design decision 14): each host has a home server chosen from its node name
 (`retry.start_index`), so a fleet spreads over the servers; a host that failed over goes back
@@ -199,6 +203,7 @@ class ServerPool:
         self.home = 0
         self.order = list(range(len(self.servers)))  # failover order after the home server
         self._placed = False
+        self._early_tries = 0  # left in this cycle; each `new_cycle` grants the policy's
         # Hedged reads finish in threads of their own: every change to a ServerState and to
         # `current` happens under this lock.
         self._lock = threading.RLock()
@@ -252,6 +257,26 @@ class ServerPool:
         live = [i for i in order if not self.servers[i].cooling(now)]
         return sorted(live, key=lambda i: self.servers[i].demoted(now))
 
+    def new_cycle(self) -> None:
+        """A sync cycle begins: it may ask a cooling server early again (see `_early_try`)."""
+        with self._lock:
+            self._early_tries = self.policy.early_tries_per_cycle
+
+    def _early_try(self) -> List[int]:
+        """With every server cooling down: the one whose cool-down ends first, if this cycle
+        has an early try left; else nobody."""
+        if self._early_tries <= 0 or not self.servers:
+            return []
+        self._early_tries -= 1
+        index = min(range(len(self.servers)), key=lambda i: self.servers[i].cooldown_until)
+        server = self.servers[index]
+        log.debug(
+            "consul_server_early_try",
+            server=server.address,
+            cooldown_left_s=round(max(0.0, server.cooldown_until - self.clock()), 1),
+        )
+        return [index]
+
     def call(self, what: str, operation: Callable[[Any], T], *, hedge: bool = False) -> T:
         """`operation(client)` on a live server; raises ConsulUnreachable/ConsulRefused.
 
@@ -260,13 +285,14 @@ class ServerPool:
         `hedge=True` (reads only) also sends the request to the next server if the first has
         not answered within `policy.hedge_delay`; never for writes."""
         with self._lock:
-            candidates = self._candidates()
+            candidates = self._candidates() or self._early_try()
         if not candidates:
             wait = min(s.cooldown_until for s in self.servers) - self.clock()
             causes = "; ".join(f"{s.address}: {s.last_error}" for s in self.servers)
             raise ConsulUnreachable(
                 f"no Consul server available for {what}: all {len(self.servers)} are cooling "
-                f"down after failures (next retry in {max(wait, 0):.0f}s; {causes})"
+                f"down after failures (next retry in the next cycle or in {max(wait, 0):.0f}s; "
+                f"{causes})"
             )
         errors: Dict[str, List[str]] = {}  # reason -> servers, so one cause reads once
         no_leader = False
@@ -388,7 +414,7 @@ class ServerPool:
                 self._succeeded(attempt.index, adopt=adopt)
                 self._observe(server, "success", attempt)
                 return None
-            refusal = classify_refusal(exc)
+            refusal = classify_refusal(exc, getattr(server.client, "dc", None))
             if refusal is not None:
                 server.last_error = f"{refusal[0]} {refusal[1]}"
                 self._observe(server, "refused", attempt)

@@ -70,6 +70,10 @@ class RetryPolicy:
     cooldown_initial: float = 5.0
     cooldown_max: float = 300.0
     cooldown_jitter: float = 0.2  # +/- this fraction of the cool-down
+    # With every server cooling down, a cycle still asks this many (the one whose cool-down
+    # ends first): an outage that heals is noticed within a cycle, not after up to
+    # cooldown_max, and a dead cluster costs each host one request per cycle.
+    early_tries_per_cycle: int = 1
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
     cycle_deadline: float = CYCLE_DEADLINE

@@ -36,6 +36,7 @@ from regagent.consul.http import (
     WriteRequest,
     canonical_json,
     checked_response,
+    first_failure,
     put_raw,
     send_all,
 )
@@ -243,7 +244,7 @@ class TxnSender:
                 server=self.pool.current_server.address,
             )
         outcome.server = self.pool.current_server.address
-        outcome.error = _first_error(failures)
+        outcome.error = first_failure(failures)
         return outcome
 
     def _refused(self, txn: Transaction, answer: TxnAnswer) -> ConsulRefused:
@@ -279,16 +280,8 @@ def _merge(
     outcome.requests += other.requests
     outcome.server = other.server
     errors = list(failures or []) + ([other.error] if other.error is not None else [])
-    outcome.error = _first_error(errors)
+    outcome.error = first_failure(errors)
     return outcome
-
-
-def _first_error(failures: Sequence[RegagentError]) -> Optional[RegagentError]:
-    if not failures:
-        return None
-    if len(failures) == 1:
-        return failures[0]
-    return RegagentError(f"{len(failures)} writes failed; first: {failures[0]}")
 
 
 def node_op(name: str, address: str, meta: Mapping[str, str], datacenter: Optional[str]) -> Op:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple
 
 import structlog
 
@@ -35,6 +35,7 @@ NOT_EXPORTER = "not-exporter"
 EXCLUDED = "excluded"
 NOT_CANDIDATE = "not-candidate"
 CANDIDATE = "candidate"  # transient: decided by the probe
+PENDING = "pending"  # an unconfirmed candidate whose background probe has not answered yet
 
 WILDCARD = "wildcard"
 LOOPBACK = "loopback"
@@ -48,6 +49,20 @@ MAX_PATHS_PER_LISTENER = 2
 REASON_MAX = 200  # bytes of a probe's reason shown in `discover` and logs
 
 Prober = Callable[[str, int, str, float, int], ProbeResult]
+Identify = Callable[["Finding", Prober], "Finding"]  # identify() with settings and table bound
+
+
+class Deferred(Protocol):
+    """Where unconfirmed candidates are probed, outside the pass (`regagent.discovery.unconfirmed`):
+    offered first, collected (identified, or PENDING) once the pass's own probes are done."""
+
+    def offer(
+        self, candidates: Sequence[Finding], identify: Identify, timeout: float, max_bytes: int
+    ) -> None: ...
+
+    def collect(
+        self, candidates: Sequence[Finding], timeout: float, max_bytes: int
+    ) -> List[Finding]: ...
 
 
 @dataclass(frozen=True)
@@ -98,8 +113,14 @@ def discover(
     resolver: Optional[ProcessResolver] = None,
     list_listeners: Callable[[], List[Listener]] = listening_sockets,
     prober: Prober = probe_metrics,
+    known_ports: Collection[int] = (),
+    deferred: Optional[Deferred] = None,
 ) -> DiscoveryResult:
-    """Lists listeners, picks candidates, probes them concurrently (bounded), identifies them."""
+    """Lists listeners, picks candidates, probes them concurrently (bounded), identifies them.
+
+    With `deferred`, only candidates on `known_ports` (the ports of services discovery keeps:
+    their probe is their health check) are probed here; the others are unconfirmed and go to
+    `deferred`, which probes them outside the pass (design decision 15)."""
     table = table or load_exporter_table()
     resolver = resolver or ProcessResolver()
     try:
@@ -121,6 +142,17 @@ def discover(
         for port, group in sorted(groups.items())
     ]
     to_probe = [i for i, f in enumerate(findings) if f.outcome == CANDIDATE]
+    later = [i for i in to_probe if deferred is not None and findings[i].port not in known_ports]
+    to_probe = [i for i in to_probe if i not in later]
+    settings = config.discovery
+    timeout, max_bytes = settings.probe_timeout, settings.probe_max_bytes
+    if deferred is not None and later:
+        deferred.offer(
+            [findings[i] for i in later],
+            lambda finding, probe: identify(finding, settings, table, probe),
+            timeout,
+            max_bytes,
+        )
     if to_probe:
         workers = min(MAX_CONCURRENT_PROBES, len(to_probe))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
@@ -129,6 +161,10 @@ def discover(
             )
             for index, finding in zip(to_probe, probed):
                 findings[index] = finding
+    if deferred is not None and later:
+        collected = deferred.collect([findings[i] for i in later], timeout, max_bytes)
+        for index, finding in zip(later, collected):
+            findings[index] = finding
     return DiscoveryResult(tuple(findings))
 
 

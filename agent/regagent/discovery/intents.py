@@ -1,8 +1,9 @@
-"""Desired services: discovered exporters, static services from config, and `defaults`.
+"""Desired services: discovered exporters, static services from config, `defaults`, and
+regagent's own endpoint.
 
 `build_intents` is pure: the same config, node address, discovery result, clock reading and
 previous discovery state always give the same intents and the same new state. Everything that
-reads sockets or files lives in `regagent.discovery`; `regagent.discovery.runner.desired_intents`
+reads sockets or files lives in `regagent.discovery`; `regagent.discovery.runner.DiscoveryRunner`
 is the thin shell the sync engine calls each cycle.
 
 Rules (design decisions 3, 4 and 9):
@@ -22,10 +23,12 @@ Rules (design decisions 3, 4 and 9):
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
+from regagent import __version__
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
 from regagent.discovery.exporters import ExporterTable, load_exporter_table
 from regagent.discovery.identify import (
@@ -45,6 +48,7 @@ from regagent.model import (
     CRITICAL,
     PASSING,
     SOURCE_DISCOVERY,
+    SOURCE_SELF,
     SOURCE_STATIC,
     ActualState,
     CheckState,
@@ -53,10 +57,12 @@ from regagent.model import (
     ServiceRegistration,
     canonical_service,
 )
-from regagent.rules import service_id
+from regagent.rules import service_id, split_hostport
 
 LOOPBACK_REASON = "listens on loopback only"
 HELD_BACK_REASON = "held back"
+SELF_SERVICE = "regagent"  # regagent's own endpoint: service name, and its Meta exporter
+_WILDCARDS = ("", "0.0.0.0", "[::]")
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,47 @@ def static_probe(svc: ServiceConfig, address: str) -> Optional[HealthProbe]:
     return None
 
 
+def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
+    """regagent's own metrics endpoint as service `regagent`: Prometheus then scrapes every
+    agent, and `up == 0` for it says this host's agent is down and its check states frozen.
+    None with telemetry off, or on loopback while the node address is not (unreachable)."""
+    listen = config.telemetry.listen
+    if not listen:
+        return None
+    host, port = split_hostport(listen)
+    address = node_address if host in _WILDCARDS else host.strip("[]")
+    if _is_loopback(address) and not _is_loopback(node_address):
+        return None  # Prometheus reaches this host at the node address, not at its loopback
+    meta = {
+        **config.defaults.meta,
+        "metrics_path": "/metrics",
+        "scheme": "http",
+        "exporter": SELF_SERVICE,
+        "exporter_version": __version__,
+    }
+    service = canonical_service(
+        ServiceRegistration(
+            id=f"{SELF_SERVICE}-{port}",
+            name=SELF_SERVICE,
+            port=port,
+            address=address,
+            tags=(SELF_SERVICE, *config.defaults.tags),
+            meta=meta,
+        )
+    )
+    # Known passing while the process runs: its check is the agent being alive, and Prometheus
+    # scraping it says the rest (no probe of ourselves each cycle).
+    status = (PASSING, f"regagent {__version__} serving /metrics on :{port}")
+    return ServiceIntent(service, SOURCE_SELF, status=status)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 def matching_overrides(
     overrides: Tuple[ExporterOverride, ...], exporter: Optional[str], port: int
 ) -> List[ExporterOverride]:
@@ -372,7 +419,10 @@ def _last_seen_from_check(check: Optional[CheckState], now: float) -> float:
 
 
 def adopt_registered(
-    previous: Mapping[str, SeenService], actual: Optional[ActualState], now: float
+    previous: Mapping[str, SeenService],
+    actual: Optional[ActualState],
+    now: float,
+    config: Optional[Config] = None,
 ) -> Dict[str, SeenService]:
     """Discovered services Consul holds but the state file lacks (lost or unwritable file).
 
@@ -380,14 +430,26 @@ def adopt_registered(
     planner would deregister it at once: a silent drop (decision 4). The last-seen time comes
     from the critical check's own "since" text when there is one, so the grace period neither
     restarts nor drifts (a drifting text would also cost a Consul write every cycle).
+
+    Only what discovery registers is taken back: an owned service with Meta `exporter`, but
+    not regagent's own endpoint (Meta exporter=regagent, on whatever port it listened) nor a
+    static service of `config` (by ID), which their own sources keep or remove.
     """
     adopted = dict(previous)
     if actual is None:
         return adopted
+    statics = {service_id(s.name, s.port, s.id) for s in config.services} if config else set()
     checks = {c.service_id: c for c in actual.checks}
     for service in actual.services:
-        if service.id in adopted or not service.managed or "exporter" not in service.meta:
+        if service.id in adopted or service.id in statics or not discovered_registration(service):
             continue
         seen = _last_seen_from_check(checks.get(service.id), now)
         adopted[service.id] = _seen_entry(service, seen, seen)
     return adopted
+
+
+def discovered_registration(service: ServiceRegistration) -> bool:
+    """Whether a registration in Consul can be one discovery made (Meta `exporter`, owned), and
+    is not regagent's own endpoint, which carries Meta exporter=regagent too."""
+    exporter = service.meta.get("exporter")
+    return service.managed and exporter is not None and exporter != SELF_SERVICE

@@ -1,6 +1,8 @@
 """Probe results per listener, so a quick pass probes only what is new or due for a retry.
 
-A full cycle probes every candidate: the probe is the discovered exporter's health check, due
+This is for the candidates probed inside a pass: those on the port of a service discovery
+keeps (the others are identified in the background, `regagent.discovery.unconfirmed`). A full
+cycle probes every one of them: the probe is the discovered exporter's health check, due
 once per cycle. The watch's quick passes between full cycles reuse the last result for a
 listener they have probed before and probe only the rest. A listener is named by its port and
 the inodes of its sockets: an inode lives as long as its socket, so a restarted exporter (new

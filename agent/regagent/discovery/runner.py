@@ -7,10 +7,16 @@ so that its caches (socket owners by inode, listeners already reported) save wor
 across cycles; a failed probe of a known exporter goes through the shared `Health` guard, so one
 failure does not turn it critical (decision 5).
 
+Candidates on the ports of services discovery keeps (the state file, or adopted from Consul)
+are probed inside the pass: that probe is their health check. The others are unconfirmed and
+identified in the background (`regagent.discovery.unconfirmed`): a pass takes what is ready, so
+no listener, however silent, holds a cycle.
+
 Between full cycles the watch (`regagent.watch`) asks for a quick pass (`quick_intents`): the
 same discovery and the same `build_intents`, but probe results of listeners already probed are
 reused (`ProbeCache`), so only new listeners (and slow starters due for a retry) are probed, and
-it says which ports changed since the previous pass, so the engine writes only those services.
+it says which ports changed since the previous pass (or had an exporter identified in the
+background since), so the engine writes only those services.
 """
 
 from __future__ import annotations
@@ -51,8 +57,10 @@ from regagent.discovery.seen import (
     state_path,
     worth_saving,
 )
+from regagent.discovery.unconfirmed import UnconfirmedProbes
 from regagent.health.health import Health
 from regagent.model import CRITICAL, SOURCE_DISCOVERY, ActualState, ServiceIntent
+from regagent.statedir import Warnings
 
 log = structlog.get_logger(__name__)
 
@@ -70,11 +78,18 @@ class DiscoveryRunner:
         table: Optional[ExporterTable] = None,
         health: Optional[Health] = None,
         clock: Callable[[], float] = time.monotonic,
+        unconfirmed: Optional[UnconfirmedProbes] = None,
     ) -> None:
         self.resolver = resolver or ProcessResolver()
         self.list_listeners = list_listeners
         self.prober = prober
         self.probes = ProbeCache(prober, clock)
+        # Candidates on ports no kept service uses are identified in the background (by default
+        # as a one-shot command does: it waits a bounded time for them); None probes every
+        # candidate inside the pass, which is what a few hundred silent listeners stalled.
+        self.unconfirmed: Optional[UnconfirmedProbes] = unconfirmed or (
+            UnconfirmedProbes.for_one_shot(prober)
+        )
         # What the last pass saw; None before the first one (the watch compares against it).
         self.last_keys: Optional[ListenerKeys] = None
         self._quick = False
@@ -87,11 +102,16 @@ class DiscoveryRunner:
         self._vanished: Set[str] = set()
         self._adopted: Set[str] = set()
         self._new_since_full = 0  # new exporters added since the last full cycle
+        self.warnings = Warnings()  # state file problems, said once for the runner's life
         # Shared with the engine's checks in a daemon; its own for a runner used alone.
         self.health = health or Health()
 
-    def discover(self, config: Config) -> Optional[DiscoveryResult]:
-        """Findings for this host, or None when discovery is disabled."""
+    def discover(
+        self, config: Config, known_ports: Collection[int] = ()
+    ) -> Optional[DiscoveryResult]:
+        """Findings for this host, or None when discovery is disabled. Candidates on
+        `known_ports` are probed now (their probe is their health check); the others are
+        unconfirmed and identified in the background (`self.unconfirmed`)."""
         if not config.discovery.enabled:
             return None
         return discover(
@@ -100,6 +120,8 @@ class DiscoveryRunner:
             resolver=self.resolver,
             list_listeners=self._listeners,
             prober=self.probes.probe,
+            known_ports=known_ports,
+            deferred=self.unconfirmed,
         )
 
     def _keys_listed(self) -> Optional[ListenerKeys]:
@@ -125,28 +147,34 @@ class DiscoveryRunner:
         actual: Optional[ActualState] = None,
         *,
         quick: bool = False,
+        own_state: bool = True,
     ) -> Tuple[Optional[DiscoveryResult], DesiredServices]:
         """Discover, build intents against the stored state, store the new state if `persist`.
 
         `quick`: reuse probe results (see `quick_intents`); flap protection then judges only
-        the ports in `self.changed`."""
+        the ports in `self.changed`. `own_state` false: the state file is another process's
+        (a one-shot command beside the daemon): neither read nor written; what Consul holds
+        for this node is adopted instead."""
         self.health.configure(config.sync.failures_before_critical)
         before = self.last_keys
+        path = state_path(config.sync.state_dir)
+        enabled = config.discovery.enabled
+        persist = persist and own_state
+        stored = load_state(path, self.warnings) if enabled and own_state else {}
+        previous = adopt_registered(stored, actual, now, config) if enabled else {}
         self._quick = quick
         self._seen_keys = None
         try:
-            result = self.discover(config)
+            result = self.discover(config, {entry.port for entry in previous.values()})
         finally:
             self._quick = False
         self.changed = frozenset()
         seen = self._keys_listed()
         if result is not None and result.complete and seen is not None:
-            self.changed = _changed_ports(before, seen) | self.probes.probed_ports()
+            identified = self.unconfirmed.used_ports() if self.unconfirmed else frozenset()
+            self.changed = _changed_ports(before, seen) | self.probes.probed_ports() | identified
             self.last_keys = seen
-        path = state_path(config.sync.state_dir)
-        stored = load_state(path) if result is not None else {}
-        previous = adopt_registered(stored, actual, now) if result is not None else {}
-        for sid in sorted(set(previous) - set(stored) - self._adopted):
+        for sid in sorted(set(previous) - set(stored) - self._adopted if own_state else ()):
             self._adopted.add(sid)  # once per process: an unwritable state dir repeats it
             log.warning(
                 "discovery_state_adopted",
@@ -179,18 +207,18 @@ class DiscoveryRunner:
             and result.complete
             and worth_saving(stored, desired.seen)
         ):
-            save_state(path, desired.seen)
+            save_state(path, desired.seen, self.warnings)
         return result, desired
 
     def forget(self, config: Config, service_ids: Iterable[str]) -> None:
         """Drops services from the state file after `regagent deregister`: otherwise the next
         sync would bring a vanished exporter back, critical, for `deregister_after`."""
         path = state_path(config.sync.state_dir)
-        stored = load_state(path)
+        stored = load_state(path, self.warnings)
         gone = set(service_ids)
         kept = {sid: entry for sid, entry in stored.items() if sid not in gone}
         if len(kept) != len(stored):
-            save_state(path, kept)
+            save_state(path, kept, self.warnings)
             log.info("discovery_state_forgotten", service_ids=sorted(set(stored) & gone))
 
     def cycle(self, config: Config, node_address: str, now: float) -> Tuple[ServiceIntent, ...]:
@@ -204,11 +232,15 @@ class DiscoveryRunner:
         actual: Optional[ActualState],
         persist: bool,
         now: Optional[float] = None,
+        *,
+        own_state: bool = True,
     ) -> List[ServiceIntent]:
         """What the sync engine asks each cycle: discover, build intents, persist the state
-        unless `persist` is false (a dry run leaves the state file untouched)."""
+        unless `persist` is false (a dry run leaves the state file untouched) or the state
+        file is not this process's (`own_state`, see `run`)."""
         moment = time.time() if now is None else now
-        return list(self.run(config, node_address, moment, persist, actual)[1].intents)
+        desired = self.run(config, node_address, moment, persist, actual, own_state=own_state)
+        return list(desired[1].intents)
 
     def quick_intents(
         self,
@@ -240,8 +272,13 @@ class DiscoveryRunner:
         )
 
     def next_retry(self) -> Optional[float]:
-        """When a slow-starting listener is due for another probe (monotonic), or None."""
-        return self.probes.next_retry()
+        """When a pass is worth making again (monotonic), or None: a slow-starting known
+        listener is due for another probe, or a background identification has news (or may
+        have it shortly)."""
+        due = [self.probes.next_retry()]
+        if self.unconfirmed is not None:
+            due.append(self.unconfirmed.next_check())
+        return min((t for t in due if t is not None), default=None)
 
     def _hold_failures(
         self,

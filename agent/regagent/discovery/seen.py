@@ -18,8 +18,9 @@ Format (version 1):
       }
     }
 
-Writes are atomic (temporary file, fsync, rename, fsync of the directory). A missing file is an
-empty state; an unreadable or corrupt one is reported and replaced, never fatal.
+Read and written by the state directory's rules (`regagent.statedir`: trusted only if
+regagent's own, bounded, atomic fsync'd writes). A missing file is an empty state; an
+untrusted, unreadable or corrupt one is reported once and replaced, never fatal.
 
 The file is rewritten only when an entry comes, goes or changes its registration, or when a
 last-seen time has moved by `LAST_SEEN_STEP` (see `worth_saving`), not every cycle: a present
@@ -32,18 +33,12 @@ cycles and restarts, because it comes from the file.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import ipaddress
 import json
 import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
-
-import structlog
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from regagent.rules import (
     meta_problems,
@@ -52,8 +47,7 @@ from regagent.rules import (
     url_path_problem,
 )
 from regagent.rules import service_id as service_id_rule
-
-log = structlog.get_logger(__name__)
+from regagent.statedir import StateDir, StateFile, Warnings
 
 STATE_FILE = "discovered.json"
 STATE_VERSION = 1
@@ -97,95 +91,27 @@ def parse_time(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 
-_warned: Set[Tuple[str, str, str]] = set()
+# -- reading and writing: the state directory's rules (regagent.statedir) ----------------------
 
 
-def _warn_once(event: str, path: str, error: str, **fields: str) -> None:
-    """A broken state directory stays broken for every 30 s cycle: say so once per cause."""
-    if (event, path, error) not in _warned:
-        _warned.add((event, path, error))
-        log.warning(event, path=path, error=error, **fields)
+def state_file(path: str, warnings: Optional[Warnings] = None) -> StateFile:
+    """`path` as a file of its state directory, problems said once per `warnings`."""
+    directory = StateDir(os.path.dirname(path) or ".", warnings)
+    return StateFile(directory, os.path.basename(path), "discovery_state", MAX_STATE_BYTES)
 
 
-# -- trust: who may have written the file ----------------------------------------------------
-
-
-def ownership_problem(info: os.stat_result, path: str) -> Optional[str]:
-    """Why a file or directory with this stat is not trusted as regagent's own, or None.
-
-    Only this process's user (or root on its behalf, which can do anything anyway) may be able
-    to write it: anyone else could plant entries that regagent would register, and Prometheus
-    scrape (trust model, design decision 12).
-    """
-    euid = os.geteuid()
-    if info.st_uid != euid:
-        return (
-            f"is owned by uid {info.st_uid}, not by regagent's uid {euid}; run: chown {euid} {path}"
-        )
-    writable = [
-        who
-        for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
-        if info.st_mode & bit
-    ]
-    if writable:
-        return f"is writable by {' and '.join(writable)}; run: chmod go-w {path}"
-    return None
-
-
-def directory_problem(directory: str) -> Optional[str]:
-    """Why `directory` must not hold regagent's state, or None (also when it does not exist
-    yet: save_state creates it, mode 750)."""
-    try:
-        info = os.stat(directory)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"cannot be inspected: {exc.strerror or exc}"
-    if not stat.S_ISDIR(info.st_mode):
-        return "is not a directory"
-    return ownership_problem(info, directory)
-
-
-class _Untrusted(Exception):
-    """The file exists but may have been written by someone else: not read."""
-
-
-def load_state(path: str) -> Dict[str, SeenService]:
-    """The stored entries; {} (with a warning, once per cause, unless simply absent) when the
-    file is missing, untrusted or corrupt.
+def load_state(path: str, warnings: Optional[Warnings] = None) -> Dict[str, SeenService]:
+    """The stored entries; {} (with a warning, once per cause and `warnings`, unless simply
+    absent) when the file is missing, untrusted or corrupt.
 
     Untrusted (directory or file owned by another user or writable by group/others): nothing
     is read. Corrupt (a symlink, not a regular file, over MAX_STATE_BYTES, not a valid
     state): nothing is used; the next save replaces it. Either way the daemon goes on with
     what discovery finds now and what Consul still holds (adopted by the runner).
     """
-    directory = os.path.dirname(path) or "."
-    problem = directory_problem(directory)
-    if problem:
-        _warn_once(
-            "discovery_state_untrusted",
-            directory,
-            f"state directory {problem}",
-            action="not reading or writing the state file",
-        )
-        return {}
-    try:
-        raw = _read_own_file(path)
-    except FileNotFoundError:
-        return {}
-    except _Untrusted as exc:
-        _warn_once(
-            "discovery_state_untrusted",
-            path,
-            f"state file {exc}",
-            action="not reading it; replaced by a new file at the next save",
-        )
-        return {}
-    except _Corrupt as exc:
-        _warn_once("discovery_state_corrupt", path, str(exc), action="rebuilding it")
-        return {}
-    except OSError as exc:
-        _warn_once("discovery_state_unreadable", path, str(exc), action="starting empty")
+    stored = state_file(path, warnings)
+    raw = stored.read()
+    if raw is None:
         return {}
     try:
         return decode_state(raw)
@@ -200,61 +126,8 @@ def load_state(path: str) -> Dict[str, SeenService]:
         RecursionError,
         MemoryError,
     ) as exc:
-        _warn_once(
-            "discovery_state_corrupt",
-            path,
-            f"{type(exc).__name__}: {str(exc)[:200]}",
-            action="rebuilding it",
-        )
+        stored.corrupt(f"{type(exc).__name__}: {str(exc)[:200]}")
         return {}
-
-
-class _Corrupt(Exception):
-    """The path does not hold a state file regagent could have written."""
-
-
-def _read_own_file(path: str) -> str:
-    """The text of the state file, opened without following a symlink and without blocking
-    on a FIFO; raises _Untrusted, _Corrupt or OSError."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _Corrupt("is a symbolic link (not followed)") from None
-        if exc.errno == errno.ENXIO:  # a socket or a FIFO without writer on some systems
-            raise _Corrupt("is not a regular file") from None
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _Corrupt("is not a regular file")
-        problem = ownership_problem(info, path)
-        if problem:
-            raise _Untrusted(problem)
-        if info.st_size > MAX_STATE_BYTES:
-            raise _Corrupt(f"is larger than {MAX_STATE_BYTES // (1024 * 1024)} MiB")
-        data = _read_at_most(fd, MAX_STATE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_STATE_BYTES:  # grew after the fstat
-        raise _Corrupt(f"is larger than {MAX_STATE_BYTES // (1024 * 1024)} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Corrupt("is not UTF-8 text") from None
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    chunks: List[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, min(65536, limit - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 # -- decoding: every entry as strictly as configuration ----------------------------------------
@@ -392,54 +265,9 @@ def _registered(entry: SeenService) -> Tuple[str, int, str, Tuple[str, ...], Dic
     return entry.name, entry.port, entry.address, tuple(entry.tags), dict(entry.meta)
 
 
-def save_state(path: str, entries: Mapping[str, SeenService]) -> bool:
-    """Atomically replaces the state file; False (logged) when it cannot be written or the
-    directory is not trusted. The new file is mode 600, and the rename replaces whatever was
-    at `path` (a symlink, a FIFO, another user's file) without following or opening it."""
-    text = encode_state(entries) + "\n"
-    directory = os.path.dirname(path) or "."
-    try:
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-        problem = directory_problem(directory)
-        if problem:
-            _warn_once(
-                "discovery_state_untrusted",
-                directory,
-                f"state directory {problem}",
-                action="not reading or writing the state file",
-            )
-            return False
-        fd, tmp = tempfile.mkstemp(prefix=".discovered.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        _fsync_directory(directory)
-    except OSError as exc:
-        _warn_once("discovery_state_unwritable", path, str(exc))
-        return False
-    return True
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def _fsync_directory(directory: str) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def save_state(
+    path: str, entries: Mapping[str, SeenService], warnings: Optional[Warnings] = None
+) -> bool:
+    """Atomically replaces the state file (mode 600); False (said once) when it cannot be
+    written or the directory is not trusted."""
+    return state_file(path, warnings).write(encode_state(entries) + "\n")

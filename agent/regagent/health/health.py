@@ -1,8 +1,9 @@
 """`Health`: the checks of one host across cycles, behind one flap guard.
 
 The engine asks it for the results of the intents whose health is not known yet (static
-services with a probe); discovery asks it to hold a failed probe of a known exporter. Both use
-the same guard, keyed by service ID, seeded once per cycle from what Consul shows.
+services with a probe) when regagent runs the checks, and has it forget every other service
+once per full cycle; discovery asks it to hold a failed probe of a known exporter. Both use the
+same guard, keyed by service ID, seeded once per cycle from what Consul shows.
 """
 
 from __future__ import annotations
@@ -45,5 +46,9 @@ class Health:
         result through the guard; returns them by service ID."""
         probes = {i.service.id: i.probe for i in intents if i.status is None and i.probe}
         results = self.probe_runner(list(probes.values()))
-        self.guard.retain(i.service.id for i in intents)
         return {sid: self.hold(sid, results[probe]) for sid, probe in probes.items()}
+
+    def retain(self, service_ids: Iterable[str]) -> None:
+        """Forgets every other service, so the history stays as small as the host: once per
+        full cycle, with every intent (a partial cycle sees only some)."""
+        self.guard.retain(service_ids)

@@ -20,7 +20,8 @@ JSON schema (`--format json`), one object:
                       permitted, or not looked up: only where it can change the outcome),
           "candidate_reasons": ["default port of node_exporter"],
           "outcome": "identified",   # identified | unknown-exporter | not-exporter
-                                     # | excluded | not-candidate
+                                     # | excluded | not-candidate | pending (an unconfirmed
+                                     # listener whose background probe has not answered yet)
           "reason": "fingerprint node_exporter_build_info",   # how identified, or why not
           "exporter": "node_exporter" or null,
           "version": "1.5.0" or null,
@@ -51,6 +52,7 @@ from regagent.discovery.identify import (
     EXCLUDED,
     IDENTIFIED,
     NOT_CANDIDATE,
+    PENDING,
     UNKNOWN_EXPORTER,
     DiscoveryResult,
     Finding,
@@ -169,7 +171,7 @@ def _finding_row(finding: Finding, desired: DesiredServices) -> List[str]:
         what = f"{finding.exporter}{version} ({finding.reason})"
     elif finding.outcome == UNKNOWN_EXPORTER:
         what = f"unknown exporter: {finding.reason}"
-    elif finding.outcome in (EXCLUDED, NOT_CANDIDATE):
+    elif finding.outcome in (EXCLUDED, NOT_CANDIDATE, PENDING):
         what = finding.reason
     else:
         what = f"not an exporter: {finding.reason}"
