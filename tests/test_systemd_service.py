@@ -197,6 +197,15 @@ def registered(cluster: SimCluster) -> Dict[str, Dict[str, Any]]:
     return {s["ID"]: s for s in cluster.catalog()["services"] if s["Node"] == NODE}
 
 
+def check_status(cluster: SimCluster, service_id: str) -> str:
+    """The status of the box's check on `service_id`, as the emulator holds it."""
+    checks = cluster.catalog()["checks"]
+    found = [c for c in checks if c["Node"] == NODE and c.get("ServiceID") == service_id]
+    assert len(found) == 1, found
+    status: str = found[0]["Status"]
+    return status
+
+
 def site_config(cluster: SimCluster, box: SystemdBox) -> str:
     """/etc/regagent/conf.d/10-site.yaml: the emulator, short cycles, telemetry on the veth."""
     return (
@@ -384,6 +393,9 @@ def test_discovery_by_port_and_by_fingerprint_as_regagent_in_the_sandbox(
     assert service["Meta"]["exporter"] == "node_exporter"
     wait_for_cycles(box, 3)  # the daemon has looked at 19105 several times since
     assert "node-exporter-19105" not in registered(cluster)
+    # Every target passing, the agent's own endpoint too (registered by itself, not discovered).
+    for service_id in ("node-exporter-9100", "node-exporter-19100", f"regagent-{TELEMETRY_PORT}"):
+        assert check_status(cluster, service_id) == "passing", service_id
 
     # The same listeners seen by root without a sandbox, and by user regagent without one
     # (a probe that times out on a busy CI machine is asked again, a bounded number of times).
