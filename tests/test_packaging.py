@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Set, Union
 
 import pytest
 
+import real_exporters
 from consulsim import SimCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,6 +176,9 @@ def test_ci_and_the_build_install_from_the_one_list() -> None:
     assert test[: len(build)] == build  # @builddeps@
     for tool in ("systemd-container", "debootstrap", "python3-venv", "lintian", "nginx"):
         assert tool in test, tool
+    # The real-exporter harness starts every Debian exporter package it knows; CI installs them
+    # all, or its tests would skip on a new machine instead of running.
+    assert set(real_exporters.PACKAGES) <= set(test), set(real_exporters.PACKAGES) - set(test)
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert "packaging/debian-deps --install test" in ci
     for script in (ci, BUILD.read_text(encoding="utf-8")):
