@@ -3,10 +3,16 @@
 ``consul_cluster``: a fresh three-server Consul emulator (tests/consulsim) per test, with short
 wait cap, election delay and RPC hold so fault tests run in well under a second each.
 ``tls_files``: a throwaway CA with server (127.0.0.1) and client certificates, made by openssl.
+``deb_package``: `packaging/build deb` of this tree, once per session (the packaging tests and
+the systemd tests share it; building installs the build dependencies: root only).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -39,3 +45,22 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     if not openssl_available():
         pytest.skip("the openssl command is not installed: it makes the test certificates")
     return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def deb_package() -> Path:
+    """dist/regagent_<version>_all.deb, built from this tree once per test session."""
+    # CI runs as root on a throwaway machine; anywhere else this must fail loudly, not skip.
+    assert os.geteuid() == 0, "building the .deb installs its build dependencies: run as root"
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [str(repo / "packaging" / "build"), "deb"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, f"packaging/build deb failed:\n{result.stdout}{result.stderr}"
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert re.fullmatch(r"regagent_[^_]+_all\.deb", path.name) and path.is_file(), result.stdout
+    return path

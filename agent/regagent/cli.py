@@ -32,7 +32,7 @@ from regagent.errors import (
     UsageError,
 )
 from regagent.identity import NodeIdentity, Writer
-from regagent.logs import configure_logging
+from regagent.logs import configure_logging, journal_prefix
 from regagent.stderr_guard import install as install_stderr_guard
 
 log = structlog.get_logger(__name__)
@@ -278,12 +278,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         configure_logging(args.log_level or default_level, config.log.format)
         return COMMANDS[args.command](config, args, sys.stdout)
     except ConfigError as exc:
-        print("regagent: invalid configuration:", file=sys.stderr)
+        error = journal_prefix("error")  # under systemd: at error priority in the journal
+        print(f"{error}regagent: invalid configuration:", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"{error}  {problem}", file=sys.stderr)
         return exc.exit_code
     except RegagentError as exc:
-        print(f"regagent: {exc}", file=sys.stderr)
+        print(f"{journal_prefix('error')}regagent: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
