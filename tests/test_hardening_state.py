@@ -186,6 +186,47 @@ def test_state_planted_by_an_unprivileged_user_is_refused(nobody_dir: Path) -> N
     assert not save_state(str(path), {SID: good_entry()})
 
 
+@pytest.fixture
+def system_account_dir() -> Iterator[Path]:
+    """A state directory as the package leaves it: owned by a system account (Debian's
+    `daemon`, uid 1, stands in for `regagent`), mode 750, under a root-owned parent."""
+    top = Path(tempfile.mkdtemp(prefix="regagent-state-"))
+    top.chmod(0o755)
+    directory = top / "state"
+    directory.mkdir(mode=0o750)
+    account = pwd.getpwnam("daemon")
+    os.chown(directory, account.pw_uid, account.pw_gid)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(top)
+
+
+@needs_root
+def test_root_reads_the_daemons_state_as_the_daemons_and_hands_back_what_it_writes(
+    system_account_dir: Path,
+) -> None:
+    # `regagent sync --dry-run` run by root on an installed host: the daemon's files are the
+    # daemon's, not "owned by another user" (whose advice, chown 0, would break the daemon).
+    account = pwd.getpwnam("daemon")
+    path = system_account_dir / "discovered.json"
+    setpriv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}"]
+    subprocess.run(
+        [*setpriv, "--clear-groups", "/bin/sh", "-c", 'umask 077; cat > "$1"', "sh", str(path)],
+        input=encode_state({SID: good_entry()}).encode(),
+        check=True,
+        timeout=30,
+    )
+
+    entries, logs = load_with_logs(path)
+
+    assert set(entries) == {SID}
+    assert logs == []
+    assert save_state(str(path), {SID: replace(good_entry(), last_seen=T0 + 7200)})
+    assert path.stat().st_uid == account.pw_uid  # still the daemon's file after root's save
+    assert load_with_logs(path)[0][SID].last_seen == T0 + 7200
+
+
 def test_daemon_keeps_registering_with_an_untrusted_state_dir(state_dir: Path) -> None:
     state_dir.chmod(0o777)
     host = FakeHost()
