@@ -416,6 +416,15 @@ def test_discovery_by_port_and_by_fingerprint_as_regagent_in_the_sandbox(
     state = box.read("/var/lib/regagent/discovered.json")
     assert "node-exporter-9100" in state and "node-exporter-19100" in state
 
+    # An operator checks a change as root on the installed host (README's advice): the daemon's
+    # state is read as the daemon's, with no "chown" advice (which would break the daemon), and
+    # stays the daemon's.
+    dry = box.run(["regagent", "sync", "--dry-run"])
+    assert dry.returncode == 0, dry.stderr
+    assert "untrusted" not in dry.stderr and "chown" not in dry.stderr, dry.stderr
+    assert "discovery_state_adopted" not in dry.stderr, dry.stderr
+    assert box.must(["stat", "-c", "%U", "/var/lib/regagent/node.json"]).strip() == "regagent"
+
 
 def port_listening(box: SystemdBox, port: int) -> bool:
     return f":{port} " in box.must(["ss", "-Htln"])
