@@ -212,12 +212,15 @@ class UnconfirmedProbes:
             self._used.add(candidate.port)
         return replace(
             candidate,
+            process=candidate.process or result.process,
             outcome=result.outcome,
             reason=result.reason,
             exporter=result.exporter,
             version=result.version,
             metrics_path=result.metrics_path,
             scheme=result.scheme,
+            identified_by=result.identified_by,
+            problem=result.problem,
         )
 
     def close(self) -> None:
