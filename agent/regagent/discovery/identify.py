@@ -64,7 +64,13 @@ class Deferred(Protocol):
     offered first, collected (identified, or PENDING) once the pass's own probes are done."""
 
     def offer(
-        self, candidates: Sequence[Finding], identify: Identify, timeout: float, max_bytes: int
+        self,
+        candidates: Sequence[Finding],
+        identify: Identify,
+        timeout: float,
+        max_bytes: int,
+        *,
+        slow_timeout: Optional[float] = None,
     ) -> None: ...
 
     def collect(
@@ -187,13 +193,18 @@ def discover_among(
     to_probe = [i for i in to_probe if i not in later]
     settings = config.discovery
     owner = owner_of(resolver)
-    timeout, max_bytes = settings.probe_timeout, settings.probe_max_bytes
+    # A listener nobody vouches for yet gets a first look as long as a health probe, then one
+    # longer look (identify_timeout) if it was only slow; both in the background.
+    timeout = min(settings.probe_timeout, settings.identify_timeout)
+    slow = settings.identify_timeout if settings.identify_timeout > timeout else None
+    max_bytes = settings.probe_max_bytes
     if deferred is not None and later:
         deferred.offer(
             [findings[i] for i in later],
             lambda finding, probe: identify(finding, settings, table, probe, owner=owner),
             timeout,
             max_bytes,
+            slow_timeout=slow,
         )
     if to_probe:
         workers = min(MAX_CONCURRENT_PROBES, len(to_probe))
