@@ -7,9 +7,10 @@ Consul emulator listens on the host's end of the namespace's veth pair; regagent
 
 For every exporter that listens with its defaults (tests/real_exporters.py `LISTENING`, 22 on
 Debian 12): `regagent discover --format json` names it with the exporter's own version (or none
-where it publishes none), and one `regagent sync` registers it under that name and version.
-Those issue 24 is about are expected failures (strict: they fail the run once they pass, so
-whoever fixes one removes its mark).
+where it publishes none) and the evidence that named it, and one `regagent sync` registers it
+under that name, version and Meta `identified_by`. An exporter regagent misses carries its
+reason in `Expected.issue24` and is an expected failure (strict: it fails the run once it
+passes, so whoever fixes one removes its mark); none does since issue 24.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def test_discover_names_it_with_its_own_version(
     assert found is not None, f"discover does not list port {expected.port}"
     assert (found["exporter"], found["version"]) == name_and_version(expected), found
     assert found["outcome"] == "identified", found
+    assert found["identified_by"] == expected.identified_by, found
 
 
 @pytest.mark.parametrize("expected", cases())
@@ -144,4 +146,5 @@ def test_sync_registers_it_under_its_name(
     meta = registered[service_id]["Meta"]
     version = expected.expected_version() or "unknown"
     assert (meta["exporter"], meta["exporter_version"]) == (expected.exporter, version), meta
+    assert meta["identified_by"] == expected.identified_by, meta
     assert registered[service_id]["Address"] == running[0].inner_ip
