@@ -113,6 +113,8 @@ class Expected:
     # The evidence that names it (Meta identified_by): its build_info (the default), a table
     # fingerprint, or its process (its answer names nothing while its backend is down).
     identified_by: str = "build_info"
+    # Its check after one sync: passing, or critical when its answer fails with its defaults.
+    check: str = "passing"
 
     def expected_version(self) -> Optional[str]:
         if self.version is None:
@@ -141,8 +143,15 @@ EXPECTED: Tuple[Expected, ...] = (
     Expected("prometheus-homeplug-exporter", 9702, "homeplug_exporter", UPSTREAM),
     Expected("prometheus-ipmi-exporter", 9290, "ipmi_exporter", identified_by="fingerprint"),
     Expected("prometheus-libvirt-exporter", 9177, "libvirt_exporter", identified_by="fingerprint"),
-    # /metrics takes 11-12 s while MongoDB is down: its process names it.
-    Expected("prometheus-mongodb-exporter", 9001, "mongodb_exporter", identified_by="process"),
+    # /metrics takes 11-12 s while MongoDB is down: its process names it, and its check says
+    # that a 10 s scrape fails.
+    Expected(
+        "prometheus-mongodb-exporter",
+        9001,
+        "mongodb_exporter",
+        identified_by="process",
+        check="critical",
+    ),
     Expected(
         "prometheus-mqtt-exporter", None, absent="listens only once connected to an MQTT broker"
     ),
