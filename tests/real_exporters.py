@@ -579,12 +579,24 @@ def write_config(path: Path, servers: List[str], **sections: object) -> Path:
 
 
 def regagent(
-    namespace: Namespace, config: Path, *args: str, timeout: float = 180
+    namespace: Namespace,
+    config: Path,
+    *args: str,
+    timeout: float = 180,
+    pythonpath: Optional[str] = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m regagent -c CONFIG ARGS` inside the namespace (bounded by `timeout`)."""
+    """`python -m regagent -c CONFIG ARGS` inside the namespace (bounded by `timeout`);
+    `pythonpath`: another regagent's sources to run instead (a bench's "before")."""
     argv = namespace.argv(sys.executable, "-m", "regagent", "-c", str(config), *args)
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
