@@ -248,7 +248,9 @@ def needs_owner(
     A process name can only add a candidate or exclude one. Loopback-only listeners are never
     registered and excluded ports never probed, whatever the process; a port that is already a
     candidate (a known default port, a configured range) needs the owner only to apply
-    `exclude_processes`. Everything else needs the name to be recognised at all.
+    `exclude_processes`. Everything else needs the name to be recognised at all. (A candidate
+    by port whose answer does not name it needs its owner too, but only then: `identify`
+    looks it up through `owner_of`.)
     """
     settings = config.discovery
     if port in settings.exclude_ports or port == own_port(config):
