@@ -84,7 +84,10 @@ def by_answer(
         confirmed = [p for p in programs if _hinted(p, hints, table)]
         if len(confirmed) != 1:
             listed = ", ".join(sorted(programs))
-            return None, f"build_info of several programs ({listed}), none confirmed by its port"
+            return (
+                None,
+                f"build_info of several programs ({listed}), none confirmed by its port or process",
+            )
         programs = {confirmed[0]: programs[confirmed[0]]}
     if programs:
         ((program, metric),) = programs.items()

@@ -59,7 +59,6 @@ from regagent.threads import start_thread
 log = structlog.get_logger(__name__)
 
 WORKERS = 8  # probes of unconfirmed listeners at a time
-SLOW_WORKERS = WORKERS // 2  # of them, at most this many on a longer look
 RATE = 2.0  # probe starts a second, sustained (120 a minute, 60 per default 30 s cycle)
 BURST = 20  # starts allowed at once (a host starting its exporters together)
 ONE_SHOT_BURST = 256  # a one-shot command is run by a person, once: probe what it can at once
@@ -127,6 +126,7 @@ class UnconfirmedProbes:
     ) -> None:
         self.prober = prober
         self.workers = workers
+        # Of them, at most this many on a longer look (default: half).
         self.slow_workers = max(1, workers // 2) if slow_workers is None else slow_workers
         self.rate = rate
         self.burst = burst
