@@ -237,7 +237,9 @@ def test_non_exporters_are_rejected_with_reasons(
 def test_unknown_exporter_registered_only_with_register_unknown(
     start: Callable[..., Started], tmp_path: Path
 ) -> None:
-    custom = start("exporter", "0.0.0.0", "acme_app_build_info", "2.3.4")
+    # A build_info whose program cannot be a service name (uppercase) names nothing (issue 24:
+    # `acme_app_build_info` names acme_app, see the next test).
+    custom = start("exporter", "0.0.0.0", "AcmeApp_build_info", "2.3.4")
     off = config_for(custom.port, tmp=tmp_path)
     discovery = discovery_for(off, reading_of(only(custom.port)))
     result, desired = discovery.examine(NODE, now=1_000_000.0)
@@ -253,6 +255,26 @@ def test_unknown_exporter_registered_only_with_register_unknown(
     assert intent.service.id == f"exporter-{custom.port}"
     assert intent.service.address == NODE
     assert intent.service.meta["exporter"] == "unknown"
+
+
+def test_any_build_info_names_its_program_in_a_port_range(
+    start: Callable[..., Started], tmp_path: Path
+) -> None:
+    custom = start("exporter", "0.0.0.0", "acme_app_build_info", "2.3.4")
+    discovery = discovery_for(config_for(custom.port, tmp=tmp_path), reading_of(only(custom.port)))
+    result, desired = discovery.examine(NODE, now=1_000_000.0)
+    assert result is not None
+    finding = by_port(result)[custom.port]
+    assert (finding.outcome, finding.exporter, finding.version) == (IDENTIFIED, "acme_app", "2.3.4")
+    (intent,) = desired.intents  # no register_unknown needed: it is identified
+    assert intent.service.id == f"acme-app-{custom.port}"
+    assert intent.service.tags == ("acme_app",)
+    meta = intent.service.meta
+    assert (meta["exporter"], meta["exporter_version"], meta["identified_by"]) == (
+        "acme_app",
+        "2.3.4",
+        "build_info",
+    )
 
 
 def test_exclusions_skip_probing(start: Callable[..., Started], tmp_path: Path) -> None:

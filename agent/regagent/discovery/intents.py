@@ -12,11 +12,16 @@ Rules (design decisions 3, 4 and 9):
 - Service ID `<name>-<port>` (static services may set their own `id`).
 - Wildcard listener -> the node address; loopback-only -> not registered; specific IP -> that IP.
 - Tags: the exporter name, `defaults.tags`, matching overrides' tags; always canonical.
-- Meta: `defaults.meta`, then metrics_path, scheme, exporter, exporter_version, then overrides'
-  meta; `managed-by=regagent` always wins.
-- A discovered exporter that is identified now is passing, with stable output text. One that
-  was seen before but is gone stays registered as critical ("not listening on :9100 since ...")
-  until `sync.deregister_after` has passed since it was last seen, then it is dropped.
+- Meta: `defaults.meta`, then metrics_path, scheme, exporter, exporter_version, identified_by
+  (how it was identified: build_info, fingerprint, process, port; absent for an unknown
+  exporter), then overrides' meta; `managed-by=regagent` always wins.
+- A discovered exporter that is identified now is passing, with stable output text; one
+  identified by its process while its answer failed (slow, erroring) is critical and says why.
+  One that was seen before but is gone stays registered as critical ("not listening on :9100
+  since ...") until `sync.deregister_after` has passed since it was last seen, then it is dropped.
+- What a registration says of an exporter does not flap with its backend: when only its process
+  or port names it now (its answer names nothing, or failed), the version and `identified_by`
+  its answer gave before on the same port are kept.
 - A static service wins over a discovered one on the same ID or port, and a present exporter
   supersedes a vanished one that was registered on the same port (e.g. after a rename).
 - At most `discovery.max_new_per_cycle` exporters not in the previous state are added per call,
@@ -32,7 +37,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from regagent import __version__
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
-from regagent.discovery.exporters import ExporterTable, load_exporter_table
+from regagent.discovery.evidence import FROM_ANSWER, PORT, PROCESS
+from regagent.discovery.exporters import ExporterTable, load_exporter_table, service_name
 from regagent.discovery.identify import (
     EXCLUDED,
     GENERIC_SERVICE,
@@ -132,8 +138,10 @@ def build_intents(
     seen: Dict[str, SeenService] = {}
     skipped: List[Skipped] = []
     by_port: Dict[int, str] = {}
+    not_serving: List[str] = []
     new = 0
-    for finding in discovery.exporters:
+    for found in discovery.exporters:
+        finding = with_earlier_evidence(found, previous)
         outcome = discovered_intent(finding, config, node_address, table)
         if isinstance(outcome, str):
             skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, outcome))
@@ -164,11 +172,12 @@ def build_intents(
         seen[service.id] = _seen_entry(service, earlier.first_seen if earlier else now, now)
         by_port[finding.port] = service.id
         intents.append(outcome)
+        if earlier is not None and finding.problem:
+            not_serving.append(service.id)  # a known exporter failing its probe: flap-held
 
     listening = {f.port for f in discovery.findings}
     excluded_now = {f.port for f in discovery.findings if f.outcome == EXCLUDED}
     expired: List[str] = []
-    not_serving: List[str] = []
     for sid, entry in sorted(previous.items()):
         if sid in seen or sid in static_ids or entry.port in static_ports:
             continue
@@ -320,9 +329,13 @@ def discovered_intent(
     overrides = matching_overrides(settings.overrides, exporter, finding.port)
     if any(o.ignore for o in overrides):
         return "ignored by discovery.overrides"
+    identified = finding.outcome == IDENTIFIED
     spec = table.by_name.get(exporter)
-    name = spec.service_name if spec is not None else GENERIC_SERVICE
-    tags: List[str] = [exporter] if spec is not None else []
+    if spec is not None:
+        name = spec.service_name
+    else:  # a program only its build_info or its executable named
+        name = service_name(exporter) if identified else GENERIC_SERVICE
+    tags: List[str] = [exporter] if identified or spec is not None else []
     tags += config.defaults.tags
     override_meta: Dict[str, str] = {}
     for override in overrides:
@@ -336,6 +349,7 @@ def discovered_intent(
         "scheme": finding.scheme,
         "exporter": exporter,
         "exporter_version": exporter_text(finding.version) or UNKNOWN,
+        **({"identified_by": finding.identified_by} if finding.identified_by else {}),
         **override_meta,
     }
     service = canonical_service(
@@ -350,15 +364,49 @@ def discovered_intent(
     )
     url = f"{finding.scheme}://{url_host(address)}:{finding.port}{finding.metrics_path}"
     probe = HealthProbe("http", url, settings.probe_timeout)
-    return ServiceIntent(
-        service, Source.DISCOVERY, probe=probe, status=(PASSING, _ok_text(finding))
-    )
+    status = (CRITICAL, _failing_text(finding)) if finding.problem else (PASSING, _ok_text(finding))
+    return ServiceIntent(service, Source.DISCOVERY, probe=probe, status=status)
+
+
+def with_earlier_evidence(finding: Finding, previous: Mapping[str, SeenService]) -> Finding:
+    """`finding`, with the version and `identified_by` its answer gave before on this port when
+    only its process or port names it now (its backend down, say): the registration then stays
+    as it was, and only its check says what changed."""
+    if finding.outcome != IDENTIFIED or finding.identified_by not in (PROCESS, PORT):
+        return finding
+    for entry in previous.values():
+        meta = entry.meta
+        if entry.port != finding.port or meta.get("exporter") != finding.exporter:
+            continue
+        before = meta.get("identified_by")
+        if finding.problem:  # no answer now: what the last one said of its path stands
+            finding = replace(
+                finding,
+                metrics_path=meta.get("metrics_path", finding.metrics_path),
+                scheme=meta.get("scheme", finding.scheme),
+            )
+        if before is None or before in FROM_ANSWER:  # absent: registered by an answer (0.x)
+            version = meta.get("exporter_version")
+            return replace(
+                finding,
+                identified_by=before,
+                version=version if version and version != UNKNOWN else finding.version,
+            )
+        return finding
+    return finding
 
 
 def _ipv4_only(finding: Finding) -> bool:
     """Only `0.0.0.0` wildcards: nothing answers on the host's IPv6 addresses. (A `::`
     wildcard also takes IPv4 unless the socket is IPV6_V6ONLY, which the dump does not show.)"""
     return all(lst.address == "0.0.0.0" for lst in finding.listeners if lst.is_wildcard)
+
+
+def _failing_text(finding: Finding) -> str:
+    """An exporter named without its answer (its process vouches for it) whose answer failed:
+    still a target, and its check says what Prometheus will see. Stable text, like _ok_text."""
+    where = f"{finding.exporter} on :{finding.port}"
+    return f"{where}: no metrics from {finding.metrics_path} ({finding.problem})"
 
 
 def _ok_text(finding: Finding) -> str:

@@ -22,9 +22,12 @@ JSON schema (`--format json`), one object:
           "outcome": "identified",   # identified | unknown-exporter | not-exporter
                                      # | excluded | not-candidate | pending (an unconfirmed
                                      # listener whose background probe has not answered yet)
-          "reason": "fingerprint node_exporter_build_info",   # how identified, or why not
+          "reason": "node_exporter_build_info",   # how identified, or why not
           "exporter": "node_exporter" or null,
           "version": "1.5.0" or null,
+          "identified_by": "build_info" or null,  # build_info | fingerprint | process | port
+          "problem": "",             # identified by its process or port while its answer
+                                     # failed: why (e.g. "timed out after 10s"); else ""
           "metrics_path": "/metrics",
           "scheme": "http",
           "service_id": "node-exporter-9100" or null,         # what it is registered as
@@ -100,6 +103,8 @@ def _finding_json(finding: Finding, wanted: IntentSet) -> Dict[str, Any]:
         "reason": finding.reason,
         "exporter": finding.exporter,
         "version": finding.version,
+        "identified_by": finding.identified_by,
+        "problem": finding.problem,
         "metrics_path": finding.metrics_path,
         "scheme": finding.scheme,
         "service_id": wanted.by_port.get(finding.port),
@@ -168,7 +173,8 @@ def _finding_row(finding: Finding, wanted: IntentSet) -> List[str]:
     process = finding.process.label if finding.process is not None else "?"
     if finding.outcome == IDENTIFIED:
         version = f" {finding.version}" if finding.version else ""
-        what = f"{finding.exporter}{version} ({finding.reason})"
+        how = f"by {finding.identified_by}: " if finding.identified_by else ""
+        what = f"{finding.exporter}{version} ({how}{finding.reason})"
     elif finding.outcome == UNKNOWN_EXPORTER:
         what = f"unknown exporter: {finding.reason}"
     elif finding.outcome in (EXCLUDED, NOT_CANDIDATE, PENDING):
