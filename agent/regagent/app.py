@@ -19,6 +19,7 @@ from regagent.config.model import Config
 from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
 from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.node_watch import NodeWatch
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
@@ -35,6 +36,7 @@ from regagent.identity import NodeIdentity, Writer, daemon_lock
 from regagent.metrics import Metrics
 from regagent.model import ActualState, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
+from regagent.repair import Repair
 from regagent.statedir import Lock
 from regagent.watch import Watch
 
@@ -69,6 +71,7 @@ class App:
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
+    repair: Optional[Repair] = None  # the node watch (catalog mode, `regagent run`)
 
 
 def build(
@@ -116,7 +119,10 @@ def build(
         metrics.observe_request(server, outcome, seconds)
 
     pool.observer = observe
-    registrar = make_registrar(config, pool, identity)
+    node_watch = make_node_watch(
+        config, pool, identity, metrics, previous=previous, daemon=writer.daemon
+    )
+    registrar = make_registrar(config, pool, identity, node_watch)
     engine = SyncEngine(
         registrar,
         discovery if intent_source is None else GivenIntents(intent_source),
@@ -126,6 +132,9 @@ def build(
         begin=pool.new_cycle,
     )
     watch = make_watch(config, engine, discovery.sensor, metrics) if intent_source is None else None
+    repair = (
+        None if node_watch is None else Repair(engine, node_watch, on_report=metrics.observe_repair)
+    )
     return App(
         config,
         policy,
@@ -139,7 +148,33 @@ def build(
         heartbeat,
         watch,
         lock,
+        repair,
     )
+
+
+def make_node_watch(
+    config: Config,
+    pool: ServerPool,
+    identity: NodeIdentity,
+    metrics: Metrics,
+    *,
+    previous: Optional[App],
+    daemon: bool,
+) -> Optional[NodeWatch]:
+    """The blocking query on the node, for the daemon in catalog mode with consul.watch_wait
+    on (one-shot commands read as they always did). A reload keeps the previous watch, its
+    index and its answer, when the servers, the node name and the wait are unchanged; else the
+    previous one stops and the daemon starts the new one."""
+    kept = previous.repair.watch if previous is not None and previous.repair else None
+    wanted = daemon and config.consul.mode == "catalog" and config.consul.watch_wait > 0
+    if kept is not None:
+        if wanted and kept.same_target(pool, identity.name, config.consul.watch_wait):
+            kept.rebind(pool)
+            return kept
+        kept.stop()
+    if not wanted:
+        return None
+    return NodeWatch(pool, identity.name, config.consul.watch_wait, on_event=metrics.observe_watch)
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -150,12 +185,17 @@ def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
     return ServerPool(consul, load_token(config.consul), policy=policy)
 
 
-def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> Registrar:
+def make_registrar(
+    config: Config,
+    pool: ServerPool,
+    identity: NodeIdentity,
+    node_watch: Optional[NodeWatch] = None,
+) -> Registrar:
     """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
     two modes."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
-    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)
+    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter, node_watch)
 
 
 def make_discovery(
@@ -213,6 +253,7 @@ def loop(app: App) -> Loop:
         tuple(pool_addresses(app.pool)),
         app.config.telemetry.listen,
         app.watch,
+        app.repair,
     )
 
 

@@ -44,6 +44,7 @@ from regagent.errors import (
 from regagent.metrics import Metrics
 from regagent.metrics_endpoint import MetricsServer
 from regagent.notify import Notifier
+from regagent.repair import Repair
 from regagent.report import CycleReport
 from regagent.threads import signals_blocked
 from regagent.throttle import LogThrottle
@@ -213,6 +214,7 @@ class Loop:
     servers: Tuple[str, ...]
     telemetry_listen: str = ""
     watch: Optional[Watch] = None  # looks at the listeners between cycles
+    repair: Optional[Repair] = None  # the node watch's news, repaired between cycles
 
 
 Reload = Callable[[], Loop]  # re-reads the configuration; raises ConfigError if it is invalid
@@ -228,7 +230,9 @@ class _WakeUp(threading.Event):
         self._daemon = daemon
 
     def is_set(self) -> bool:
-        return self._daemon.stop.is_set() or self._daemon.reload_requested
+        daemon = self._daemon
+        repair = daemon.loop.repair
+        return daemon.stop.is_set() or daemon.reload_requested or bool(repair and repair.due)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         if not self.is_set():
@@ -338,6 +342,7 @@ class Daemon:
             if self.watchdog is not None:
                 self.watchdog.start()
             self._serve_metrics(self.loop.telemetry_listen)
+        self._start_node_watch()
         cycles = 0
         try:
             # A fleet restarted at once spreads its first reads (capped: register fast).
@@ -409,6 +414,7 @@ class Daemon:
             if left <= 0:
                 return
             self.heartbeat.beat()
+            self._repair()
             step = left if self.beat_every is None else min(left, self.beat_every)
             watch = self.loop.watch
             if watch is None:
@@ -422,6 +428,26 @@ class Daemon:
             finally:
                 self._interruptible = False
                 self._arm(0)
+
+    def _start_node_watch(self) -> None:
+        """The blocking query on the node (catalog mode); its news wakes the wait."""
+        repair = self.loop.repair
+        if repair is not None:
+            repair.watch.on_news = self._wake
+            repair.watch.start()
+
+    def _repair(self) -> None:
+        """What the node watch saw changed, put back now (`regagent.repair`); a stop may
+        interrupt its writes as it does a cycle's."""
+        repair = self.loop.repair
+        if repair is None or not repair.due:
+            return
+        self._interruptible = True
+        try:
+            repair.run()
+        finally:
+            self._interruptible = False
+            self._arm(0)
 
     def _sleep(self, seconds: Optional[float]) -> None:
         """Up to `seconds`, less if a stop or reload is requested (the self-pipe)."""
@@ -466,6 +492,7 @@ class Daemon:
 
     def _reload_applied(self, loop: Loop) -> None:
         old, self.loop = self.loop, loop
+        self._start_node_watch()  # a no-op for a watch the reload kept (`regagent.app`)
         self.reload_problem = None
         if self.metrics is not None:
             self.metrics.observe_reload(True)
@@ -503,6 +530,8 @@ class Daemon:
             self._arm(0)
 
     def _shut_down(self) -> None:
+        if self.loop.repair is not None:
+            self.loop.repair.watch.stop()
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.metrics_server is not None:
