@@ -3,6 +3,9 @@
 ``consul_cluster``: a fresh three-server Consul emulator (tests/consulsim) per test, with short
 wait cap, election delay and RPC hold so fault tests run in well under a second each.
 ``tls_files``: a throwaway CA with server (127.0.0.1) and client certificates, made by openssl.
+
+The test process keeps regagent's process policy (`regagent.cli.without_created_series`), set
+before any test module imports prometheus-client, so in-process metrics look like the daemon's.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ from typing import Iterator
 import pytest
 
 from consulsim import SimCluster
+from regagent.cli import without_created_series
 from tls_pki import TLSFiles, make_tls_files, openssl_available
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    without_created_series()
 
 
 @pytest.fixture

@@ -109,6 +109,7 @@ def notified_daemon(
     notify = NotifySocket()
     env = {**os.environ, "NOTIFY_SOCKET": notify.path}
     env.pop("WATCHDOG_PID", None)  # unset: the pings are for whoever reads the socket
+    env.pop("PROMETHEUS_DISABLE_CREATED_SERIES", None)  # the daemon sets its own (conftest.py)
     if watchdog_usec is not None:
         env["WATCHDOG_USEC"] = str(watchdog_usec)
     log_path = config.parent / "daemon.log"
@@ -325,6 +326,7 @@ def test_metrics_endpoint_counts_writes_and_a_failover(
         assert metric(found, "regagent_consul_rpc_requests_total", server=current[0],
                       outcome="success") >= 1  # fmt: skip
         assert by_label(found, "regagent_build_info")
+        assert not [name for name, _ in found if name.endswith("_created")]  # process policy
 
         own = node_services(consul_cluster)[f"regagent-{port}"]
         assert own["Service"] == "regagent" and own["Port"] == port

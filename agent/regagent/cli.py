@@ -13,17 +13,15 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TextIO
 
 import structlog
 import yaml
 
 from regagent import __version__
-from regagent.app import build
 from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
 from regagent.config import resolve_config_path as _resolve_path
 from regagent.config.show import MASK, effective_config
-from regagent.discovery.runner import DiscoveryRunner
 from regagent.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -35,6 +33,9 @@ from regagent.errors import (
 from regagent.identity import Writer
 from regagent.logs import configure_logging
 from regagent.stderr_guard import install as install_stderr_guard
+
+if TYPE_CHECKING:
+    from regagent.discovery.runner import DiscoveryRunner
 
 log = structlog.get_logger(__name__)
 
@@ -145,6 +146,7 @@ def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> i
 
 
 def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
     from regagent.render.sync import cycle_json, cycle_text
 
     report = build(config, writer=_writer(args)).engine.cycle(dry_run=args.dry_run)
@@ -161,6 +163,8 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
+
     app = build(config, writer=_writer(args))
     try:
         address = app.identity.address(config.consul.servers[0], keep=False)
@@ -194,6 +198,7 @@ def discover_command(
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
     from regagent.render.status import status_report, status_text
 
     app = build(config, writer=_writer(args))
@@ -211,6 +216,8 @@ def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.app import build
+
     app = build(config, writer=_writer(args))
     node = app.identity.name
     if not args.yes:
@@ -234,7 +241,7 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
 
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.app import daemon
+    from regagent.app import build, daemon
 
     def reconfigure_logging(new: Config) -> None:  # --log-level keeps winning after a reload
         configure_logging(args.log_level or new.log.level, new.log.format)
@@ -260,10 +267,20 @@ COMMANDS: Dict[str, Callable[[Config, argparse.Namespace, TextIO], int]] = {
 }
 
 
+def without_created_series() -> None:
+    """Process policy, set once before any command runs: no `*_created` series beside each
+    counter and histogram. They double what Prometheus stores for ten thousand agents and say
+    nothing `process_start_time_seconds` would not. prometheus-client reads this variable when
+    it is imported (0.16, Debian 12's, has no other switch; later versions also honour it), which
+    only a command that serves metrics does, after this; a value already set wins."""
+    os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "true")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.config = getattr(args, "config", None)
     args.log_level = getattr(args, "log_level", None)
+    without_created_series()
     install_stderr_guard()  # whatever Python would print to stderr becomes one log line
     configure_logging(args.log_level or "info")
     try:

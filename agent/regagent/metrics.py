@@ -3,7 +3,8 @@
 Everything is read from the cycle report (`observe_cycle`), from the server pool's request
 observer (`observe_request`) and from the daemon's reload outcome, never sprinkled next to
 log calls. Each `Metrics` has its own `CollectorRegistry` (not the global one): two apps in one
-process share no state. Names follow Prometheus's own Consul SD metrics
+process share no state (whether `*_created` series are exported is the process's choice, made
+by `regagent.cli.main`). Names follow Prometheus's own Consul SD metrics
 (`prometheus_sd_consul_rpc_failures_total`, `..._rpc_duration_seconds`); the list, with what
 each means and what to alert on, is in README ("Operating the daemon").
 
@@ -17,7 +18,6 @@ import threading
 import time
 from typing import Dict, Optional, Sequence, Set, Tuple
 
-import prometheus_client
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -58,21 +58,10 @@ def cycle_result(report: CycleReport) -> str:
     return "error"
 
 
-def _without_created_series() -> None:
-    """No `*_created` series beside every counter and histogram: they double what Prometheus
-    stores for ten thousand agents and say nothing `process_start_time_seconds` would not."""
-    disable = getattr(prometheus_client, "disable_created_metrics", None)
-    if disable is not None:  # prometheus-client >= 0.17
-        disable()
-    else:  # 0.16 (Debian 12) reads PROMETHEUS_DISABLE_CREATED_SERIES once, at import
-        prometheus_client.metrics._use_created = False
-
-
 class Metrics:
     """The daemon's metrics; lives as long as the process (a reload keeps the counters)."""
 
     def __init__(self) -> None:
-        _without_created_series()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, RSS, fds, start time
