@@ -25,6 +25,7 @@ from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
+from regagent.consul.answers import Outcome
 from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
@@ -173,9 +174,9 @@ def build(
         runner = DiscoveryRunner(
             health=health, prober=beating_prober(heartbeat), unconfirmed=unconfirmed
         )
-    metrics.configure(pool_addresses(pool))
+    metrics.observe_pool(pool)
 
-    def observe(server: str, outcome: str, seconds: float) -> None:
+    def observe(server: str, outcome: Outcome, seconds: float) -> None:
         heartbeat.beat()
         metrics.observe_request(server, outcome, seconds)
 

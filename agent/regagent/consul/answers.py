@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import ssl
 import unicodedata
+from enum import Enum
 from typing import List, Optional, Set, Tuple
 
 import requests
@@ -20,6 +21,16 @@ from consul.base import (
 )
 
 from regagent.errors import RegagentError
+
+
+class Outcome(Enum):
+    """What one request to one server came to, as the pool judges it. The values are the
+    `outcome` label of `regagent_consul_rpc_requests_total`."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"  # no usable answer (connection, timeout, 5xx, 429/503): cooled down
+    NO_LEADER = "no_leader"  # answered, but its cluster has no leader: not the server's fault
+    REFUSED = "refused"  # a refusal every server would repeat (4xx, a validation error)
 
 
 class UnexpectedAnswer(ConsulException):  # type: ignore[misc]

@@ -41,7 +41,13 @@ import structlog
 from consul.base import ConsulException
 
 from regagent.config.model import ConsulConfig
-from regagent.consul.answers import ServerBusy, classify_refusal, describe_failure, is_no_leader
+from regagent.consul.answers import (
+    Outcome,
+    ServerBusy,
+    classify_refusal,
+    describe_failure,
+    is_no_leader,
+)
 from regagent.consul.retry import RetryPolicy, Rng, server_order
 from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
 from regagent.errors import ConsulRefused, ConsulUnreachable, NoClusterLeader
@@ -51,10 +57,10 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
-# (server address, outcome, seconds) after each request, hedged ones included: success, failure
-# (cooled down), no_leader or refused. Metrics and the daemon's watchdog listen here; called
-# under the pool's lock, so it must be quick and must not call back into the pool.
-RequestObserver = Callable[[str, str, float], None]
+# (server address, outcome, seconds) after each request, hedged ones included. Metrics and the
+# daemon's heartbeat listen here; called under the pool's lock, so it must be quick and must not
+# call back into the pool.
+RequestObserver = Callable[[str, Outcome, float], None]
 
 # python-consul2 lets these override constructor arguments; the pool must not be redirected.
 _CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
@@ -74,6 +80,7 @@ class ServerState:
     samples: int = 0
     slow_until: float = 0.0  # demoted (asked last) until then
     in_flight: int = 0  # hedged requests still waiting for their answer
+    last_outcome: Optional[Outcome] = None  # of the last request judged; None: not asked yet
 
     def cooling(self, now: float) -> bool:
         return now < self.cooldown_until
@@ -233,6 +240,7 @@ class ServerPool:
                 server.cooldown_until = old.cooldown_until
                 server.last_error = old.last_error
                 server.latency = old.latency
+                server.last_outcome = old.last_outcome
                 server.samples = old.samples
                 server.slow_until = old.slow_until
         addresses = [server.address for server in self.servers]
@@ -412,25 +420,26 @@ class ServerPool:
             if exc is None:
                 self._record_latency(attempt.index, self.clock() - attempt.started)
                 self._succeeded(attempt.index, adopt=adopt)
-                self._observe(server, "success", attempt)
+                self._observe(server, Outcome.SUCCESS, attempt)
                 return None
             refusal = classify_refusal(exc, getattr(server.client, "dc", None))
             if refusal is not None:
                 server.last_error = f"{refusal[0]} {refusal[1]}"
-                self._observe(server, "refused", attempt)
+                self._observe(server, Outcome.REFUSED, attempt)
                 raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
             if is_no_leader(exc):
                 server.last_error = "no cluster leader"
-                self._observe(server, "no_leader", attempt)
+                self._observe(server, Outcome.NO_LEADER, attempt)
                 return server.last_error
             if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
                 raise exc
             retry_after = exc.retry_after if isinstance(exc, ServerBusy) else None
             self._cool_down(server, describe_failure(exc), what, retry_after)
-            self._observe(server, "failure", attempt)
+            self._observe(server, Outcome.FAILURE, attempt)
             return server.last_error
 
-    def _observe(self, server: ServerState, outcome: str, attempt: _Attempt) -> None:
+    def _observe(self, server: ServerState, outcome: Outcome, attempt: _Attempt) -> None:
+        server.last_outcome = outcome
         if self.observer is None:
             return
         try:
