@@ -23,11 +23,13 @@ import pytest
 from consulsim import SimCluster
 from regagent.app import build
 from regagent.config import load_config
+from regagent.config.model import ConsulConfig
 from regagent.consul.answers import BadRequestHeader, ServerFailed
 from regagent.consul.catalog import read_actual
 from regagent.consul.pool import ServerPool, make_client
-from regagent.consul.retry import start_index
+from regagent.consul.retry import RetryPolicy, start_index
 from regagent.consul.transport import BoundedHTTPClient, RequestLimits
+from regagent.errors import ConsulUnreachable
 from regagent.model import ServiceIntent, ServiceRegistration
 from test_sync import NODE, write_config
 
@@ -201,6 +203,16 @@ def test_the_client_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> N
         assert server.requests == ["GET /v1/status/leader HTTP/1.1"]
 
 
+def test_the_policy_handed_to_the_pool_bounds_its_requests() -> None:
+    """The clients take their timeouts and deadline from the pool's policy (the one app.build
+    makes), not from a second one built from the configuration (10 s + 2 s by default)."""
+    with fake_server(drip(b"HTTP/1.1 200 OK\r\nX-Pad: ")) as server:
+        policy = RetryPolicy(connect_timeout=0.2, read_timeout=0.3)
+        pool = ServerPool(ConsulConfig(servers=(server.address,)), policy=policy)
+        with pytest.raises(ConsulUnreachable, match=r"too slow: no complete answer within 0.5s"):
+            pool.call("read", lambda client: get(client.http))
+
+
 # --- the pool: the bound cools the server down and fails over ------------------------------------
 
 
@@ -273,7 +285,7 @@ def test_429_cools_down_for_at_least_retry_after(
 def test_survey_reports_a_bounded_failure(tmp_path: Path, consul_cluster: SimCluster) -> None:
     with fake_server(endless) as fake:
         config = load_config(str(write_config(tmp_path, consul_cluster, [])))
-        client = make_client(fake.address, config.consul, None)
+        client = make_client(fake.address, config.consul, None, RetryPolicy.from_config(config))
         with pytest.raises(ServerFailed, match="answer too large"):
             client.status.leader()
 

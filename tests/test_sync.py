@@ -637,8 +637,8 @@ def test_a_server_cut_off_from_the_leader_does_not_block_writes(
     (X-Consul-KnownLeader: false) on their way into regagent; the data stays real."""
     config = load_config(str(write_config(tmp_path, consul_cluster, [])))
 
-    def clients(address: str, consul_config: Any, token: Optional[str]) -> Any:
-        client = make_client(address, consul_config, token)
+    def clients(address: str, consul_config: Any, token: Optional[str], policy: Any) -> Any:
+        client = make_client(address, consul_config, token, policy)
         if address == consul_cluster.addresses[0]:
             real_get = client.http.get
 
