@@ -11,8 +11,9 @@ import yaml
 from regagent.app import build, self_intent
 from regagent.config import load_config
 from regagent.config.model import SyncConfig
-from regagent.daemon import Daemon, Heartbeat, Loop, Watchdog, status_text
+from regagent.daemon import Daemon, LoopParts, status_text
 from regagent.errors import ConfigError, ConsulUnreachable, NoClusterLeader
+from regagent.liveness import Heartbeat, SystemdWatchdog
 from regagent.model import DesiredState, NodeRegistration, ServiceRegistration
 from regagent.notify import Notifier
 from regagent.report import CycleReport
@@ -63,15 +64,15 @@ class FakeEngine:
         return []
 
 
-def loop_of(engine: FakeEngine) -> Loop:
-    return Loop(engine, SyncConfig(interval=1.0, jitter=0.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
+def loop_of(engine: FakeEngine) -> LoopParts:
+    return LoopParts(engine, SyncConfig(interval=1.0, jitter=0.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
 
 
 def test_watchdog_pings_only_while_the_heartbeat_is_fresh() -> None:
     clock = FakeClock()
     notifier = Recorder()
     heartbeat = Heartbeat(clock)
-    watchdog = Watchdog(notifier, interval=60.0, heartbeat=heartbeat, stall_limit=60.0)
+    watchdog = SystemdWatchdog(notifier, interval=60.0, heartbeat=heartbeat, stall_limit=60.0)
     assert watchdog.tick()
     clock.now += 59.0
     assert watchdog.tick()  # the last beat is 59s old: still progress
@@ -107,7 +108,7 @@ def test_reload_swaps_the_loop_and_a_rejected_one_keeps_it() -> None:
     new = FakeEngine("new", hook=lambda engine: engine.daemon.request_stop())
     answers: List[Any] = [ConfigError(["a: bad", "b: bad"]), loop_of(new)]
 
-    def reload() -> Loop:
+    def reload() -> LoopParts:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -122,7 +123,7 @@ def test_reload_swaps_the_loop_and_a_rejected_one_keeps_it() -> None:
     old.daemon = new.daemon = daemon
     assert daemon.run(max_cycles=10) == 0
     assert old.cycles == 2  # the rejected reload left it running; the second one replaced it
-    assert new.cycles == 1 and daemon.loop.engine is new  # type: ignore[comparison-overlap]
+    assert new.cycles == 1 and daemon.parts.engine is new  # type: ignore[comparison-overlap]
     statuses = [m for m in notifier.sent if m.startswith("STATUS=")]
     assert statuses[0] == "STATUS=configuration reload rejected: 2 errors (old configuration kept)"
     assert statuses[1].endswith(
@@ -190,8 +191,8 @@ def test_a_rebuild_keeps_what_must_survive_a_reload(tmp_path: Path) -> None:
 def test_the_first_sync_waits_a_random_part_of_the_jitter() -> None:
     """A fleet restarted at once (a package upgrade) spreads its first reads over the jitter."""
     engine = FakeEngine("first", hook=lambda e: e.daemon.request_stop())
-    loop = Loop(engine, SyncConfig(interval=30.0, jitter=2.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
-    daemon = Daemon(loop, rng=lambda: 0.5)
+    parts = LoopParts(engine, SyncConfig(interval=30.0, jitter=2.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
+    daemon = Daemon(parts, rng=lambda: 0.5)
     engine.daemon = daemon
     waits: List[float] = []
     real_wait = daemon._wait_for_next_cycle

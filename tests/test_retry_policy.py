@@ -15,8 +15,9 @@ from structlog.testing import capture_logs
 from regagent.config.model import ConsulConfig
 from regagent.consul.pool import ServerPool
 from regagent.consul.retry import RetryPolicy, jittered
-from regagent.daemon import REMIND_EVERY, ErrorReporter, error_kind, next_delay
+from regagent.daemon import next_delay
 from regagent.errors import ConsulUnreachable, NoClusterLeader, RegagentError
+from regagent.failures import REMIND_EVERY, ErrorReporter, error_kind
 
 POLICY = RetryPolicy(cooldown_initial=5.0, cooldown_max=300.0, cooldown_jitter=0.2)
 MIDDLE = 0.5  # an rng reading that applies no jitter

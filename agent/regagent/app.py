@@ -30,7 +30,7 @@ from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, Heartbeat, Loop
+from regagent.daemon import Daemon, LoopParts
 from regagent.discovery.identify import Prober
 from regagent.discovery.intents import self_intent
 from regagent.discovery.listeners import ListenerKeysReader
@@ -42,6 +42,7 @@ from regagent.errors import ConfigError, StateDirectoryInUse
 from regagent.health.checks import run_probe
 from regagent.health.health import Health, ProbeRunner
 from regagent.identity import DAEMON_LOCK, NodeIdentity, Writer
+from regagent.liveness import Heartbeat
 from regagent.metrics import Metrics
 from regagent.model import ActualState, HealthProbe, Result, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
@@ -273,7 +274,7 @@ def persistent_probe_runner(workers: int = PROBE_WORKERS) -> ProbeRunner:
     """The health checks of a cycle run concurrently on threads that live as long as the
     process: starting eight threads every cycle cost more CPU than the checks themselves
     (bench/footprint.py). The threads start without our signals, which stay with the main
-    thread (see `regagent.daemon.signals_blocked`)."""
+    thread (see `regagent.threads.signals_blocked`)."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regagent-check")
 
     def run(probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
@@ -291,9 +292,9 @@ def pool_addresses(pool: ServerPool) -> List[str]:
     return [server.address for server in pool.servers]
 
 
-def loop(app: App) -> Loop:
+def loop_parts(app: App) -> LoopParts:
     """What the daemon needs of an app."""
-    return Loop(
+    return LoopParts(
         app.engine,
         app.config.sync,
         tuple(pool_addresses(app.pool)),
@@ -313,21 +314,21 @@ def daemon(
     rebuilds with `build(new, previous=current)`, after `on_reload(new)` (logging set-up)."""
     current = [app]
 
-    def reload() -> Loop:
+    def reload() -> LoopParts:
         if config_path is None:
             raise ConfigError(["started without a configuration path to re-read"])
         config = load_config(config_path)  # ConfigError: rejected whole, nothing changed
         rebuilt = build(config, previous=current[0])
         on_reload(config)
         current[0] = rebuilt
-        return loop(rebuilt)
+        return loop_parts(rebuilt)
 
-    def renew() -> Loop:
+    def renew() -> LoopParts:
         current[0] = build(current[0].config, previous=current[0])
-        return loop(current[0])
+        return loop_parts(current[0])
 
     return Daemon(
-        loop(app),
+        loop_parts(app),
         reload=reload,
         renew=renew,
         metrics=app.metrics,

@@ -247,9 +247,9 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         configure_logging(args.log_level or new.log.level, new.log.format)
 
     app = build(config, writer=_writer(args, daemon=True))
-    loop = daemon(app, _resolve_path(args.config), on_reload=reconfigure_logging)
-    loop.install_signal_handlers()
-    return loop.run()
+    service = daemon(app, _resolve_path(args.config), on_reload=reconfigure_logging)
+    service.install_signal_handlers()
+    return service.run()
 
 
 def _writer(args: argparse.Namespace, *, daemon: bool = False) -> Writer:
