@@ -195,6 +195,20 @@ def test_a_bad_token_cools_no_server_down(tmp_path: Path, consul_cluster: SimClu
     assert consul_cluster.stats()["requests"] == 0
 
 
+def test_the_client_ignores_consul_http_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONSUL_HTTP_ADDR and friends, which python-consul2 let override its arguments, redirect
+    nothing: the request goes to the configured server, with the configured token."""
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.1:1")
+    monkeypatch.setenv("CONSUL_HTTP_SSL", "true")
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-the-environment")
+    with fake_server(answer(200, '"10.0.0.1:8300"')) as server:
+        config = ConsulConfig(servers=(server.address,))
+        client = make_client(server.address, config, "configured", RetryPolicy())
+        assert client.leader() == "10.0.0.1:8300"
+        assert server.requests == ["GET /v1/status/leader HTTP/1.1"]
+        assert client.token == "configured"
+
+
 def test_the_client_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
@@ -287,7 +301,7 @@ def test_survey_reports_a_bounded_failure(tmp_path: Path, consul_cluster: SimClu
         config = load_config(str(write_config(tmp_path, consul_cluster, [])))
         client = make_client(fake.address, config.consul, None, RetryPolicy.from_config(config))
         with pytest.raises(ServerFailed, match="answer too large"):
-            client.status.leader()
+            client.leader()
 
 
 def test_a_huge_hostile_refusal_is_one_short_line_in_every_error(

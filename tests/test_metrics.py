@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import pytest
-from consul.base import ConsulException
 from prometheus_client.parser import text_string_to_metric_families
 
 import regagent
 from regagent.config.model import ConsulConfig
-from regagent.consul.answers import Outcome, ServerFailed
+from regagent.consul.answers import ErrorAnswer, Outcome, ServerFailed
 from regagent.consul.pool import ServerPool
 from regagent.errors import ConsulUnreachable, NoClusterLeader
 from regagent.metrics import Metrics, cycle_result
@@ -60,7 +59,7 @@ def ask(pool: ServerPool, answers: Dict[str, str]) -> None:
         if answer == "down":
             raise ServerFailed("connection refused")
         if answer == "leaderless":
-            raise ConsulException("500 No cluster leader")
+            raise ErrorAnswer(500, "No cluster leader")
 
     with contextlib.suppress(ConsulUnreachable):
         pool.call("read", operation)

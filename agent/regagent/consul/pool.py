@@ -27,21 +27,18 @@ most one extra request. Writes are never sent twice at once.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
-import consul.base
-import requests
 import structlog
-from consul.base import ConsulException
 
 from regagent.config.model import ConsulConfig
 from regagent.consul.answers import (
+    ConsulError,
     Outcome,
     ServerBusy,
     classify_refusal,
@@ -50,7 +47,7 @@ from regagent.consul.answers import (
 )
 from regagent.consul.hedge import Attempt, HedgedReads
 from regagent.consul.retry import RetryPolicy, Rng, server_order
-from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
+from regagent.consul.transport import BoundedHTTPClient, ConsulClient, RequestLimits, TLSOptions
 from regagent.errors import ConsulRefused, ConsulUnreachable, NoClusterLeader
 from regagent.rules import split_hostport
 
@@ -63,16 +60,13 @@ Clock = Callable[[], float]
 # call back into the pool.
 RequestObserver = Callable[[str, Outcome, float], None]
 
-# python-consul2 lets these override constructor arguments; the pool must not be redirected.
-_CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
-
 
 @dataclass
 class ServerState:
     """What the pool knows about one server; shown by `regagent status`."""
 
     address: str
-    client: Any  # consul.base.Consul
+    client: Any  # transport.ConsulClient, or a test's stand-in
     failures: int = 0
     cooldown_until: float = 0.0
     last_error: str = ""
@@ -90,29 +84,10 @@ class ServerState:
         return now < self.slow_until or self.in_flight > 0
 
 
-@contextlib.contextmanager
-def _without_client_env() -> Iterator[None]:
-    saved = {name: os.environ.pop(name) for name in _CLIENT_ENV if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-class BoundedConsul(consul.base.Consul):  # type: ignore[misc]
-    """python-consul2's client on the bounded transport (`regagent.consul.transport`)."""
-
-    @staticmethod
-    def http_connect(
-        host: str, port: int, scheme: str, verify: Any = True, cert: Any = None, **kwargs: Any
-    ) -> BoundedHTTPClient:
-        return BoundedHTTPClient(host, port, scheme, verify, cert, **kwargs)
-
-
 def make_client(
     address: str, config: ConsulConfig, token: Optional[str], policy: RetryPolicy
-) -> Any:
-    """A python-consul2 client bound to exactly this server, token and TLS settings, every
+) -> ConsulClient:
+    """A client bound to exactly this server, token, datacenter and TLS settings, every
     request bounded by `policy`'s timeouts, deadline and answer cap."""
     host, port = split_hostport(address)
     limits = RequestLimits(
@@ -127,18 +102,8 @@ def make_client(
         cert_file=config.tls.cert_file or None,
         key_file=config.tls.key_file or None,
     )
-    with _without_client_env():
-        client = BoundedConsul(
-            host=host,
-            port=port,
-            token=token,
-            scheme=config.scheme,
-            dc=config.datacenter,
-            limits=limits,
-            tls=tls,
-        )
-    client.token = token  # belt and braces: the constructor prefers CONSUL_HTTP_TOKEN
-    return client
+    http = BoundedHTTPClient(host, port, config.scheme, limits=limits, tls=tls)
+    return ConsulClient(http, token, config.datacenter)
 
 
 @dataclass(frozen=True)
@@ -155,7 +120,7 @@ class ServerReport:
 def _ask_leader(server: ServerState) -> ServerReport:
     started = time.monotonic()
     try:
-        leader = server.client.status.leader()
+        leader = server.client.leader()
     except Exception as exc:  # reported, never raised: status must show every server
         return ServerReport(server.address, False, None, describe_failure(exc), None)
     latency = round((time.monotonic() - started) * 1000)
@@ -368,8 +333,8 @@ class ServerPool:
                 server.last_error = "no cluster leader"
                 self._observe(server, Outcome.NO_LEADER, attempt)
                 return server.last_error
-            if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
-                raise exc
+            if not isinstance(exc, (ConsulError, OSError)):
+                raise exc  # a bug, not the server
             retry_after = exc.retry_after if isinstance(exc, ServerBusy) else None
             self._cool_down(server, describe_failure(exc), what, retry_after)
             self._observe(server, Outcome.FAILURE, attempt)
