@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -28,10 +29,11 @@ from regagent.consul.answers import BadRequestHeader, ServerFailed
 from regagent.consul.catalog import read_actual
 from regagent.consul.pool import ServerPool, make_client
 from regagent.consul.retry import RetryPolicy, start_index
-from regagent.consul.transport import BoundedHTTPClient, RequestLimits
+from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
 from regagent.errors import ConsulUnreachable
 from regagent.model import ServiceIntent, ServiceRegistration
 from test_sync import NODE, write_config
+from tls_pki import TLSFiles
 
 Behaviour = Callable[[socket.socket], None]
 
@@ -40,8 +42,9 @@ class FakeServer:
     """Accepts connections on loopback and hands each, after reading the request head, to
     `behaviour` in a thread of its own; counts requests."""
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    def __init__(self, behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None) -> None:
         self.behaviour = behaviour
+        self.tls = tls  # a server-side context: HTTPS
         self.requests: List[str] = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -66,6 +69,8 @@ class FakeServer:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             head = b""
             while b"\r\n\r\n" not in head:
                 chunk = conn.recv(4096)
@@ -81,8 +86,8 @@ class FakeServer:
 
 
 @contextlib.contextmanager
-def fake_server(behaviour: Behaviour) -> Iterator[FakeServer]:
-    server = FakeServer(behaviour)
+def fake_server(behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None) -> Iterator[FakeServer]:
+    server = FakeServer(behaviour, tls)
     try:
         yield server
     finally:
@@ -151,6 +156,18 @@ def test_a_body_dripped_one_byte_at_a_time_is_cut_at_the_overall_deadline() -> N
     with fake_server(behaviour) as server:
         client = bounded(server, connect_timeout=1, read_timeout=5, deadline=0.5)
         with pytest.raises(ServerFailed, match="too slow"):
+            get(client)
+
+
+def test_a_drip_over_tls_is_cut_at_the_overall_deadline(tls_files: TLSFiles) -> None:
+    """The deadline holds on the TLS socket too, which is a socket class of its own."""
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    with fake_server(drip(b"HTTP/1.1 200 OK\r\nX-Pad: "), tls=server_side) as server:
+        limits = RequestLimits(connect_timeout=1, read_timeout=5, deadline=0.5)
+        tls = TLSOptions(ca_file=str(tls_files.ca))
+        client = BoundedHTTPClient("127.0.0.1", server.port, "https", limits=limits, tls=tls)
+        with pytest.raises(ServerFailed, match=r"too slow: no complete answer within 0.5s"):
             get(client)
 
 

@@ -4,7 +4,7 @@ The loop beats at every cycle phase boundary, after every Consul request (the po
 and every discovery probe, and while it waits between cycles. `SystemdWatchdog` pings every
 half `WATCHDOG_USEC` (`regagent.notify.watchdog_interval`), but only while the heartbeat is
 fresh: a cycle wedged in one call stops the beats, then the pings, and systemd restarts the
-service. (Not to be confused with `regagent.watchdog.SocketWatchdog`, one request's deadline.)
+service.
 """
 
 from __future__ import annotations

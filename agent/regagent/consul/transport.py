@@ -4,8 +4,9 @@ decision 11), to exactly the configured server with exactly the configured TLS s
 requests' timeouts apply to each `recv`, so a server dripping one byte a second, or sending an
 endless 200 answer, held a sync for minutes or grew regagent to gigabytes. Here each request has:
 - a connect timeout and a per-read timeout (a silent server: "no answer (read timed out)");
-- an overall deadline, enforced by a watchdog that shuts the socket down, so a drip in the
-  status line, the headers or the body is cut too ("too slow: no complete answer within Ns");
+- an overall deadline that every blocking call on the socket keeps (`regagent.deadline`), so a
+  drip in the status line, the headers or the body is cut too ("too slow: no complete answer
+  within Ns");
 - a cap on the answer's body ("answer too large (over N bytes)"), checked on Content-Length
   before reading and while reading.
 
@@ -13,7 +14,7 @@ It is built on `http.client` and `ssl`, which never look at proxy variables, `.n
 `REQUESTS_CA_BUNDLE`, and `ConsulClient` reads no `CONSUL_HTTP_*` variable: the request goes to
 the configured server with the configured TLS settings (CA file, client certificate, verify;
 the system trust store when no CA file is given). One connection per request
-(`Connection: close`): a watchdog then owns exactly one socket, and no stale keep-alive
+(`Connection: close`): a deadline then holds exactly one socket, and no stale keep-alive
 connection can turn into a spurious failure.
 
 regagent once used python-consul2 here. What it still needed of that library (the request
@@ -34,7 +35,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 from regagent.consul.answers import BadRequestHeader, ErrorAnswer, ServerFailed, describe_ssl
 from regagent.consul.retry import MAX_ANSWER_BYTES
-from regagent.watchdog import SocketWatchdog
+from regagent.deadline import Deadline
 
 _CHUNK = 64 * 1024
 
@@ -148,27 +149,17 @@ class BoundedHTTPClient:
         quoted = urllib.parse.quote(path, safe="/:")
         return f"{quoted}?{urllib.parse.urlencode(params)}" if params else quoted
 
-    def _connection(self) -> http.client.HTTPConnection:
-        timeout = min(self.limits.connect_timeout, self.limits.deadline)
-        if self.context is None:
-            return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        return http.client.HTTPSConnection(
-            self.host, self.port, timeout=timeout, context=self.context
-        )
-
     def request(
         self, method: str, target: str, body: Optional[bytes], headers: Mapping[str, str]
     ) -> Response:
         """One bounded exchange; raises ServerFailed with a one-line reason."""
         limits = self.limits
-        conn = self._connection()
-        watchdog = SocketWatchdog(limits.deadline)
+        deadline = Deadline(limits.deadline, limits.read_timeout)
+        conn = deadline.connection(self.host, self.port, limits.connect_timeout, self.context)
         phase = "connect"
         try:
             conn.connect()
-            if conn.sock is not None:
-                conn.sock.settimeout(limits.read_timeout)
-            watchdog.hold(conn.sock)
+            deadline.keep(conn.sock)
             phase = "request"
             sent: Dict[str, str] = {"Connection": "close", **headers}
             if body is not None:
@@ -184,20 +175,18 @@ class BoundedHTTPClient:
                 ) from None
             phase = "answer"
             response = conn.getresponse()
-            content = _read_body(response, limits.max_bytes, watchdog)
+            content = _read_body(response, limits.max_bytes)
             text = content.decode("utf-8", errors="replace")
             return Response(response.status, response.msg, text, content)
         except (ServerFailed, BadRequestHeader):
             raise
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            # The watchdog's shutdown shows up as any of these: report it as what it was.
-            if watchdog.fired:
+            if deadline.expired:  # whatever the call that ran into it raised
                 raise ServerFailed(_too_slow(limits.deadline), timed_out=True) from None
             raise ServerFailed(
                 _describe(exc, phase), timed_out=isinstance(exc, socket.timeout)
             ) from None
         finally:
-            watchdog.cancel()
             conn.close()
 
 
@@ -239,9 +228,7 @@ def _too_large(max_bytes: int) -> str:
     return f"answer too large (over {max_bytes} bytes)"
 
 
-def _read_body(
-    response: http.client.HTTPResponse, max_bytes: int, watchdog: SocketWatchdog
-) -> bytes:
+def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
     declared = response.getheader("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
         raise ServerFailed(_too_large(max_bytes))
@@ -250,8 +237,6 @@ def _read_body(
     while True:
         chunk = response.read(min(_CHUNK, max_bytes - size + 1))
         if not chunk:
-            if watchdog.fired:  # cut off by the deadline: not a complete answer
-                raise ServerFailed(_too_slow(watchdog.timeout), timed_out=True)
             return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)
