@@ -5,11 +5,13 @@ Each hedged attempt runs in a thread of its own, so that the caller can stop wai
 answer that arrives after the caller has moved on (an orphan) is still handed to the pool
 (`judge_late`): a timeout cools its server down, an answer feeds its latency estimate. The
 transport's deadline bounds how long any attempt can run. The attempts share the pool's lock,
-so an attempt's outcome and the pool's view of its server change together.
+so an attempt's outcome and the pool's view of its server change together. The threads are
+kept for the next reads (`Workers`): starting one cost more CPU than the read it ran.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
@@ -18,6 +20,9 @@ from regagent.threads import start_thread
 
 Clock = Callable[[], float]
 Operation = Callable[[Any], Any]
+Job = Callable[[], None]
+
+IDLE_FOR = 120.0  # seconds a worker waits for the next read before it ends (cycles: 30 s)
 
 
 class Server(Protocol):
@@ -51,6 +56,7 @@ class HedgedReads:
         self.clock = clock
         self.judge_late = judge_late  # called under the lock with an orphan's outcome
         self._settled = threading.Condition(lock)
+        self._workers = Workers("consul-read")
 
     def race(
         self,
@@ -116,7 +122,44 @@ class HedgedReads:
                     self.judge_late(attempt)
                 self._settled.notify_all()
 
-        # A daemon thread, not an executor: a one-shot command must not wait at exit for the
-        # answer of a black-holed server it no longer needs.
-        start_thread(run, f"consul-read-{server.address}")
+        self._workers.run(run)
         return attempt
+
+
+class Workers:
+    """Threads that run jobs, each kept `idle_for` seconds for the next one; a job that finds
+    no idle thread starts one. Daemon threads, not an executor: a one-shot command must not
+    wait at exit for the answer of a black-holed server it no longer needs."""
+
+    def __init__(self, name: str, idle_for: float = IDLE_FOR) -> None:
+        self.name = name
+        self.idle_for = idle_for
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job, minus the jobs handed to them
+
+    def run(self, job: Job) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        start_thread(lambda: self._work(job), self.name)
+
+    def _work(self, job: Optional[Job]) -> None:
+        while job is not None:
+            job()
+            with self._lock:
+                self._idle += 1
+            job = self._next()
+
+    def _next(self) -> Optional[Job]:
+        try:
+            return self._jobs.get(timeout=self.idle_for)
+        except queue.Empty:
+            with self._lock:  # `run` hands out work under this lock: no job is lost
+                try:
+                    return self._jobs.get_nowait()
+                except queue.Empty:
+                    self._idle -= 1
+                    return None
