@@ -15,7 +15,7 @@ that it goes through the one planner and write path like any other.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
@@ -39,7 +39,7 @@ from regagent.discovery.runner import DiscoveryRunner
 from regagent.discovery.unconfirmed import UnconfirmedProbes
 from regagent.engine import IntentSource, QuickSource, SyncEngine
 from regagent.errors import ConfigError, StateDirectoryInUse
-from regagent.health.checks import run_probe
+from regagent.health.checks import run_all, run_probe
 from regagent.health.health import Health, ProbeRunner
 from regagent.identity import DAEMON_LOCK, NodeIdentity, Writer
 from regagent.liveness import Heartbeat
@@ -277,13 +277,12 @@ def persistent_probe_runner(workers: int = PROBE_WORKERS) -> ProbeRunner:
     thread (see `regagent.threads.signals_blocked`)."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regagent-check")
 
-    def run(probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
-        unique = list(dict.fromkeys(probes))
-        if not unique:
-            return {}
+    def submit(probe: HealthProbe) -> Future[Result]:
         with signals_blocked():  # threads are started lazily, on the first submits
-            futures = [executor.submit(run_probe, probe) for probe in unique]
-        return {probe: future.result() for probe, future in zip(unique, futures)}
+            return executor.submit(run_probe, probe)
+
+    def run(probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
+        return run_all(probes, submit)
 
     return run
 
