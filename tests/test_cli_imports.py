@@ -103,6 +103,14 @@ def run_until_ready(config: Path, tmp_path: Path) -> Set[str]:
     return modules(stderr)
 
 
+def test_the_daemon_without_telemetry_imports_no_metrics_and_no_http_server(
+    tmp_path: Path,
+) -> None:
+    found = run_until_ready(write_config(tmp_path), tmp_path)
+    assert "regagent.daemon" in found and "regagent.consul.transport" in found
+    assert among(found, (*NEVER, *METRICS)) == set()
+
+
 def test_the_daemon_with_telemetry_imports_the_metrics_but_no_rich(tmp_path: Path) -> None:
     found = run_until_ready(write_config(tmp_path, f"127.0.0.1:{closed_port()}"), tmp_path)
     assert {"prometheus_client", "regagent.metrics", "regagent.metrics_endpoint"} <= found

@@ -169,14 +169,18 @@ def test_own_service_follows_the_listen_address(tmp_path: Path) -> None:
     assert self_intent(load_config(config_file(tmp_path)), "10.0.0.9") is None  # telemetry off
 
 
+TELEMETRY = {"listen": "127.0.0.1:9555"}  # build binds nothing: the daemon serves it
+
+
 def test_a_rebuild_keeps_what_must_survive_a_reload(tmp_path: Path) -> None:
-    first = build(load_config(config_file(tmp_path)))
+    first = build(load_config(config_file(tmp_path, telemetry=TELEMETRY)))
     first.pool.servers[0].failures = 3
     first.pool.servers[0].cooldown_until = 1e12
     first.pool.current = 1
     first.health.hold("x-1", ("passing", "ok"))
     second = build(
-        load_config(config_file(tmp_path, sync={"state_dir": str(tmp_path)})), previous=first
+        load_config(config_file(tmp_path, sync={"state_dir": str(tmp_path)}, telemetry=TELEMETRY)),
+        previous=first,
     )
     assert second.metrics is first.metrics  # counters continue
     assert second.heartbeat is first.heartbeat
@@ -184,8 +188,20 @@ def test_a_rebuild_keeps_what_must_survive_a_reload(tmp_path: Path) -> None:
     assert second.pool is not first.pool
     assert second.pool.servers[0].cooldown_until == 1e12 and second.pool.current == 1
     assert second.pool.observer is not None  # requests keep being counted and beating
-    fresh = build(load_config(config_file(tmp_path)))
+    fresh = build(load_config(config_file(tmp_path, telemetry=TELEMETRY)))
     assert fresh.metrics is not first.metrics  # two apps share no state
+
+
+def test_metrics_exist_once_a_configuration_serves_them(tmp_path: Path) -> None:
+    """Without telemetry.listen there are no metrics (and no prometheus-client import); a
+    reload that turns it on creates them, and one that turns it off keeps them for later."""
+    quiet = build(load_config(config_file(tmp_path)))
+    assert quiet.metrics is None and quiet.pool.observer is not None  # still beats
+    served = build(load_config(config_file(tmp_path, telemetry=TELEMETRY)), previous=quiet)
+    assert served.metrics is not None
+    assert served.metrics.pool is served.pool
+    again = build(load_config(config_file(tmp_path)), previous=served)
+    assert again.metrics is served.metrics
 
 
 def test_the_first_sync_waits_a_random_part_of_the_jitter() -> None:

@@ -5,6 +5,8 @@ identity, health checks, discovery and the sync engine. `build(new, previous=app
 again for a reloaded configuration while keeping what must survive a reload: server cool-downs
 and the server in use, the flap history, discovery's caches and once-only reports, and the
 node address found for `auto`, the metrics (counters continue) and the daemon's heartbeat.
+Metrics exist once a configuration serves them (`telemetry.listen`): without it, the daemon
+imports no prometheus-client and no HTTP server.
 Nothing here is a module-level singleton: two apps in one process share no state.
 
 It also adds regagent's own metrics endpoint (`telemetry.listen`, built by
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import structlog
 
@@ -43,12 +45,14 @@ from regagent.health.checks import run_all, run_probe
 from regagent.health.health import Health, ProbeRunner
 from regagent.identity import DAEMON_LOCK, NodeIdentity, Writer
 from regagent.liveness import Heartbeat
-from regagent.metrics import Metrics
 from regagent.model import ActualState, HealthProbe, Result, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
 from regagent.statedir import Corrupt, Lock, StateDir, Untrusted
 from regagent.threads import signals_blocked
 from regagent.watch import Watch
+
+if TYPE_CHECKING:
+    from regagent.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +69,7 @@ class App:
     discovery: DiscoveryRunner
     registrar: Registrar
     engine: SyncEngine
-    metrics: Metrics
+    metrics: Optional[Metrics]  # None until a configuration serves metrics
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
@@ -163,7 +167,7 @@ def build(
         heartbeat = previous.heartbeat
     else:
         health = Health(config.sync.failures_before_critical, persistent_probe_runner())
-        metrics = Metrics()
+        metrics = None
         heartbeat = Heartbeat()
         # Background identifications probe with the plain prober: only the loop's own progress
         # may beat the heartbeat the watchdog reads.
@@ -175,11 +179,17 @@ def build(
         runner = DiscoveryRunner(
             health=health, prober=beating_prober(heartbeat), unconfirmed=unconfirmed
         )
-    metrics.observe_pool(pool)
+    if metrics is None and config.telemetry.listen:
+        from regagent.metrics import Metrics
+
+        metrics = Metrics()
+    if metrics is not None:
+        metrics.observe_pool(pool)
 
     def observe(server: str, outcome: Outcome, seconds: float) -> None:
         heartbeat.beat()
-        metrics.observe_request(server, outcome, seconds)
+        if metrics is not None:
+            metrics.observe_request(server, outcome, seconds)
 
     pool.observer = observe
     registrar = make_registrar(config, pool, identity)
@@ -299,6 +309,7 @@ def loop_parts(app: App) -> LoopParts:
         tuple(pool_addresses(app.pool)),
         app.config.telemetry.listen,
         app.watch,
+        app.metrics,
     )
 
 
@@ -330,7 +341,6 @@ def daemon(
         loop_parts(app),
         reload=reload,
         renew=renew,
-        metrics=app.metrics,
         notifier=notifier or Notifier.from_env(os.environ),
         heartbeat=app.heartbeat,
         watchdog_interval=watchdog_interval(os.environ),

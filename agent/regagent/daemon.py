@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import structlog
 
@@ -33,14 +33,16 @@ from regagent.errors import (
 )
 from regagent.failures import REMIND_EVERY, ErrorReporter
 from regagent.liveness import Heartbeat, SystemdWatchdog
-from regagent.metrics import Metrics
-from regagent.metrics_endpoint import MetricsServer
 from regagent.notify import Notifier
 from regagent.report import CycleReport
 from regagent.signals import Signals, StopNow
 from regagent.threads import signals_blocked
 from regagent.throttle import LogThrottle
 from regagent.watch import Watch
+
+if TYPE_CHECKING:  # imported when a configuration serves metrics (`_serve_metrics`)
+    from regagent.metrics import Metrics
+    from regagent.metrics_endpoint import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +82,7 @@ class LoopParts:
     servers: Tuple[str, ...]
     telemetry_listen: str = ""
     watch: Optional[Watch] = None  # looks at the listeners between cycles
+    metrics: Optional[Metrics] = None  # None until a configuration serves them
 
 
 # Re-reads the configuration (raises ConfigError if it is invalid), or renews the connections.
@@ -95,7 +98,6 @@ class Daemon:
         *,
         reload: Optional[Reload] = None,
         renew: Optional[Reload] = None,
-        metrics: Optional[Metrics] = None,
         notifier: Optional[Notifier] = None,
         heartbeat: Optional[Heartbeat] = None,
         watchdog_interval: Optional[float] = None,
@@ -105,7 +107,6 @@ class Daemon:
         self.parts = parts
         self.reload = reload
         self.renew = renew  # same configuration, fresh connections (after an interrupted cycle)
-        self.metrics = metrics
         self.notifier = notifier or Notifier()
         self.heartbeat = heartbeat or Heartbeat(clock)
         self.watchdog = (
@@ -201,8 +202,8 @@ class Daemon:
         self.reporter.report(report.error)
         if report.writes:
             log.info("sync_applied", writes=report.writes, server=report.server)
-        if self.metrics is not None:
-            self.metrics.observe_cycle(report)
+        if self.parts.metrics is not None:
+            self.parts.metrics.observe_cycle(report)
         status = status_text(report, len(self.parts.servers))
         if self.reload_problem is not None:
             status = f"{status}; {self.reload_problem}"
@@ -260,15 +261,15 @@ class Daemon:
             "(old configuration kept)"
         )
         log.error("config_reload_rejected", errors=count, kept="the running configuration")
-        if self.metrics is not None:
-            self.metrics.observe_reload(False)
+        if self.parts.metrics is not None:
+            self.parts.metrics.observe_reload(False)
         self.notifier.status(self.reload_problem)
 
     def _reload_applied(self, parts: LoopParts) -> None:
         old, self.parts = self.parts, parts
         self.reload_problem = None
-        if self.metrics is not None:
-            self.metrics.observe_reload(True)
+        if parts.metrics is not None:
+            parts.metrics.observe_reload(True)
         if parts.telemetry_listen != old.telemetry_listen:
             if self.metrics_server is not None:
                 self.metrics_server.stop()
@@ -279,9 +280,12 @@ class Daemon:
     # -- start and stop ----------------------------------------------------------------------
 
     def _serve_metrics(self, listen: str) -> None:
-        if self.metrics is None or not listen:
+        metrics = self.parts.metrics
+        if metrics is None or not listen:
             return
-        server = MetricsServer(self.metrics.render, listen)
+        from regagent.metrics_endpoint import MetricsServer
+
+        server = MetricsServer(metrics.render, listen)
         with signals_blocked():  # its thread leaves our signals to the main thread
             started = server.start()
         if started:
