@@ -17,6 +17,7 @@ by a millisecond from run to run: compare the two columns of one run, not runs.
 Goals: RSS at most 30 MB; at most 3 ms CPU per steady-state cycle.
 
     python3 bench/footprint.py [--before REV] [--rounds 3] [--cycles 60] [--threads]
+                               [--python /usr/bin/python3]
 """
 
 from __future__ import annotations
@@ -154,7 +155,13 @@ class Run:
 
 
 def run_daemon(
-    tree: Path, workdir: Path, telemetry: bool, cycles: int, threads: bool = False
+    tree: Path,
+    workdir: Path,
+    telemetry: bool,
+    cycles: int,
+    *,
+    threads: bool = False,
+    python: str = sys.executable,
 ) -> Run:
     """`regagent run` from `tree` against a fresh emulator: RSS at the end, CPU per cycle
     over `cycles` cycles after WARMUP (none measured with `cycles` 0)."""
@@ -171,7 +178,7 @@ def run_daemon(
             )
             env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONPATH": str(tree)}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "regagent", "-c", str(config), "run"],
+                [python, "-m", "regagent", "-c", str(config), "run"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 cwd=str(workdir),
@@ -201,11 +208,11 @@ def run_daemon(
         notify.close()
 
 
-def peak_rss_mb(tree: Path, workdir: Path, *command: str) -> float:
+def peak_rss_mb(tree: Path, workdir: Path, python: str, *command: str) -> float:
     """Peak RSS (MB) of a one-shot `regagent` command from `tree`."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "regagent", *command],
+        [python, "-m", "regagent", *command],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -217,10 +224,10 @@ def peak_rss_mb(tree: Path, workdir: Path, *command: str) -> float:
     return usage.ru_maxrss / 1024
 
 
-def idle_rss(code: str) -> float:
+def idle_rss(python: str, code: str) -> float:
     """RSS (MB) of an interpreter that ran `code` and then sleeps."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"{code}\nimport time\nprint('ok', flush=True)\ntime.sleep(60)"],
+        [python, "-c", f"{code}\nimport time\nprint('ok', flush=True)\ntime.sleep(60)"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -239,6 +246,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cycles", type=int, default=60)
     parser.add_argument("--threads", action="store_true", help="CPU per thread of each run")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter of the daemons (e.g. /usr/bin/python3 with Debian's packages, as the "
+        ".deb runs; default: this one)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="ra-footprint-", dir="/tmp"))
     try:
@@ -247,7 +260,14 @@ def main() -> int:
         for round_ in range(args.rounds):
             order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
             for name in order:
-                run = run_daemon(trees[name], workdir, True, args.cycles, args.threads)
+                run = run_daemon(
+                    trees[name],
+                    workdir,
+                    True,
+                    args.cycles,
+                    threads=args.threads,
+                    python=args.python,
+                )
                 runs[name].append(run)
                 print(
                     f"  round {round_ + 1} {name:6}  RSS {run.rss_mb:5.1f} MB  "
@@ -260,17 +280,18 @@ def main() -> int:
                 "rss": statistics.median(r.rss_mb for r in runs[name]),
                 "cpu": statistics.median(r.cpu_ms for r in runs[name]),
                 "writes": max(r.writes for r in runs[name]),
-                "quiet": run_daemon(tree, workdir, False, 0).rss_mb,
-                "check": peak_rss_mb(tree, workdir, "-c", str(config), "check-config"),
-                "discover": peak_rss_mb(tree, workdir, "-c", str(config), "discover"),
+                "quiet": run_daemon(tree, workdir, False, 0, python=args.python).rss_mb,
+                "check": peak_rss_mb(tree, workdir, args.python, "-c", str(config), "check-config"),
+                "discover": peak_rss_mb(tree, workdir, args.python, "-c", str(config), "discover"),
             }
             for name, tree in trees.items()
         }
     finally:
         shutil.rmtree(workdir)
-    bare = idle_rss("pass")
+    bare = idle_rss(args.python, "pass")
     before, after = rows["before"], rows["after"]
     print(f"\nbefore = {args.before}, after = this checkout; medians of {args.rounds} rounds")
+    print(f"interpreter: {args.python}")
     print(f"{'':44} {'before':>8} {'after':>8}")
     lines = [
         (f"regagent run, {SERVICES} services: RSS (MB)", "rss", "{:8.1f}"),
