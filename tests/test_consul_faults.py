@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import pytest
 
 from consulsim import SimCluster
+from helpers.consul import NODE, write_config
 from regagent.app import build
 from regagent.config import load_config
 from regagent.config.model import ConsulConfig
@@ -32,7 +33,6 @@ from regagent.consul.retry import RetryPolicy, start_index
 from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
 from regagent.errors import ConsulUnreachable
 from regagent.model import ServiceIntent, ServiceRegistration
-from test_sync import NODE, write_config
 from tls_pki import TLSFiles
 
 Behaviour = Callable[[socket.socket], None]
@@ -343,9 +343,9 @@ def test_an_unknown_datacenter_is_a_refusal_not_a_dead_cluster(
     """Consul answers `?dc=` naming a datacenter no server knows with 500 `No path to
     datacenter` (the emulator too): every server would say the same, so it is reported as what
     it is, once, and no server is cooled down."""
+    from helpers.consul import regagent, static
     from regagent.daemon import status_text
     from regagent.errors import ConsulRefused
-    from test_sync import regagent, static
 
     path = write_config(
         tmp_path, consul_cluster, [static("queue", 9000)], consul={"datacenter": "dc9"}

@@ -30,11 +30,12 @@ import yaml
 from structlog.testing import capture_logs
 
 from consulsim import SimCluster
+from helpers.consul import node_services, regagent, running_daemon, static, write_config
+from helpers.discovery import exporter, hermetic_discovery
+from helpers.ports import free_port
 from regagent.config.model import NodeConfig
 from regagent.identity import NODE_FILE, NodeIdentity, NodeNames, Writer, host_id
 from regagent.statedir import StateDir, Warnings
-from test_sync import free_port, node_services, regagent, running_daemon, static, write_config
-from test_watch import exporter, hermetic_discovery
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"

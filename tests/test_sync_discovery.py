@@ -14,17 +14,11 @@ from typing import Iterator
 import pytest
 
 from consulsim import SimCluster
-from test_sync import node_checks, node_services, regagent, write_config
+from helpers.consul import node_checks, node_services, regagent, write_config
+from helpers.ports import free_port
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter")
 pytestmark = pytest.mark.skipif(NODE_EXPORTER is None, reason="prometheus-node-exporter missing")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Exporter:
