@@ -13,6 +13,7 @@ import pytest
 
 from consulsim import SimCluster
 from helpers.consul import regagent, write_config
+from helpers.discovery import hermetic_discovery
 from helpers.ports import free_port
 from helpers.vmagent import (
     LOOPBACK,
@@ -74,7 +75,7 @@ def test_a_discovered_exporter_is_scraped_and_never_silently_dropped(
         tmp_path,
         consul_cluster,
         [],
-        discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+        discovery=hermetic_discovery([port], real_exporters=True),
     )
     synced = regagent(config, "sync")
     assert synced.returncode == 0, synced.stderr

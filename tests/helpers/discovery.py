@@ -28,17 +28,24 @@ NODE = "192.0.2.10"  # the node address intents are built for
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 
-def hermetic_discovery(ports: List[int], **extra: Any) -> Dict[str, Any]:
-    """Discovery of these ports only: every known exporter port and binary is excluded."""
+def hermetic_discovery(
+    ports: List[int], *, real_exporters: bool = False, **extra: Any
+) -> Dict[str, Any]:
+    """A `discovery` section for `ports` that exporters the host runs itself cannot change:
+    every other port of the exporter table (each a candidate whatever `port_ranges` says) is
+    excluded, and so is every known exporter binary, unless the test runs `real_exporters`
+    (then one on another port could still be found by its name)."""
     table = load_exporter_table()
-    binaries = sorted({b for spec in table.by_name.values() for b in spec.binaries})
-    return {
+    section: Dict[str, Any] = {
         "enabled": True,
         "port_ranges": [f"{p}-{p}" for p in ports],
         "exclude_ports": sorted(set(table.by_port) - set(ports)),
-        "exclude_processes": binaries,
-        **extra,
     }
+    if not real_exporters:
+        section["exclude_processes"] = sorted(
+            {b for spec in table.by_name.values() for b in spec.binaries}
+        )
+    return {**section, **extra}
 
 
 def only(*ports: int) -> Callable[[], List[Listener]]:
