@@ -13,6 +13,7 @@ import pytest
 
 from consulsim import SimCluster
 from helpers.consul import NODE, write_config
+from helpers.fakes import FakeClock
 from regagent.config import load_config
 from regagent.config.model import ConsulConfig
 from regagent.consul.answers import ServerBusy
@@ -30,14 +31,6 @@ from regagent.model import ServiceIntent, ServiceRegistration
 
 MIDDLE = 0.5
 SERVERS = ("a:1", "b:1", "c:1")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Timed:
@@ -208,7 +201,7 @@ def test_a_hedged_read_under_a_black_holed_first_server_is_answered_by_another(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
     config = load_config(
-        str(write_config(tmp_path, consul_cluster, [], consul={"read_timeout": "10s"}))
+        str(write_config(tmp_path, consul_cluster, [], consul={"read_timeout": "1s"}))
     )
     pool = ServerPool(config.consul)
     pool.place(NODE)  # home: server 1

@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 
 import yaml
 
+from helpers.fakes import FakeClock
 from regagent.app import build, self_intent
 from regagent.config import load_config
 from regagent.config.model import SyncConfig
@@ -29,14 +30,6 @@ class Recorder(Notifier):
     def send(self, *fields: str) -> bool:
         self.sent.append("\n".join(fields))
         return True
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def in_sync(services: int = 2, server: str = "10.0.0.2:8500") -> CycleReport:
@@ -69,7 +62,7 @@ def loop_of(engine: FakeEngine) -> LoopParts:
 
 
 def test_watchdog_pings_only_while_the_heartbeat_is_fresh() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     notifier = Recorder()
     heartbeat = Heartbeat(clock)
     watchdog = SystemdWatchdog(notifier, interval=60.0, heartbeat=heartbeat, stall_limit=60.0)
@@ -230,7 +223,7 @@ def test_a_bug_that_crashes_every_cycle_logs_its_traceback_once_per_ten_minutes(
         def cycle(self) -> CycleReport:
             raise KeyError("a bug")
 
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     daemon = Daemon(loop_of(Crashing("bug")), notifier=Recorder(), clock=clock)
     with capture_logs() as logs:
         for _ in range(40):  # 20 minutes of cycles every 30 s

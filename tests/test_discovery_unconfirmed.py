@@ -21,6 +21,7 @@ from consulsim import SimCluster
 from helpers.cli import events
 from helpers.consul import OTHER_SERVER, running_daemon, write_config
 from helpers.discovery import exporter, kill
+from helpers.fakes import FakeClock
 from regagent.app import build
 from regagent.config import load_config
 from regagent.config.model import DiscoveryConfig
@@ -82,14 +83,6 @@ class Prober:
     def count(self, port: int) -> int:
         with self.lock:
             return self.calls.count(port)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @contextlib.contextmanager
