@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from consulsim import SimCluster  # noqa: E402
 from regagent.discovery.exporters import load_exporter_table  # noqa: E402
-from regagent.discovery.listeners import ListenerKeysReader  # noqa: E402
+from regagent.discovery.listeners import ListenerReader  # noqa: E402
 
 HELPER = str(ROOT / "tests" / "watch_exporters.py")
 NODE = "bench-latency-host"
@@ -201,16 +201,16 @@ def idle_cpu(cluster: SimCluster, pid: int, cycles: int) -> Tuple[float, float, 
     """(CPU seconds per minute, window seconds, Consul requests, host listener changes) over
     a window of `cycles` full cycles."""
     wait_cycles(cluster, 1)
-    reader = ListenerKeysReader()
+    reader = ListenerReader()
     before = cpu_seconds(pid)
     started = time.monotonic()
     requests = cluster.stats()["requests"]
     target = full_reads(cluster) + cycles
-    changes, keys = 0, reader()
+    changes, keys = 0, reader().keys
     deadline = started + 300.0
     while full_reads(cluster) < target and time.monotonic() < deadline:
         time.sleep(0.25)
-        now = reader()
+        now = reader().keys
         changes += len({port for port, _inode in keys ^ now})
         keys = now
     time.sleep(1.0)  # the last cycle is over

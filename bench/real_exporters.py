@@ -8,22 +8,29 @@ families that are not Go/process/promhttp runtime), and what `regagent discover 
 says of it (probe_timeout 10s, max_new_per_cycle 100). Ends with the count identified / with a
 version / listening, and the time of that one `discover` with all of them running.
 
-The GETs run concurrently inside the namespace, each bounded by --get-timeout seconds; the
-`discover` run is bounded too. Everything started is stopped by pid; the namespace is deleted.
+With `--before REF` (a git revision of this repository, e.g. the main branch before a change),
+the same exporters are also discovered by that revision's regagent (its `agent/` run through
+PYTHONPATH), side by side in the same run: each code with the configuration above and with the
+default discovery settings (probe_timeout 2s, identify_timeout 10s where it exists), alternated,
+each `discover` timed.
 
-    python3 bench/real_exporters.py [--json FILE] [--get-timeout 30]
+The GETs run concurrently inside the namespace, each bounded by --get-timeout seconds; the
+`discover` runs are bounded too. Everything started is stopped by pid; the namespace is deleted.
+
+    python3 bench/real_exporters.py [--json FILE] [--get-timeout 30] [--before REF]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -89,17 +96,67 @@ def get_all(namespace: Namespace, ports: List[int], timeout: float) -> Dict[str,
     return answers
 
 
-def discover(namespace: Namespace, workdir: Path) -> Dict[str, Any]:
-    """One `regagent discover --format json` inside the namespace, timed."""
-    config = write_config(workdir / "regagent.yaml", [f"{namespace.host_ip}:8500"])
+def discover(
+    namespace: Namespace,
+    workdir: Path,
+    *,
+    defaults: bool = False,
+    pythonpath: Optional[str] = None,
+) -> Dict[str, Any]:
+    """One `regagent discover --format json` inside the namespace, timed: with the harness's
+    discovery settings (probe_timeout 10s), or the defaults (`defaults`), by this checkout's
+    regagent or by the one at `pythonpath`."""
+    sections: Dict[str, Any] = {"discovery": {"max_new_per_cycle": 100}} if defaults else {}
+    config = write_config(workdir / "regagent.yaml", [f"{namespace.host_ip}:8500"], **sections)
     start = time.monotonic()
-    done = regagent(namespace, config, "discover", "--format", "json", timeout=300)
+    done = regagent(
+        namespace, config, "discover", "--format", "json", timeout=300, pythonpath=pythonpath
+    )
     seconds = time.monotonic() - start
     if done.returncode != 0:
         raise SystemExit(f"discover failed ({done.returncode}): {done.stderr.strip()}")
     report: Dict[str, Any] = json.loads(done.stdout)
     report["seconds"] = round(seconds, 2)
     return report
+
+
+def counts(report: Dict[str, Any], ports: List[int]) -> Dict[str, Any]:
+    """Identified / with a version / registered among `ports`, and the discover's time."""
+    found = [item for item in report["listeners"] if item["port"] in ports]
+    identified = [item for item in found if item["outcome"] == "identified"]
+    return {
+        "listening": len(ports),
+        "identified": len(identified),
+        "with_version": sum(1 for item in identified if item["version"]),
+        "registered": sum(1 for item in found if item["service_id"]),
+        "seconds": report["seconds"],
+    }
+
+
+@contextlib.contextmanager
+def revision(ref: str) -> Iterator[str]:
+    """The `agent/` tree of git revision `ref` in a temporary directory (its PYTHONPATH)."""
+    with tempfile.TemporaryDirectory(prefix="regagent-before-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(HERE.parent), "archive", ref, "agent"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True, timeout=60)
+        yield str(Path(tmp) / "agent")
+
+
+def compare(namespace: Namespace, ports: List[int], before: str) -> List[Dict[str, Any]]:
+    """Both codes, both settings, alternated, in this one run."""
+    rows = []
+    with revision(before) as old, tempfile.TemporaryDirectory(prefix="regagent-cmp-") as tmp:
+        for defaults in (False, True):
+            for code, path in ((f"before ({before})", old), ("after (this checkout)", None)):
+                report = discover(namespace, Path(tmp), defaults=defaults, pythonpath=path)
+                settings = "defaults" if defaults else "probe_timeout 10s"
+                rows.append({"code": code, "settings": settings, **counts(report, ports)})
+    return rows
 
 
 def survey(running: List[Running], namespace: Namespace, timeout: float) -> Dict[str, Any]:
@@ -157,6 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="also write the whole survey to this file")
     parser.add_argument("--get-timeout", type=float, default=30.0)
+    parser.add_argument("--before", help="also discover with this git revision's regagent")
     args = parser.parse_args()
     reason = skip_reason()
     if reason:
@@ -173,6 +231,9 @@ def main() -> None:
             if not r.ports
         }
         result = survey(listening, namespace, args.get_timeout)
+        if args.before:
+            ports = sorted({port for r in listening for port in r.ports})
+            result["compared"] = compare(namespace, ports, args.before)
     result["not_listening"] = {**silent, **not_started}
     for row in result["rows"]:
         d, g = row["discover"], row["get"]
@@ -189,6 +250,12 @@ def main() -> None:
         f"with version {result['with_version']}, registered {result['registered']}; "
         f"one discover: {result['discover_seconds']} s"
     )
+    for row in result.get("compared", []):
+        print(
+            f"{row['code']:28} {row['settings']:18} identified {row['identified']} / "
+            f"listening {row['listening']}, with version {row['with_version']}, "
+            f"registered {row['registered']}; one discover: {row['seconds']} s"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 

@@ -8,7 +8,7 @@ For each mode, side by side in one run, against a fresh three-server emulator (t
 
 - before: every candidate probed inside the cycle and inside every watch pass, as regagent did
   before probes of unconfirmed listeners moved to the background (the daemon of this checkout
-  with `DiscoveryRunner.unconfirmed` set to None, which is exactly that code path);
+  with `Sensor.unconfirmed` set to None, which is exactly that code path);
 - after: this checkout as shipped.
 
 Timeline: an exporter D (tests/watch_exporters.py, node_exporter-like) runs and `regagent run`
@@ -67,7 +67,7 @@ def run_daemon(mode: str, config_path: str) -> int:
     configure_logging(os.environ.get("BENCH_LOG_LEVEL", "warning"), "json")
     app = build(config, writer=Writer.of(config_path, daemon=True))
     if mode == "before":
-        app.discovery.unconfirmed = None  # every candidate probed in the cycle: the old path
+        app.discovery.sensor.unconfirmed = None  # every candidate probed in the pass: the old path
     engine = app.engine
     full, partial = engine.cycle, engine.partial_cycle
 

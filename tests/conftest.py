@@ -5,6 +5,8 @@ wait cap, election delay and RPC hold so fault tests run in well under a second 
 ``tls_files``: a throwaway CA with server (127.0.0.1) and client certificates, made by openssl.
 ``processes``: starts helper processes, each stopped by pid when the test ends.
 ``remote_write_sink``: a remote-write endpoint that discards every push (vmagent needs one).
+``deb_package``: `packaging/build deb` of this tree, once per session (the packaging tests and
+the systemd tests share it; building installs the build dependencies: root only).
 
 The test process keeps regagent's process policy (`regagent.cli.without_created_series`), set
 before any test module imports prometheus-client, so in-process metrics look like the daemon's.
@@ -12,6 +14,8 @@ before any test module imports prometheus-client, so in-process metrics look lik
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,3 +100,22 @@ def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def deb_package() -> Path:
+    """dist/regagent_<version>_all.deb, built from this tree once per test session."""
+    # CI runs as root on a throwaway machine; anywhere else this must fail loudly, not skip.
+    assert os.geteuid() == 0, "building the .deb installs its build dependencies: run as root"
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [str(repo / "packaging" / "build"), "deb"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, f"packaging/build deb failed:\n{result.stdout}{result.stderr}"
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert re.fullmatch(r"regagent_[^_]+_all\.deb", path.name) and path.is_file(), result.stdout
+    return path

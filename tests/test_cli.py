@@ -442,3 +442,39 @@ def test_check_config_names_the_environment_token_source_masked(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["consul"]["token"] == "******** (from CONSUL_HTTP_TOKEN)"
     assert "env-secret-123" not in result.stdout + result.stderr
+
+
+def test_discover_builds_no_consul_client_and_loads_none(tmp_path: Path) -> None:
+    """`discover` needs the node identity and discovery only: not the Consul client, the
+    server pool or the metrics, nor the modules they need (it is a person's command)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    config = write(
+        tmp_path / "regagent.yaml",
+        "consul: {servers: ['127.0.0.1:1']}\n"
+        "node: {name: cli-host, address: 192.0.2.10}\n"
+        f"sync: {{state_dir: '{state}'}}\n"
+        "discovery: {port_ranges: ['1-1']}\n",
+    )
+    program = (
+        "import json, sys\n"
+        "from regagent.cli import main\n"
+        f"code = main(['-c', {str(config)!r}, 'discover', '--format', 'json'])\n"
+        "loaded = [m for m in ('regagent.app', 'regagent.consul', 'consul', 'requests',\n"
+        "          'prometheus_client') if m in sys.modules]\n"
+        "print(json.dumps({'code': code, 'loaded': loaded}))\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    last = json.loads(shown.stdout.splitlines()[-1])
+    assert last == {"code": 0, "loaded": []}
+    report = json.loads("\n".join(shown.stdout.splitlines()[:-1]))
+    assert report["node_address"] == "192.0.2.10" and report["discovery_enabled"]

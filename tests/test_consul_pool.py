@@ -353,6 +353,7 @@ def test_a_cycle_after_every_server_was_down_and_healed_writes_at_once(
     """Every emulator server stopped, then started again: the first cycle after the heal
     reads and writes, although every server's cool-down (60 s and more) is far from over."""
     from helpers.consul import app_with, node_services
+    from regagent.app import GivenIntents
 
     config = write_config(
         tmp_path, consul_cluster, [], consul={"cooldown_initial": "60s", "cooldown_max": "5m"}
@@ -370,10 +371,12 @@ def test_a_cycle_after_every_server_was_down_and_healed_writes_at_once(
     for i in range(3):
         consul_cluster.start_server(i)
     consul_cluster.wait_for_leader()
-    app.engine.intents = lambda *_: [
-        ServiceIntent(queue, "static"),
-        ServiceIntent(ServiceRegistration("cache-6379", "cache", 6379, "127.0.0.1"), "static"),
-    ]
+    app.engine.source = GivenIntents(
+        lambda *_: [
+            ServiceIntent(queue, "static"),
+            ServiceIntent(ServiceRegistration("cache-6379", "cache", 6379, "127.0.0.1"), "static"),
+        ]
+    )
     healed = app.engine.cycle()
     assert healed.error is None, healed.error
     assert healed.writes_by_kind == {"register": 1}

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from consulsim import SimCluster
 from helpers.consul import NODE, node_services, regagent, static, write_config
-from regagent.app import App, build
+from regagent.app import App, GivenIntents, build
 from regagent.config import load_config
 from regagent.consul.catalog import plan_units
 from regagent.consul.txn import TXN_MAX_OPS, batches
@@ -207,7 +207,9 @@ def test_a_cluster_without_txn_gets_single_writes_decided_once_and_logged_once(
         assert first.error is None, first.error
         assert first.writes == 3
         # A change later in the same process: straight to single writes.
-        app.engine.intents = lambda *_: [ServiceIntent(s, "static") for s in services(4)]
+        app.engine.source = GivenIntents(
+            lambda *_: [ServiceIntent(s, "static") for s in services(4)]
+        )
         second = app.engine.cycle()
         assert second.error is None and second.writes == 1
     assert [e["event"] for e in logs].count("consul_txn_unavailable") == 1

@@ -9,10 +9,11 @@ from typing import Any, List, Optional
 import yaml
 
 from helpers.fakes import FakeClock
-from regagent.app import build, self_intent
+from regagent.app import SURVIVES_RELOAD, build
 from regagent.config import load_config
 from regagent.config.model import SyncConfig
 from regagent.daemon import Daemon, LoopParts, status_text
+from regagent.discovery.intents import self_intent
 from regagent.errors import ConfigError, ConsulUnreachable, NoClusterLeader
 from regagent.liveness import Heartbeat, SystemdWatchdog
 from regagent.model import DesiredState, NodeRegistration, ServiceRegistration
@@ -195,6 +196,28 @@ def test_metrics_exist_once_a_configuration_serves_them(tmp_path: Path) -> None:
     assert served.metrics.pool is served.pool
     again = build(load_config(config_file(tmp_path)), previous=served)
     assert again.metrics is served.metrics
+
+
+def test_a_reload_keeps_each_survivor_and_tells_it_the_new_configuration(tmp_path: Path) -> None:
+    first = build(load_config(config_file(tmp_path, telemetry=TELEMETRY)))
+    new = load_config(
+        config_file(
+            tmp_path,
+            sync={"state_dir": str(tmp_path), "failures_before_critical": 5},
+            discovery={"enabled": True, "watch_interval": "2s"},
+            telemetry=TELEMETRY,
+        )
+    )
+    second = build(new, previous=first)
+    assert first.metrics is not None
+    adopted = {"pool", "identity"}  # rebuilt from the configuration, taking over the state
+    for name in SURVIVES_RELOAD:
+        assert (getattr(second, name) is getattr(first, name)) == (name not in adopted), name
+    assert second.health.failures_before_critical == 5
+    assert second.discovery.config is new and second.discovery.sensor.config is new
+    assert second.engine.source is second.discovery
+    assert second.watch is not None and second.watch.sensor is second.discovery.sensor
+    assert second.watch.interval == 2.0
 
 
 def test_the_first_sync_waits_a_random_part_of_the_jitter() -> None:

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from typing import Dict, Set
 
+from helpers.fakes import FakeHost, FakeResolver
 from regagent.config.model import Config, DiscoveryConfig, TelemetryConfig
-from regagent.discovery.identify import EXCLUDED, IDENTIFIED, NOT_CANDIDATE, Finding, discover
+from regagent.discovery.identify import (
+    EXCLUDED,
+    IDENTIFIED,
+    NOT_CANDIDATE,
+    NOT_EXPORTER,
+    Finding,
+    discover,
+)
 from regagent.discovery.processes import ProcessInfo
-from test_discovery_runner import FakeHost, FakeResolver
 
 # A packaged exporter: /usr/bin/prometheus-node-exporter is root's alone, so its name is evidence.
 NODE_EXPORTER = ProcessInfo(
@@ -69,3 +76,35 @@ def test_exclude_processes_still_applies_to_candidates_by_port() -> None:
     assert found[9500].outcome == EXCLUDED
     assert "exclude_processes (prometheus-node-*)" in found[9100].reason
     assert host.probes == 0  # excluded: never probed
+
+
+def test_the_owner_of_a_candidate_by_port_is_looked_up_only_when_its_answer_names_nothing() -> None:
+    host = FakeHost()
+    host.listen(9500)  # answers node_exporter metrics
+    host.listen(9501, serving=False)  # times out: its process may still name it
+    host.listen(9502, serving=False)  # times out, and its process vouches for nothing
+    mongodb = ProcessInfo(
+        77, "prometheus-mong", "/usr/bin/prometheus-mongodb-exporter", uid=102,
+        user="prometheus", exe_trusted=True, system_user=True,
+    )  # fmt: skip
+    as_a_user = ProcessInfo(
+        78, "prometheus-mong", "/usr/bin/prometheus-mongodb-exporter", uid=1000,
+        user="someone", exe_trusted=True, system_user=False,
+    )  # fmt: skip
+    owners = {lst.inode: mongodb for lst in host.listening[9501]}
+    owners.update({lst.inode: as_a_user for lst in host.listening[9502]})
+    resolver = FakeResolver(owners)
+    found = run(host, resolver, port_ranges=((9500, 9502),))
+    assert resolver.asked == inodes(host, 9501, 9502)
+    slow = found[9501]
+    assert (slow.outcome, slow.exporter, slow.identified_by) == (
+        IDENTIFIED,
+        "mongodb_exporter",
+        "process",
+    )
+    assert slow.problem == "timed out after 2s" and slow.process == mongodb
+    assert slow.reason == (
+        "/usr/bin/prometheus-mongodb-exporter run by prometheus; its answer: timed out after 2s"
+    )
+    assert (found[9502].outcome, found[9502].process) == (NOT_EXPORTER, as_a_user)
+    assert (found[9500].identified_by, found[9500].process) == ("build_info", None)

@@ -23,6 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from helpers.discovery import FAKE, only, stop, wait_listening
+from helpers.fakes import discovery_for, full_pass, reading_of
 from helpers.ports import free_port
 from regagent.cli import discover_command
 from regagent.config.model import Config, DiscoveryConfig, ExporterOverride, SyncConfig
@@ -42,7 +43,7 @@ from regagent.discovery.listeners import (
     listening_sockets_proc,
 )
 from regagent.discovery.processes import ProcessResolver
-from regagent.discovery.runner import DiscoveryRunner
+from regagent.discovery.service import Discovery
 from regagent.model import CRITICAL, PASSING
 
 HERE = Path(__file__).parent
@@ -195,21 +196,44 @@ def test_non_exporters_are_rejected_with_reasons(
 def test_unknown_exporter_registered_only_with_register_unknown(
     start: Callable[..., Started], tmp_path: Path
 ) -> None:
-    custom = start("exporter", "0.0.0.0", "acme_app_build_info", "2.3.4")
+    # A build_info whose program cannot be a service name (uppercase) names nothing (issue 24:
+    # `acme_app_build_info` names acme_app, see the next test).
+    custom = start("exporter", "0.0.0.0", "AcmeApp_build_info", "2.3.4")
     off = config_for(custom.port, tmp=tmp_path)
-    runner = DiscoveryRunner(list_listeners=only(custom.port))
-    result, desired = runner.run(off, NODE, now=1_000_000.0, persist=False)
+    discovery = discovery_for(off, reading_of(only(custom.port)))
+    result, desired = discovery.examine(NODE, now=1_000_000.0)
     assert result is not None
     finding = by_port(result)[custom.port]
     assert finding.outcome == UNKNOWN_EXPORTER
     assert finding.version == "2.3.4"
     assert desired.intents == ()
     on = config_for(custom.port, tmp=tmp_path, register_unknown=True)
-    _, desired = runner.run(on, NODE, now=1_000_000.0, persist=False)
+    discovery.reconfigure(on)
+    _, desired = discovery.examine(NODE, now=1_000_000.0)
     (intent,) = desired.intents
     assert intent.service.id == f"exporter-{custom.port}"
     assert intent.service.address == NODE
     assert intent.service.meta["exporter"] == "unknown"
+
+
+def test_any_build_info_names_its_program_in_a_port_range(
+    start: Callable[..., Started], tmp_path: Path
+) -> None:
+    custom = start("exporter", "0.0.0.0", "acme_app_build_info", "2.3.4")
+    discovery = discovery_for(config_for(custom.port, tmp=tmp_path), reading_of(only(custom.port)))
+    result, desired = discovery.examine(NODE, now=1_000_000.0)
+    assert result is not None
+    finding = by_port(result)[custom.port]
+    assert (finding.outcome, finding.exporter, finding.version) == (IDENTIFIED, "acme_app", "2.3.4")
+    (intent,) = desired.intents  # no register_unknown needed: it is identified
+    assert intent.service.id == f"acme-app-{custom.port}"
+    assert intent.service.tags == ("acme_app",)
+    meta = intent.service.meta
+    assert (meta["exporter"], meta["exporter_version"], meta["identified_by"]) == (
+        "acme_app",
+        "2.3.4",
+        "build_info",
+    )
 
 
 def test_exclusions_skip_probing(start: Callable[..., Started], tmp_path: Path) -> None:
@@ -231,9 +255,9 @@ def test_discover_command_text_and_json(start: Callable[..., Started], tmp_path:
     loop = start("exporter", "127.0.0.1", "mysqld_exporter_build_info", "0.14.0")
     html = start("html", "127.0.0.1")
     config = config_for(node.port, loop.port, html.port, tmp=tmp_path)
-    runner = DiscoveryRunner(list_listeners=only(node.port, loop.port, html.port))
+    discovery = discovery_for(config, reading_of(only(node.port, loop.port, html.port)))
     out = io.StringIO()
-    assert discover_command(config, NODE, "json", out, runner=runner) == 0
+    assert discover_command(NODE, "json", out, discovery=discovery) == 0
     doc = json.loads(out.getvalue())
     rows = {row["port"]: row for row in doc["listeners"]}
     assert rows[node.port]["outcome"] == "identified"
@@ -247,7 +271,7 @@ def test_discover_command_text_and_json(start: Callable[..., Started], tmp_path:
     assert not (tmp_path / "discovered.json").exists()  # discover never writes state
 
     text = io.StringIO()
-    assert discover_command(config, NODE, "text", text, runner=runner) == 0
+    assert discover_command(NODE, "text", text, discovery=discovery) == 0
     report = text.getvalue()
     assert f"node-exporter-{node.port}" in report
     assert "loopback only" in report
@@ -264,21 +288,21 @@ def test_vanish_and_return_within_grace_then_expiry(
         discovery=config.discovery,
         sync=SyncConfig(state_dir=str(tmp_path), deregister_after=600.0),
     )
-    runner = DiscoveryRunner(list_listeners=only(port))
+    discovery = discovery_for(config, reading_of(only(port)))
     exporter = start("exporter", "0.0.0.0", "node_exporter_build_info", "1.5.0", port=port)
     t0 = 1_800_000_000.0
-    (present,) = runner.cycle(config, NODE, t0)
+    (present,) = full_pass(discovery, NODE, t0)
     assert present.status == (PASSING, f"node_exporter 1.5.0 serving /metrics on :{port}")
 
     stop(exporter.proc)
-    (gone,) = runner.cycle(config, NODE, t0 + 30)
+    (gone,) = full_pass(discovery, NODE, t0 + 30)
     assert gone.service == present.service  # same registration: no spurious write
     assert gone.status == (CRITICAL, f"not listening on :{port} since 2027-01-15T08:00:00Z")
-    (still,) = runner.cycle(config, NODE, t0 + 300)
+    (still,) = full_pass(discovery, NODE, t0 + 300)
     assert still.status == gone.status  # stable output while vanished
 
     start("exporter", "0.0.0.0", "node_exporter_build_info", "1.5.0", port=port)
-    (back,) = runner.cycle(config, NODE, t0 + 400)
+    (back,) = full_pass(discovery, NODE, t0 + 400)
     assert back.status == present.status
     state = json.loads((tmp_path / "discovered.json").read_text())
     entry = state["services"][f"node-exporter-{port}"]
@@ -295,15 +319,15 @@ def test_vanished_exporter_dropped_after_deregister_after(
     )
     exporter = start("exporter", "0.0.0.0", "redis_exporter_build_info", "1.0", port=port)
     t0 = 1_800_000_000.0
-    assert len(DiscoveryRunner(list_listeners=only(port)).cycle(config, NODE, t0)) == 1
+    assert len(full_pass(discovery_for(config, reading_of(only(port))), NODE, t0)) == 1
     stop(exporter.proc)
-    # A new runner: the state on disk, not memory, carries the first/last-seen times.
+    # A new Discovery: the state on disk, not memory, carries the first/last-seen times.
     assert [
         i.status[0]
-        for i in DiscoveryRunner(list_listeners=only(port)).cycle(config, NODE, t0 + 60)
+        for i in full_pass(discovery_for(config, reading_of(only(port))), NODE, t0 + 60)
         if i.status
     ] == [CRITICAL]
-    assert DiscoveryRunner(list_listeners=only(port)).cycle(config, NODE, t0 + 61) == ()
+    assert full_pass(discovery_for(config, reading_of(only(port))), NODE, t0 + 61) == ()
     state = json.loads((tmp_path / "discovered.json").read_text())
     assert state["services"] == {}
 
@@ -312,8 +336,8 @@ def test_corrupt_state_is_rebuilt_not_fatal(start: Callable[..., Started], tmp_p
     server = start("exporter", "0.0.0.0", "redis_exporter_build_info", "1.0")
     (tmp_path / "discovered.json").write_text("{ this is not json")
     config = config_for(server.port, tmp=tmp_path)
-    (intent,) = DiscoveryRunner(list_listeners=only(server.port)).cycle(
-        config, NODE, 1_800_000_000.0
+    (intent,) = full_pass(
+        discovery_for(config, reading_of(only(server.port))), NODE, 1_800_000_000.0
     )
     assert intent.status is not None and intent.status[0] == PASSING
     state = json.loads((tmp_path / "discovered.json").read_text())
@@ -330,8 +354,8 @@ def test_override_renames_and_tags(start: Callable[..., Started], tmp_path: Path
             ExporterOverride(port=server.port, meta={"team": "db"}),
         ),
     )
-    (intent,) = DiscoveryRunner(list_listeners=only(server.port)).cycle(
-        config, NODE, 1_800_000_000.0
+    (intent,) = full_pass(
+        discovery_for(config, reading_of(only(server.port))), NODE, 1_800_000_000.0
     )
     assert intent.service.id == f"redis-cache-{server.port}"
     assert intent.service.tags == ("cache", "redis_exporter")
@@ -383,7 +407,7 @@ def _discover_as_nobody(config: Config) -> Tuple[int, str]:
             os.setgid(nobody.pw_gid)
             os.setuid(nobody.pw_uid)
             out = io.StringIO()
-            code = discover_command(config, NODE, "json", out, runner=DiscoveryRunner())
+            code = discover_command(NODE, "json", out, discovery=Discovery(config))
             os.write(write_fd, json.dumps({"code": code, "out": out.getvalue()}).encode())
         finally:
             os._exit(0)
@@ -420,10 +444,10 @@ def test_loopback_only_exporter_is_reported_once(
 ) -> None:
     server = start("exporter", "127.0.0.1", "redis_exporter_build_info", "1.0")
     config = config_for(server.port, tmp=tmp_path)
-    runner = DiscoveryRunner(list_listeners=only(server.port))
+    discovery = discovery_for(config, reading_of(only(server.port)))
     with capture_logs() as logs:
         for step in range(3):
-            assert runner.cycle(config, NODE, 1_800_000_000.0 + step) == ()
+            assert full_pass(discovery, NODE, 1_800_000_000.0 + step) == ()
     reports = [e for e in logs if e["event"] == "exporter_not_registered"]
     assert len(reports) == 1
     assert reports[0]["log_level"] == "warning"

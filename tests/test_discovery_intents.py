@@ -25,6 +25,7 @@ from regagent.discovery.identify import (
     SPECIFIC,
     UNKNOWN_EXPORTER,
     DiscoveryResult,
+    Finding,
 )
 from regagent.discovery.intents import build_intents
 from regagent.discovery.listeners import Listener
@@ -325,17 +326,18 @@ def test_static_meta_cannot_take_ownership_away() -> None:
     assert intent.service.meta["managed-by"] == "regagent"
 
 
-def test_the_runner_feeds_the_engine_and_the_pure_module_does_not_import_it() -> None:
+def test_discovery_feeds_the_engine_and_the_pure_module_does_not_import_it() -> None:
     import regagent.discovery.intents
-    from regagent.discovery.runner import DiscoveryRunner
+    from regagent.discovery.service import Discovery
 
-    assert not hasattr(regagent.discovery.intents, "DiscoveryRunner")  # no shell in the pure module
+    assert not hasattr(regagent.discovery.intents, "Discovery")  # no shell in the pure module
     config = Config(
         discovery=DiscoveryConfig(enabled=False), services=(ServiceConfig(name="a", port=1),)
     )
-    assert ids(tuple(DiscoveryRunner().intents(config, NODE, None, False, NOW))) == ["a-1"]
+    wanted, _ports = Discovery(config).intents(NODE, None, persist=False, now=NOW)
+    assert ids(wanted.intents) == ["a-1"]
     probe = (
-        "import sys, regagent.discovery.intents; print('regagent.discovery.runner' in sys.modules)"
+        "import sys, regagent.discovery.intents; print('regagent.discovery.service' in sys.modules)"
     )
     shown = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
@@ -368,3 +370,70 @@ def test_known_exporters_never_count_against_the_cap() -> None:
     assert len(result.intents) == 6
     (held,) = result.skipped
     assert held.port == 9106
+
+
+# -- how it was identified (issue 24) -------------------------------------------------------------
+
+
+def test_meta_says_how_an_exporter_was_identified_and_a_new_program_gets_its_own_name() -> None:
+    named = replace(finding(exporter="acme_app", version="2.3.4"), identified_by="build_info")
+    (intent,) = run(Config(), named).intents
+    assert (intent.service.id, intent.service.name) == ("acme-app-9100", "acme-app")
+    assert intent.service.tags == ("acme_app",)
+    assert intent.service.meta["identified_by"] == "build_info"
+    assert intent.status == (PASSING, "acme_app 2.3.4 serving /metrics on :9100")
+    config = Config(discovery=DiscoveryConfig(register_unknown=True))
+    unknown = finding(exporter="unknown", outcome=UNKNOWN_EXPORTER, in_range=True)
+    (generic,) = run(config, unknown).intents
+    assert generic.service.id == "exporter-9100" and "identified_by" not in generic.service.meta
+
+
+def by_process(port: int = 9001, problem: str = "timed out after 10s", **extra: object) -> Finding:
+    """mongodb_exporter named by its process, its answer failed (`problem`) or names nothing."""
+    return replace(
+        finding(port=port, exporter="mongodb_exporter", version=None),
+        identified_by="process",
+        problem=problem,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_an_exporter_named_by_its_process_while_its_answer_fails_is_a_critical_target() -> None:
+    first = run(Config(), by_process())
+    (intent,) = first.intents
+    assert intent.service.id == "mongodb-exporter-9001"
+    assert intent.service.meta["identified_by"] == "process"
+    assert intent.service.meta["exporter_version"] == "unknown"
+    output = "mongodb_exporter on :9001: no metrics from /metrics (timed out after 10s)"
+    assert intent.status == (CRITICAL, output)
+    assert first.not_serving == ()  # new: nothing to hold, it shows at once
+    later = run(Config(), by_process(), now=NOW + 30, previous=dict(first.seen))
+    assert later.intents == first.intents
+    assert later.not_serving == ("mongodb-exporter-9001",)  # known: flap-held like any probe
+    assert later.seen["mongodb-exporter-9001"].last_seen == NOW + 30  # present, not vanished
+
+
+def test_what_an_answer_said_stays_while_only_the_process_names_it() -> None:
+    answered = replace(finding(port=9001, exporter="mongodb_exporter"), identified_by="build_info")
+    answered = replace(answered, scheme="https", metrics_path="/m")
+    before = run(Config(), answered)
+    (passing,) = before.intents
+    # its backend went down: the answer times out (over http, on the default path)
+    (failing,) = run(Config(), by_process(), now=NOW + 30, previous=dict(before.seen)).intents
+    assert failing.service == passing.service  # no write but the check's
+    assert failing.status == (
+        CRITICAL,
+        "mongodb_exporter on :9001: no metrics from /m (timed out after 10s)",
+    )
+    # an answer that names nothing (an empty page) keeps the version too, and passes
+    empty = by_process(problem="")
+    (served,) = run(Config(), empty, now=NOW + 60, previous=dict(before.seen)).intents
+    assert served.service.meta == passing.service.meta | {
+        "scheme": "http",
+        "metrics_path": "/metrics",
+    }
+    assert served.status == (PASSING, "mongodb_exporter 1.5.0 serving /metrics on :9001")
+    # a new answer with a new version is news
+    upgraded = replace(answered, version="1.6.0")
+    (after,) = run(Config(), upgraded, now=NOW + 90, previous=dict(before.seen)).intents
+    assert after.service.meta["exporter_version"] == "1.6.0"

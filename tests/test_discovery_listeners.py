@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 from pathlib import Path
 from typing import List
 
 import pytest
+from structlog.testing import capture_logs
 
 from regagent.discovery import listeners as mod
 from regagent.discovery.listeners import (
     Listener,
+    ListenerReader,
+    Listing,
     build_request,
     dedupe,
     iter_messages,
@@ -136,7 +143,7 @@ def test_listener_address_properties() -> None:
 
 
 def test_falls_back_to_proc_when_netlink_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken() -> List[Listener]:
+    def broken(self: ListenerReader) -> Listing:
         raise PermissionError(13, "sock_diag denied")
 
     calls: List[str] = []
@@ -145,10 +152,88 @@ def test_falls_back_to_proc_when_netlink_fails(monkeypatch: pytest.MonkeyPatch) 
         calls.append(proc_root)
         return [Listener("0.0.0.0", 9100, socket.AF_INET, 1)]
 
-    monkeypatch.setattr(mod, "listening_sockets_netlink", broken)
+    monkeypatch.setattr(mod.ListenerReader, "netlink", broken)
     monkeypatch.setattr(mod, "listening_sockets_proc", from_proc)
     assert listening_sockets() == [Listener("0.0.0.0", 9100, socket.AF_INET, 1)]
     assert calls == ["/proc"]
+
+    # Said once per reader, however often it reads: the daemon's reader reads every second.
+    with capture_logs() as logs:
+        reader, other = ListenerReader(), ListenerReader()
+        for _ in range(3):
+            assert reader().keys == {(9100, 1)}
+        assert other().listeners == (Listener("0.0.0.0", 9100, socket.AF_INET, 1),)
+    said = [e for e in logs if e["event"] == "listener_netlink_unavailable"]
+    assert [e["fallback"] for e in said] == ["/proc/net/tcp", "/proc/net/tcp"]
+
+
+def test_a_reading_sees_each_socket_of_a_group_and_one_listener() -> None:
+    """What discovery identifies and what the watch compares come from one dump: a
+    SO_REUSEPORT group is one listener, but each of its sockets is a key."""
+    reader = ListenerReader()
+    try:
+        group = []
+        for _ in range(2):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("127.0.0.1", group[0].getsockname()[1] if group else 0))
+            sock.listen(1)
+            group.append(sock)
+        port = group[0].getsockname()[1]
+        try:
+            reading = reader()
+            assert len([key for key in reading.keys if key[0] == port]) == 2
+            (listener,) = [item for item in reading.listeners if item.port == port]
+            assert listener.address == "127.0.0.1" and listener.uid == os.getuid()
+            assert listener.inode == min(inode for p, inode in reading.keys if p == port)
+        finally:
+            for sock in group:
+                sock.close()
+        assert port not in {p for p, _inode in reader().keys}
+    finally:
+        reader.close()
+
+
+UNCHANGED_PROGRAM = """
+import json, socket
+from regagent.discovery.listeners import ListenerReader
+reader = ListenerReader()
+first = reader()
+again = reader()
+with socket.create_server(("127.0.0.1", 9100)):
+    second = reader()
+    third = reader()
+print(json.dumps({
+    "unchanged_is_previous": again is first,
+    "change_is_new": second is not first,
+    "seen": sorted(p for p, _inode in second.keys),
+    "then_unchanged": third is second,
+}))
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare(1) and root"
+)
+def test_an_unchanged_reading_is_the_previous_one_and_a_change_is_seen() -> None:
+    """The watch reads every second: an unchanged host costs no parsing. In a network
+    namespace of its own, where nothing else opens or closes a listener."""
+    script = 'ip link set lo up\nexec "$@"\n'
+    shown = subprocess.run(
+        ["unshare", "--net", "sh", "-ec", script, "netns", sys.executable, "-c", UNCHANGED_PROGRAM],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {
+        "unchanged_is_previous": True,
+        "change_is_new": True,
+        "seen": [9100],
+        "then_unchanged": True,
+    }
 
 
 def test_netlink_listing_is_live() -> None:

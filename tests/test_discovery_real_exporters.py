@@ -7,9 +7,11 @@ Consul emulator listens on the host's end of the namespace's veth pair; regagent
 
 For every exporter that listens with its defaults (tests/real_exporters.py `LISTENING`, 22 on
 Debian 12): `regagent discover --format json` names it with the exporter's own version (or none
-where it publishes none), and one `regagent sync` registers it under that name and version.
-Those issue 24 is about are expected failures (strict: they fail the run once they pass, so
-whoever fixes one removes its mark).
+where it publishes none) and the evidence that named it, and one `regagent sync` registers it
+under that name, version and Meta `identified_by`, with a check that says what a 10 s scrape
+would see (mongodb_exporter, 12 s while MongoDB is down: critical). An exporter regagent
+misses carries its reason in `Expected.issue24` and is an expected failure (strict: it fails
+the run once it passes, so whoever fixes one removes its mark); none does since issue 24.
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def registered(
     return services
 
 
+@pytest.fixture(scope="module")
+def checks(registered: Dict[str, Any], cluster: SimCluster) -> Dict[str, Any]:
+    """The node's checks after that sync, by service ID."""
+    found = cluster.get(cluster.live_server(), f"/v1/health/node/{NODE}?stale")
+    return {check["ServiceID"]: check for check in found if check["ServiceID"]}
+
+
 def cases() -> List[Any]:
     """One case per exporter that listens; issue 24's ones expected to fail (strictly)."""
     return [
@@ -128,6 +137,7 @@ def test_discover_names_it_with_its_own_version(
     assert found is not None, f"discover does not list port {expected.port}"
     assert (found["exporter"], found["version"]) == name_and_version(expected), found
     assert found["outcome"] == "identified", found
+    assert found["identified_by"] == expected.identified_by, found
 
 
 @pytest.mark.parametrize("expected", cases())
@@ -144,4 +154,21 @@ def test_sync_registers_it_under_its_name(
     meta = registered[service_id]["Meta"]
     version = expected.expected_version() or "unknown"
     assert (meta["exporter"], meta["exporter_version"]) == (expected.exporter, version), meta
+    assert meta["identified_by"] == expected.identified_by, meta
     assert registered[service_id]["Address"] == running[0].inner_ip
+
+
+@pytest.mark.parametrize("expected", cases())
+def test_each_check_says_what_a_scrape_would_see(
+    expected: Expected,
+    running: Tuple[Namespace, Dict[str, Running]],
+    checks: Dict[str, Any],
+) -> None:
+    listening_exporter(expected, running)
+    assert expected.exporter is not None and expected.port is not None
+    spec = load_exporter_table().by_name[expected.exporter]
+    check = checks[f"{spec.service_name}-{expected.port}"]
+    assert check["Status"] == expected.check, check
+    if expected.check == "critical":  # a target that does not answer within 10 s
+        no_answer = "no metrics from /metrics (timed out after 10s)"
+        assert check["Output"] == f"{expected.exporter} on :{expected.port}: {no_answer}"

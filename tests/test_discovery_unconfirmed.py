@@ -212,15 +212,104 @@ def test_a_new_exporter_is_not_queued_behind_a_burst_of_silent_sockets() -> None
         assert prober.calls[1:3].count(20500) == 1 and min(prober.calls[1:3]) == 20000
 
 
+# -- a longer look for slow listeners (issue 24) ---------------------------------------------------
+
+
+class SlowProber:
+    """Answers node_exporter metrics on a port only when the probe's timeout is at least the
+    port's `answers_in` seconds, a timeout otherwise (no port: never answers); records each
+    call's (port, timeout); holds calls of ports in `held` until `gate` lets them through."""
+
+    def __init__(self, answers_in: Dict[int, float], held: Set[int] = frozenset()) -> None:
+        self.answers_in = answers_in
+        self.held = held
+        self.gate = threading.Semaphore(0)
+        self.calls: List[tuple[int, float]] = []
+        self.lock = threading.Lock()
+
+    def __call__(
+        self, address: str, port: int, path: str, timeout: float, limit: int
+    ) -> ProbeResult:
+        with self.lock:
+            self.calls.append((port, timeout))
+        if port in self.held:
+            assert self.gate.acquire(timeout=30)
+        url = f"http://{address}:{port}{path}"
+        if timeout < self.answers_in.get(port, float("inf")):
+            return ProbeResult(url, "http", False, f"timed out after {timeout:g}s", timed_out=True)
+        names = frozenset({"node_exporter_build_info"})
+        build = {"node_exporter_build_info": {"version": "1.5.0"}}
+        exposition = Exposition(True, names=names, build_info=build, samples=1)
+        return ProbeResult(url, "http", True, "", 200, exposition)
+
+    def timeouts(self, port: int) -> List[float]:
+        with self.lock:
+            return [timeout for called, timeout in self.calls if called == port]
+
+
+def offer_slow(background: UnconfirmedProbes, found: List[Finding]) -> Dict[int, Finding]:
+    background.offer(found, identify_with_settings, 2.0, 4096, slow_timeout=10.0)
+    return {f.port: f for f in background.collect(found, 2.0, 4096)}
+
+
+def test_a_listener_that_times_out_gets_one_longer_look_at_once() -> None:
+    clock = FakeClock()
+    prober = SlowProber({20001: 6.0})  # 20001 answers in 6 s; 20000 never does
+    with probes(prober, settle=0.0, clock=clock) as background:  # type: ignore[arg-type]
+        found = [candidate(20000), candidate(20001)]
+        offer_slow(background, found)
+        settle(lambda: len(prober.timeouts(20001)) == 2, "the first probe, then the longer look")
+        assert prober.timeouts(20001) == [2.0, 10.0]  # no backoff before the longer look
+        settle(lambda: offer_slow(background, found)[20001].outcome == IDENTIFIED, "identified")
+        assert offer_slow(background, found)[20001].version == "1.5.0"
+        settle(lambda: len(prober.timeouts(20000)) == 2, "the silent one's longer look")
+        assert offer_slow(background, found)[20000].outcome == NOT_EXPORTER
+        clock.now += retry_delay(2)  # its retries are longer looks too, after the backoff
+        offer_slow(background, found)
+        settle(lambda: len(prober.timeouts(20000)) == 3, "the retry")
+        assert prober.timeouts(20000) == [2.0, 10.0, 10.0]
+        assert prober.timeouts(20001) == [2.0, 10.0]  # identified: never probed again
+
+
+def test_longer_looks_never_hold_every_worker() -> None:
+    # Two workers, one of them at most on a longer look: while a slow socket's longer look
+    # runs (held), a new socket's first probe still gets the other worker.
+    prober = SlowProber({20002: 0.0}, held={20000})
+    with probes(prober, settle=0.0, workers=2, slow_workers=1) as background:  # type: ignore[arg-type]
+        offer_slow(background, [candidate(20000)])
+        prober.gate.release()  # its first probe times out; its longer look is then held
+        settle(lambda: prober.timeouts(20000) == [2.0, 10.0], "the held longer look")
+        offer_slow(background, [candidate(20000), candidate(20001)])  # another slow one
+        settle(lambda: prober.timeouts(20001) == [2.0], "the second one's first probe")
+        time.sleep(0.2)
+        assert prober.timeouts(20001) == [2.0]  # its longer look waits for the slot
+        found = [candidate(20000), candidate(20001), candidate(20002)]
+        offer_slow(background, found)  # a new exporter among them
+        settle(lambda: offer_slow(background, found)[20002].outcome == IDENTIFIED, "new one")
+        prober.gate.release()
+        settle(lambda: prober.timeouts(20001) == [2.0, 10.0], "the slot, once free")
+
+
+def test_a_one_shot_waits_for_the_longer_look() -> None:
+    prober = SlowProber({20001: 0.5})
+    with probes(prober) as background:  # type: ignore[arg-type]
+        background.offer([candidate(20001)], identify_with_settings, 0.2, 4096, slow_timeout=1.0)
+        (found,) = background.collect([candidate(20001)], 0.2, 4096)
+    assert (found.outcome, found.exporter) == (IDENTIFIED, "node_exporter")
+    assert prober.timeouts(20001) == [0.2, 1.0]
+
+
 # -- for real: hundreds of silent sockets beside a running daemon --------------------------------
 
 
 def free_range(count: int) -> List[int]:
-    """`count` consecutive free ports."""
+    """`count` consecutive free ports below the kernel's ephemeral range: a port inside it may be
+    taken by any outgoing connection (the daemon's own) between the check and the bind."""
     import random
 
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
-        base = random.randint(20000, 60000 - count)
+        base = random.randint(10000, low - count)
         if all(_free(base + i) for i in range(count)):
             return [base + i for i in range(count)]
     raise RuntimeError("no free port range")
@@ -313,13 +402,13 @@ def test_the_daemons_background_probes_never_beat_its_heartbeat(tmp_path: Path) 
     config.write_text(f"sync: {{state_dir: {tmp_path / 'state'}}}\n")
     app = build(load_config(str(config)), writer=Writer.of(str(config), daemon=True))
     try:
-        background = app.discovery.unconfirmed
+        background = app.discovery.sensor.unconfirmed
         assert background is not None and background.settle == 0.0
         port = free_range(1)[0]  # nothing listens: the probe fails at once
         app.heartbeat.last = 0.0
         background.prober("127.0.0.1", port, "/metrics", 0.5, 1024)
         assert app.heartbeat.last == 0.0
-        app.discovery.prober("127.0.0.1", port, "/metrics", 0.5, 1024)  # the in-pass prober
+        app.discovery.sensor.prober("127.0.0.1", port, "/metrics", 0.5, 1024)  # in-pass prober
         assert app.heartbeat.last > 0.0
     finally:
         assert app.lock is not None

@@ -6,21 +6,20 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from helpers.fakes import NODE, FakeClock, FakeRegistrar
+from helpers.fakes import NO_CHANGE, NODE, FakeClock, FakeIntents, FakeRegistrar
 from regagent.consul.retry import CYCLE_DEADLINE
 from regagent.engine import SyncEngine
 from regagent.errors import CycleDeadline, NoClusterLeader, NodeOwnedByOther
-from regagent.health.health import Health
+from regagent.health import Health
 from regagent.model import (
     CRITICAL,
     PASSING,
-    SOURCE_DISCOVERY,
-    SOURCE_STATIC,
     ActualState,
     HealthProbe,
     Result,
     ServiceIntent,
     ServiceRegistration,
+    Source,
     canonical_service,
 )
 
@@ -29,53 +28,29 @@ EMPTY = ActualState(None, (), ())
 
 def static(sid: str, port: int) -> ServiceIntent:
     service = canonical_service(ServiceRegistration(sid, sid.rsplit("-", 1)[0], port, NODE.address))
-    return ServiceIntent(service, SOURCE_STATIC)
-
-
-class Intents:
-    """An intent source that records whether each call was told to persist its state, and can
-    make the cycle slow (moves the fake clock)."""
-
-    def __init__(self, intents: List[ServiceIntent], clock: Optional[FakeClock] = None) -> None:
-        self.intents = intents
-        self.clock = clock
-        self.delay = 0.0
-        self.persist: List[bool] = []
-
-    def __call__(
-        self, address: str, actual: Optional[ActualState], persist: bool
-    ) -> List[ServiceIntent]:
-        self.persist.append(persist)
-        if self.clock is not None:
-            self.clock.now += self.delay
-        return list(self.intents)
+    return ServiceIntent(service, Source.STATIC)
 
 
 def engine_for(
     registrar: FakeRegistrar,
-    intents: Intents,
+    intents: FakeIntents,
     clock: Optional[FakeClock] = None,
     cycle_deadline: float = CYCLE_DEADLINE,
 ) -> SyncEngine:
     return SyncEngine(
-        registrar,
-        intents,
-        Health(),
-        clock=clock or FakeClock(),
-        cycle_deadline=cycle_deadline,
-        quick=lambda address, actual: ([], frozenset()),
+        registrar, intents, Health(), clock=clock or FakeClock(), cycle_deadline=cycle_deadline
     )
 
 
 def test_without_a_cluster_leader_writes_are_postponed_and_no_state_is_kept() -> None:
     registrar = FakeRegistrar(EMPTY, known_leader=False)
-    engine = engine_for(registrar, Intents([static("app-80", 80), static("db-5432", 5432)]))
+    engine = engine_for(registrar, FakeIntents([static("app-80", 80), static("db-5432", 5432)]))
     report = engine.cycle()
     assert isinstance(report.error, NoClusterLeader)
     assert "2 write(s) postponed to the next cycle" in str(report.error)
     assert report.plan is not None and len(report.plan.services) == 2, "planned, not sent"
     assert registrar.sent == [] and report.writes == 0
-    assert engine.known is None and not engine.partial_cycle().ran
+    assert engine.known is None and not engine.partial_cycle(NO_CHANGE).ran
     registrar.known_leader = True  # the cluster elected one: the next cycle writes
     again = engine.cycle()
     assert again.error is None and again.writes == 2 and len(registrar.sent) == 1
@@ -83,13 +58,13 @@ def test_without_a_cluster_leader_writes_are_postponed_and_no_state_is_kept() ->
     registrar.known_leader = False
     quiet = engine.cycle()
     assert quiet.error is None and quiet.plan is not None and quiet.plan.empty
-    assert len(registrar.sent) == 1 and not engine.partial_cycle().ran
+    assert len(registrar.sent) == 1 and not engine.partial_cycle(NO_CHANGE).ran
 
 
 def test_a_cycle_past_its_deadline_writes_nothing() -> None:
     clock = FakeClock()
     registrar = FakeRegistrar(EMPTY)
-    intents = Intents([static("app-80", 80)], clock)
+    intents = FakeIntents([static("app-80", 80)], clock)
     engine = engine_for(registrar, intents, clock, cycle_deadline=10.0)
     intents.delay = 10.5  # discovery was slow: the cycle is past its deadline before writing
     report = engine.cycle()
@@ -105,18 +80,18 @@ def test_a_node_regagent_does_not_own_is_never_written() -> None:
     foreign = ActualState(NODE, (), ())
     refusal = NodeOwnedByOther("node 'host' already exists in Consul without NodeMeta")
     registrar = FakeRegistrar(foreign, refusal=refusal)
-    engine = engine_for(registrar, Intents([static("app-80", 80)]))
+    engine = engine_for(registrar, FakeIntents([static("app-80", 80)]))
     for dry_run in (True, False):
         report = engine.cycle(dry_run=dry_run)
         assert report.error is refusal
         assert report.plan is None and report.desired is not None, "shown, not planned"
     assert registrar.sent == [] and registrar.housekeeping == 0
-    assert engine.known is None and not engine.partial_cycle().ran
+    assert engine.known is None and not engine.partial_cycle(NO_CHANGE).ran
 
 
 def test_a_dry_run_persists_nothing() -> None:
     registrar = FakeRegistrar(EMPTY)
-    intents = Intents([static("app-80", 80)])
+    intents = FakeIntents([static("app-80", 80)])
     engine = engine_for(registrar, intents)
     report = engine.cycle(dry_run=True)
     assert report.error is None and report.dry_run
@@ -127,7 +102,7 @@ def test_a_dry_run_persists_nothing() -> None:
     # A dry run after a real cycle leaves the real cycle's kept state as it was.
     assert engine.cycle().writes == 1
     kept = engine.known
-    intents.intents.append(static("db-5432", 5432))
+    intents.wanted.append(static("db-5432", 5432))
     assert engine.cycle(dry_run=True).plan is not None
     assert engine.known is kept and intents.persist == [False, True, False]
     assert len(registrar.sent) == 1
@@ -135,7 +110,7 @@ def test_a_dry_run_persists_nothing() -> None:
 
 def test_a_full_cycle_in_sync_writes_nothing_and_does_the_backends_housekeeping() -> None:
     registrar = FakeRegistrar(EMPTY)
-    engine = engine_for(registrar, Intents([static("app-80", 80)]))
+    engine = engine_for(registrar, FakeIntents([static("app-80", 80)]))
     assert engine.cycle().writes == 1 and registrar.housekeeping == 0
     report = engine.cycle()
     assert report.error is None and report.plan is not None and report.plan.in_sync
@@ -146,16 +121,12 @@ def test_a_full_cycle_in_sync_writes_nothing_and_does_the_backends_housekeeping(
 def test_a_partial_cycle_writes_the_discovered_services_status_without_a_read() -> None:
     registrar = FakeRegistrar(EMPTY)
     exporter = canonical_service(ServiceRegistration("node-9100", "node", 9100, NODE.address))
-    found = ServiceIntent(exporter, SOURCE_DISCOVERY, status=(PASSING, "ok"))
+    found = ServiceIntent(exporter, Source.DISCOVERY, status=(PASSING, "ok"))
     engine = SyncEngine(
-        registrar,
-        Intents([]),
-        Health(),
-        clock=FakeClock(),
-        quick=lambda address, actual: ([found], frozenset({9100})),
+        registrar, FakeIntents([], quick=[found], ports={9100}), Health(), clock=FakeClock()
     )
     assert engine.cycle().error is None and registrar.reads == 1
-    result = engine.partial_cycle()
+    result = engine.partial_cycle(NO_CHANGE)
     assert result.ran and result.report.error is None and result.report.writes == 1
     assert registrar.reads == 1 and [w.service.id for w in registrar.sent[-1].services] == [
         "node-9100"
@@ -176,14 +147,14 @@ class Probes:
 
 def checked(sid: str, port: int) -> ServiceIntent:
     probe = HealthProbe("tcp", f"{NODE.address}:{port}")
-    return ServiceIntent(static(sid, port).service, SOURCE_STATIC, probe=probe)
+    return ServiceIntent(static(sid, port).service, Source.STATIC, probe=probe)
 
 
 def test_the_engine_runs_the_checks_only_where_consul_does_not() -> None:
     for runs_checks in (True, False):
         probes = Probes()
         registrar = FakeRegistrar(EMPTY, runs_checks=runs_checks)
-        engine = SyncEngine(registrar, Intents([checked("app-80", 80)]), Health(3, probes))
+        engine = SyncEngine(registrar, FakeIntents([checked("app-80", 80)]), Health(3, probes))
         report = engine.cycle()
         assert report.error is None and report.desired is not None
         if runs_checks:
@@ -198,18 +169,17 @@ def test_a_partial_cycle_runs_no_check_and_keeps_the_flap_history_it_does_not_se
     probes = Probes()
     registrar = FakeRegistrar(EMPTY)
     exporter = canonical_service(ServiceRegistration("node-9100", "node", 9100, NODE.address))
-    found = ServiceIntent(exporter, SOURCE_DISCOVERY, status=(PASSING, "ok"))
+    found = ServiceIntent(exporter, Source.DISCOVERY, status=(PASSING, "ok"))
     engine = SyncEngine(
         registrar,
-        Intents([checked("app-80", 80), found]),
+        FakeIntents([checked("app-80", 80), found], quick=[found], ports={9100}),
         Health(3, probes),
-        quick=lambda address, actual: ([found], frozenset({9100})),
     )
     assert engine.cycle().writes == 2
     probes.result = (CRITICAL, "connection refused")
     statuses = []
     for _ in range(3):  # app-80 fails three full cycles in a row, a partial cycle before each
-        assert engine.partial_cycle().ran
+        assert engine.partial_cycle(NO_CHANGE).ran
         report = engine.cycle()
         assert report.desired is not None
         statuses += [c.status for c in report.desired.checks if c.service_id == "app-80"]
@@ -220,13 +190,24 @@ def test_a_partial_cycle_runs_no_check_and_keeps_the_flap_history_it_does_not_se
 def test_a_full_cycle_forgets_the_flap_history_of_services_no_longer_wanted() -> None:
     probes = Probes()
     registrar = FakeRegistrar(EMPTY)
-    intents = Intents([checked("app-80", 80)])
+    intents = FakeIntents([checked("app-80", 80)])
     engine = SyncEngine(registrar, intents, Health(3, probes))
     assert engine.cycle().writes == 1
-    intents.intents = []  # app-80 leaves the configuration: deregistered, history dropped
+    intents.wanted = []  # app-80 leaves the configuration: deregistered, history dropped
     assert engine.cycle().writes == 1
-    intents.intents = [checked("app-80", 80)]  # back, failing: no good result to hold
+    intents.wanted = [checked("app-80", 80)]  # back, failing: no good result to hold
     probes.result = (CRITICAL, "connection refused")
     back = engine.cycle()
     assert back.desired is not None
     assert [c.status for c in back.desired.checks] == [CRITICAL]
+
+
+def test_a_partial_cycle_asks_about_the_looks_change_until_the_kept_state_is_forgotten() -> None:
+    registrar = FakeRegistrar(EMPTY)
+    intents = FakeIntents([static("app-80", 80)])
+    engine = engine_for(registrar, intents)
+    assert engine.cycle().writes == 1
+    assert engine.partial_cycle(NO_CHANGE).ran and intents.changes == [NO_CHANGE]
+    engine.forget_known()  # the watch's pass broke: wait for a full cycle's read
+    assert not engine.partial_cycle(NO_CHANGE).ran and intents.changes == [NO_CHANGE]
+    assert engine.cycle().error is None and engine.partial_cycle(NO_CHANGE).ran

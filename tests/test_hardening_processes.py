@@ -23,12 +23,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from helpers.discovery import only, stop
+from helpers.fakes import discovery_for, full_pass, reading_of
 from helpers.ports import free_port
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.discovery.identify import NOT_CANDIDATE, discover
 from regagent.discovery.listeners import listening_sockets_netlink
 from regagent.discovery.processes import ProcessResolver, describe_process
-from regagent.discovery.runner import DiscoveryRunner
 
 NODE = "192.0.2.10"
 T0 = 1_800_000_000.0
@@ -126,9 +126,9 @@ def test_the_impostor_really_goes_by_node_exporter(impostor: List[int]) -> None:
 @needs_root
 def test_a_name_alone_registers_nothing(impostor: List[int], private_dir: Path) -> None:
     config = Config(sync=SyncConfig(state_dir=str(private_dir)))  # no port ranges
-    runner = DiscoveryRunner(list_listeners=only(*impostor))
+    discovery = discovery_for(config, reading_of(only(*impostor)))
 
-    intents = runner.cycle(config, NODE, T0)
+    intents = full_pass(discovery, NODE, T0)
 
     assert intents == ()  # before: all 30 registered as node-exporter-<port>
     result = discover(config, list_listeners=only(*impostor))
@@ -145,15 +145,15 @@ def test_configured_ranges_register_at_most_the_cap_per_cycle(
         discovery=DiscoveryConfig(port_ranges=tuple((p, p) for p in impostor)),
         sync=SyncConfig(state_dir=str(private_dir)),
     )
-    runner = DiscoveryRunner(list_listeners=only(*impostor))
+    discovery = discovery_for(config, reading_of(only(*impostor)))
     counts = []
     with capture_logs() as logs:
         for cycle in range(4):
-            counts.append(len(runner.cycle(config, NODE, T0 + 30 * cycle)))
+            counts.append(len(full_pass(discovery, NODE, T0 + 30 * cycle)))
 
     assert counts == [10, 20, 30, 30]
     held = [e for e in logs if e["event"] == "exporter_not_registered"]
-    assert len(held) == 20  # each held-back listener named once (the runner de-duplicates)
+    assert len(held) == 20  # each held-back listener named once (discovery de-duplicates)
     assert {e["log_level"] for e in held} == {"warning"}
     assert "discovery.max_new_per_cycle (10)" in held[0]["reason"]
 
@@ -174,7 +174,7 @@ def test_a_root_owned_exporter_binary_is_still_found_by_name(private_dir: Path) 
     try:
         _wait_all_listening([port], proc)
         config = Config(sync=SyncConfig(state_dir=str(private_dir)))
-        (intent,) = DiscoveryRunner(list_listeners=only(port)).cycle(config, NODE, T0)
+        (intent,) = full_pass(discovery_for(config, reading_of(only(port))), NODE, T0)
         assert intent.service.id == f"node-exporter-{port}"
         info = describe_process(proc.pid)
         assert info.exe_trusted and info.uid != 0

@@ -29,6 +29,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from helpers.discovery import finding, seen_entry
+from helpers.fakes import FakeHost, full_pass
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.discovery.identify import DiscoveryResult
 from regagent.discovery.intents import build_intents
@@ -41,9 +42,11 @@ from regagent.discovery.seen import (
     state_path,
 )
 from regagent.statedir import Warnings
-from test_discovery_runner import NODE, PORT, SID, FakeHost, runner_for
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+NODE = "192.0.2.10"
+PORT = 9100
+SID = f"node-exporter-{PORT}"
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
 )
@@ -83,7 +86,7 @@ def test_directory_writable_by_others_is_neither_read_nor_written(
     before = path.read_bytes()
     state_dir.chmod(mode)
 
-    warnings = Warnings()  # one runner's, for its life
+    warnings = Warnings()  # one Discovery's, for its life
     with capture_logs() as logs:
         assert load_state(str(path), warnings) == {}
         assert load_state(str(path), warnings) == {}  # warned once, not every cycle
@@ -164,6 +167,47 @@ def test_state_planted_by_an_unprivileged_user_is_refused(nobody_dir: Path) -> N
     assert not save_state(str(path), {SID: seen_entry()})
 
 
+@pytest.fixture
+def system_account_dir() -> Iterator[Path]:
+    """A state directory as the package leaves it: owned by a system account (Debian's
+    `daemon`, uid 1, stands in for `regagent`), mode 750, under a root-owned parent."""
+    top = Path(tempfile.mkdtemp(prefix="regagent-state-"))
+    top.chmod(0o755)
+    directory = top / "state"
+    directory.mkdir(mode=0o750)
+    account = pwd.getpwnam("daemon")
+    os.chown(directory, account.pw_uid, account.pw_gid)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(top)
+
+
+@needs_root
+def test_root_reads_the_daemons_state_as_the_daemons_and_hands_back_what_it_writes(
+    system_account_dir: Path,
+) -> None:
+    # `regagent sync --dry-run` run by root on an installed host: the daemon's files are the
+    # daemon's, not "owned by another user" (whose advice, chown 0, would break the daemon).
+    account = pwd.getpwnam("daemon")
+    path = system_account_dir / "discovered.json"
+    setpriv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}"]
+    subprocess.run(
+        [*setpriv, "--clear-groups", "/bin/sh", "-c", 'umask 077; cat > "$1"', "sh", str(path)],
+        input=encode_state({SID: seen_entry()}).encode(),
+        check=True,
+        timeout=30,
+    )
+
+    entries, logs = load_with_logs(path)
+
+    assert set(entries) == {SID}
+    assert logs == []
+    assert save_state(str(path), {SID: replace(seen_entry(), last_seen=T0 + 7200)})
+    assert path.stat().st_uid == account.pw_uid  # still the daemon's file after root's save
+    assert load_with_logs(path)[0][SID].last_seen == T0 + 7200
+
+
 def test_daemon_keeps_registering_with_an_untrusted_state_dir(state_dir: Path) -> None:
     state_dir.chmod(0o777)
     host = FakeHost()
@@ -172,11 +216,11 @@ def test_daemon_keeps_registering_with_an_untrusted_state_dir(state_dir: Path) -
         discovery=DiscoveryConfig(port_ranges=((PORT, PORT),)),
         sync=SyncConfig(state_dir=str(state_dir)),
     )
-    runner = runner_for(host)
+    discovery = host.discovery(config)
 
     with capture_logs() as logs:
         for step in range(3):
-            (intent,) = runner.cycle(config, NODE, T0 + 30 * step)
+            (intent,) = full_pass(discovery, NODE, T0 + 30 * step)
             assert intent.service.id == SID
 
     assert not (state_dir / "discovered.json").exists()

@@ -15,9 +15,9 @@ from typing import Iterator
 import pytest
 
 from helpers.discovery import FAKE, finding, only, run, stop, wait_listening
+from helpers.fakes import discovery_for, full_pass, reading_of
 from helpers.ports import free_port
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
-from regagent.discovery.runner import DiscoveryRunner
 from regagent.rules import META_VALUE_MAX, meta_problems, printable_text
 
 ANSI_VERSION = "1.5.0\x1b[2J\x1b[31mPWNED\x1b]0;title\x07\x00\r\n\u202e"
@@ -99,9 +99,9 @@ def test_real_exporter_with_a_hostile_version_is_registered_clean(
         discovery=DiscoveryConfig(port_ranges=((port, port),)),
         sync=SyncConfig(state_dir=str(tmp_path)),
     )
-    runner = DiscoveryRunner(list_listeners=only(port))
+    discovery = discovery_for(config, reading_of(only(port)))
 
-    (intent,) = runner.cycle(config, "192.0.2.10", 1_800_000_000.0)
+    (intent,) = full_pass(discovery, "192.0.2.10", 1_800_000_000.0)
 
     version = intent.service.meta["exporter_version"]
     assert version.startswith("1.5.0PWNED????xxx") and version.endswith("...")

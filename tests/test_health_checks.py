@@ -17,9 +17,9 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
+from regagent.health import Health, ProbePool
 from regagent.health.checks import http_check, run_probes, tcp_check, tcp_checks
 from regagent.health.flap import FlapGuard
-from regagent.health.health import Health
 from regagent.model import (
     CRITICAL,
     PASSING,
@@ -28,6 +28,7 @@ from regagent.model import (
     ServiceIntent,
     ServiceRegistration,
 )
+from regagent.threads import SIGNALS
 
 GOOD = (PASSING, "HTTP GET http://127.0.0.1:9100/metrics: 200 OK")
 BAD = (CRITICAL, "HTTP GET http://127.0.0.1:9100/metrics: timed out")
@@ -217,3 +218,38 @@ def test_tcp_checks_at_once_say_what_one_at_a_time_says() -> None:
     finally:
         for sock in (listening, full, *fillers):
             sock.close()
+
+
+def _blocked_signals(native_id: int) -> int:
+    """The signal mask of one of this process's threads, from /proc."""
+    with open(f"/proc/self/task/{native_id}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk line")
+
+
+def test_the_probe_pool_keeps_its_threads_across_cycles_and_leaves_signals_to_main() -> None:
+    """The daemon's checks run on threads started once (starting eight per cycle cost more
+    CPU than the checks) and blind to the signals that must wake the main thread. TCP checks
+    of a host name take the threads (those of an address connect in the calling thread)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        probe = HealthProbe("tcp", f"localhost:{port}", 1.0)
+        closed = HealthProbe("tcp", "localhost:1", 1.0)
+        pool = ProbePool(workers=2)
+        try:
+            threads = set()
+            for _ in range(5):  # five cycles, a probe shared by two services in each
+                results = pool([probe, probe, closed])
+                assert list(results) == [probe, closed]
+                assert results[probe][0] == PASSING and results[closed][0] == CRITICAL
+                threads |= {t for t in threading.enumerate() if t.name.startswith("regagent-check")}
+            assert 1 <= len(threads) <= 2, "the same threads, cycle after cycle"
+            for thread in threads:
+                assert thread.native_id is not None
+                mask = _blocked_signals(thread.native_id)
+                assert all(mask & (1 << (sig - 1)) for sig in SIGNALS), thread.name
+        finally:
+            pool.close()
+    assert not any(t.name.startswith("regagent-check") for t in threading.enumerate())

@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Set, Union
 
 import pytest
 
+import real_exporters
 from consulsim import SimCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,12 +117,11 @@ def build(kind: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def deb() -> Path:
-    """`packaging/build deb`, once per module: dist/regagent_<version>_all.deb."""
+def deb(deb_package: Path) -> Path:
+    """`packaging/build deb` (once per session, conftest): dist/regagent_<version>_all.deb."""
     require_root()
-    build("deb")
     path = DIST / f"regagent_{version()}_all.deb"
-    assert path.is_file(), f"packaging/build deb did not write {path}"
+    assert deb_package == path, f"packaging/build deb wrote {deb_package}, not {path}"
     return path
 
 
@@ -133,6 +133,56 @@ def rpm_package() -> Path:
     path = DIST / f"regagent-{version()}-1.noarch.rpm"
     assert path.is_file(), f"packaging/build rpm did not write {path}"
     return path
+
+
+# ------------------------------------------------------- the one list of Debian packages
+
+DEBIAN_DEPS = REPO / "packaging" / "debian-deps"
+CONTROL = REPO / "packaging" / "deb" / "debian" / "control"
+
+
+def control_field(text: str, stanza: int, name: str) -> List[str]:
+    """The comma-separated entries of field `name` in the `stanza`-th stanza of a deb822 text
+    (comment lines skipped, as dpkg does in debian/control)."""
+    stanzas = re.split(r"\n\s*\n", "\n".join(line for line in text.splitlines() if line[:1] != "#"))
+    match = re.search(rf"^{re.escape(name)}:(.*(?:\n[ \t].*)*)", stanzas[stanza], re.M)
+    assert match, f"no {name} in stanza {stanza}"
+    return [" ".join(e.split()) for e in match.group(1).split(",") if e.strip()]
+
+
+def debian_deps(kind: str) -> List[str]:
+    out = must([str(DEBIAN_DEPS), kind])
+    return [entry.strip() for entry in out.split(",")]
+
+
+def test_build_depends_hold_what_the_build_imports() -> None:
+    """dh_auto_test imports the built modules on Debian's python3: a builder that starts from
+    Build-Depends only (sbuild, a buildd) needs every library of the package's Depends."""
+    text = CONTROL.read_text(encoding="utf-8")
+    build = control_field(text, 0, "Build-Depends")
+    depends = control_field(text, 1, "Depends")
+    libraries = [d for d in depends if d.startswith("python3-")]
+    assert len(libraries) >= 5, depends
+    for library in libraries:
+        assert f"{library} <!nocheck>" in build, f"{library} is not in Build-Depends"
+
+
+def test_ci_and_the_build_install_from_the_one_list() -> None:
+    build = debian_deps("build")
+    test = debian_deps("test")
+    declared = control_field(CONTROL.read_text(encoding="utf-8"), 0, "Build-Depends")
+    assert build[: len(declared)] == declared
+    assert "dpkg-dev" in build  # dpkg-buildpackage: the part of build-essential an all build runs
+    assert test[: len(build)] == build  # @builddeps@
+    for tool in ("systemd-container", "debootstrap", "python3-venv", "lintian", "nginx"):
+        assert tool in test, tool
+    # The real-exporter harness starts every Debian exporter package it knows; CI installs them
+    # all, or its tests would skip on a new machine instead of running.
+    assert set(real_exporters.PACKAGES) <= set(test), set(real_exporters.PACKAGES) - set(test)
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert "packaging/debian-deps --install test" in ci
+    for script in (ci, BUILD.read_text(encoding="utf-8")):
+        assert not re.search(r"apt-get\b[^\n]*\binstall\b", script), "a second, hand-kept list"
 
 
 # ---------------------------------------------------------------------------------------- deb

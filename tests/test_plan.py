@@ -155,7 +155,7 @@ def test_the_plan_carries_what_sending_it_needs() -> None:
     from regagent.consul.agent import agent_requests
     from regagent.consul.catalog import plan_units
     from regagent.desired import desired_state
-    from regagent.model import SOURCE_STATIC, HealthProbe, ServiceIntent
+    from regagent.model import HealthProbe, ServiceIntent, Source
 
     want = desired(service("node-9100"), statuses={"node-9100": CRITICAL})
     result = plan(want, actual_of(desired(service("node-9100"))))
@@ -164,7 +164,7 @@ def test_the_plan_carries_what_sending_it_needs() -> None:
     assert unit.ops[0]["Check"]["Check"]["ServiceName"] == "node"
 
     probe = HealthProbe("tcp", "10.0.0.5:9100", 2.0)
-    intent = ServiceIntent(service("node-9100"), SOURCE_STATIC, probe=probe)
+    intent = ServiceIntent(service("node-9100"), Source.STATIC, probe=probe)
     agent_want = desired_state(NODE, [intent], {}, with_checks=False)
     assert agent_want.checks == () and dict(agent_want.probes) == {"node-9100": probe}
     (write,) = plan(agent_want, ActualState(NODE, (), ())).services

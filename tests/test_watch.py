@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from consulsim import SimCluster
 from helpers.cli import events
 from helpers.consul import NODE, OTHER_SERVER, running_daemon, write_config
 from helpers.discovery import exporter, hermetic_discovery, kill
 from helpers.ports import free_port
+from helpers.waits import wait_for
 from regagent.app import build
 from regagent.config import load_config
 
 
 def hour_sync(tmp_path: Path) -> Dict[str, Any]:
     return {"interval": "1h", "jitter": "1s", "state_dir": str(tmp_path / "state")}
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Polls until `condition` holds; fails after `timeout` (a bound, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status_of(cluster: SimCluster, sid: str) -> Optional[str]:

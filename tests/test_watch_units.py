@@ -5,29 +5,31 @@ from __future__ import annotations
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import pytest
+from structlog.testing import capture_logs
 
-from helpers.fakes import NODE, FakeClock, FakeRegistrar
+from helpers.fakes import NO_CHANGE, NODE, FakeClock, FakeIntents, FakeRegistrar
 from regagent.app import build
 from regagent.config import load_config
-from regagent.discovery.listeners import Listener, ListenerKeysReader, listening_sockets
+from regagent.config.model import Config
+from regagent.discovery.listeners import Listener, ListenerReader, Listing, listening_sockets
 from regagent.discovery.probe import ProbeResult
 from regagent.discovery.probe_cache import RETRY_DELAYS, ProbeCache
+from regagent.discovery.sensor import Change, Sensor
 from regagent.engine import PartialReport, SyncEngine
 from regagent.errors import ConfigError, RegagentError
-from regagent.health.health import Health
+from regagent.health import Health
 from regagent.model import (
     CRITICAL,
     PASSING,
-    SOURCE_DISCOVERY,
-    SOURCE_STATIC,
     ActualState,
     CheckState,
     DesiredState,
     ServiceIntent,
     ServiceRegistration,
+    Source,
     canonical_service,
     service_check_id,
 )
@@ -120,7 +122,7 @@ def check(sid: str, status: str, output: str = "ok") -> CheckState:
 
 
 def exporter(sid: str, port: int, status: str = PASSING) -> ServiceIntent:
-    return ServiceIntent(service(sid, port), SOURCE_DISCOVERY, status=(status, "ok"))
+    return ServiceIntent(service(sid, port), Source.DISCOVERY, status=(status, "ok"))
 
 
 def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregisters() -> None:
@@ -130,16 +132,11 @@ def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregi
         checks=(check("old-1", PASSING), check("a-9100", PASSING), check("s-8080", PASSING)),
     )
     registrar = FakeRegistrar(kept)
-    now: Dict[str, Any] = {"intents": [], "changed": frozenset()}
-
-    def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
-        return [exporter("a-9100", 9100), ServiceIntent(service("s-8080", 8080), SOURCE_STATIC)]
-
-    def quick(address: str, actual: ActualState) -> Tuple[List[ServiceIntent], FrozenSet[int]]:
-        return list(now["intents"]), now["changed"]
-
-    engine = SyncEngine(registrar, intents, Health(), quick=quick)
-    assert not engine.partial_cycle().ran, "no kept state before a full cycle"
+    source = FakeIntents(
+        [exporter("a-9100", 9100), ServiceIntent(service("s-8080", 8080), Source.STATIC)]
+    )
+    engine = SyncEngine(registrar, source, Health())
+    assert not engine.partial_cycle(NO_CHANGE).ran, "no kept state before a full cycle"
     full = engine.cycle()
     assert full.error is None and full.plan is not None
     assert [s.id for s in full.plan.deregister] == ["old-1"], "the full cycle removes it"
@@ -153,14 +150,14 @@ def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregi
         (*engine.known.services, service("c-9300", 9300)),
         (*engine.known.checks, check("c-9300", CRITICAL)),
     )
-    now["intents"] = [
+    source.quick = [
         exporter("a-9100", 9100, CRITICAL),
         exporter("b-9200", 9200),
-        ServiceIntent(service("s-8080", 8080), SOURCE_STATIC, status=(CRITICAL, "down")),
+        ServiceIntent(service("s-8080", 8080), Source.STATIC, status=(CRITICAL, "down")),
     ]
-    now["changed"] = frozenset({9100, 9200, 9300, 8080})
+    source.ports = frozenset({9100, 9200, 9300, 8080})
     sent_before = len(registrar.sent)
-    result = engine.partial_cycle()
+    result = engine.partial_cycle(NO_CHANGE)
     assert result.ran and result.report.error is None
     assert registrar.reads == 1, "no Consul read"
     (sent,) = registrar.sent[sent_before:]
@@ -169,52 +166,53 @@ def test_a_partial_cycle_writes_only_the_changed_ports_services_and_never_deregi
     assert sent.deregister == (), "an incomplete view never deregisters"
     assert engine.known is not None and "c-9300" in {s.id for s in engine.known.services}
     # Nothing changed since: nothing sent.
-    assert engine.partial_cycle().report.writes == 0 and len(registrar.sent) == sent_before + 1
+    assert engine.partial_cycle(NO_CHANGE).report.writes == 0
+    assert len(registrar.sent) == sent_before + 1
 
 
 def test_a_failed_partial_write_forgets_the_kept_state_until_a_full_cycle() -> None:
     registrar = FakeRegistrar(ActualState(NODE, (), ()))
-    engine = SyncEngine(
-        registrar,
-        lambda a, b, c: [],
-        Health(),
-        quick=lambda address, actual: ([exporter("b-9200", 9200)], frozenset({9200})),
-    )
+    source = FakeIntents([], quick=[exporter("b-9200", 9200)], ports={9200})
+    engine = SyncEngine(registrar, source, Health())
     engine.cycle()
     registrar.failure = RegagentError("refused")
-    assert engine.partial_cycle().report.error is not None
-    assert engine.known is None and not engine.partial_cycle().ran
+    assert engine.partial_cycle(NO_CHANGE).report.error is not None
+    assert engine.known is None and not engine.partial_cycle(NO_CHANGE).ran
 
 
 # --- the watch's hold-off ---------------------------------------------------------------
 
 
-class FakeRunner:
+class FakeHost:
+    """The listeners the watch's sensor reads (node_exporter's default port can matter)."""
+
     def __init__(self) -> None:
         self.listeners: List[Listener] = []
-        self.last_keys: Optional[FrozenSet[Tuple[int, int]]] = frozenset()
 
-    def list_listeners(self) -> List[Listener]:
-        return list(self.listeners)
+    def reading(self) -> Listing:
+        return Listing.of(self.listeners)
 
-    def stale(self, keys: FrozenSet[Tuple[int, int]]) -> bool:
-        return keys != self.last_keys
-
-    def next_retry(self) -> Optional[float]:
-        return None
+    def sensor(self) -> Sensor:
+        return Sensor(Config(), read=self.reading)
 
 
 class FakeEngine:
     """Writes one check of `svc-9100` whenever asked and not held; remembers what it was told."""
 
-    def __init__(self, runner: FakeRunner) -> None:
-        self.runner = runner
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
         self.calls: List[Tuple[FrozenSet[str], FrozenSet[int]]] = []
-        self.known: Optional[ActualState] = None
+        self.changes: List[Change] = []
+        self.forgot = 0
 
-    def partial_cycle(self, hold: Sequence[str] = (), also: Sequence[int] = ()) -> PartialReport:
+    def forget_known(self) -> None:
+        self.forgot += 1
+
+    def partial_cycle(
+        self, change: Change, hold: Sequence[str] = (), also: Sequence[int] = ()
+    ) -> PartialReport:
         self.calls.append((frozenset(hold), frozenset(also)))
-        self.runner.last_keys = frozenset((x.port, x.inode) for x in self.runner.listeners)
+        self.changes.append(change)
         report = CycleReport()
         result = PartialReport(report, ran=True, ports=frozenset({9100}))
         sid = "svc-9100"
@@ -222,7 +220,7 @@ class FakeEngine:
             result.held = {sid: 9100}
             report.plan = Plan(NODE)
             return result
-        status = PASSING if self.runner.listeners else CRITICAL
+        status = PASSING if self.host.listeners else CRITICAL
         report.plan = plan(
             DesiredState(NODE, (service(sid, 9100),), (check(sid, status),)),
             ActualState(NODE, (service(sid, 9100),), (check(sid, "warning"),)),
@@ -233,13 +231,13 @@ class FakeEngine:
 
 
 def test_the_watch_writes_a_flapping_service_at_most_once_per_holdoff() -> None:
-    clock, runner = FakeClock(), FakeRunner()
-    engine = FakeEngine(runner)
-    watch = Watch(engine, runner, 0.1, clock=clock)  # type: ignore[arg-type]
+    clock, host = FakeClock(), FakeHost()
+    engine = FakeEngine(host)
+    watch = Watch(engine, host.sensor(), 0.1, clock=clock)  # type: ignore[arg-type]
     writes: List[float] = []
     for step in range(200):  # 20 s of a listener that changes at every look
         clock.now += 0.1
-        runner.listeners = [Listener("0.0.0.0", 9100, 2, 100 + step)] if step % 2 else []
+        host.listeners = [Listener("0.0.0.0", 9100, 2, 100 + step)] if step % 2 else []
         result = watch.look()
         if result is not None and result.report.writes:
             writes.append(clock.now)
@@ -249,9 +247,9 @@ def test_the_watch_writes_a_flapping_service_at_most_once_per_holdoff() -> None:
 
 
 def test_an_unchanged_listener_set_makes_no_partial_cycle_and_a_stop_ends_the_wait() -> None:
-    clock, runner = FakeClock(), FakeRunner()
-    engine = FakeEngine(runner)
-    watch = Watch(engine, runner, 0.05, clock=clock)  # type: ignore[arg-type]
+    clock, host = FakeClock(), FakeHost()
+    engine = FakeEngine(host)
+    watch = Watch(engine, host.sensor(), 0.05, clock=clock)  # type: ignore[arg-type]
     for _ in range(50):
         assert watch.look() is None
     assert engine.calls == [] and watch.looks == 50
@@ -261,17 +259,17 @@ def test_an_unchanged_listener_set_makes_no_partial_cycle_and_a_stop_ends_the_wa
 
 
 def test_the_lean_reader_sees_what_discovery_sees_and_a_new_listener() -> None:
-    reader = ListenerKeysReader()
+    reader = ListenerReader()
     try:
         with socket.socket(socket.AF_INET6) as sock:
             sock.bind(("::", 0))
             sock.listen(1)
             port = sock.getsockname()[1]
-            keys = reader()
+            keys = reader().keys
             full = {(item.port, item.inode) for item in listening_sockets()}
             assert full <= keys, "every deduplicated listener is in the lean view"
             assert port in {p for p, _inode in keys}
-        assert port not in {p for p, _inode in reader()}
+        assert port not in {p for p, _inode in reader().keys}
     finally:
         reader.close()
 
@@ -305,19 +303,20 @@ def test_a_due_retry_that_cannot_run_does_not_make_the_watch_spin() -> None:
     at the last full cycle): the watch must look once an interval, not 20 times a second."""
     clock = FakeClock()
 
-    class DueRunner(FakeRunner):
-        def next_retry(self) -> Optional[float]:
+    class DueSensor(Sensor):
+        def next_look(self) -> Optional[float]:
             return clock.now - 1.0  # always past due: nothing consumes it
 
     class StuckEngine(FakeEngine):
         def partial_cycle(
-            self, hold: Sequence[str] = (), also: Sequence[int] = ()
+            self, change: Change, hold: Sequence[str] = (), also: Sequence[int] = ()
         ) -> PartialReport:
             self.calls.append((frozenset(hold), frozenset(also)))
             return PartialReport(CycleReport(), ran=False, ports=frozenset())
 
-    runner = DueRunner()
-    watch = Watch(StuckEngine(runner), runner, 1.0, clock=clock)  # type: ignore[arg-type]
+    host = FakeHost()
+    sensor = DueSensor(Config(), read=host.reading)
+    watch = Watch(StuckEngine(host), sensor, 1.0, clock=clock)  # type: ignore[arg-type]
     watch.run_for(10.0, FakeWait(clock))
     assert 5 <= watch.looks <= 11  # about one look a second, not one every 50 ms
 
@@ -325,18 +324,41 @@ def test_a_due_retry_that_cannot_run_does_not_make_the_watch_spin() -> None:
 def test_the_watchs_writes_reach_the_metrics() -> None:
     from regagent.metrics import Metrics
 
-    clock, runner = FakeClock(), FakeRunner()
+    clock, host = FakeClock(), FakeHost()
     metrics = Metrics()
     watch = Watch(
-        FakeEngine(runner),  # type: ignore[arg-type]
-        runner,  # type: ignore[arg-type]
+        FakeEngine(host),  # type: ignore[arg-type]
+        host.sensor(),
         0.1,
         clock=clock,
         on_report=metrics.observe_writes,
     )
     clock.now += 0.1
-    runner.listeners = [Listener("0.0.0.0", 9100, 2, 7)]
+    host.listeners = [Listener("0.0.0.0", 9100, 2, 7)]
     result = watch.look()
     assert result is not None and result.report.writes == 1
     value = metrics.registry.get_sample_value("regagent_consul_writes_total", {"kind": "status"})
     assert value == 1.0
+
+
+def test_a_crashing_partial_cycle_costs_the_fast_path_not_the_daemon() -> None:
+    """A bug in a pass is logged once, and no partial cycle runs on the kept state until a
+    full cycle has read Consul again (the engine is told to forget it)."""
+    clock, host = FakeClock(), FakeHost()
+
+    class CrashingEngine(FakeEngine):
+        def partial_cycle(
+            self, change: Change, hold: Sequence[str] = (), also: Sequence[int] = ()
+        ) -> PartialReport:
+            self.changes.append(change)
+            raise ValueError("a bug")
+
+    engine = CrashingEngine(host)
+    watch = Watch(engine, host.sensor(), 0.1, clock=clock)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        for inode in (7, 8):
+            clock.now += 0.1
+            host.listeners = [Listener("0.0.0.0", 9100, 2, inode)]
+            assert watch.look() is None
+    assert engine.forgot == 2 and [c.ports for c in engine.changes] == [{9100}, {9100}]
+    assert [e["event"] for e in logs] == ["watch_pass_crashed"]

@@ -1,27 +1,19 @@
-"""The composition root: every component built from one configuration, in one place.
+"""The composition root: every component built from one configuration, in one place, and no
+policy of its own.
 
 `build(config)` wires the server pool, the registration backend for `consul.mode`, the node
-identity, health checks, discovery and the sync engine. `build(new, previous=app)` does it
-again for a reloaded configuration while keeping what must survive a reload: server cool-downs
-and the server in use, the flap history, discovery's caches and once-only reports, and the
-node address found for `auto`, the metrics (counters continue) and the daemon's heartbeat.
-Metrics exist once a configuration serves them (`telemetry.listen`): without it, the daemon
-imports no prometheus-client and no HTTP server.
+identity, health checks, discovery (the engine's intent source), the sync engine and the
+listener watch. A reload builds again from the new configuration (`build(new, previous=app)`),
+except what `SURVIVES_RELOAD` names. Metrics exist once a configuration serves them
+(`telemetry.listen`): without it, the daemon imports no prometheus-client and no HTTP server.
 Nothing here is a module-level singleton: two apps in one process share no state.
-
-It also adds regagent's own metrics endpoint (`telemetry.listen`, built by
-`regagent.discovery.intents.self_intent`) to the desired state as the service `regagent`, so
-that it goes through the one planner and write path like any other.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Optional, Tuple
-
-import structlog
+from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Tuple
 
 from regagent.config import load_config
 from regagent.config.model import Config
@@ -33,28 +25,37 @@ from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
 from regagent.daemon import Daemon, LoopParts
-from regagent.discovery.identify import Prober
-from regagent.discovery.intents import self_intent
-from regagent.discovery.listeners import ListenerKeysReader
-from regagent.discovery.probe import ProbeResult, probe_metrics
-from regagent.discovery.runner import DiscoveryRunner
+from regagent.discovery.intents import IntentSet
+from regagent.discovery.probe import probe_metrics
+from regagent.discovery.sensor import Change, Sensor
+from regagent.discovery.service import Discovery
 from regagent.discovery.unconfirmed import UnconfirmedProbes
-from regagent.engine import IntentSource, QuickSource, SyncEngine
-from regagent.errors import ConfigError, StateDirectoryInUse
-from regagent.health.checks import run_all, run_probe
-from regagent.health.health import Health, ProbeRunner
-from regagent.identity import DAEMON_LOCK, NodeIdentity, Writer
+from regagent.engine import SyncEngine
+from regagent.errors import ConfigError
+from regagent.health import Health, ProbePool
+from regagent.identity import NodeIdentity, Writer, daemon_lock
 from regagent.liveness import Heartbeat
-from regagent.model import ActualState, HealthProbe, Result, ServiceIntent
+from regagent.model import ActualState, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
-from regagent.statedir import Corrupt, Lock, StateDir, Untrusted
-from regagent.threads import signals_blocked
+from regagent.statedir import Lock
 from regagent.watch import Watch
 
 if TYPE_CHECKING:
     from regagent.metrics import Metrics
 
-log = structlog.get_logger(__name__)
+# What a reload keeps (SIGHUP, or a renew after an interrupted cycle), by App field; each holds
+# history the new configuration must not lose:
+#   pool       cool-downs, failure counts, latency, the server in use, the cluster's capabilities
+#   identity   the address `auto` found (else every service is rewritten), node.json warnings
+#   health     the flap history of every check
+#   discovery  socket owners, probe results, background identifications, once-only reports
+#   metrics    counters continue (made on the first configuration that serves them)
+#   heartbeat  what the systemd watchdog reads
+#   lock       the daemon's hold on its state directory, while the directory stays the same
+# The pool and the identity are rebuilt, since the configuration names their servers and their
+# node, and take over their predecessor's state (`adopt`). The others are kept and told the new
+# configuration, by the same calls that configure them on the first build.
+SURVIVES_RELOAD = ("pool", "identity", "health", "discovery", "metrics", "heartbeat", "lock")
 
 
 @dataclass
@@ -66,13 +67,90 @@ class App:
     pool: ServerPool
     identity: NodeIdentity
     health: Health
-    discovery: DiscoveryRunner
+    discovery: Discovery
     registrar: Registrar
     engine: SyncEngine
     metrics: Optional[Metrics]  # None until a configuration serves metrics
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
+
+
+def build(
+    config: Config,
+    *,
+    previous: Optional[App] = None,
+    intent_source: Optional[Wanted] = None,
+    pool: Optional[ServerPool] = None,
+    writer: Optional[Writer] = None,
+) -> App:
+    """All components for `config`; with `previous`, carrying over what SURVIVES_RELOAD names.
+
+    `writer` says which configuration runs and whether as the daemon (`regagent run`), which
+    then holds its state directory's lock. `intent_source` (then no watch) and `pool` replace
+    the real ones (tests, benchmarks)."""
+    writer = previous.identity.writer if previous is not None else writer or Writer()
+    policy = RetryPolicy.from_config(config)
+    identity = NodeIdentity(
+        config.node,
+        state_dir=config.sync.state_dir,
+        writer=writer,
+        warnings=previous.identity.warnings if previous is not None else None,
+    )
+    kept_lock = previous.lock if previous is not None else None
+    lock = (
+        daemon_lock(config.sync.state_dir, identity.warnings, kept_lock) if writer.daemon else None
+    )
+    pool = pool or make_pool(config, policy)
+    if previous is None:
+        heartbeat = Heartbeat()
+        health = Health(config.sync.failures_before_critical, ProbePool())
+        discovery = make_discovery(config, health, heartbeat, daemon=writer.daemon)
+        metrics: Optional[Metrics] = None
+    else:  # SURVIVES_RELOAD
+        pool.adopt(previous.pool)
+        identity.adopt(previous.identity)
+        health, discovery = previous.health, previous.discovery
+        metrics, heartbeat = previous.metrics, previous.heartbeat
+    health.configure(config.sync.failures_before_critical)
+    discovery.reconfigure(config, beside_daemon=identity.beside_daemon)
+    if metrics is None and config.telemetry.listen:
+        from regagent.metrics import Metrics
+
+        metrics = Metrics()
+    if metrics is not None:
+        metrics.observe_pool(pool)
+
+    def observe(server: str, outcome: Outcome, seconds: float) -> None:
+        heartbeat.beat()
+        if metrics is not None:
+            metrics.observe_request(server, outcome, seconds)
+
+    pool.observer = observe
+    registrar = make_registrar(config, pool, identity)
+    engine = SyncEngine(
+        registrar,
+        discovery if intent_source is None else GivenIntents(intent_source),
+        health,
+        cycle_deadline=policy.cycle_deadline,
+        progress=heartbeat.beat,
+        begin=pool.new_cycle,
+    )
+    watch = make_watch(config, engine, discovery.sensor, metrics) if intent_source is None else None
+    return App(
+        config,
+        policy,
+        pool,
+        identity,
+        health,
+        discovery,
+        registrar,
+        engine,
+        metrics,
+        heartbeat,
+        watch,
+        lock,
+    )
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -91,210 +169,52 @@ def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> 
     return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)
 
 
-def discovery_source(
-    config: Config, runner: DiscoveryRunner, identity: Optional[NodeIdentity] = None
-) -> IntentSource:
-    """Discovery plus static services, as the engine asks for them each cycle. A one-shot
-    command beside the running daemon leaves the discovery state file to the daemon, which
-    owns the state directory (another configuration's view must not become the daemon's)."""
-
-    def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
-        beside_daemon = identity is not None and identity.beside_daemon()
-        return runner.intents(config, address, actual, persist, own_state=not beside_daemon)
-
-    return intents
+def make_discovery(
+    config: Config, health: Health, heartbeat: Heartbeat, *, daemon: bool
+) -> Discovery:
+    """The engine's intent source. Probes inside a pass beat the heartbeat; background
+    identifications do not, since only the loop's own progress may beat what the watchdog
+    reads, and the daemon never waits for them (a one-shot command, a bounded time)."""
+    background = UnconfirmedProbes.for_daemon if daemon else UnconfirmedProbes.for_one_shot
+    sensor = Sensor(config, progress=heartbeat.beat, unconfirmed=background(probe_metrics))
+    return Discovery(config, sensor=sensor, health=health)
 
 
-def with_self(config: Config, source: IntentSource) -> IntentSource:
-    """`source` plus regagent's own endpoint, when telemetry is on."""
-    if not config.telemetry.listen:
-        return source
-
-    def intents(address: str, actual: Optional[ActualState], persist: bool) -> List[ServiceIntent]:
-        wanted = source(address, actual, persist)
-        own = self_intent(config, address)
-        if own is not None and all(i.service.id != own.service.id for i in wanted):
-            wanted = [*wanted, own]
-        return wanted
-
-    return intents
+# (node address, what Consul holds for the node if known, persist state?) -> every intent
+Wanted = Callable[[str, Optional[ActualState], bool], List[ServiceIntent]]
 
 
-def beating_prober(heartbeat: Heartbeat, prober: Prober = probe_metrics) -> Prober:
-    """Discovery's prober, beating the daemon's heartbeat after each probe."""
+@dataclass(frozen=True)
+class GivenIntents:
+    """Intents handed to `build` in place of discovery's (tests, benchmarks): every intent,
+    as `wanted` says; no partial cycles."""
 
-    def probe(address: str, port: int, path: str, timeout: float, max_bytes: int) -> ProbeResult:
-        try:
-            return prober(address, port, path, timeout, max_bytes)
-        finally:
-            heartbeat.beat()
+    wanted: Wanted
 
-    return probe
-
-
-def build(
-    config: Config,
-    *,
-    previous: Optional[App] = None,
-    intent_source: Optional[IntentSource] = None,
-    pool: Optional[ServerPool] = None,
-    writer: Optional[Writer] = None,
-) -> App:
-    """All components for `config`; with `previous`, carrying over what a reload keeps.
-
-    `writer` says which configuration runs and whether as the daemon (`regagent run`), which
-    then holds its state directory's lock. `intent_source` and `pool` replace the real ones
-    (tests, benchmarks)."""
-    policy = RetryPolicy.from_config(config)
-    if previous is not None:
-        writer = previous.identity.writer
-    writer = writer or Writer()
-    identity = NodeIdentity(
-        config.node,
-        state_dir=config.sync.state_dir,
-        writer=writer,
-        warnings=previous.identity.warnings if previous is not None else None,
-    )
-    lock = daemon_lock(config, identity, previous) if writer.daemon else None
-    pool = pool or make_pool(config, policy)
-    if previous is not None:
-        pool.adopt(previous.pool)
-        identity.adopt(previous.identity)
-        health = previous.health
-        health.configure(config.sync.failures_before_critical)
-        runner = previous.discovery
-        metrics = previous.metrics
-        heartbeat = previous.heartbeat
-    else:
-        health = Health(config.sync.failures_before_critical, persistent_probe_runner())
-        metrics = None
-        heartbeat = Heartbeat()
-        # Background identifications probe with the plain prober: only the loop's own progress
-        # may beat the heartbeat the watchdog reads.
-        unconfirmed = (
-            UnconfirmedProbes.for_daemon(probe_metrics)
-            if writer.daemon
-            else UnconfirmedProbes.for_one_shot(probe_metrics)
-        )
-        runner = DiscoveryRunner(
-            health=health, prober=beating_prober(heartbeat), unconfirmed=unconfirmed
-        )
-    if metrics is None and config.telemetry.listen:
-        from regagent.metrics import Metrics
-
-        metrics = Metrics()
-    if metrics is not None:
-        metrics.observe_pool(pool)
-
-    def observe(server: str, outcome: Outcome, seconds: float) -> None:
-        heartbeat.beat()
-        if metrics is not None:
-            metrics.observe_request(server, outcome, seconds)
-
-    pool.observer = observe
-    registrar = make_registrar(config, pool, identity)
-    source = with_self(config, intent_source or discovery_source(config, runner, identity))
-    quick = quick_source(config, runner) if intent_source is None else None
-    engine = SyncEngine(
-        registrar,
-        source,
-        health,
-        cycle_deadline=policy.cycle_deadline,
-        quick=quick,
-        progress=heartbeat.beat,
-        begin=pool.new_cycle,
-    )
-    watch = make_watch(config, engine, runner, metrics) if quick is not None else None
-    return App(
-        config,
-        policy,
-        pool,
-        identity,
-        health,
-        runner,
-        registrar,
-        engine,
-        metrics,
-        heartbeat,
-        watch,
-        lock,
-    )
-
-
-def daemon_lock(config: Config, identity: NodeIdentity, previous: Optional[App]) -> Optional[Lock]:
-    """The daemon's lock on `sync.state_dir`, so that a one-shot command beside it leaves its
-    node alone and a second daemon does not share the directory. Kept across a reload that
-    keeps the directory; None (said once) where the directory cannot hold it."""
-    directory = StateDir(config.sync.state_dir, identity.warnings)
-    kept = previous.lock if previous is not None else None
-    if kept is not None and kept.directory.path == directory.path:
-        return kept
-    lock = Lock(directory, DAEMON_LOCK)
-    try:
-        taken = lock.acquire()
-    except (OSError, Untrusted, Corrupt) as exc:
-        identity.warnings.once(
-            "state_lock_unavailable",
-            directory.file(DAEMON_LOCK),
-            str(exc),
-            consequence="one-shot commands cannot tell that the daemon runs",
-        )
-        return None
-    if not taken:
-        raise StateDirectoryInUse(
-            f"sync.state_dir {directory.path} is in use by another `regagent run` (it holds "
-            f"{lock.directory.file(DAEMON_LOCK)}); two daemons sharing it would take each "
-            "other's node for a rename. Give each configuration its own sync.state_dir"
-        )
-    if previous is not None and previous.lock is not None:
-        previous.lock.release()  # the reload moved the state directory
-    return lock
-
-
-def quick_source(config: Config, runner: DiscoveryRunner) -> Optional[QuickSource]:
-    """The watch's quick discovery pass, or None when discovery or the watch is off."""
-    if not config.discovery.enabled or config.discovery.watch_interval <= 0:
-        return None
-
-    def quick(address: str, actual: ActualState) -> Tuple[List[ServiceIntent], FrozenSet[int]]:
-        return runner.quick_intents(config, address, actual)
-
-    return quick
+    def intents(
+        self,
+        address: str,
+        actual: Optional[ActualState],
+        change: Optional[Change] = None,
+        *,
+        persist: bool = True,
+    ) -> Tuple[IntentSet, FrozenSet[int]]:
+        return IntentSet(tuple(self.wanted(address, actual, persist))), frozenset()
 
 
 def make_watch(
-    config: Config, engine: SyncEngine, runner: DiscoveryRunner, metrics: Optional[Metrics] = None
-) -> Watch:
-    """The look at the listeners between cycles, every discovery.watch_interval; its writes
-    are counted in the metrics like a full cycle's."""
+    config: Config, engine: SyncEngine, sensor: Sensor, metrics: Optional[Metrics] = None
+) -> Optional[Watch]:
+    """The look at the listeners between cycles, every discovery.watch_interval (None when
+    discovery or the watch is off); its writes are counted in the metrics like a full cycle's."""
+    if not config.discovery.enabled or config.discovery.watch_interval <= 0:
+        return None
     return Watch(
         engine,
-        runner,
+        sensor,
         config.discovery.watch_interval,
-        keys=ListenerKeysReader(),
-        relevant=lambda port: runner.could_matter(config, port),
         on_report=metrics.observe_writes if metrics is not None else None,
     )
-
-
-PROBE_WORKERS = 8
-
-
-def persistent_probe_runner(workers: int = PROBE_WORKERS) -> ProbeRunner:
-    """The health checks of a cycle run concurrently on threads that live as long as the
-    process: starting eight threads every cycle cost more CPU than the checks themselves
-    (bench/footprint.py). The threads start without our signals, which stay with the main
-    thread (see `regagent.threads.signals_blocked`)."""
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regagent-check")
-
-    def submit(probe: HealthProbe) -> Future[Result]:
-        with signals_blocked():  # threads are started lazily, on the first submits
-            return executor.submit(run_probe, probe)
-
-    def run(probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
-        return run_all(probes, submit)
-
-    return run
 
 
 def pool_addresses(pool: ServerPool) -> List[str]:

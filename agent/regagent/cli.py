@@ -1,13 +1,15 @@
 """Command line: parses arguments, runs one command, turns errors into one line + exit code.
 
-Components come from the composition root (`regagent.app.build`); exit codes from the error
-classes in `regagent.errors` (0 success or in sync, 1 runtime error, 2 invalid configuration or
-usage, and with `sync --dry-run --detailed-exitcode` also "there are changes to make").
+Components come from the composition root (`regagent.app.build`), imported by the commands
+that talk to Consul: `discover` and `check-config` need none of it. Exit codes come from the
+error classes in `regagent.errors` (0 success or in sync, 1 runtime error, 2 invalid
+configuration or usage, and with `sync --dry-run --detailed-exitcode` also "there are changes to
+make").
 
 At module level this imports only what parsing needs: `main` sets the process policy first
 (`process_policy`, which must precede the libraries it concerns), and each command imports what
-it uses, so that `check-config` loads no Consul client and `run` nothing it does not run
-(bench/footprint.py).
+it uses, so that `check-config` and `discover` load no Consul client and `run` nothing it does
+not run (bench/footprint.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TextIO
 
@@ -32,7 +33,7 @@ from regagent.errors import (
 
 if TYPE_CHECKING:
     from regagent.config import Config
-    from regagent.discovery.runner import DiscoveryRunner
+    from regagent.discovery.service import Discovery
     from regagent.identity import Writer
 
 
@@ -165,36 +166,38 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    from regagent.app import build
+    from regagent.discovery.service import Discovery
+    from regagent.identity import NodeIdentity
 
-    app = build(config, writer=_writer(args))
+    # Only what discover uses: the identity (for the node address) and discovery; no Consul
+    # client, nor the modules one needs.
+    identity = NodeIdentity(config.node, state_dir=config.sync.state_dir, writer=_writer(args))
+    discovery = Discovery(config)
     try:
-        address = app.identity.address(config.consul.servers[0], keep=False)
+        address = identity.address(config.consul.servers[0], keep=False)
     except RegagentError as exc:  # discover needs no Consul: say so, and carry on
         print(f"regagent: {exc}; showing addresses as 127.0.0.1", file=sys.stderr)
         address = "127.0.0.1"
-    return discover_command(config, address, args.format, out, runner=app.discovery)
+    return discover_command(address, args.format, out, discovery=discovery)
 
 
 def discover_command(
-    config: Config,
     node_address: str,
     fmt: str,
     out: TextIO,
     *,
-    runner: DiscoveryRunner,
+    discovery: Discovery,
     now: Optional[float] = None,
 ) -> int:
     """Prints the discovery report as `text` or `json`; 1 when listeners could not be read.
     The state file is read (vanished exporters still kept are shown) but never written."""
     from regagent.render.discover import report_json, report_text
 
-    moment = time.time() if now is None else now
-    result, desired = runner.run(config, node_address, moment, persist=False)
+    result, wanted = discovery.examine(node_address, now)
     if fmt == "json":
-        out.write(json.dumps(report_json(node_address, result, desired), indent=2) + "\n")
+        out.write(json.dumps(report_json(node_address, result, wanted), indent=2) + "\n")
     else:
-        out.write("".join(line + "\n" for line in report_text(node_address, result, desired)))
+        out.write("".join(line + "\n" for line in report_text(node_address, result, wanted)))
     incomplete = result is not None and not result.complete
     return RegagentError.exit_code if incomplete else EXIT_OK
 
@@ -234,7 +237,7 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
             return EXIT_OK
     removed = app.engine.deregister_owned()
     if not app.identity.beside_daemon():  # the running daemon owns the state directory
-        app.discovery.forget(config, removed)  # deregistered stays deregistered
+        app.discovery.forget(removed)  # deregistered stays deregistered
     for item in removed:
         out.write(f"- deregistered {item}\n")
     if not removed:
@@ -301,7 +304,7 @@ def process_policy() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     process_policy()
     from regagent.config import load_config, resolve_config_path
-    from regagent.logs import configure_logging
+    from regagent.logs import configure_logging, journal_prefix
     from regagent.stderr_guard import install as install_stderr_guard
 
     args = build_parser().parse_args(argv)
@@ -317,12 +320,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         configure_logging(args.log_level or default_level, config.log.format)
         return COMMANDS[args.command](config, args, sys.stdout)
     except ConfigError as exc:
-        print("regagent: invalid configuration:", file=sys.stderr)
+        error = journal_prefix("error")  # under systemd: at error priority in the journal
+        print(f"{error}regagent: invalid configuration:", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"{error}  {problem}", file=sys.stderr)
         return exc.exit_code
     except RegagentError as exc:
-        print(f"regagent: {exc}", file=sys.stderr)
+        print(f"{journal_prefix('error')}regagent: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

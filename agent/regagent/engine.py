@@ -2,52 +2,81 @@
 
 `regagent sync` runs one cycle and `regagent run` runs them in a loop; both go through here. The
 engine holds its collaborators, handed in by the composition root (`regagent.app`): the
-registration backend, the source of service intents, the health checks and a clock. It never
-asks which Consul mode it has. Each cycle returns one `CycleReport` that logs, metrics and
-systemd's `STATUS=` all read.
+registration backend, the source of service intents (`regagent.discovery.service.Discovery`),
+the health checks and a clock. It never asks which Consul mode it has. Each cycle returns one
+`CycleReport` that logs, metrics and systemd's `STATUS=` all read.
 
-Between full cycles the watch (`regagent.watch`) runs `partial_cycle`: the same desired-state
-building, the same planner and the same `Registrar.apply`, but against the actual state the last
-full cycle read (kept up to date with what was written since) instead of two more Consul reads,
-and restricted to the discovered services on the ports whose listeners changed. Why a partial
-cycle and not an early full one: a full cycle costs two reads and a probe of every static
-service, while a new exporter needs one write. Why it is safe: the plan is made over the chosen
-services on both sides (desired and actual), so nothing else can be written or removed, and its
-deregistrations are dropped outright: an incomplete view never deregisters anything. If the
-kept state was stale (someone else wrote the node), a write may be redundant or refused; every
-write is idempotent and the next full cycle reads Consul again and repairs whatever differs. A
-failed write forgets the kept state, so no partial cycle runs until a full cycle has re-read it.
+Between full cycles the watch (`regagent.watch`) hands a look's `Change` to `partial_cycle`:
+the same intent source (a quick pass over that look), the same planner and the same
+`Registrar.apply`, but against the actual state the last full cycle read (kept up to date with
+what was written since) instead of two more Consul reads, and restricted to the discovered
+services on the ports whose intents carry new information. Why a partial cycle and not an
+early full one: a full cycle costs two reads and a probe of every static service, while a new
+exporter needs one write. Why it is safe: the plan is made over the chosen services on both
+sides (desired and actual), so nothing else can be written or removed, and its deregistrations
+are dropped outright: an incomplete view never deregisters anything. If the kept state was
+stale (someone else wrote the node), a write may be redundant or refused; every write is
+idempotent and the next full cycle reads Consul again and repairs whatever differs. A failed
+write forgets the kept state, so no partial cycle runs until a full cycle has re-read it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    List,
+    Optional,
+    Protocol,
+    Set,
+    Tuple,
+)
 
 import structlog
 
 from regagent.consul.registrar import ReadMeta, Registrar
 from regagent.consul.retry import CYCLE_DEADLINE
 from regagent.errors import CycleDeadline, NoClusterLeader, RegagentError
-from regagent.health.health import Health
+from regagent.health import Health
 from regagent.model import (
-    SOURCE_DISCOVERY,
     ActualState,
     CheckState,
     ServiceIntent,
     ServiceRegistration,
+    Source,
 )
 from regagent.plan import Plan, plan
 from regagent.report import CycleReport
 
+if TYPE_CHECKING:
+    from regagent.discovery.intents import IntentSet
+    from regagent.discovery.sensor import Change
+
 log = structlog.get_logger(__name__)
 
-# (node address, what Consul holds for this node if known, persist discovery state?) -> wanted
-IntentSource = Callable[[str, Optional[ActualState], bool], List[ServiceIntent]]
-# (node address, the kept actual state) -> (every intent, the ports whose listeners changed)
-QuickSource = Callable[[str, ActualState], Tuple[List[ServiceIntent], FrozenSet[int]]]
 Clock = Callable[[], float]
+
+
+class IntentSource(Protocol):
+    """Where the engine's intents come from (`regagent.discovery.service.Discovery`)."""
+
+    def intents(
+        self,
+        address: str,
+        actual: Optional[ActualState],
+        change: Optional[Change] = None,
+        *,
+        persist: bool = True,
+    ) -> Tuple[IntentSet, FrozenSet[int]]:
+        """Every intent for the node at `address`, given what Consul holds for it (None when
+        unknown), and the ports whose intents carry new information. `change`: a look's, for
+        a partial cycle's quick pass. `persist` false: a dry run, which saves no state."""
+        ...
 
 
 @dataclass
@@ -84,21 +113,19 @@ class SyncEngine:
     def __init__(
         self,
         registrar: Registrar,
-        intents: IntentSource,
+        source: IntentSource,
         health: Health,
         *,
         clock: Clock = time.monotonic,
         cycle_deadline: float = CYCLE_DEADLINE,
-        quick: Optional[QuickSource] = None,
         progress: Callable[[], None] = lambda: None,
         begin: Callable[[], None] = lambda: None,
     ) -> None:
         self.registrar = registrar
-        self.intents = intents
+        self.source = source
         self.health = health
         self.clock = clock
         self.cycle_deadline = cycle_deadline
-        self.quick = quick
         self.known: Optional[ActualState] = None
         self.progress = progress  # told at each phase boundary (the daemon's watchdog)
         self.begin = begin  # told when a full cycle begins (the server pool's early try)
@@ -121,7 +148,8 @@ class SyncEngine:
             if report.actual is not None:
                 # After a restart, Consul still shows the last good results: start from them.
                 self.health.seed(report.actual.checks)
-            intents = self.intents(address, report.actual, not dry_run)
+            wanted, _ports = self.source.intents(address, report.actual, persist=not dry_run)
+            intents = list(wanted.intents)
             report.sources = {intent.service.id: intent.source for intent in intents}
             results = self.health.evaluate(intents) if self.registrar.runs_checks else {}
             self.health.retain(intent.service.id for intent in intents)
@@ -136,27 +164,27 @@ class SyncEngine:
         return report
 
     def partial_cycle(
-        self, hold: Collection[str] = (), also: Collection[int] = ()
+        self, change: Change, hold: Collection[str] = (), also: Collection[int] = ()
     ) -> PartialReport:
-        """Writes what changed for the discovered services on ports whose listeners changed
-        (and on the ports in `also`), planned against the kept actual state; no Consul read,
-        and no write when nothing differs.
+        """Writes what changed for the discovered services on the ports whose intents carry
+        new information after `change` (a look's), and on the ports in `also`, planned
+        against the kept actual state; no Consul read, and no write when nothing differs.
 
         Services in `hold` are planned but not written (flap bound: the watch's hold-off);
         they come back in `held`. Never raises RegagentError."""
         report = CycleReport()
         known = self.known
-        if known is None or self.quick is None:
+        if known is None:
             return PartialReport(report)
         phases = _Phases(report, self.clock, self.progress)
         try:
             address = self.registrar.node_address(known)
-            intents, changed = self.quick(address, known)
+            wanted, changed = self.source.intents(address, known, change)
         except RegagentError as exc:
             report.error = exc
             return PartialReport(report, ran=True)
-        ports = frozenset(changed) | frozenset(also)
-        chosen = {i.service.id: i for i in intents if _fresh_discovery(i, ports)}
+        ports = changed | frozenset(also)
+        chosen = {i.service.id: i for i in wanted.intents if _fresh_discovery(i, ports)}
         result = PartialReport(report, ran=True, ports=ports)
         phases.end("desired")
         if not chosen:
@@ -237,6 +265,10 @@ class SyncEngine:
             )
         return None
 
+    def forget_known(self) -> None:
+        """No partial cycle until a full cycle has read Consul again (the watch's pass broke)."""
+        self.known = None
+
     def deregister_owned(self) -> List[str]:
         """This node's regagent-owned registrations removed (decommission, or on shutdown)."""
         return self.registrar.deregister_owned()
@@ -245,7 +277,7 @@ class SyncEngine:
 def _fresh_discovery(intent: ServiceIntent, ports: Collection[int]) -> bool:
     """A discovered service on a changed port, its status decided by discovery."""
     return (
-        intent.source == SOURCE_DISCOVERY
+        intent.source == Source.DISCOVERY
         and intent.status is not None
         and intent.service.port in ports
     )

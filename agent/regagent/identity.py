@@ -30,9 +30,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import structlog
 
 from regagent.config.model import NodeConfig
-from regagent.errors import ConfigError, NoLocalRoute
+from regagent.errors import ConfigError, NoLocalRoute, StateDirectoryInUse
 from regagent.rules import node_name_problem, printable_text, split_hostport
-from regagent.statedir import Lock, StateDir, StateFile, Warnings
+from regagent.statedir import Corrupt, Lock, StateDir, StateFile, Untrusted, Warnings
 
 log = structlog.get_logger(__name__)
 
@@ -218,6 +218,36 @@ class NameRecord:
     host_id: str
     command: str
     recorded: str
+
+
+def daemon_lock(state_dir: str, warnings: Warnings, kept: Optional[Lock] = None) -> Optional[Lock]:
+    """The daemon's lock on its state directory, so that a one-shot command beside it leaves its
+    node alone and a second daemon does not share the directory. `kept`, a reloaded daemon's,
+    is kept if the directory stayed, else released once the new one is held. None (said once)
+    where the directory cannot hold it; StateDirectoryInUse where another daemon holds it."""
+    directory = StateDir(state_dir, warnings)
+    if kept is not None and kept.directory.path == directory.path:
+        return kept
+    lock = Lock(directory, DAEMON_LOCK)
+    try:
+        taken = lock.acquire()
+    except (OSError, Untrusted, Corrupt) as exc:
+        warnings.once(
+            "state_lock_unavailable",
+            directory.file(DAEMON_LOCK),
+            str(exc),
+            consequence="one-shot commands cannot tell that the daemon runs",
+        )
+        return None
+    if not taken:
+        raise StateDirectoryInUse(
+            f"sync.state_dir {directory.path} is in use by another `regagent run` (it holds "
+            f"{lock.directory.file(DAEMON_LOCK)}); two daemons sharing it would take each "
+            "other's node for a rename. Give each configuration its own sync.state_dir"
+        )
+    if kept is not None:
+        kept.release()  # the reload moved the state directory
+    return lock
 
 
 class NodeNames:

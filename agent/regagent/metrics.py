@@ -32,6 +32,7 @@ from regagent import __version__
 from regagent.consul.answers import Outcome
 from regagent.consul.pool import ServerPool
 from regagent.errors import ConsulRefused, ConsulUnreachable, CycleDeadline, NoClusterLeader
+from regagent.model import Source
 from regagent.report import CycleReport
 
 _CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -200,12 +201,11 @@ class _StateCollector(Collector):
         )
         planned = m.planned if scrape else None
         if planned is not None and planned.desired is not None:
-            by_source: Dict[str, int] = {"static": 0, "discovery": 0, "self": 0}
+            by_source = dict.fromkeys(Source, 0)
             for service in planned.desired.services:
-                source = planned.sources.get(service.id, "static")
-                by_source[source] = by_source.get(source, 0) + 1
+                by_source[planned.sources.get(service.id, Source.STATIC)] += 1
             for source, count in by_source.items():
-                services.add_metric([source], count)
+                services.add_metric([source.value], count)
             by_status: Dict[str, int] = {"passing": 0, "warning": 0, "critical": 0}
             for check in planned.desired.checks:
                 by_status[check.status] = by_status.get(check.status, 0) + 1

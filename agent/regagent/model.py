@@ -8,6 +8,7 @@ byte-identical Consul requests (writes only on change depend on it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 MANAGED_BY_KEY = "managed-by"
@@ -15,9 +16,18 @@ MANAGED_BY_VALUE = "regagent"
 
 Result = Tuple[str, str]  # a check result: (status, stable output)
 
-SOURCE_DISCOVERY = "discovery"  # where a service intent comes from
-SOURCE_STATIC = "static"
-SOURCE_SELF = "self"  # regagent's own metrics endpoint (telemetry.listen)
+
+class Source(str, Enum):
+    """Where a service intent comes from. The values are the `source` label of
+    `regagent_services` and the `source` of `regagent discover --format json`."""
+
+    STATIC = "static"  # a configured service
+    DISCOVERY = "discovery"  # a discovered exporter
+    SELF = "self"  # regagent's own metrics endpoint (telemetry.listen)
+
+    def __str__(self) -> str:  # the value in f-strings and labels, on every Python version
+        return self.value
+
 
 PASSING = "passing"
 WARNING = "warning"
@@ -96,7 +106,7 @@ class ServiceIntent:
     """
 
     service: ServiceRegistration
-    source: str  # "discovery" or "static"
+    source: Source
     probe: Optional[HealthProbe] = None
     status: Optional[Tuple[str, str]] = None  # (status, stable output)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from regagent.errors import RegagentError
-from regagent.model import ActualState, DesiredState
+from regagent.model import ActualState, DesiredState, Source
 from regagent.plan import Plan
 
 
@@ -28,7 +28,7 @@ class CycleReport:
     server: Optional[str] = None
     error: Optional[RegagentError] = None
     timings: Dict[str, float] = field(default_factory=dict)  # phase -> seconds
-    sources: Dict[str, str] = field(default_factory=dict)  # service ID -> intent source
+    sources: Dict[str, Source] = field(default_factory=dict)  # service ID -> intent source
 
     @property
     def writes(self) -> int:

@@ -260,3 +260,11 @@ def printable_text(text: str, limit: int = META_VALUE_MAX) -> str:
     room = max(limit - 3, 0)
     cut = cleaned.encode("utf-8")[:room].decode("utf-8", errors="ignore")
     return cut + "..."[: limit - room]
+
+
+def exporter_text(text: Optional[str]) -> Optional[str]:
+    """Text an exporter chose (its version label), safe for Meta, check Output and a terminal:
+    printable, within Consul's Meta value limit; None when nothing printable is left."""
+    if text is None:
+        return None
+    return printable_text(text) or None

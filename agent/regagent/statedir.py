@@ -5,7 +5,11 @@ read back from them can change what regagent registers, or which node it retires
 used only if regagent could have written it (design decision 12):
 
 - the directory and the file belong to regagent's (effective) user and are not writable by
-  group or others: anyone else could have planted the content;
+  group or others: anyone else could have planted the content. Root running a one-shot command
+  (`regagent sync --dry-run` on an installed host) reads the daemon's files as the daemon's own:
+  a directory owned by a system account (the package's user `regagent`) and files owned by that
+  same account; what root writes there is handed to that account, so the daemon keeps trusting
+  it;
 - the file is opened without following a symlink and without blocking (a FIFO), must be a
   regular file, and is read up to a size cap (`/dev/zero` linked in must not eat memory).
 
@@ -16,7 +20,7 @@ another process (a one-shot command beside the daemon) never loses its file mid-
 
 Problems are logged once per instance of `Warnings` (each (event, path, error) once): a broken
 state directory stays broken for every 30 s cycle. No module-level state: the owner of a
-`Warnings` (the discovery runner, the node identity) decides how long "once" lasts.
+`Warnings` (discovery, the node identity) decides how long "once" lasts.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ TEMPORARY_SUFFIX = ".tmp"
 # A temporary this old is a leftover: a write takes milliseconds (seconds on a slow disk).
 STALE_TEMPORARY_AGE = 60.0
 MAX_DIRECTORY_ENTRIES = 1000  # scanned for leftovers at most; regagent keeps a handful
+SYSTEM_UID_MAX = 999  # system accounts, as Debian's and RHEL's login.defs (SYS_UID_MAX) have them
 
 
 class Untrusted(Exception):
@@ -61,16 +66,28 @@ class Warnings:
             log.warning(event, path=subject, error=error, **fields)
 
 
-def file_trust_problem(info: os.stat_result, path: str) -> Optional[str]:
+def data_owner(directory: Optional[os.stat_result] = None) -> int:
+    """The user whose files regagent trusts: its own effective user; for root, the system
+    account that owns the state directory (the daemon's user), when one does."""
+    euid = os.geteuid()
+    if euid == 0 and directory is not None and 0 < directory.st_uid <= SYSTEM_UID_MAX:
+        return directory.st_uid
+    return euid
+
+
+def file_trust_problem(
+    info: os.stat_result, path: str, owner: Optional[int] = None
+) -> Optional[str]:
     """Why a file or directory with this stat is not trusted as regagent's own, or None.
 
-    Only this process's user (or root on its behalf, which can do anything anyway) may be able
-    to write it (trust model, design decision 12).
+    Only `owner` (default: this process's user) may be able to write it (trust model, design
+    decision 12).
     """
-    euid = os.geteuid()
-    if info.st_uid != euid:
+    expected = os.geteuid() if owner is None else owner
+    if info.st_uid != expected:
         return (
-            f"is owned by uid {info.st_uid}, not by regagent's uid {euid}; run: chown {euid} {path}"
+            f"is owned by uid {info.st_uid}, not by regagent's uid {expected}; "
+            f"run: chown {expected} {path}"
         )
     writable = [
         who
@@ -93,7 +110,15 @@ def directory_problem(directory: str) -> Optional[str]:
         return f"cannot be inspected: {exc.strerror or exc}"
     if not stat.S_ISDIR(info.st_mode):
         return "is not a directory"
-    return file_trust_problem(info, directory)
+    return file_trust_problem(info, directory, data_owner(info))
+
+
+def directory_owner(directory: str) -> int:
+    """`data_owner` of `directory` (this process's user when it cannot be inspected)."""
+    try:
+        return data_owner(os.stat(directory))
+    except OSError:
+        return os.geteuid()
 
 
 class StateDir:
@@ -116,7 +141,7 @@ class StateDir:
         problem = self.problem()
         if problem:
             raise Untrusted(f"state directory {problem}")
-        return read_own_file(self.file(name), max_bytes)
+        return read_own_file(self.file(name), max_bytes, directory_owner(self.path))
 
     def write(self, name: str, text: str) -> None:
         """Atomically replaces `name` with `text` (mode 600); raises Untrusted or OSError.
@@ -128,10 +153,13 @@ class StateDir:
         if problem:
             raise Untrusted(f"state directory {problem}")
         self.remove_leftovers(name)
+        owner = directory_owner(self.path)
         fd, temporary = tempfile.mkstemp(
             prefix=temporary_prefix(name), suffix=TEMPORARY_SUFFIX, dir=self.path
         )
         try:
+            if owner != os.geteuid():
+                os.fchown(fd, owner, -1)  # root writing the daemon's file: it stays the daemon's
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
@@ -149,6 +177,7 @@ class StateDir:
         """Removes temporaries of `name` that a killed writer left behind: regular files of
         regagent's user, named like ours, older than `older_than`. What was removed."""
         prefix = temporary_prefix(name)
+        owner = directory_owner(self.path)
         moment = time.time() if now is None else now
         removed: List[str] = []
         try:
@@ -162,7 +191,7 @@ class StateDir:
                     info = entry.stat(follow_symlinks=False)
                     if (
                         stat.S_ISREG(info.st_mode)
-                        and info.st_uid == os.geteuid()
+                        and info.st_uid == owner
                         and moment - info.st_mtime >= older_than
                     ):
                         with contextlib.suppress(FileNotFoundError):
@@ -311,7 +340,7 @@ class Lock:
             raise
         info = os.fstat(fd)
         problem = None if stat.S_ISREG(info.st_mode) else "is not a regular file"
-        problem = problem or file_trust_problem(info, path)
+        problem = problem or file_trust_problem(info, path, directory_owner(self.directory.path))
         if problem:
             os.close(fd)
             raise Untrusted(problem)
@@ -328,9 +357,10 @@ def temporary_prefix(name: str) -> str:
     return "." + name.split(".", 1)[0] + "."
 
 
-def read_own_file(path: str, max_bytes: int) -> bytes:
-    """The bytes of a file regagent wrote, opened without following a symlink and without
-    blocking on a FIFO; raises Untrusted, Corrupt or OSError (FileNotFoundError if absent)."""
+def read_own_file(path: str, max_bytes: int, owner: Optional[int] = None) -> bytes:
+    """The bytes of a file regagent wrote (owned by `owner`, default this process's user),
+    opened without following a symlink and without blocking on a FIFO; raises Untrusted,
+    Corrupt or OSError (FileNotFoundError if absent)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -344,7 +374,7 @@ def read_own_file(path: str, max_bytes: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise Corrupt("is not a regular file")
-        problem = file_trust_problem(info, path)
+        problem = file_trust_problem(info, path, owner)
         if problem:
             raise Untrusted(problem)
         if info.st_size > max_bytes:

@@ -1,16 +1,21 @@
 """The watch: between full cycles, a look at the LISTEN sockets every `discovery.watch_interval`.
 
-A look is one netlink dump (about 0.1 ms, design decision 13) and no Consul request. When the
-set of (port, socket inode) differs from what discovery last saw, a slow-starting exporter is
-due for another probe, or a background identification found an exporter (the runner's
-`next_retry`), the watch runs the engine's `partial_cycle`: a quick discovery pass (only new
-listeners are probed, unconfirmed ones in the background), the one planner, the one write
-path, restricted to the discovered services on the ports that changed and planned against the
-actual state the last full cycle read (see `regagent.engine` for why that is safe and what
-repairs a stale one). So a new exporter is registered, and a vanished one marked critical,
-about a second after its `listen()` or its death, while a host where nothing changes costs
-Consul nothing between full cycles. Everything else (static services, checks of exporters that
-still listen, deregistrations) waits for the full cycle.
+A look (`Sensor.look`) is one netlink dump (about 0.1 ms, design decision 13) and no Consul
+request. When the set of (port, socket inode) differs from the previous reading on a port that
+can matter, a slow-starting exporter is due for another probe, or a background identification
+found an exporter (`Sensor.next_look`), the watch hands the look's `Change` to the engine's
+`partial_cycle`: a quick discovery pass over that look (only new listeners are probed,
+unconfirmed ones in the background), the one planner, the one write path, restricted to the
+discovered services on the ports that changed and planned against the actual state the last
+full cycle read (see `regagent.engine` for why that is safe and what repairs a stale one). So
+a new exporter is registered, and a vanished one marked critical, about a second after its
+`listen()` or its death, while a host where nothing changes costs Consul nothing between full
+cycles. Everything else (static services, checks of exporters that still listen,
+deregistrations) waits for the full cycle, and so does a change seen while no partial cycle can
+run (no full cycle has read Consul yet, or a write failed): that cycle sees everything.
+
+The watch only schedules: when to look, which writes to hold back and when they are due, and
+since when each change was seen (for the delay in the log).
 
 Flap bound: a service written by the watch is not written by it again for `FAST_WRITE_HOLDOFF`
 seconds (N = 5 s, Prometheus's own minimum between service-discovery updates, so a faster
@@ -26,8 +31,7 @@ from typing import Callable, Dict, List, Optional, Set
 
 import structlog
 
-from regagent.discovery.listeners import ListenerKeys
-from regagent.discovery.runner import DiscoveryRunner
+from regagent.discovery.sensor import Change, Sensor
 from regagent.engine import PartialReport, SyncEngine
 from regagent.report import CycleReport
 from regagent.threads import Wakeable
@@ -47,27 +51,21 @@ class Watch:
     def __init__(
         self,
         engine: SyncEngine,
-        runner: DiscoveryRunner,
+        sensor: Sensor,
         interval: float,
         *,
         holdoff: float = FAST_WRITE_HOLDOFF,
         clock: Clock = time.monotonic,
-        keys: Optional[Callable[[], ListenerKeys]] = None,
-        relevant: Callable[[int], bool] = lambda port: True,
         on_report: Optional[Callable[[CycleReport], None]] = None,
     ) -> None:
         self.engine = engine
+        self.sensor = sensor
         self.on_report = on_report  # what a partial cycle wrote, for the metrics
-        self.runner = runner
-        # What a look reads: by default what discovery lists; the daemon's is the lean reader.
-        self.keys = keys or (lambda: frozenset((i.port, i.inode) for i in runner.list_listeners()))
-        self.relevant = relevant  # whether a change on a port can matter without its process
         self.interval = interval
         self.holdoff = holdoff
         self.clock = clock
         self.looks = 0  # listener dumps made
         self.passes = 0  # partial cycles that ran
-        self._keys: Optional[ListenerKeys] = None  # (port, inode) at the last look
         self._unhandled = False  # a change seen while no partial cycle could run
         self._sighted: Dict[int, float] = {}  # port -> when its listeners changed
         self._written: Dict[str, float] = {}  # service ID -> last write by the watch
@@ -94,7 +92,7 @@ class Watch:
         if self._unhandled:
             return []
         due = list(self._pending.values())
-        retry = self.runner.next_retry()
+        retry = self.sensor.next_look()
         if retry is not None:
             due.append(retry)
         return due
@@ -103,23 +101,23 @@ class Watch:
         """One look; a partial cycle when something changed or is due. Never raises."""
         now = self.clock()
         try:
-            keys = self.keys()
+            change = self.sensor.look()
         except OSError:
             return None  # the full cycle reports a host where listeners cannot be read
         self.looks += 1
-        changed = self._note_changes(keys, now)
-        retry = self.runner.next_retry()
+        self._sight(change, now)
+        retry = self.sensor.next_look()
         due = {port for port, at in self._pending.items() if at <= now}
-        if not (changed or self._unhandled or (retry is not None and retry <= now) or due):
+        if not (change.ports or self._unhandled or (retry is not None and retry <= now) or due):
             return None
         hold = {sid for sid, at in self._written.items() if now - at < self.holdoff}
         try:
-            result = self.engine.partial_cycle(hold, also=due)
+            result = self.engine.partial_cycle(change, hold, also=due)
         except Exception:  # a bug must cost the fast path, not the daemon
             if not self._crashed:
                 log.exception("watch_pass_crashed")
             self._crashed = True
-            self.engine.known = None  # no partial cycle until a full cycle has read Consul
+            self.engine.forget_known()  # no partial cycle until a full cycle has read Consul
             return None
         self._crashed = False
         # Without a kept state nothing ran: try again at each look (costs no request) until
@@ -133,23 +131,18 @@ class Watch:
                 self.on_report(result.report)
         return result
 
-    def _note_changes(self, keys: ListenerKeys, now: float) -> Set[int]:
-        """Relevant ports whose sockets differ from the previous look (the first look compares
-        with what the last discovery pass saw); each remembered with the time it was seen."""
-        before = self._keys if self._keys is not None else (self.runner.last_keys or frozenset())
-        self._keys = keys
-        if keys == before:
-            return set()  # the usual look: nothing to remember, nothing to forget
-        changed = {p for p, _inode in before.symmetric_difference(keys) if self.relevant(p)}
-        for port in changed:
+    def _sight(self, change: Change, now: float) -> None:
+        """Remembers when the change on each of its ports was seen, for the delay in the log."""
+        if not change.ports:
+            return  # the usual look: nothing to remember, nothing to forget
+        for port in change.ports:
             self._sighted[port] = now
-        listening = {port for port, _inode in keys}
+        listening = {port for port, _inode in change.keys}
         self._sighted = {
             port: at
             for port, at in self._sighted.items()
             if port in listening or port in self._pending or now - at < SIGHTING_MEMORY
         }
-        return changed
 
     def _record(self, result: PartialReport, due: Set[int]) -> None:
         report = result.report

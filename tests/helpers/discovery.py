@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from regagent.config.model import Config
 from regagent.discovery.exporters import load_exporter_table
 from regagent.discovery.identify import IDENTIFIED, LOOPBACK, WILDCARD, DiscoveryResult, Finding
-from regagent.discovery.intents import DesiredServices, build_intents
+from regagent.discovery.intents import IntentSet, build_intents
 from regagent.discovery.listeners import Listener, listening_sockets, listening_sockets_netlink
 from regagent.discovery.seen import SeenService
 
@@ -136,7 +136,7 @@ def run(
     *findings: Finding,
     now: float = NOW,
     previous: Optional[Dict[str, SeenService]] = None,
-) -> DesiredServices:
+) -> IntentSet:
     """The intents the pure builder makes of `findings` for NODE."""
     return build_intents(config, NODE, DiscoveryResult(tuple(findings)), now, previous=previous)
 

@@ -100,6 +100,9 @@ class DiscoveryConfig:
     exclude_processes: Tuple[str, ...] = ()
     register_unknown: bool = False
     probe_timeout: float = field(default=2.0, metadata=_timeout())
+    # A new listener that does not answer within probe_timeout gets one longer look, in the
+    # background (never inside a cycle): Prometheus's own default scrape timeout.
+    identify_timeout: float = field(default=10.0, metadata=_timeout(high=30.0))
     probe_max_bytes: int = field(
         default=4 * MIB, metadata=_kind("count", low=1024, high=64 * MIB, unit="bytes")
     )

@@ -21,7 +21,6 @@ from regagent.desired import desired_state
 from regagent.errors import RegagentError
 from regagent.identity import NodeIdentity
 from regagent.model import (
-    SOURCE_DISCOVERY,
     ActualState,
     CheckState,
     DesiredState,
@@ -30,6 +29,7 @@ from regagent.model import (
     Result,
     ServiceIntent,
     ServiceRegistration,
+    Source,
     service_check_id,
     url_host,
 )
@@ -83,7 +83,7 @@ def agent_probe(intent: ServiceIntent) -> Optional[HealthProbe]:
     """What the agent should run: the intent's probe; for a discovered exporter without one (it
     vanished) a GET of its metrics URL, so the agent reports it critical; else nothing
     (a static service with `check: {type: none}`)."""
-    if intent.probe is not None or intent.source != SOURCE_DISCOVERY:
+    if intent.probe is not None or intent.source != Source.DISCOVERY:
         return intent.probe
     service = intent.service
     if "metrics_path" not in service.meta or not service.address:

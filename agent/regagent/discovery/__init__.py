@@ -1,10 +1,16 @@
 """Finds this host's listening sockets and identifies the Prometheus exporters behind them.
 
 Public surface:
-- `listening_sockets()` and `Listener` (regagent.discovery.listeners): LISTEN sockets, O(listeners)
+- `listening_sockets()`, `Listener`, `ListenerReader` (regagent.discovery.listeners): LISTEN
+  sockets, O(listeners)
 - `discover(config)`, `DiscoveryResult`, `Finding` (regagent.discovery.identify)
-- `DiscoveryRunner` (regagent.discovery.runner): a cycle with state file, caches and logs
-- `discover_command(...)` (regagent.render.discover): the `regagent discover` report
+- `Sensor` (regagent.discovery.sensor): the listener reader, probe caches and background
+  identification of one process; `look()` for the watch, `identify()` for a pass
+- `build_intents`, `IntentSet` (regagent.discovery.intents): pure, from findings to intents
+- `Discovery` (regagent.discovery.service): the engine's intent source, with the state file
+  and once-only reports
+- the `regagent discover` report: `regagent.cli.discover_command`, rendered by
+  `regagent.render.discover`
 """
 
 from __future__ import annotations

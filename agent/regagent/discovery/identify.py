@@ -1,14 +1,15 @@
 """From listening sockets to identified exporters.
 
 A listener becomes a candidate by a hint (a known default port, a configured port range, a known
-process name) but is identified only by what it serves: a short GET of its metrics path must
-return Prometheus exposition format, and a fingerprint metric must name the exporter (design
-decision 8). Listeners on the same port (`0.0.0.0` and `::`, say) are one finding, because they
+exporter's process) and is identified by the strongest evidence at hand (design decision 15,
+`regagent.discovery.evidence`): what a short GET of its metrics path serves (a build_info, a
+fingerprint), else a process only root could have started as that exporter, else the table's
+default port. Listeners on the same port (`0.0.0.0` and `::`, say) are one finding, because they
 become one service `<name>-<port>`.
 
 Finding a socket's process costs a walk of every process's descriptors, O(connections) on a busy
 host (design decision 7), so it is done only for listeners whose outcome can depend on the
-process: see `needs_owner`.
+process: see `needs_owner`, and a candidate whose answer named nothing (`identify`'s `owner`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Protoc
 import structlog
 
 from regagent.config.model import Config, DiscoveryConfig
-from regagent.discovery.exporters import ExporterSpec, ExporterTable, load_exporter_table
+from regagent.discovery.evidence import (
+    FROM_ANSWER,
+    PROCESS,
+    candidate_exporters,
+    name_listener,
+)
+from regagent.discovery.exporters import DEFAULT_PATH, ExporterTable, load_exporter_table
 from regagent.discovery.listeners import Listener, listening_sockets
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
-from regagent.rules import printable_text
+from regagent.rules import exporter_text, printable_text
 
 log = structlog.get_logger(__name__)
 
@@ -43,13 +50,13 @@ SPECIFIC = "specific"
 
 GENERIC_SERVICE = "exporter"
 UNKNOWN = "unknown"
-DEFAULT_PATH = "/metrics"
 MAX_CONCURRENT_PROBES = 8
 MAX_PATHS_PER_LISTENER = 2
 REASON_MAX = 200  # bytes of a probe's reason shown in `discover` and logs
 
 Prober = Callable[[str, int, str, float, int], ProbeResult]
 Identify = Callable[["Finding", Prober], "Finding"]  # identify() with settings and table bound
+Owner = Callable[["Finding"], Optional[ProcessInfo]]  # the process of a finding's sockets
 
 
 class Deferred(Protocol):
@@ -57,7 +64,13 @@ class Deferred(Protocol):
     offered first, collected (identified, or PENDING) once the pass's own probes are done."""
 
     def offer(
-        self, candidates: Sequence[Finding], identify: Identify, timeout: float, max_bytes: int
+        self,
+        candidates: Sequence[Finding],
+        identify: Identify,
+        timeout: float,
+        max_bytes: int,
+        *,
+        slow_timeout: Optional[float] = None,
     ) -> None: ...
 
     def collect(
@@ -83,6 +96,10 @@ class Finding:
     metrics_path: str = DEFAULT_PATH
     scheme: str = "http"
     in_port_range: bool = False
+    identified_by: Optional[str] = None  # which evidence named it (regagent.discovery.evidence)
+    # Identified without a valid answer (by its process): why the answer failed (its check
+    # says so). "" when it answered.
+    problem: str = ""
 
     @property
     def is_exporter(self) -> bool:
@@ -95,11 +112,14 @@ class Finding:
 
 @dataclass(frozen=True)
 class DiscoveryResult:
-    """Everything one discovery pass saw; `complete` is false when listeners could not be read."""
+    """Everything one discovery pass saw; `complete` is false when listeners could not be read.
+    `fresh`: the ports whose identification is new in this pass (probed now rather than
+    answered from a cache, or identified in the background since the last pass)."""
 
     findings: Tuple[Finding, ...] = ()
     complete: bool = True
     error: str = ""
+    fresh: FrozenSet[int] = frozenset()
 
     @property
     def exporters(self) -> Tuple[Finding, ...]:
@@ -116,18 +136,45 @@ def discover(
     known_ports: Collection[int] = (),
     deferred: Optional[Deferred] = None,
 ) -> DiscoveryResult:
-    """Lists listeners, picks candidates, probes them concurrently (bounded), identifies them.
+    """Lists listeners, then `discover_among` them."""
+    try:
+        listeners = list_listeners()
+    except OSError as exc:
+        return unreadable(exc)
+    return discover_among(
+        listeners,
+        config,
+        table=table,
+        resolver=resolver,
+        prober=prober,
+        known_ports=known_ports,
+        deferred=deferred,
+    )
+
+
+def unreadable(exc: OSError) -> DiscoveryResult:
+    """The result of a pass that could not list the listeners (said at error level)."""
+    log.error("listener_discovery_failed", error=str(exc))
+    return DiscoveryResult((), complete=False, error=str(exc))
+
+
+def discover_among(
+    listeners: Sequence[Listener],
+    config: Config,
+    *,
+    table: Optional[ExporterTable] = None,
+    resolver: Optional[ProcessResolver] = None,
+    prober: Prober = probe_metrics,
+    known_ports: Collection[int] = (),
+    deferred: Optional[Deferred] = None,
+) -> DiscoveryResult:
+    """Picks candidates among `listeners`, probes them concurrently (bounded), identifies them.
 
     With `deferred`, only candidates on `known_ports` (the ports of services discovery keeps:
     their probe is their health check) are probed here; the others are unconfirmed and go to
     `deferred`, which probes them outside the pass (design decision 15)."""
     table = table or load_exporter_table()
     resolver = resolver or ProcessResolver()
-    try:
-        listeners = list_listeners()
-    except OSError as exc:
-        log.error("listener_discovery_failed", error=str(exc))
-        return DiscoveryResult((), complete=False, error=str(exc))
     groups = group_by_port(listeners)
     wanted = [
         lst
@@ -145,19 +192,25 @@ def discover(
     later = [i for i in to_probe if deferred is not None and findings[i].port not in known_ports]
     to_probe = [i for i in to_probe if i not in later]
     settings = config.discovery
-    timeout, max_bytes = settings.probe_timeout, settings.probe_max_bytes
+    owner = owner_of(resolver)
+    # A listener nobody vouches for yet gets a first look as long as a health probe, then one
+    # longer look (identify_timeout) if it was only slow; both in the background.
+    timeout = min(settings.probe_timeout, settings.identify_timeout)
+    slow = settings.identify_timeout if settings.identify_timeout > timeout else None
+    max_bytes = settings.probe_max_bytes
     if deferred is not None and later:
         deferred.offer(
             [findings[i] for i in later],
-            lambda finding, probe: identify(finding, settings, table, probe),
+            lambda finding, probe: identify(finding, settings, table, probe, owner=owner),
             timeout,
             max_bytes,
+            slow_timeout=slow,
         )
     if to_probe:
         workers = min(MAX_CONCURRENT_PROBES, len(to_probe))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
             probed = pool.map(
-                lambda i: identify(findings[i], config.discovery, table, prober), to_probe
+                lambda i: identify(findings[i], settings, table, prober, owner=owner), to_probe
             )
             for index, finding in zip(to_probe, probed):
                 findings[index] = finding
@@ -166,6 +219,18 @@ def discover(
         for index, finding in zip(later, collected):
             findings[index] = finding
     return DiscoveryResult(tuple(findings))
+
+
+def owner_of(resolver: ProcessResolver) -> Owner:
+    """A finding's process through `resolver` (one /proc walk, then cached per socket inode)."""
+
+    def owner(finding: Finding) -> Optional[ProcessInfo]:
+        if finding.process is not None:
+            return finding.process
+        inodes = {lst.inode: lst.uid for lst in finding.listeners}
+        return _owner(finding.listeners, resolver.resolve(inodes, inodes))
+
+    return owner
 
 
 def group_by_port(listeners: Sequence[Listener]) -> Dict[int, Tuple[Listener, ...]]:
@@ -183,7 +248,9 @@ def needs_owner(
     A process name can only add a candidate or exclude one. Loopback-only listeners are never
     registered and excluded ports never probed, whatever the process; a port that is already a
     candidate (a known default port, a configured range) needs the owner only to apply
-    `exclude_processes`. Everything else needs the name to be recognised at all.
+    `exclude_processes`. Everything else needs the name to be recognised at all. (A candidate
+    by port whose answer does not name it needs its owner too, but only then: `identify`
+    looks it up through `owner_of`.)
     """
     settings = config.discovery
     if port in settings.exclude_ports or port == own_port(config):
@@ -249,7 +316,7 @@ def classify(
     if in_range:
         lo, hi = next((lo, hi) for lo, hi in settings.port_ranges if lo <= port <= hi)
         reasons.append(f"in port range {lo}-{hi}")
-    by_process = _process_specs(process, table)
+    by_process = candidate_exporters(process, table)
     if by_process and process is not None:
         reasons.append(f"process {process.name or by_process[0].binaries[0]}")
     if not reasons:
@@ -276,23 +343,12 @@ def classify(
     return replace(base, outcome=CANDIDATE, metrics_path=path)
 
 
-def _process_specs(process: Optional[ProcessInfo], table: ExporterTable) -> List[ExporterSpec]:
-    """Exporters the process's trusted names say it is (a name anyone can set says nothing)."""
-    if process is None:
-        return []
-    specs: List[ExporterSpec] = []
-    for name in sorted(process.trusted_names):
-        for spec in table.by_binary.get(name, ()):
-            if spec not in specs:
-                specs.append(spec)
-    return specs
-
-
 def _claimed_name(process: Optional[ProcessInfo], table: ExporterTable) -> Optional[str]:
     """An exporter's binary name the process goes by without it being evidence, if any."""
     if process is None:
         return None
-    return next((name for name in sorted(process.names) if name in table.by_binary), None)
+    names = sorted(process.names)
+    return next((name for name in names if table.exporter_for_binary(name) is not None), None)
 
 
 def _excluded_process(process: Optional[ProcessInfo], patterns: Sequence[str]) -> Optional[str]:
@@ -307,7 +363,8 @@ def _excluded_process(process: Optional[ProcessInfo], patterns: Sequence[str]) -
 def candidate_paths(finding: Finding, table: ExporterTable) -> List[str]:
     """Metrics paths to try, most specific first, at most MAX_PATHS_PER_LISTENER."""
     paths = [finding.metrics_path]
-    for spec in (*_process_specs(finding.process, table), *table.by_port.get(finding.port, ())):
+    hinted = (*candidate_exporters(finding.process, table), *table.by_port.get(finding.port, ()))
+    for spec in hinted:
         if spec.metrics_path not in paths:
             paths.append(spec.metrics_path)
     if DEFAULT_PATH not in paths:
@@ -316,9 +373,17 @@ def candidate_paths(finding: Finding, table: ExporterTable) -> List[str]:
 
 
 def identify(
-    finding: Finding, settings: DiscoveryConfig, table: ExporterTable, prober: Prober
+    finding: Finding,
+    settings: DiscoveryConfig,
+    table: ExporterTable,
+    prober: Prober,
+    *,
+    owner: Optional[Owner] = None,
 ) -> Finding:
-    """Probes a candidate and names what it serves."""
+    """Probes a candidate and names it by the strongest evidence (`evidence.name_listener`).
+
+    The process is looked up (`owner`) only when the answer alone does not name it: a process
+    only root could have started as an exporter is then the stronger evidence."""
     result: Optional[ProbeResult] = None
     path = finding.metrics_path
     for path in candidate_paths(finding, table):
@@ -329,47 +394,48 @@ def identify(
             settings.probe_timeout,
             settings.probe_max_bytes,
         )
-        if result.ok:
+        if result.ok or result.timed_out:  # a slow listener is slow on every path
             break
     assert result is not None
-    if not result.ok or result.exposition is None:
-        # The reason can quote the exporter (its Content-Type): keep it printable.
-        reason = printable_text(result.reason, REASON_MAX)
-        return replace(finding, outcome=NOT_EXPORTER, reason=reason, metrics_path=path)
-    exposition = result.exposition
-    spec = table.match_fingerprint(exposition.names)
-    if spec is None:
+    answer = result.exposition if result.ok else None
+    naming, why = name_listener(finding.port, answer, finding.process, table)
+    process = finding.process
+    weaker = naming is None or naming.identified_by not in FROM_ANSWER
+    if weaker and process is None and owner is not None:
+        process = owner(finding)
+        if process is not None:
+            naming, why = name_listener(finding.port, answer, process, table)
+    # The reason can quote the exporter (its Content-Type): keep it printable.
+    failure = "" if result.ok else printable_text(result.reason, REASON_MAX)
+    if naming is not None:
+        reason = naming.reason
+        if not result.ok:
+            reason += f"; its answer: {failure}"
+        elif naming.identified_by == PROCESS:
+            reason += f"; its answer names no exporter{f' ({why})' if why else ''}"
         return replace(
             finding,
-            outcome=UNKNOWN_EXPORTER,
-            reason="serves metrics, but no known exporter's fingerprint",
-            exporter=UNKNOWN,
-            version=exporter_text(exposition.version_of()),
+            process=process,
+            outcome=IDENTIFIED,
+            reason=printable_text(reason, REASON_MAX),
+            exporter=naming.exporter,
+            version=exporter_text(naming.version),
+            identified_by=naming.identified_by,
+            problem=failure,
             metrics_path=path,
             scheme=result.scheme,
         )
-    own = tuple(f for f in spec.fingerprint if f.endswith("_build_info"))
+    if answer is None:
+        return replace(
+            finding, process=process, outcome=NOT_EXPORTER, reason=failure, metrics_path=path
+        )
     return replace(
         finding,
-        outcome=IDENTIFIED,
-        reason=f"fingerprint {_matched(spec, exposition.names)}",
-        exporter=spec.name,
-        version=exporter_text(exposition.version_of((*own, f"{spec.name}_build_info"))),
+        process=process,
+        outcome=UNKNOWN_EXPORTER,
+        reason=why or "serves metrics, but no known exporter's fingerprint",
+        exporter=UNKNOWN,
+        version=exporter_text(answer.version_of()),
         metrics_path=path,
         scheme=result.scheme,
     )
-
-
-def exporter_text(text: Optional[str]) -> Optional[str]:
-    """Text an exporter chose (its version label), safe for Meta, check Output and a terminal:
-    printable, within Consul's Meta value limit; None when nothing printable is left."""
-    if text is None:
-        return None
-    return printable_text(text) or None
-
-
-def _matched(spec: ExporterSpec, names: FrozenSet[str]) -> str:
-    for prefix in sorted(spec.fingerprint, key=len, reverse=True):
-        if any(name.startswith(prefix) for name in names):
-            return prefix
-    return spec.fingerprint[0]

@@ -1,20 +1,27 @@
-"""Desired services: discovered exporters, static services from config, `defaults`, and
-regagent's own endpoint.
+"""Service intents, pure: configured services (`static_intent`), discovered exporters present
+(`discovered_intent`) or vanished but kept (`vanished_intent`), and regagent's own endpoint
+(`self_intent`), with `defaults` applied.
 
 `build_intents` is pure: the same config, node address, discovery result, clock reading and
-previous discovery state always give the same intents and the same new state. Everything that
-reads sockets or files lives in `regagent.discovery`; `regagent.discovery.runner.DiscoveryRunner`
-is the thin shell the sync engine calls each cycle.
+previous discovery state always give the same intents and the same new state. What reads
+sockets or files is elsewhere: `regagent.discovery.sensor` senses the host, and
+`regagent.discovery.service.Discovery`, the engine's intent source, reads and writes the state
+file around this module.
 
 Rules (design decisions 3, 4 and 9):
 - Service ID `<name>-<port>` (static services may set their own `id`).
 - Wildcard listener -> the node address; loopback-only -> not registered; specific IP -> that IP.
 - Tags: the exporter name, `defaults.tags`, matching overrides' tags; always canonical.
-- Meta: `defaults.meta`, then metrics_path, scheme, exporter, exporter_version, then overrides'
-  meta; `managed-by=regagent` always wins.
-- A discovered exporter that is identified now is passing, with stable output text. One that
-  was seen before but is gone stays registered as critical ("not listening on :9100 since ...")
-  until `sync.deregister_after` has passed since it was last seen, then it is dropped.
+- Meta: `defaults.meta`, then metrics_path, scheme, exporter, exporter_version, identified_by
+  (how it was identified: build_info, fingerprint, process, port; absent for an unknown
+  exporter), then overrides' meta; `managed-by=regagent` always wins.
+- A discovered exporter that is identified now is passing, with stable output text; one
+  identified by its process while its answer failed (slow, erroring) is critical and says why.
+  One that was seen before but is gone stays registered as critical ("not listening on :9100
+  since ...") until `sync.deregister_after` has passed since it was last seen, then it is dropped.
+- What a registration says of an exporter does not flap with its backend: when only its process
+  or port names it now (its answer names nothing, or failed), the version and `identified_by`
+  its answer gave before on the same port are kept.
 - A static service wins over a discovered one on the same ID or port, and a present exporter
   supersedes a vanished one that was registered on the same port (e.g. after a rename).
 - At most `discovery.max_new_per_cycle` exporters not in the previous state are added per call,
@@ -30,7 +37,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from regagent import __version__
 from regagent.config.model import Config, ExporterOverride, ServiceConfig
-from regagent.discovery.exporters import ExporterTable, load_exporter_table
+from regagent.discovery.evidence import FROM_ANSWER, PORT, PROCESS
+from regagent.discovery.exporters import ExporterTable, load_exporter_table, service_name
 from regagent.discovery.identify import (
     EXCLUDED,
     GENERIC_SERVICE,
@@ -40,24 +48,21 @@ from regagent.discovery.identify import (
     WILDCARD,
     DiscoveryResult,
     Finding,
-    exporter_text,
 )
 from regagent.discovery.probe import url_host
 from regagent.discovery.seen import SeenService, format_time, parse_time
 from regagent.model import (
     CRITICAL,
     PASSING,
-    SOURCE_DISCOVERY,
-    SOURCE_SELF,
-    SOURCE_STATIC,
     ActualState,
     CheckState,
     HealthProbe,
     ServiceIntent,
     ServiceRegistration,
+    Source,
     canonical_service,
 )
-from regagent.rules import service_id, split_hostport
+from regagent.rules import exporter_text, service_id, split_hostport
 
 LOOPBACK_REASON = "listens on loopback only"
 HELD_BACK_REASON = "held back"
@@ -82,8 +87,9 @@ class Skipped:
 
 
 @dataclass(frozen=True)
-class DesiredServices:
-    """The intents, the discovery state to persist, and what was left out."""
+class IntentSet:
+    """What one pass wants registered (its intents), the discovery state to persist, and what
+    was left out and why. Not a `DesiredState`: the checks are not run yet."""
 
     intents: Tuple[ServiceIntent, ...]
     seen: Mapping[str, SeenService] = field(default_factory=dict)
@@ -91,7 +97,7 @@ class DesiredServices:
     expired: Tuple[str, ...] = ()  # service IDs dropped this time after deregister_after
     by_port: Mapping[int, str] = field(default_factory=dict)  # discovered port -> service ID
     # Seen before, still listening, but the probe failed now: critical here, and a candidate
-    # for the runner's flap protection (a vanished listener is not).
+    # for discovery's flap protection (a vanished listener is not).
     not_serving: Tuple[str, ...] = ()
 
 
@@ -104,7 +110,7 @@ def build_intents(
     previous: Optional[Mapping[str, SeenService]] = None,
     table: Optional[ExporterTable] = None,
     max_new: Optional[int] = None,
-) -> DesiredServices:
+) -> IntentSet:
     """Pure: static services plus discovered (present or vanished-but-kept) exporters.
 
     `discovery` None means discovery is disabled: only static services, state kept as it was.
@@ -116,7 +122,7 @@ def build_intents(
     static_ids = {intent.service.id for intent in statics}
     static_ports = {intent.service.port: intent.service.id for intent in statics}
     if discovery is None:
-        return DesiredServices(tuple(statics), previous)
+        return IntentSet(tuple(statics), previous)
     if not discovery.complete:
         # Listeners could not be read: nothing is known to have vanished. Keep what was seen,
         # and let a health probe decide its status instead of guessing.
@@ -125,16 +131,18 @@ def build_intents(
             for sid, entry in sorted(previous.items())
             if sid not in static_ids and entry.port not in static_ports
         ]
-        return DesiredServices(tuple(statics + kept), previous)
+        return IntentSet(tuple(statics + kept), previous)
 
     table = table or load_exporter_table()
     intents: List[ServiceIntent] = list(statics)
     seen: Dict[str, SeenService] = {}
     skipped: List[Skipped] = []
     by_port: Dict[int, str] = {}
+    not_serving: List[str] = []
     new = 0
-    for finding in discovery.exporters:
-        outcome = _discovered(finding, config, node_address, table)
+    for found in discovery.exporters:
+        finding = with_earlier_evidence(found, previous)
+        outcome = discovered_intent(finding, config, node_address, table)
         if isinstance(outcome, str):
             skipped.append(Skipped(finding.port, finding.endpoints, finding.exporter, outcome))
             continue
@@ -164,11 +172,12 @@ def build_intents(
         seen[service.id] = _seen_entry(service, earlier.first_seen if earlier else now, now)
         by_port[finding.port] = service.id
         intents.append(outcome)
+        if earlier is not None and finding.problem:
+            not_serving.append(service.id)  # a known exporter failing its probe: flap-held
 
     listening = {f.port for f in discovery.findings}
     excluded_now = {f.port for f in discovery.findings if f.outcome == EXCLUDED}
     expired: List[str] = []
-    not_serving: List[str] = []
     for sid, entry in sorted(previous.items()):
         if sid in seen or sid in static_ids or entry.port in static_ports:
             continue
@@ -186,10 +195,10 @@ def build_intents(
             expired.append(sid)
             continue
         seen[sid] = entry
-        intents.append(_vanished_intent(entry, entry.port in listening))
+        intents.append(vanished_intent(entry, entry.port in listening))
         if entry.port in listening:
             not_serving.append(sid)
-    return DesiredServices(
+    return IntentSet(
         tuple(intents), seen, tuple(skipped), tuple(expired), by_port, tuple(not_serving)
     )
 
@@ -213,7 +222,7 @@ def static_intent(svc: ServiceConfig, config: Config, node_address: str) -> Serv
             meta=meta,
         )
     )
-    return ServiceIntent(service, SOURCE_STATIC, probe=static_probe(svc, address))
+    return ServiceIntent(service, Source.STATIC, probe=static_probe(svc, address))
 
 
 def static_probe(svc: ServiceConfig, address: str) -> Optional[HealthProbe]:
@@ -259,7 +268,16 @@ def self_intent(config: Config, node_address: str) -> Optional[ServiceIntent]:
     # Known passing while the process runs: its check is the agent being alive, and Prometheus
     # scraping it says the rest (no probe of ourselves each cycle).
     status = (PASSING, f"regagent {__version__} serving /metrics on :{port}")
-    return ServiceIntent(service, SOURCE_SELF, status=status)
+    return ServiceIntent(service, Source.SELF, status=status)
+
+
+def with_self(wanted: IntentSet, config: Config, node_address: str) -> IntentSet:
+    """`wanted` plus regagent's own endpoint (`self_intent`), unless a configured service
+    already has its ID."""
+    own = self_intent(config, node_address)
+    if own is None or any(i.service.id == own.service.id for i in wanted.intents):
+        return wanted
+    return replace(wanted, intents=(*wanted.intents, own))
 
 
 def _is_loopback(address: str) -> bool:
@@ -289,10 +307,11 @@ def _ignored(overrides: Tuple[ExporterOverride, ...], exporter: Optional[str], p
     return any(o.ignore for o in matching_overrides(overrides, exporter, port))
 
 
-def _discovered(
+def discovered_intent(
     finding: Finding, config: Config, node_address: str, table: ExporterTable
 ) -> Union[ServiceIntent, str]:
-    """The intent for a present exporter, or the reason it is not registered."""
+    """A present exporter's intent (passing, as its probe just said), or the reason it is not
+    registered."""
     settings = config.discovery
     if finding.outcome != IDENTIFIED:
         if not settings.register_unknown:
@@ -310,9 +329,13 @@ def _discovered(
     overrides = matching_overrides(settings.overrides, exporter, finding.port)
     if any(o.ignore for o in overrides):
         return "ignored by discovery.overrides"
+    identified = finding.outcome == IDENTIFIED
     spec = table.by_name.get(exporter)
-    name = spec.service_name if spec is not None else GENERIC_SERVICE
-    tags: List[str] = [exporter] if spec is not None else []
+    if spec is not None:
+        name = spec.service_name
+    else:  # a program only its build_info or its executable named
+        name = service_name(exporter) if identified else GENERIC_SERVICE
+    tags: List[str] = [exporter] if identified or spec is not None else []
     tags += config.defaults.tags
     override_meta: Dict[str, str] = {}
     for override in overrides:
@@ -326,6 +349,7 @@ def _discovered(
         "scheme": finding.scheme,
         "exporter": exporter,
         "exporter_version": exporter_text(finding.version) or UNKNOWN,
+        **({"identified_by": finding.identified_by} if finding.identified_by else {}),
         **override_meta,
     }
     service = canonical_service(
@@ -340,15 +364,49 @@ def _discovered(
     )
     url = f"{finding.scheme}://{url_host(address)}:{finding.port}{finding.metrics_path}"
     probe = HealthProbe("http", url, settings.probe_timeout)
-    return ServiceIntent(
-        service, SOURCE_DISCOVERY, probe=probe, status=(PASSING, _ok_text(finding))
-    )
+    status = (CRITICAL, _failing_text(finding)) if finding.problem else (PASSING, _ok_text(finding))
+    return ServiceIntent(service, Source.DISCOVERY, probe=probe, status=status)
+
+
+def with_earlier_evidence(finding: Finding, previous: Mapping[str, SeenService]) -> Finding:
+    """`finding`, with the version and `identified_by` its answer gave before on this port when
+    only its process or port names it now (its backend down, say): the registration then stays
+    as it was, and only its check says what changed."""
+    if finding.outcome != IDENTIFIED or finding.identified_by not in (PROCESS, PORT):
+        return finding
+    for entry in previous.values():
+        meta = entry.meta
+        if entry.port != finding.port or meta.get("exporter") != finding.exporter:
+            continue
+        before = meta.get("identified_by")
+        if finding.problem:  # no answer now: what the last one said of its path stands
+            finding = replace(
+                finding,
+                metrics_path=meta.get("metrics_path", finding.metrics_path),
+                scheme=meta.get("scheme", finding.scheme),
+            )
+        if before is None or before in FROM_ANSWER:  # absent: registered by an answer (0.x)
+            version = meta.get("exporter_version")
+            return replace(
+                finding,
+                identified_by=before,
+                version=version if version and version != UNKNOWN else finding.version,
+            )
+        return finding
+    return finding
 
 
 def _ipv4_only(finding: Finding) -> bool:
     """Only `0.0.0.0` wildcards: nothing answers on the host's IPv6 addresses. (A `::`
     wildcard also takes IPv4 unless the socket is IPV6_V6ONLY, which the dump does not show.)"""
     return all(lst.address == "0.0.0.0" for lst in finding.listeners if lst.is_wildcard)
+
+
+def _failing_text(finding: Finding) -> str:
+    """An exporter named without its answer (its process vouches for it) whose answer failed:
+    still a target, and its check says what Prometheus will see. Stable text, like _ok_text."""
+    where = f"{finding.exporter} on :{finding.port}"
+    return f"{where}: no metrics from {finding.metrics_path} ({finding.problem})"
 
 
 def _ok_text(finding: Finding) -> str:
@@ -359,10 +417,11 @@ def _ok_text(finding: Finding) -> str:
     return f"{what}{version} serving {finding.metrics_path} on :{finding.port}"
 
 
-def _vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
+def vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
+    """A kept exporter that no longer serves metrics: critical, registered as it was."""
     what = "not serving metrics" if still_listening else "not listening"
     output = f"{what} on :{entry.port} since {format_time(entry.last_seen)}"
-    return ServiceIntent(_registration(entry), SOURCE_DISCOVERY, status=(CRITICAL, output))
+    return ServiceIntent(_registration(entry), Source.DISCOVERY, status=(CRITICAL, output))
 
 
 def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
@@ -370,7 +429,7 @@ def _unverified_intent(entry: SeenService, config: Config) -> ServiceIntent:
     path = entry.meta.get("metrics_path", "/metrics")
     url = f"{scheme}://{url_host(entry.address)}:{entry.port}{path}"
     probe = HealthProbe("http", url, config.discovery.probe_timeout)
-    return ServiceIntent(_registration(entry), SOURCE_DISCOVERY, probe=probe)
+    return ServiceIntent(_registration(entry), Source.DISCOVERY, probe=probe)
 
 
 def _registration(entry: SeenService) -> ServiceRegistration:

@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple
 
 import structlog
 
@@ -92,25 +92,22 @@ class ListenerDiscoveryError(OSError):
 
 
 def listening_sockets() -> List[Listener]:
-    """All listening TCP sockets (IPv4 and IPv6), deduplicated: netlink first, /proc fallback."""
+    """All listening TCP sockets (IPv4 and IPv6), deduplicated: netlink first, /proc fallback.
+    One reading with a reader of its own; what reads every second keeps a `ListenerReader`."""
+    reader = ListenerReader()
     try:
-        return listening_sockets_netlink()
-    except OSError as exc:
-        _warn_fallback_once(exc)
+        return list(reader().listeners)
+    finally:
+        reader.close()
+
+
+def listening_sockets_netlink() -> List[Listener]:
+    """LISTEN sockets by netlink only; raises OSError where the kernel will not tell."""
+    reader = ListenerReader()
     try:
-        return listening_sockets_proc()
-    except OSError as exc:
-        raise ListenerDiscoveryError(f"cannot list listening sockets: {exc}") from exc
-
-
-_fallback_warned = False
-
-
-def _warn_fallback_once(exc: OSError) -> None:
-    global _fallback_warned
-    if not _fallback_warned:
-        _fallback_warned = True
-        log.warning("listener_netlink_unavailable", error=str(exc), fallback="/proc/net/tcp")
+        return list(reader.netlink().listeners)
+    finally:
+        reader.close()
 
 
 def dedupe(listeners: Iterable[Listener]) -> List[Listener]:
@@ -124,17 +121,37 @@ def dedupe(listeners: Iterable[Listener]) -> List[Listener]:
     return sorted(best.values(), key=lambda x: (x.port, x.family, x.address))
 
 
+ListenerKeys = FrozenSet[Tuple[int, int]]  # (port, inode) of every LISTEN socket
+
+
+class Listing:
+    """One reading of the LISTEN sockets: the (port, inode) of every socket, which is what
+    tells one reading from the next, and the listeners deduplicated, which is what discovery
+    identifies (a SO_REUSEPORT group is one listener, but each of its sockets is a key).
+    The listeners are decoded when first asked for: a look that only compares keys decodes
+    no address."""
+
+    def __init__(self, keys: ListenerKeys, decode: Callable[[], Iterable[Listener]]) -> None:
+        self.keys = keys
+        self._decode = decode
+        self._listeners: Optional[Tuple[Listener, ...]] = None
+
+    @property
+    def listeners(self) -> Tuple[Listener, ...]:
+        if self._listeners is None:
+            self._listeners = tuple(dedupe(self._decode()))
+        return self._listeners
+
+    @classmethod
+    def of(cls, listeners: Iterable[Listener]) -> Listing:
+        found = list(listeners)
+        return cls(frozenset((item.port, item.inode) for item in found), lambda: found)
+
+
 # --- netlink -------------------------------------------------------------------------------
 
-
-def listening_sockets_netlink() -> List[Listener]:
-    """LISTEN sockets from one sock_diag dump per address family; raises OSError if unsupported."""
-    found: List[Listener] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as sock:
-        sock.settimeout(5.0)
-        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
-            found.extend(_dump_family(sock, family, seq))
-    return dedupe(found)
+_DIAG_ANSWERS = (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK)
+DUMP_TRIES = 3  # a dump interrupted by sockets coming and going is redone, at most this often
 
 
 def build_request(family: int, seq: int) -> bytes:
@@ -148,116 +165,6 @@ def build_request(family: int, seq: int) -> bytes:
         _NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
     return header + body
-
-
-def _dump_family(sock: socket.socket, family: int, seq: int) -> List[Listener]:
-    for _attempt in range(3):  # a dump interrupted by concurrent changes is simply redone
-        sock.sendto(build_request(family, seq), (0, 0))
-        listeners, interrupted = _read_dump(sock, seq)
-        if not interrupted:
-            return listeners
-    return listeners
-
-
-def _read_dump(sock: socket.socket, seq: int) -> Tuple[List[Listener], bool]:
-    listeners: List[Listener] = []
-    interrupted = False
-    for _ in range(_MAX_DUMP_MESSAGES):
-        data = sock.recv(_RECV_BUFFER)
-        if not data:
-            raise OSError("netlink socket closed during dump")
-        for msg_type, flags, msg_seq, payload in iter_messages(data):
-            if msg_seq != seq:
-                continue
-            interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
-            if msg_type == NLMSG_DONE:
-                return listeners, interrupted
-            if msg_type == NLMSG_ERROR:
-                (errno,) = struct.unpack_from("=i", payload)
-                if errno == 0:
-                    continue
-                raise OSError(-errno, f"sock_diag: {os.strerror(-errno)}")
-            if msg_type == SOCK_DIAG_BY_FAMILY:
-                item = parse_diag_msg(payload)
-                if item is not None:
-                    listeners.append(item)
-    raise OSError("netlink dump did not terminate")
-
-
-def iter_messages(data: bytes) -> Iterator[Tuple[int, int, int, bytes]]:
-    """(type, flags, seq, payload) for each netlink message in one datagram."""
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, msg_type, flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size or offset + length > len(data):
-            raise OSError("truncated netlink message")
-        yield msg_type, flags, seq, data[offset + _NLMSGHDR.size : offset + length]
-        offset += (length + 3) & ~3  # NLMSG_ALIGN
-
-
-def parse_diag_msg(payload: bytes) -> Optional[Listener]:
-    """A Listener from one inet_diag_msg, or None for a non-LISTEN or malformed record."""
-    if len(payload) < _MSG_LEN:
-        return None
-    family, state, _timer, _retrans = _MSG_HEAD.unpack_from(payload, 0)
-    if state != TCP_LISTEN or family not in FAMILY_NAMES:
-        return None
-    sport, _dport, src, _dst = _SOCKID.unpack_from(payload, _MSG_HEAD.size)
-    tail = _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size
-    _expires, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(payload, tail)
-    raw = src[:4] if family == socket.AF_INET else src
-    return Listener(socket.inet_ntop(family, raw), sport, family, inode, uid)
-
-
-# --- the watch's look -----------------------------------------------------------------------
-
-ListenerKeys = FrozenSet[Tuple[int, int]]  # (port, inode) of every LISTEN socket
-
-_SPORT_OFFSET = _MSG_HEAD.size  # idiag_sport, first field of the sockid
-_INODE_OFFSET = _MSG_LEN - 4  # idiag_inode, last field of inet_diag_msg
-_PORT = struct.Struct("!H")
-_DIAG_ANSWERS = (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK)
-_INODE = struct.Struct("=I")
-
-
-@dataclass(frozen=True)
-class _Datagram:
-    """One datagram of a dump answer and what it said."""
-
-    data: bytes
-    keys: Tuple[Tuple[int, int], ...]
-    done: bool
-    interrupted: bool
-
-
-def _parse(data: bytes, seq: int) -> _Datagram:
-    """(port, inode) of the LISTEN sockets in one datagram; iter_messages without copies."""
-    keys: List[Tuple[int, int]] = []
-    interrupted = False
-    header, head = _NLMSGHDR.unpack_from, _NLMSGHDR.size
-    offset, end = 0, len(data)
-    while offset + head <= end:
-        length, msg_type, flags, msg_seq, _pid = header(data, offset)
-        if length < head or offset + length > end:
-            raise OSError("truncated netlink message")
-        body = offset + head
-        offset += (length + 3) & ~3  # NLMSG_ALIGN
-        if msg_seq != seq:
-            continue  # a late answer to an earlier, abandoned dump
-        interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
-        if msg_type == NLMSG_DONE:
-            return _Datagram(data, tuple(keys), True, interrupted)
-        if msg_type == NLMSG_ERROR:
-            (errno,) = struct.unpack_from("=i", data, body)
-            if errno:
-                raise OSError(-errno, f"sock_diag: {os.strerror(-errno)}")
-        elif (
-            msg_type in _DIAG_ANSWERS and length - head >= _MSG_LEN and data[body + 1] == TCP_LISTEN
-        ):
-            (port,) = _PORT.unpack_from(data, body + _SPORT_OFFSET)
-            (inode,) = _INODE.unpack_from(data, body + _INODE_OFFSET)
-            keys.append((port, inode))
-    return _Datagram(data, tuple(keys), False, interrupted)
 
 
 def build_compat_request(seq: int) -> bytes:
@@ -276,77 +183,182 @@ def build_compat_request(seq: int) -> bytes:
     return header + body
 
 
-class ListenerKeysReader:
-    """(port, inode) of every LISTEN socket, for the watch's look once a second: one netlink
-    socket kept open, one dump for both families where the kernel allows it, and two
-    fixed-offset fields read per socket (no addresses decoded, no objects built). Falls back to
-    `listening_sockets` (and so to /proc) when netlink fails, reopening the socket next look.
-    Unlike `listening_sockets` it keeps every socket of a SO_REUSEPORT group: the watch only
-    compares one look with the next."""
+def _messages(data: bytes) -> Iterator[Tuple[int, int, int, int, int]]:
+    """(type, flags, seq, payload offset, payload length) for each netlink message in one
+    datagram: offsets rather than copies, since a datagram holds thousands of sockets."""
+    offset, head, end = 0, _NLMSGHDR.size, len(data)
+    while offset + head <= end:
+        length, msg_type, flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < head or offset + length > end:
+            raise OSError("truncated netlink message")
+        yield msg_type, flags, seq, offset + head, length - head
+        offset += (length + 3) & ~3  # NLMSG_ALIGN
 
-    def __init__(self) -> None:
+
+def iter_messages(data: bytes) -> Iterator[Tuple[int, int, int, bytes]]:
+    """(type, flags, seq, payload) for each netlink message in one datagram."""
+    for msg_type, flags, seq, body, size in _messages(data):
+        yield msg_type, flags, seq, data[body : body + size]
+
+
+def parse_diag_msg(payload: bytes, offset: int = 0) -> Optional[Listener]:
+    """A Listener from the inet_diag_msg at `offset`, or None for a non-LISTEN or malformed
+    record."""
+    if len(payload) - offset < _MSG_LEN:
+        return None
+    family, state, _timer, _retrans = _MSG_HEAD.unpack_from(payload, offset)
+    if state != TCP_LISTEN or family not in FAMILY_NAMES:
+        return None
+    sport, _dport, src, _dst = _SOCKID.unpack_from(payload, offset + _MSG_HEAD.size)
+    tail = offset + _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size
+    _expires, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(payload, tail)
+    raw = src[:4] if family == socket.AF_INET else src
+    return Listener(socket.inet_ntop(family, raw), sport, family, inode, uid)
+
+
+_SPORT_OFFSET = _MSG_HEAD.size  # idiag_sport, first field of the sockid
+_INODE_OFFSET = _MSG_LEN - 4  # idiag_inode, last field of inet_diag_msg
+_PORT = struct.Struct("!H")
+_INODE = struct.Struct("=I")
+
+
+@dataclass(frozen=True)
+class _Datagram:
+    """One datagram of a dump answer and what it said: the (port, inode) of its LISTEN
+    sockets, read at fixed offsets, and where their records start, for `listeners`."""
+
+    data: bytes
+    keys: Tuple[Tuple[int, int], ...]
+    records: Tuple[int, ...]
+    done: bool
+    interrupted: bool
+
+    def listeners(self) -> Iterator[Listener]:
+        for offset in self.records:
+            item = parse_diag_msg(self.data, offset)
+            if item is not None:
+                yield item
+
+
+def _parse(data: bytes, seq: int) -> _Datagram:
+    """What one datagram of the answer to dump `seq` says, without decoding addresses."""
+    keys: List[Tuple[int, int]] = []
+    records: List[int] = []
+    interrupted = False
+    for msg_type, flags, msg_seq, body, size in _messages(data):
+        if msg_seq != seq:
+            continue  # a late answer to an earlier, abandoned dump
+        interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
+        if msg_type == NLMSG_DONE:
+            return _Datagram(data, tuple(keys), tuple(records), True, interrupted)
+        if msg_type == NLMSG_ERROR:
+            (errno,) = struct.unpack_from("=i", data, body)
+            if errno:
+                raise OSError(-errno, f"sock_diag: {os.strerror(-errno)}")
+        elif msg_type in _DIAG_ANSWERS and size >= _MSG_LEN and data[body + 1] == TCP_LISTEN:
+            (port,) = _PORT.unpack_from(data, body + _SPORT_OFFSET)
+            (inode,) = _INODE.unpack_from(data, body + _INODE_OFFSET)
+            keys.append((port, inode))
+            records.append(body)
+    return _Datagram(data, tuple(keys), tuple(records), False, interrupted)
+
+
+class ListenerReader:
+    """Reads the LISTEN sockets for as long as it lives: what discovery identifies each cycle
+    and what the watch compares once a second, from one loop over one dump.
+
+    One netlink socket is kept open and asked for one dump for both families where the kernel
+    allows it. A datagram byte-identical to the one at the same place in the previous answer
+    (same seq, same sockets) is not parsed again, and an answer that is identical throughout
+    gives back the previous `Listing`: the usual reading parses and builds nothing. When
+    netlink fails, the reading comes from /proc (said once per reader) and the socket is
+    reopened at the next reading."""
+
+    def __init__(self, proc_root: str = "/proc") -> None:
+        self.proc_root = proc_root
         self._sock: Optional[socket.socket] = None
         self._compat = True  # one dump for both families while the kernel takes it
-        # The same seq every look (the socket is closed after any error, so no late answer of
-        # an abandoned dump can arrive), so that an unchanged answer is byte-identical.
+        # The same seq every reading (the socket is closed after any error, so no late answer
+        # of an abandoned dump can arrive), so that an unchanged answer is byte-identical.
         self._seq = 1
         self._parsed: Dict[int, List[_Datagram]] = {}
+        self._last: Optional[Listing] = None
+        self._fallback_said = False
 
-    def __call__(self) -> ListenerKeys:
+    def __call__(self) -> Listing:
+        """The sockets now; ListenerDiscoveryError when neither netlink nor /proc tells."""
         try:
-            return self._netlink()
+            return self.netlink()
         except OSError as exc:
             self.close()
-            _warn_fallback_once(exc)
-            return frozenset((item.port, item.inode) for item in listening_sockets())
+            if not self._fallback_said:
+                self._fallback_said = True
+                log.warning(
+                    "listener_netlink_unavailable", error=str(exc), fallback="/proc/net/tcp"
+                )
+        try:
+            return Listing.of(listening_sockets_proc(self.proc_root))
+        except OSError as exc:
+            raise ListenerDiscoveryError(f"cannot list listening sockets: {exc}") from exc
 
-    def _netlink(self) -> ListenerKeys:
+    def netlink(self) -> Listing:
+        """The sockets by netlink; raises OSError where the kernel will not tell."""
         if self._sock is None:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
             self._sock.settimeout(5.0)
         if self._compat:
             try:
-                return frozenset(self._dump(build_compat_request(self._seq), self._seq))
+                return self._listing([(build_compat_request(self._seq), self._seq)])
             except OSError:
                 self._compat = False  # this kernel refuses it: one dump per family from now on
-        keys: Set[Tuple[int, int]] = set()
-        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=self._seq):
-            keys.update(self._dump(build_request(family, seq), seq))
-        return frozenset(keys)
+        families = enumerate((socket.AF_INET, socket.AF_INET6), start=self._seq)
+        return self._listing([(build_request(family, seq), seq) for seq, family in families])
 
-    def _dump(self, request: bytes, seq: int) -> List[Tuple[int, int]]:
+    def _listing(self, dumps: List[Tuple[bytes, int]]) -> Listing:
+        chunks: List[_Datagram] = []
+        unchanged = True
+        for request, seq in dumps:
+            answer, same = self._dump(request, seq)
+            chunks += answer
+            unchanged = unchanged and same
+        if unchanged and self._last is not None:
+            return self._last
+        keys = frozenset(key for chunk in chunks for key in chunk.keys)
+        self._last = Listing(keys, lambda: [item for c in chunks for item in c.listeners()])
+        return self._last
+
+    def _dump(self, request: bytes, seq: int) -> Tuple[List[_Datagram], bool]:
+        """The answer to one dump request, and whether it is the previous answer again."""
         assert self._sock is not None
-        for _attempt in range(3):  # an interrupted dump is redone, like _dump_family
+        previous = self._parsed.get(seq, [])
+        answer: List[_Datagram] = []
+        for _attempt in range(DUMP_TRIES):
             self._sock.sendto(request, (0, 0))
-            found, interrupted = self._read(seq)
-            if not interrupted:
+            answer = self._read(seq)
+            if not any(chunk.interrupted for chunk in answer):
                 break
-        return found
+        same = len(answer) == len(previous) and all(a is b for a, b in zip(answer, previous))
+        return answer, same
 
-    def _read(self, seq: int) -> Tuple[List[Tuple[int, int]], bool]:
+    def _read(self, seq: int) -> List[_Datagram]:
         assert self._sock is not None
-        found: List[Tuple[int, int]] = []
-        interrupted = False
-        # A datagram byte-identical to the one at the same place in the previous look's
-        # answer (same seq, same sockets) is not parsed again: the usual look parses nothing.
-        seen = self._parsed.get(seq, [])
-        parsed: List[_Datagram] = []
+        before = self._parsed.get(seq, [])
+        answer: List[_Datagram] = []
         for index in range(_MAX_DUMP_MESSAGES):
             data = self._sock.recv(_RECV_BUFFER)
             if not data:
                 raise OSError("netlink socket closed during dump")
-            known = seen[index] if index < len(seen) else None
+            known = before[index] if index < len(before) else None
             chunk = known if known is not None and known.data == data else _parse(data, seq)
-            parsed.append(chunk)
-            found.extend(chunk.keys)
-            interrupted = interrupted or chunk.interrupted
+            answer.append(chunk)
             if chunk.done:
-                self._parsed[seq] = parsed
-                return found, interrupted
+                self._parsed[seq] = answer
+                return answer
         raise OSError("netlink dump did not terminate")
 
     def close(self) -> None:
         self._parsed.clear()
+        self._last = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -12,6 +12,13 @@ What a process says about itself is not evidence: any user can set its argv[0] a
 exporter. A process's names count for discovery (`ProcessInfo.trusted_names`) only when root
 started it, or, for the executable's own file name, when that file and its directory are
 owned by root and writable only by root: a name only the administrator could have chosen.
+Such a name makes a listener a candidate; its answer must still confirm it.
+
+Registering a listener whose answer confirms nothing (an exporter that is slow or empty while
+its backend is down) takes more (`ProcessInfo.vouched_names`): any user may *run* a root-owned
+`/usr/bin/prometheus-mongodb-exporter` on ports of their choosing. So the process must also run
+as root or as a system account (a uid up to SYS_UID_MAX of /etc/login.defs, 999 by default),
+which is how every packaged exporter's unit runs it and what no regular user can become.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from regagent.rules import printable_text
 
 T = TypeVar("T")
 
+LOGIN_DEFS = "/etc/login.defs"
+SYS_UID_MAX = 999  # login.defs' default: UID_MIN (1000) - 1
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -49,6 +59,7 @@ class ProcessInfo:
     user: str = ""
     uid: Optional[int] = None  # real uid; None when unknown
     exe_trusted: bool = False  # the executable and its directory are root's alone
+    system_user: bool = False  # runs as root or a system account (see the module docstring)
 
     @property
     def names(self) -> Set[str]:
@@ -71,6 +82,17 @@ class ProcessInfo:
         return set()
 
     @property
+    def vouched_names(self) -> Set[str]:
+        """The names that may register a listener without its answer confirming it: those of a
+        process root started, or the executable's file name (root's alone) of a process that
+        runs as a system account; none otherwise (see the module docstring)."""
+        if self.uid == 0:
+            return self.names
+        if self.system_user and self.exe_trusted and self.exe:
+            return {os.path.basename(self.exe)}
+        return set()
+
+    @property
     def label(self) -> str:
         """`name[pid]` for tables and logs."""
         return f"{self.name or '?'}[{self.pid}]"
@@ -80,7 +102,33 @@ MAX_ARGS = 16  # of the command line kept; only argv[0] is ever used, the rest i
 FIELD_MAX = 256  # bytes of each text field kept
 
 
-def describe_process(pid: int, proc_root: str = "/proc") -> ProcessInfo:
+def system_uid_max(login_defs: str) -> int:
+    """The highest system account uid a login.defs text sets (SYS_UID_MAX, else UID_MIN - 1),
+    or SYS_UID_MAX's default."""
+    values: Dict[str, int] = {}
+    for line in login_defs.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in ("SYS_UID_MAX", "UID_MIN") and words[1].isdigit():
+            values[words[0]] = int(words[1])
+    if "SYS_UID_MAX" in values:
+        return values["SYS_UID_MAX"]
+    if values.get("UID_MIN", 0) > 0:
+        return values["UID_MIN"] - 1
+    return SYS_UID_MAX
+
+
+def read_system_uid_max(path: str = LOGIN_DEFS) -> int:
+    """`system_uid_max` of the file at `path` (its default when unreadable)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return system_uid_max(handle.read(1 << 16))
+    except OSError:
+        return SYS_UID_MAX
+
+
+def describe_process(
+    pid: int, proc_root: str = "/proc", sys_uid_max: int = SYS_UID_MAX
+) -> ProcessInfo:
     """Name, exe, cmdline, user and uid of `pid`; each field stays empty if psutil is denied it.
 
     Every text is the process's own choice, so it is made printable (no escapes reach
@@ -100,7 +148,8 @@ def describe_process(pid: int, proc_root: str = "/proc") -> ProcessInfo:
     uids = _attempt(proc.uids, None)
     uid = int(uids.real) if uids is not None else None
     trusted = executable_trusted(pid, exe, proc_root)
-    return ProcessInfo(pid, name, printable_text(exe, 4096), cmdline, user, uid, trusted)
+    system = uid is not None and uid <= sys_uid_max
+    return ProcessInfo(pid, name, printable_text(exe, 4096), cmdline, user, uid, trusted, system)
 
 
 def executable_trusted(pid: int, exe: str, proc_root: str = "/proc") -> bool:
@@ -137,8 +186,9 @@ def _attempt(getter: Callable[[], T], default: T) -> T:
 class ProcessResolver:
     """Maps socket inodes to processes, caching answers (also 'unknown') per inode."""
 
-    def __init__(self, proc_root: str = "/proc") -> None:
+    def __init__(self, proc_root: str = "/proc", login_defs: str = LOGIN_DEFS) -> None:
         self.proc_root = proc_root
+        self.sys_uid_max = read_system_uid_max(login_defs)
         self._cache: Dict[int, Optional[ProcessInfo]] = {}
         self._lock = threading.Lock()
         self.scans = 0  # /proc passes made, for tests and debugging
@@ -154,7 +204,11 @@ class ProcessResolver:
                 owners = self._scan(missing, set((uid_hints or {}).values()))
                 for inode in missing:
                     pid = owners.get(inode)
-                    found = describe_process(pid, self.proc_root) if pid is not None else None
+                    found = (
+                        describe_process(pid, self.proc_root, self.sys_uid_max)
+                        if pid is not None
+                        else None
+                    )
                     self._cache[inode] = found
             return {inode: self._cache[inode] for inode in wanted}
 

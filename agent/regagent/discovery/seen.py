@@ -107,7 +107,7 @@ def load_state(path: str, warnings: Optional[Warnings] = None) -> Dict[str, Seen
     Untrusted (directory or file owned by another user or writable by group/others): nothing
     is read. Corrupt (a symlink, not a regular file, over MAX_STATE_BYTES, not a valid
     state): nothing is used; the next save replaces it. Either way the daemon goes on with
-    what discovery finds now and what Consul still holds (adopted by the runner).
+    what discovery finds now and what Consul still holds (adopted by `regagent.discovery.service`).
     """
     stored = state_file(path, warnings)
     raw = stored.read()

@@ -18,6 +18,12 @@ never run inside a cycle or a watch pass (design decision 15):
   again while its socket lives (once registered, its health is the full cycle's probe of a known
   service); anything else is probed again 0.5, 1, 2, 4, ... s after each failure, doubling up to
   `RETRY_MAX`. A new socket (a restarted exporter) starts afresh.
+- **A longer look for a slow listener.** A first probe is as long as a health probe
+  (`probe_timeout`). A socket that did not answer in that time gets one longer look at once, as
+  long as Prometheus's own scrape timeout (`identify_timeout`, 10 s), and its later retries are as
+  long: an exporter whose backend is down may answer in seconds, and it is still a target. At
+  most `slow_workers` (half the workers) run such looks at a time, so silent sockets never hold
+  every worker and a new exporter's first probe always has one.
 - **Fair.** Picks alternate between the listener seen last (a new exporter among hundreds of
   silent sockets is not queued behind them) and the one waiting longest (a burst of new sockets
   cannot starve older ones).
@@ -47,6 +53,7 @@ from regagent.discovery.identify import (
     Identify,
     Prober,
 )
+from regagent.discovery.probe import ProbeResult
 from regagent.threads import start_thread
 
 log = structlog.get_logger(__name__)
@@ -86,21 +93,32 @@ class _Socket:
     identify: Identify  # how to probe it (settings and exporter table bound in)
     seen: float  # monotonic: first offered
     due: float  # monotonic: next probe; inf: not again while the socket lives
+    timeout: float = 0.0  # of a first probe (the socket key has it too)
+    slow_timeout: Optional[float] = None  # of a longer look; None: no longer look
     attempts: int = 0
     running_since: Optional[float] = None
+    running_slow: bool = False
+    slow: bool = False  # it timed out once: its probes are longer looks from now on
+    looked_long: bool = False  # a longer look has ended (a one-shot waits for the first one)
     finished: float = 0.0  # monotonic: when the last probe ended
     result: Optional[Finding] = None  # the last identification
     news: bool = False  # an exporter identified that no pass has taken yet
 
+    @property
+    def settled(self) -> bool:
+        """Whether the last result is worth reporting: not while a longer look is to come."""
+        return self.result is not None and (not self.slow or self.looked_long)
+
 
 class UnconfirmedProbes:
-    """The background identification of unconfirmed listeners for one process (one runner)."""
+    """The background identification of unconfirmed listeners for one process (one sensor)."""
 
     def __init__(
         self,
         prober: Prober,
         *,
         workers: int = WORKERS,
+        slow_workers: Optional[int] = None,
         rate: float = RATE,
         burst: int = BURST,
         settle: Optional[float] = None,
@@ -108,6 +126,8 @@ class UnconfirmedProbes:
     ) -> None:
         self.prober = prober
         self.workers = workers
+        # Of them, at most this many on a longer look (default: half).
+        self.slow_workers = max(1, workers // 2) if slow_workers is None else slow_workers
         self.rate = rate
         self.burst = burst
         # None: wait for results as long as one identification can take (a one-shot command);
@@ -118,6 +138,8 @@ class UnconfirmedProbes:
         self._cond = threading.Condition()
         self._sockets: Dict[SocketKey, _Socket] = {}
         self._running_workers = 0
+        self._busy_workers = 0  # of them, probing now
+        self._looking_long = 0  # of those, on a longer look (at most slow_workers)
         self._tokens = float(burst)
         self._refilled = clock()
         self._turn = itertools.count()
@@ -135,10 +157,17 @@ class UnconfirmedProbes:
     # -- what a pass does -----------------------------------------------------------------------
 
     def offer(
-        self, candidates: Sequence[Finding], identify: Identify, timeout: float, max_bytes: int
+        self,
+        candidates: Sequence[Finding],
+        identify: Identify,
+        timeout: float,
+        max_bytes: int,
+        *,
+        slow_timeout: Optional[float] = None,
     ) -> None:
         """These are the unconfirmed candidates now: new sockets are queued, sockets no longer
-        offered are forgotten."""
+        offered are forgotten. `timeout`: a first probe's; `slow_timeout`: a longer look's, for
+        a socket that did not answer within `timeout` (None: no longer look)."""
         now = self.clock()
         keys = {socket_key(f, timeout, max_bytes): f for f in candidates}
         with self._cond:
@@ -147,9 +176,9 @@ class UnconfirmedProbes:
             for key, finding in keys.items():
                 known = self._sockets.get(key)
                 if known is None:
-                    self._sockets[key] = _Socket(finding, identify, seen=now, due=now)
-                else:
-                    known.finding, known.identify = finding, identify
+                    known = self._sockets[key] = _Socket(finding, identify, seen=now, due=now)
+                known.finding, known.identify = finding, identify
+                known.timeout, known.slow_timeout = timeout, slow_timeout
             self._start_workers()
 
     def collect(
@@ -158,8 +187,9 @@ class UnconfirmedProbes:
         """Each candidate as identified by its last probe, or PENDING; waits up to `settle`
         (or one identification's worth of time) only in a one-shot command."""
         keys = [socket_key(f, timeout, max_bytes) for f in candidates]
-        wait = _identification_time(timeout) if self.settle is None else self.settle
         with self._cond:
+            longest = max((self._slow_timeout(key) for key in keys), default=0.0)
+            wait = _identification_time(timeout) + longest if self.settle is None else self.settle
             deadline = self.clock() + wait
             for _ in range(10_000):  # each turn waits on the condition; bounded by the deadline
                 left = deadline - self.clock()
@@ -189,12 +219,18 @@ class UnconfirmedProbes:
             ]
             return min(checks, default=None)
 
+    def _slow_timeout(self, key: SocketKey) -> float:
+        item = self._sockets.get(key)
+        if item is None or item.slow_timeout is None:
+            return 0.0
+        return item.slow_timeout
+
     def _waiting_for(self, keys: Sequence[SocketKey]) -> bool:
         """Whether a result for one of `keys` can still come soon: one is running, or due and
         there is a worker and budget to start it."""
         for key in keys:
             item = self._sockets.get(key)
-            if item is None or item.result is not None:
+            if item is None or item.settled:
                 continue
             if item.running_since is not None:
                 return True
@@ -205,19 +241,22 @@ class UnconfirmedProbes:
     def _found(self, key: SocketKey, candidate: Finding) -> Finding:
         item = self._sockets.get(key)
         result = item.result if item is not None else None
-        if item is None or result is None:
+        if item is None or result is None or not item.settled:
             return replace(candidate, outcome=PENDING, reason=PENDING_REASON.format(rate=self.rate))
         if item.news:
             item.news = False
             self._used.add(candidate.port)
         return replace(
             candidate,
+            process=candidate.process or result.process,
             outcome=result.outcome,
             reason=result.reason,
             exporter=result.exporter,
             version=result.version,
             metrics_path=result.metrics_path,
             scheme=result.scheme,
+            identified_by=result.identified_by,
+            problem=result.problem,
         )
 
     def close(self) -> None:
@@ -230,12 +269,14 @@ class UnconfirmedProbes:
     # -- the workers ----------------------------------------------------------------------------
 
     def _start_workers(self) -> None:
-        """Enough workers for what is due (called with the lock held)."""
+        """Enough workers for what is due (called with the lock held): a worker busy with a
+        probe (a longer look may last 10 s) does not count as one that will take it."""
         if self._closed:
             return
         now = self.clock()
         due = sum(1 for s in self._sockets.values() if s.running_since is None and s.due <= now)
-        wanted = min(self.workers, due) - self._running_workers
+        idle = self._running_workers - self._busy_workers
+        wanted = min(self.workers - self._running_workers, due - idle)
         for _ in range(max(0, wanted)):
             self._running_workers += 1
             start_thread(self._work, name="regagent-identify")
@@ -245,16 +286,33 @@ class UnconfirmedProbes:
     def _work(self) -> None:
         try:
             for item in self._assignments():
+                timed_out: List[bool] = []
                 try:
-                    result = item.identify(item.finding, self.prober)
+                    result = item.identify(item.finding, self._attempt_prober(item, timed_out))
                 except Exception as exc:  # a bug costs this probe, not the worker
                     log.error("identification_failed", port=item.finding.port, error=repr(exc))
                     result = replace(item.finding, outcome=NOT_EXPORTER, reason="internal error")
                 with self._cond:
-                    self._finished(item, result)
+                    self._busy_workers -= 1
+                    self._looking_long -= item.running_slow
+                    self._finished(item, result, timed_out=any(timed_out))
         finally:
             with self._cond:
                 self._running_workers -= 1
+
+    def _attempt_prober(self, item: _Socket, timed_out: List[bool]) -> Prober:
+        """The prober for one attempt: this attempt's timeout (a first probe's, or a longer
+        look's), and a note of whether the listener let it run out."""
+        timeout = item.slow_timeout if item.running_slow and item.slow_timeout else item.timeout
+
+        def probe(
+            address: str, port: int, path: str, _timeout: float, max_bytes: int
+        ) -> ProbeResult:
+            result = self.prober(address, port, path, timeout or _timeout, max_bytes)
+            timed_out.append(result.timed_out)
+            return result
+
+        return probe
 
     def _assignments(self) -> Iterator[_Socket]:
         """The sockets this worker probes, one after another, until nothing is due for
@@ -271,6 +329,9 @@ class UnconfirmedProbes:
                     self._cond.wait(min(wait, IDLE_EXIT))
                     continue
                 item.running_since = self.clock()
+                item.running_slow = item.slow
+                self._busy_workers += 1
+                self._looking_long += item.slow
                 self.started += 1
             yield item
             idle_since = self.clock()
@@ -279,6 +340,8 @@ class UnconfirmedProbes:
         """The next socket to probe, or None and how long to wait (lock held)."""
         now = self.clock()
         ready = [s for s in self._sockets.values() if s.running_since is None]
+        if self._looking_long >= self.slow_workers:
+            ready = [s for s in ready if not s.slow]  # the other workers stay for first probes
         due = [s for s in ready if s.due <= now]
         if not due:
             soonest = min((s.due for s in ready), default=math.inf)
@@ -299,15 +362,19 @@ class UnconfirmedProbes:
         self._refilled = now
         return self._tokens
 
-    def _finished(self, item: _Socket, result: Finding) -> None:
-        """Lock held: keeps the result; an exporter is news, anything else backs off."""
-        item.running_since = None
+    def _finished(self, item: _Socket, result: Finding, *, timed_out: bool = False) -> None:
+        """Lock held: keeps the result; an exporter is news, anything else backs off, except
+        that a first timeout earns a longer look at once."""
+        item.looked_long = item.looked_long or item.running_slow
+        item.running_since, item.running_slow = None, False
         item.finished = self.clock()
         item.attempts += 1
         item.result = result
         item.news = result.is_exporter
         failures = 0 if result.outcome == IDENTIFIED else item.attempts
         item.due = math.inf if failures == 0 else self.clock() + retry_delay(failures)
+        if failures and timed_out and item.slow_timeout and not item.slow:
+            item.slow, item.due = True, self.clock()
         self._cond.notify_all()
 
 

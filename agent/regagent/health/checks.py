@@ -18,12 +18,15 @@ import selectors
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from types import TracebackType
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from regagent.health.http import GetFailed, bounded_get, describe_error
 from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe, Result
+from regagent.threads import signals_blocked
 
 USER_AGENT = "regagent-check"
+WORKERS = 8  # checks run at once, so one slow service does not delay the others by its timeout
 _CHECK_BODY_BYTES = 0  # the check judges the status line only, as Consul's HTTP check does
 
 
@@ -147,8 +150,44 @@ def run_all(
     return {probe: results[probe] for probe in unique}
 
 
-def run_probes(probes: List[HealthProbe], workers: int = 8) -> Dict[HealthProbe, Result]:
-    """All probes concurrently, so one slow service does not delay the cycle by its timeout each."""
-    others = [p for p in dict.fromkeys(probes) if _tcp_address(p) is None]
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(others)))) as executor:
-        return run_all(probes, lambda probe: executor.submit(run_probe, probe))
+class ProbePool:
+    """Runs the probes of a cycle concurrently (`run_all`): the others than TCP connects to an
+    address on threads kept for the next cycle, since starting eight threads every cycle cost
+    more CPU than the checks themselves (bench/footprint.py).
+    The threads start lazily, on the first probes, without the daemon's signals, which stay
+    with the main thread (`regagent.threads`)."""
+
+    def __init__(self, workers: int = WORKERS) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="regagent-check"
+        )
+
+    def __call__(self, probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
+        """Each distinct probe's result (a probe shared by two services runs once)."""
+        return run_all(probes, self._submit)
+
+    def _submit(self, probe: HealthProbe) -> Future[Result]:
+        with signals_blocked():  # threads are started on the submits
+            return self._executor.submit(run_probe, probe)
+
+    def close(self) -> None:
+        """Ends the threads once their probes are done."""
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> ProbePool:
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+def run_probes(probes: List[HealthProbe], workers: int = WORKERS) -> Dict[HealthProbe, Result]:
+    """All probes concurrently, once, on threads of their own that end with the call."""
+    others = {probe for probe in probes if _tcp_address(probe) is None}
+    with ProbePool(max(1, min(workers, len(others)))) as pool:
+        return pool(probes)

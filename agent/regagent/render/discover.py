@@ -22,9 +22,12 @@ JSON schema (`--format json`), one object:
           "outcome": "identified",   # identified | unknown-exporter | not-exporter
                                      # | excluded | not-candidate | pending (an unconfirmed
                                      # listener whose background probe has not answered yet)
-          "reason": "fingerprint node_exporter_build_info",   # how identified, or why not
+          "reason": "node_exporter_build_info",   # how identified, or why not
           "exporter": "node_exporter" or null,
           "version": "1.5.0" or null,
+          "identified_by": "build_info" or null,  # build_info | fingerprint | process | port
+          "problem": "",             # identified by its process or port while its answer
+                                     # failed: why (e.g. "timed out after 10s"); else ""
           "metrics_path": "/metrics",
           "scheme": "http",
           "service_id": "node-exporter-9100" or null,         # what it is registered as
@@ -57,13 +60,13 @@ from regagent.discovery.identify import (
     DiscoveryResult,
     Finding,
 )
-from regagent.discovery.intents import DesiredServices
+from regagent.discovery.intents import IntentSet
 from regagent.model import ServiceIntent, service_json
 from regagent.render.escape import safe_lines
 
 
 def report_json(
-    node_address: str, result: Optional[DiscoveryResult], desired: DesiredServices
+    node_address: str, result: Optional[DiscoveryResult], wanted: IntentSet
 ) -> Dict[str, Any]:
     findings = result.findings if result is not None else ()
     return {
@@ -71,8 +74,8 @@ def report_json(
         "discovery_enabled": result is not None,
         "complete": result.complete if result is not None else True,
         "error": result.error if result is not None else "",
-        "listeners": [_finding_json(f, desired) for f in findings],
-        "services": [_intent_json(i) for i in sorted(desired.intents, key=_intent_id)],
+        "listeners": [_finding_json(f, wanted) for f in findings],
+        "services": [_intent_json(i) for i in sorted(wanted.intents, key=_intent_id)],
     }
 
 
@@ -80,7 +83,7 @@ def _intent_id(intent: ServiceIntent) -> str:
     return intent.service.id
 
 
-def _finding_json(finding: Finding, desired: DesiredServices) -> Dict[str, Any]:
+def _finding_json(finding: Finding, wanted: IntentSet) -> Dict[str, Any]:
     process = finding.process
     return {
         "port": finding.port,
@@ -100,15 +103,17 @@ def _finding_json(finding: Finding, desired: DesiredServices) -> Dict[str, Any]:
         "reason": finding.reason,
         "exporter": finding.exporter,
         "version": finding.version,
+        "identified_by": finding.identified_by,
+        "problem": finding.problem,
         "metrics_path": finding.metrics_path,
         "scheme": finding.scheme,
-        "service_id": desired.by_port.get(finding.port),
-        "not_registered": _not_registered(finding, desired),
+        "service_id": wanted.by_port.get(finding.port),
+        "not_registered": _not_registered(finding, wanted),
     }
 
 
-def _not_registered(finding: Finding, desired: DesiredServices) -> Optional[str]:
-    for item in desired.skipped:
+def _not_registered(finding: Finding, wanted: IntentSet) -> Optional[str]:
+    for item in wanted.skipped:
         if item.port == finding.port:
             return item.reason
     return None
@@ -127,7 +132,7 @@ def _intent_json(intent: ServiceIntent) -> Dict[str, Any]:
 
 
 def report_text(
-    node_address: str, result: Optional[DiscoveryResult], desired: DesiredServices
+    node_address: str, result: Optional[DiscoveryResult], wanted: IntentSet
 ) -> List[str]:
     """A table of listeners, then the services that would be registered; safe to print."""
     lines: List[str] = []
@@ -138,10 +143,10 @@ def report_text(
     else:
         lines.append(f"Listening TCP sockets (node address {node_address}):")
         rows = [["LISTENER", "PROCESS", "IDENTIFIED AS / WHY NOT", "REGISTERED AS"]]
-        rows += [_finding_row(f, desired) for f in result.findings]
+        rows += [_finding_row(f, wanted) for f in result.findings]
         lines += _table(rows)
     lines.append("")
-    intents = sorted(desired.intents, key=_intent_id)
+    intents = sorted(wanted.intents, key=_intent_id)
     lines.append(f"Would register {len(intents)} service(s):")
     for intent in intents:
         service = intent.service
@@ -164,11 +169,12 @@ def _hostport(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def _finding_row(finding: Finding, desired: DesiredServices) -> List[str]:
+def _finding_row(finding: Finding, wanted: IntentSet) -> List[str]:
     process = finding.process.label if finding.process is not None else "?"
     if finding.outcome == IDENTIFIED:
         version = f" {finding.version}" if finding.version else ""
-        what = f"{finding.exporter}{version} ({finding.reason})"
+        how = f"by {finding.identified_by}: " if finding.identified_by else ""
+        what = f"{finding.exporter}{version} ({how}{finding.reason})"
     elif finding.outcome == UNKNOWN_EXPORTER:
         what = f"unknown exporter: {finding.reason}"
     elif finding.outcome in (EXCLUDED, NOT_CANDIDATE, PENDING):
@@ -177,11 +183,11 @@ def _finding_row(finding: Finding, desired: DesiredServices) -> List[str]:
         what = f"not an exporter: {finding.reason}"
     if finding.candidate_reasons and finding.outcome not in (IDENTIFIED, NOT_CANDIDATE):
         what += f" [candidate: {'; '.join(finding.candidate_reasons)}]"
-    service_id = desired.by_port.get(finding.port)
+    service_id = wanted.by_port.get(finding.port)
     if service_id is not None:
         registered = service_id
     else:
-        skipped = _not_registered(finding, desired)
+        skipped = _not_registered(finding, wanted)
         registered = f"no: {skipped}" if skipped else "-"
     return [finding.endpoints, process, what, registered]
 

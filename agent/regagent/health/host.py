@@ -1,9 +1,10 @@
-"""`Health`: the checks of one host across cycles, behind one flap guard.
+"""`Health`: the checks of this host across cycles, behind one flap guard.
 
 The engine asks it for the results of the intents whose health is not known yet (static
 services with a probe) when regagent runs the checks, and has it forget every other service
-once per full cycle; discovery asks it to hold a failed probe of a known exporter. Both use the
-same guard, keyed by service ID, seeded once per cycle from what Consul shows.
+once per full cycle; discovery asks it to hold a failed probe of a known exporter, or to forget
+one that must show at once. Both use the same guard, keyed by service ID, seeded once per cycle
+from what Consul shows. Only this class touches the guard.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class Health:
         """A reload may change the threshold; the history stays."""
         self.guard.failures_before_critical = failures_before_critical
 
+    @property
+    def failures_before_critical(self) -> int:
+        return self.guard.failures_before_critical
+
     def seed(self, checks: Iterable[CheckState]) -> None:
         """After a restart, Consul still shows the last good results: start from them."""
         for check in checks:
@@ -40,6 +45,14 @@ class Health:
     def hold(self, service_id: str, result: Result) -> Result:
         """`result` as it should be reported, a recent failure of a passing service held back."""
         return self.guard.observe(service_id, result)
+
+    def failures(self, service_id: str) -> int:
+        """Failed results in a row seen for the service (the log says how close it is)."""
+        return self.guard.failures(service_id)
+
+    def forget(self, service_id: str) -> None:
+        """No hold for the service next time: it failed in a way that must show at once."""
+        self.guard.forget(service_id)
 
     def evaluate(self, intents: Sequence[ServiceIntent]) -> Dict[str, Result]:
         """Runs the probes of the intents whose status is not known yet, concurrently, each
