@@ -433,14 +433,14 @@ class CatalogRegistrar:
         return logical_writes(plan)
 
     def apply(self, plan: Plan) -> ApplyOutcome:
-        moves_node = touches_node(plan)
-        if moves_node and self.watch is not None:
-            self.watch.wrote()
+        watch = self.watch if touches_node(plan) else None
+        if watch is not None:
+            watch.writing()
         outcome = self.sender.send(plan_units(plan, self.datacenter))
+        if watch is not None:
+            watch.wrote(ok=outcome.error is None)
         if outcome.error is not None:
             self._checks = None  # not known what landed: the next cycle reads them
-            if moves_node and self.watch is not None:
-                self.watch.wrote()
         elif self._checks is not None:
             self._checks = (checks_after(self._checks[0], plan), self._checks[1])
         if outcome.error is None:

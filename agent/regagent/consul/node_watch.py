@@ -133,7 +133,11 @@ class NodeWatch:
         self.answer: Optional[Watched] = None
         self.holding = False  # the last poll was answered as a blocking query should be
         self.confirmed = float("-inf")  # when an answer last said `answer` is current
-        self.written = float("-inf")  # when regagent last wrote the node or its services
+        # regagent's last write of the node or its services: when it began and ended, and the
+        # index the watch knew when it began (0: none, or the write failed)
+        self.writing_since = float("-inf")
+        self.written = float("-inf")
+        self.written_over = 0
         self.streak = 0  # failures or non-blocking answers in a row
         self.last_start = float("-inf")
         self.counts: Dict[str, int] = {}
@@ -273,9 +277,21 @@ class NodeWatch:
             answer = self.answer
             if answer is None or not self.holding or self.index == 0:
                 return None
-            if answer.received <= self.written or self.clock() - self.confirmed > self.bound:
+            if not self._after_writes(answer) or self.clock() - self.confirmed > self.bound:
                 return None
             return answer
+
+    def _after_writes(self, answer: Watched) -> bool:
+        """Whether `answer` shows regagent's last write: received after it ended, or after it
+        began with an index past the one known then (the write moves it; an answer computed
+        just before it, with another change, is followed by the write's own)."""
+        if answer.received > self.written:
+            return True
+        return (
+            answer.received > self.writing_since
+            and self.written_over > 0
+            and answer.index > self.written_over
+        )
 
     @property
     def has_news(self) -> bool:
@@ -289,12 +305,20 @@ class NodeWatch:
                 return None
             self._news = False
             answer = self.answer
-            if answer is None or answer.received <= self.written:
+            if answer is None or not self._after_writes(answer):
                 return None
             return answer
 
-    def wrote(self) -> None:
-        """regagent is writing (or failed to write) the node or its services: until an
-        answer arrives after this, the cache may not show what Consul holds."""
+    def writing(self) -> None:
+        """regagent begins to write the node or its services (see `_after_writes`)."""
+        with self._lock:
+            self.writing_since = self.written = self.clock()
+            self.written_over = self.index
+
+    def wrote(self, ok: bool = True) -> None:
+        """regagent's write has ended; not `ok`: what landed is unknown, so only an answer
+        received from now on shows what Consul holds."""
         with self._lock:
             self.written = self.clock()
+            if not ok:
+                self.written_over = 0
