@@ -293,3 +293,38 @@ def test_one_shot_syncs_and_dry_runs_read_as_before(tmp_path: Path) -> None:
             assert endpoint(sim, NODE_READ) == 1
             assert endpoint(sim, CHECK_READ) == 1
         assert registered(sim)
+
+
+def test_a_check_status_set_by_a_third_party_is_written_back_when_the_checks_are_reread(
+    tmp_path: Path,
+) -> None:
+    """Check writes do not move the node's index: the watch does not see this one, and the
+    cycles go on with the checks they last read until those are two waits old (4 s here)."""
+    with cluster() as sim, daemon(write_config(tmp_path, sim, interval="1s")) as run:
+        wait_until("registered", lambda: registered(sim))
+        wait_until("the watch holds a poll", lambda: endpoint(sim, NODE_READ) >= 3)
+        reads = endpoint(sim, CHECK_READ)
+        put(
+            sim,
+            0,
+            "/v1/catalog/register",
+            {
+                "Node": NODE,
+                "SkipNodeUpdate": True,
+                "Check": {
+                    "CheckID": "service:alpha-9101",
+                    "Name": "alpha health",
+                    "ServiceID": "alpha-9101",
+                    "Status": "critical",
+                    "Output": "set by hand",
+                },
+            },
+        )
+
+        def status() -> str:
+            checks = [c for c in sim.catalog()["checks"] if c["CheckID"] == "service:alpha-9101"]
+            return str(checks[0]["Status"]) if checks else ""
+
+        wait_until("passing again", lambda: status() == "passing", timeout=30)
+        assert endpoint(sim, CHECK_READ) > reads  # a cycle read the checks again
+        assert not run.events("catalog_repaired")  # the watch never saw it

@@ -396,7 +396,7 @@ class CatalogRegistrar:
         """The watch's answer for the node and services, the kept checks while they are
         young enough (else one read of them): no request at all in the steady state."""
         assert self.watch is not None
-        checks = self._checks
+        checks = None if self.watch.node_was_gone() else self._checks
         leader = True
         if checks is None or self.watch.clock() - self._checks_read > self.watch.checks_max_age:
             checks, leader = read_checks(self.pool, self.identity.name)

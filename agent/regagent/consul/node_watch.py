@@ -141,6 +141,9 @@ class NodeWatch:
         self.streak = 0  # failures or non-blocking answers in a row
         self.last_start = float("-inf")
         self.counts: Dict[str, int] = {}
+        # An answer showed no node since the registrar last asked: every check of the node
+        # went with it, node-level ones too, whatever the cycles last read (`node_was_gone`).
+        self._node_gone = False
         self._news = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -247,6 +250,7 @@ class NodeWatch:
                 self.confirmed = now
                 self.answer = got
                 self._news = True
+                self._node_gone = self._node_gone or got.node is None
         self._count(event)
         if move_on:
             if self.streak == 1:
@@ -292,6 +296,13 @@ class NodeWatch:
             and self.written_over > 0
             and answer.index > self.written_over
         )
+
+    def node_was_gone(self) -> bool:
+        """Whether an answer showed the node gone since the last call (then the checks last
+        read are not what Consul holds, even once the node is back)."""
+        with self._lock:
+            gone, self._node_gone = self._node_gone, False
+            return gone
 
     @property
     def has_news(self) -> bool:
