@@ -398,13 +398,18 @@ def identify(
             break
     assert result is not None
     answer = result.exposition if result.ok else None
-    naming, why = name_listener(finding.port, answer, finding.process, table)
+    in_range = finding.in_port_range
+    naming, why = name_listener(
+        finding.port, answer, finding.process, table, in_port_range=in_range
+    )
     process = finding.process
     weaker = naming is None or naming.identified_by not in FROM_ANSWER
     if weaker and process is None and owner is not None:
         process = owner(finding)
         if process is not None:
-            naming, why = name_listener(finding.port, answer, process, table)
+            naming, why = name_listener(
+                finding.port, answer, process, table, in_port_range=in_range
+            )
     # The reason can quote the exporter (its Content-Type): keep it printable.
     failure = "" if result.ok else printable_text(result.reason, REASON_MAX)
     if naming is not None:
