@@ -145,7 +145,8 @@ class BoundedHTTPClient:
 
     @staticmethod
     def target(path: str, params: Params) -> str:
-        """The request target: the path quoted (`/` and `:` kept), then the query string."""
+        """The request target: the path quoted (`/` and `:` kept), then the query string.
+        `path` is given unencoded (a service ID as it is): quoted here once, never by callers."""
         quoted = urllib.parse.quote(path, safe="/:")
         return f"{quoted}?{urllib.parse.urlencode(params)}" if params else quoted
 
