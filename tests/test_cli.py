@@ -35,6 +35,7 @@ COMMAND_OPTIONS = {
     "discover": ["--format"],
     "status": ["--format"],
     "deregister": ["--yes"],
+    "maint": ["start", "stop", "status"],
     "run": ["sync.interval"],
 }
 

@@ -32,6 +32,8 @@ from regagent.engine import SyncEngine
 from regagent.errors import ConfigError
 from regagent.health import Health, ProbePool
 from regagent.identity import NodeIdentity, Writer, daemon_lock
+from regagent.maintenance.metric import MaintenanceCollector
+from regagent.maintenance.store import MaintenanceStore
 from regagent.metrics import Metrics
 from regagent.model import ActualState, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
@@ -47,10 +49,20 @@ from regagent.watch import Watch
 #   metrics    counters continue
 #   heartbeat  what the systemd watchdog reads
 #   lock       the daemon's hold on its state directory, while the directory stays the same
+#   maintenance_metric  registered once on the metrics' registry; told the new state directory
 # The pool and the identity are rebuilt, since the configuration names their servers and their
 # node, and take over their predecessor's state (`adopt`). The others are kept and told the new
 # configuration, by the same calls that configure them on the first build.
-SURVIVES_RELOAD = ("pool", "identity", "health", "discovery", "metrics", "heartbeat", "lock")
+SURVIVES_RELOAD = (
+    "pool",
+    "identity",
+    "health",
+    "discovery",
+    "metrics",
+    "heartbeat",
+    "lock",
+    "maintenance_metric",
+)
 
 
 @dataclass
@@ -69,6 +81,8 @@ class App:
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
+    # the maintenance window's end on the metrics endpoint (`regagent maint`)
+    maintenance_metric: Optional[MaintenanceCollector] = None
 
 
 def build(
@@ -102,11 +116,16 @@ def build(
         health = Health(config.sync.failures_before_critical, ProbePool())
         discovery = make_discovery(config, health, heartbeat, daemon=writer.daemon)
         metrics = Metrics()
+        maintenance_metric = MaintenanceCollector(None)
+        metrics.registry.register(maintenance_metric)
     else:  # SURVIVES_RELOAD
         pool.adopt(previous.pool)
         identity.adopt(previous.identity)
         health, discovery = previous.health, previous.discovery
         metrics, heartbeat = previous.metrics, previous.heartbeat
+        maintenance_metric = previous.maintenance_metric or MaintenanceCollector(None)
+    maintenance = MaintenanceStore(config.sync.state_dir, identity.warnings)
+    maintenance_metric.store = maintenance
     health.configure(config.sync.failures_before_critical)
     discovery.reconfigure(config, beside_daemon=identity.beside_daemon)
     metrics.configure(pool_addresses(pool))
@@ -139,6 +158,7 @@ def build(
         heartbeat,
         watch,
         lock,
+        maintenance_metric,
     )
 
 

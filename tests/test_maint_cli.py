@@ -1,0 +1,271 @@
+"""`regagent maint start|stop|status` as an operator runs them: real processes, the Consul
+emulator, the daemon's metrics endpoint; exit codes, stdout, stderr, the state file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
+
+import pytest
+import yaml
+
+from consulsim import SimCluster
+
+NODE = "maint-host"
+METRIC = "regagent_maintenance_ends_timestamp_seconds"
+T = TypeVar("T")
+
+
+def write_config(tmp_path: Path, servers: list[str], **sections: Any) -> Path:
+    config = {
+        "consul": {
+            "servers": servers,
+            "connect_timeout": "1s",
+            "read_timeout": "1s",
+            "cooldown_initial": "200ms",
+            "cooldown_max": "1s",
+        },
+        "node": {"name": NODE, "address": "127.0.0.1"},
+        "sync": {"interval": "1s", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
+        "discovery": {"enabled": False},
+        "services": [{"name": "app", "port": 8080, "check": {"type": "none"}}],
+        **sections,
+    }
+    path = tmp_path / "regagent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def regagent(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_ADDR")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@contextlib.contextmanager
+def running_daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`regagent run`, stopped by its pid (SIGTERM, then SIGKILL) however the test ends."""
+    with log.open("wb") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "regagent", "-c", str(config), "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    try:
+        yield daemon
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
+def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float = 20.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(listen: str) -> Optional[str]:
+    try:
+        with urllib.request.urlopen(f"http://{listen}/metrics", timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return None
+
+
+def metric_value(text: str) -> Optional[float]:
+    for line in text.splitlines():
+        if line.startswith(METRIC + " "):
+            return float(line.split()[1])
+    return None
+
+
+def recorded(tmp_path: Path) -> Optional[Dict[str, Any]]:
+    path = tmp_path / "state" / "maintenance.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("regagent: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--reason", "x"], "the following arguments are required: --for"),
+        (["--for", "30m"], "the following arguments are required: --reason"),
+        (["--for", "30", "--reason", "x"], "'30' is not a duration (use e.g. 30s, 5m, 72h)"),
+        (["--for", "soon", "--reason", "x"], "'soon' is not a duration"),
+        (["--for", "8d", "--reason", "x"], "a window lasts at most 7d"),
+        (["--for", "0s", "--reason", "x"], "a window lasts at least 1s"),
+        (["--for", "30m", "--reason", "  "], "--reason: say why"),
+        (["--for", "30m", "--reason", "a\nb"], "U+000A"),
+        (["--for", "30m", "--reason", "\x1b[31mred"], "U+001B"),
+        (["--for", "30m", "--reason", "x" * 257], "at most 256"),
+    ],
+    ids=[
+        "no-for",
+        "no-reason",
+        "no-unit",
+        "not-a-duration",
+        "too-long",
+        "zero",
+        "blank-reason",
+        "two-lines",
+        "escape",
+        "reason-too-long",
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_records_nothing(
+    args: list[str], complaint: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, ["127.0.0.1:1"])
+    result = regagent(config, "maint", "start", *args)
+    assert result.returncode == 2, result
+    assert complaint in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert recorded(tmp_path) is None
+
+
+def test_help_explains_each_action(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ["127.0.0.1:1"])
+    for action, words in {
+        "start": ["--for DURATION", "--reason TEXT", "at most 7d", "maintenance.json"],
+        "stop": ["Ends the running window"],
+        "status": ["--format", "_node_maintenance"],
+    }.items():
+        result = regagent(config, "maint", action, "--help")
+        assert result.returncode == 0 and result.stdout.startswith(
+            f"usage: regagent maint {action}"
+        )
+        for word in words:
+            assert word in " ".join(result.stdout.split()), (action, word)
+    result = regagent(config, "maint")
+    assert result.returncode == 2 and "required: ACTION" in result.stderr
+
+
+def test_start_status_stop_with_consul(consul_cluster: SimCluster, tmp_path: Path) -> None:
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    before = time.time()
+    started = regagent(config, "maint", "start", "--for", "30m", "--reason", "kernel upgrade")
+    assert started.returncode == 0, started.stderr
+    assert f"Node {NODE} in maintenance until " in started.stdout
+    assert "(30m; starts now): kernel upgrade" in started.stdout
+    assert f"Consul: node {NODE} marked" in started.stdout
+    assert "the daemon (regagent run) is not running on this host" in started.stdout
+    record = recorded(tmp_path)
+    assert record is not None and record["reason"] == "kernel upgrade"
+    assert before <= record["since"] <= time.time()
+    assert record["until"] == pytest.approx(record["since"] + 1800)
+
+    status = regagent(config, "maint", "status")
+    assert status.returncode == 0, status.stderr
+    for word in [
+        "in maintenance",
+        "reason:    kernel upgrade",
+        "since:",
+        "until:",
+        "remaining: 29m",
+    ]:
+        assert word in status.stdout, status.stdout
+    assert "The daemon (regagent run) is not running here" in status.stdout
+    document = json.loads(regagent(config, "maint", "status", "--format", "json").stdout)
+    assert document["node"] == NODE and document["window"]["state"] == "active"
+    assert 1790 <= document["window"]["remaining_seconds"] <= 1800
+    assert document["consul"]["error"] is None and document["daemon_running"] is False
+
+    again = regagent(config, "maint", "start", "--for", "1h", "--reason", "firmware too")
+    assert again.returncode == 0 and "(1h; replaces the previous window)" in again.stdout
+
+    stopped = regagent(config, "maint", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "Maintenance window stopped." in stopped.stdout
+    assert f"Consul: node {NODE} cleared" in stopped.stdout
+    status = regagent(config, "maint", "status")
+    assert "not in maintenance (the last window stopped at" in status.stdout
+    assert "reason:    firmware too" in status.stdout
+    record = recorded(tmp_path)
+    assert record is not None and record["stopped"] == record["until"] <= time.time()
+
+    twice = regagent(config, "maint", "stop")
+    assert twice.returncode == 0 and "No maintenance window was running." in twice.stdout
+
+
+def test_without_consul_the_window_is_recorded_and_the_command_says_so(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [f"127.0.0.1:{free_port()}"])
+    result = regagent(config, "maint", "start", "--for", "30m", "--reason", "reboot")
+    assert result.returncode == 1
+    assert_one_error_line(
+        result, "the window is recorded on this host, but Consul was not updated", "next cycle"
+    )
+    assert recorded(tmp_path) is not None
+    status = regagent(config, "maint", "status")
+    assert status.returncode == 1 and "reason:    reboot" in status.stdout
+    assert "Consul: not known (no Consul server reachable" in status.stdout
+
+
+def test_an_unusable_state_directory_is_an_error_exit_1(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ["127.0.0.1:1"])
+    (tmp_path / "state").mkdir(mode=0o777)
+    (tmp_path / "state").chmod(0o777)
+    result = regagent(config, "maint", "start", "--for", "30m", "--reason", "reboot")
+    assert result.returncode == 1
+    assert_one_error_line(result, "cannot record the window", "chmod go-w")
+
+
+def test_the_running_daemon_shows_start_and_stop_at_its_next_scrape(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, list(consul_cluster.addresses), telemetry={"listen": listen})
+    with running_daemon(config, tmp_path / "daemon.log"):
+        text = wait_for("the metrics endpoint", lambda: scrape(listen))
+        assert metric_value(text) is None  # no window, no series
+        started = regagent(config, "maint", "start", "--for", "2h", "--reason", "reboot")
+        assert started.returncode == 0, started.stderr
+        assert "not running on this host" not in started.stdout  # the daemon holds the lock
+        until = recorded(tmp_path)["until"]  # type: ignore[index]
+        # rendered at most once a second (the endpoint's bound), read from the file: no signal
+        wait_for("the window's end", lambda: metric_value(scrape(listen) or "") == until, 5)
+        status = regagent(config, "maint", "status")
+        assert "The daemon (regagent run) is not running" not in status.stdout
+        assert regagent(config, "maint", "stop").returncode == 0
+        ended = recorded(tmp_path)["until"]  # type: ignore[index]
+        assert ended < until
+        wait_for("the stop", lambda: metric_value(scrape(listen) or "") == ended, 5)
