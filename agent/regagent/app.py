@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, FrozenSet, List, Optional, Tuple
+from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from regagent.config import load_config
 from regagent.config.model import Config
@@ -36,6 +36,7 @@ from regagent.maintenance.metric import MaintenanceCollector
 from regagent.maintenance.store import MaintenanceStore
 from regagent.metrics import Metrics
 from regagent.model import ActualState, ServiceIntent
+from regagent.nodechecks import NodeCheckSource
 from regagent.notify import Notifier, watchdog_interval
 from regagent.statedir import Lock
 from regagent.watch import Watch
@@ -135,7 +136,9 @@ def build(
         metrics.observe_request(server, outcome, seconds)
 
     pool.observer = observe
-    registrar = make_registrar(config, pool, identity)
+    # The features that put checks on the host's node (catalog mode), one line each.
+    node_checks: List[NodeCheckSource] = []
+    registrar = make_registrar(config, pool, identity, node_checks)
     engine = SyncEngine(
         registrar,
         discovery if intent_source is None else GivenIntents(intent_source),
@@ -170,12 +173,18 @@ def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
     return ServerPool(consul, load_token(config.consul), policy=policy)
 
 
-def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> Registrar:
+def make_registrar(
+    config: Config,
+    pool: ServerPool,
+    identity: NodeIdentity,
+    node_checks: Sequence[NodeCheckSource] = (),
+) -> Registrar:
     """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
-    two modes."""
+    two modes. `node_checks` go on the host's node in catalog mode; in agent mode the agent
+    owns its node (its serfHealth already marks a dead host, its own maintenance API the rest)."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
-    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)
+    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter, node_checks)
 
 
 def make_discovery(
