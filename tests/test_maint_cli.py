@@ -19,6 +19,9 @@ import pytest
 import yaml
 
 from consulsim import SimCluster
+from helpers.catalog_sim import node_checks, service_health
+from regagent.maintenance.store import MaintenanceStore
+from regagent.maintenance.window import new_window
 
 NODE = "maint-host"
 METRIC = "regagent_maintenance_ends_timestamp_seconds"
@@ -269,3 +272,121 @@ def test_the_running_daemon_shows_start_and_stop_at_its_next_scrape(
         ended = recorded(tmp_path)["until"]  # type: ignore[index]
         assert ended < until
         wait_for("the stop", lambda: metric_value(scrape(listen) or "") == ended, 5)
+
+
+def maintenance_check(cluster: SimCluster) -> Optional[Dict[str, Any]]:
+    return node_checks(cluster, NODE).get("_node_maintenance")
+
+
+def test_the_check_is_consuls_own_node_maintenance_check(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """What `consul maint -enable -reason R` creates through an agent (agent/agent.go
+    EnableNodeMaintenance): `_node_maintenance`, `Node Maintenance Mode`, critical, Notes R, no
+    service; so health readers drop the node's services and consul_sd says `maintenance`."""
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    assert regagent(config, "sync").returncode == 0
+    assert len(service_health(consul_cluster, "app", passing=True)) == 1
+    started = regagent(config, "maint", "start", "--for", "30m", "--reason", "disk swap, RT#4411")
+    assert started.returncode == 0, started.stderr
+    check = maintenance_check(consul_cluster)
+    assert check is not None
+    assert check["Node"] == NODE
+    assert check["Name"] == "Node Maintenance Mode"
+    assert check["Status"] == "critical"
+    assert check["Notes"] == "disk swap, RT#4411"
+    assert check["ServiceID"] == "" and check["ServiceName"] == ""
+    assert check["Output"].startswith("regagent maint: in maintenance until 20")
+    assert service_health(consul_cluster, "app", passing=True) == []  # out of ?passing
+    status = regagent(config, "maint", "status")
+    assert "Consul: check _node_maintenance critical, notes: disk swap, RT#4411" in status.stdout
+
+    # a second start replaces the reason (the check's Notes) in place
+    assert regagent(config, "maint", "start", "--for", "1h", "--reason", "longer").returncode == 0
+    assert maintenance_check(consul_cluster)["Notes"] == "longer"  # type: ignore[index]
+
+    stopped = regagent(config, "maint", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert maintenance_check(consul_cluster) is None
+    assert len(service_health(consul_cluster, "app", passing=True)) == 1
+    status = regagent(config, "maint", "status")
+    assert "Consul: no _node_maintenance check on the node" in status.stdout
+
+
+def test_dry_run_shows_the_check_it_would_write_and_remove(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    assert regagent(config, "sync").returncode == 0
+    store = MaintenanceStore(str(tmp_path / "state"))
+    store.save(new_window("firmware", 600.0, time.time()))  # as `maint start` records it
+    planned = regagent(config, "sync", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert "+ node check _node_maintenance: 'Node Maintenance Mode'" in planned.stdout
+    assert "Dry run: nothing written." in planned.stdout
+    document = json.loads(regagent(config, "sync", "--dry-run", "--format", "json").stdout)
+    [wanted] = [c for c in document["node_checks"] if c["check_id"] == "_node_maintenance"]
+    assert (wanted["name"], wanted["status"], wanted["notes"]) == (
+        "Node Maintenance Mode",
+        "critical",
+        "firmware",
+    )
+    assert maintenance_check(consul_cluster) is None  # a dry run writes nothing
+
+    assert regagent(config, "sync").returncode == 0
+    store.save(store.load().stop(time.time()))  # type: ignore[union-attr]
+    planned = regagent(config, "sync", "--dry-run")
+    assert "- remove node check _node_maintenance: Node Maintenance Mode" in planned.stdout
+
+
+def test_the_running_daemon_keeps_the_check_and_ends_it_on_time(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    with running_daemon(config, tmp_path / "daemon.log"):
+        wait_for("the first sync", lambda: service_health(consul_cluster, "app"))
+        started = regagent(config, "maint", "start", "--for", "6s", "--reason", "reboot")
+        assert started.returncode == 0, started.stderr
+        first = maintenance_check(consul_cluster)
+        assert first is not None  # written by the command itself, before it returned
+        # The daemon's own cycles (1s) read the same file: they keep the check, unwritten.
+        time.sleep(2.5)
+        kept = maintenance_check(consul_cluster)
+        assert kept is not None and kept["ModifyIndex"] == first["ModifyIndex"]
+        until = recorded(tmp_path)["until"]  # type: ignore[index]
+        wait_for("the end of the window", lambda: maintenance_check(consul_cluster) is None, 15)
+        assert time.time() >= until
+        assert len(service_health(consul_cluster, "app", passing=True)) == 1
+
+
+def test_a_window_that_ended_while_the_daemon_was_down_is_ended_when_it_starts(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    with running_daemon(config, tmp_path / "daemon-1.log"):
+        wait_for("the first sync", lambda: service_health(consul_cluster, "app"))
+        started = regagent(config, "maint", "start", "--for", "3s", "--reason", "reboot")
+        assert started.returncode == 0, started.stderr
+    # The daemon is down (a reboot that takes longer than planned); the window ends meanwhile.
+    until = recorded(tmp_path)["until"]  # type: ignore[index]
+    time.sleep(max(0.0, until - time.time()) + 0.5)
+    assert maintenance_check(consul_cluster) is not None  # nobody left to remove it
+    status = regagent(config, "maint", "status")
+    assert "not in maintenance (the last window ended at" in status.stdout
+    assert "Consul: check _node_maintenance critical" in status.stdout
+    with running_daemon(config, tmp_path / "daemon-2.log"):
+        wait_for("the check removed", lambda: maintenance_check(consul_cluster) is None, 15)
+        assert len(service_health(consul_cluster, "app", passing=True)) == 1
+
+
+def test_a_window_survives_a_restart_of_the_daemon(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    assert regagent(config, "maint", "start", "--for", "1h", "--reason", "reboot").returncode == 0
+    for log in ("daemon-1.log", "daemon-2.log"):
+        with running_daemon(config, tmp_path / log):
+            wait_for("the daemon's cycles", lambda: service_health(consul_cluster, "app"))
+            time.sleep(1.5)
+            assert maintenance_check(consul_cluster) is not None
+            assert service_health(consul_cluster, "app", passing=True) == []

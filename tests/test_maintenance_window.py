@@ -161,3 +161,23 @@ def test_the_metric_is_read_from_the_file_at_each_scrape(tmp_path: Path) -> None
     assert value() == NOW + 60.0  # the new, past end: a lookback's last value says "over"
     clock[0] = NOW + 60.0 + ENDED_SHOWN_FOR
     assert value() is None
+
+
+def test_the_claim_owns_the_check_always_and_wants_it_while_the_window_runs() -> None:
+    from regagent.maintenance.check import maintenance_claim
+    from regagent.model import NodeCheck
+
+    window = Window("kernel upgrade", NOW, NOW + 1800.0)
+    for ended in (None, window.stop(NOW + 5), window):
+        claim = maintenance_claim(ended, NOW + 1800.0 if ended is window else NOW + 10)
+        assert claim.owned == {"_node_maintenance"} and claim.wanted == ()
+    claim = maintenance_claim(window, NOW + 60)
+    assert claim.wanted == (
+        NodeCheck(
+            "_node_maintenance",
+            "Node Maintenance Mode",
+            "critical",
+            output="regagent maint: in maintenance until 2027-01-15T08:30:00Z",
+            notes="kernel upgrade",
+        ),
+    )

@@ -32,6 +32,7 @@ from regagent.engine import SyncEngine
 from regagent.errors import ConfigError
 from regagent.health import Health, ProbePool
 from regagent.identity import NodeIdentity, Writer, daemon_lock
+from regagent.maintenance.check import MaintenanceChecks
 from regagent.maintenance.metric import MaintenanceCollector
 from regagent.maintenance.store import MaintenanceStore
 from regagent.metrics import Metrics
@@ -138,6 +139,7 @@ def build(
     pool.observer = observe
     # The features that put checks on the host's node (catalog mode), one line each.
     node_checks: List[NodeCheckSource] = []
+    node_checks.append(MaintenanceChecks(maintenance))  # `regagent maint`: _node_maintenance
     registrar = make_registrar(config, pool, identity, node_checks)
     engine = SyncEngine(
         registrar,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from regagent.app import App
     from regagent.maintenance.store import MaintenanceStore
     from regagent.maintenance.window import Window
+    from regagent.model import NodeCheck
 
 log = structlog.get_logger(__name__)
 
@@ -337,6 +338,13 @@ def cmd_maint(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     app = build(config, writer=_writer(args))
     if args.maint_action == "status":
         return _maint_status(app, store, args.format, now, out)
+    if config.consul.mode == "agent":  # the local agent owns its node and its checks
+        print(
+            "regagent: consul.mode is agent: the node is not marked in Consul by regagent; "
+            "use `consul maint -enable -reason ...` on the agent as well (the window and its "
+            "metric are kept here)",
+            file=sys.stderr,
+        )
     if args.maint_action == "start":
         _maint_start(app, store, window, now, out)
     else:
@@ -401,18 +409,19 @@ def _maint_status(app: App, store: MaintenanceStore, fmt: str, now: float, out: 
     from regagent.render.maintenance import window_report, window_text
 
     window = store.load()
-    in_consul: Optional[bool] = None
+    in_consul: Optional[NodeCheck] = None
     error: Optional[str] = None
     try:
         actual, _ = app.registrar.read()
-        in_consul = NODE_MAINTENANCE_CHECK_ID in actual.node_check_ids
+        found = [c for c in actual.node_checks if c.check_id == NODE_MAINTENANCE_CHECK_ID]
+        in_consul = found[0] if found else None
     except RegagentError as exc:
         error = str(exc)
     report = window_report(
         app.identity.name,
         window,
         now,
-        in_consul=in_consul,
+        check=in_consul,
         daemon_running=app.identity.beside_daemon(),
         error=error,
     )

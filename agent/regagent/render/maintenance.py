@@ -6,6 +6,7 @@ import datetime
 from typing import Any, Dict, List, Optional
 
 from regagent.maintenance.window import NODE_MAINTENANCE_CHECK_ID, Window
+from regagent.model import NodeCheck
 from regagent.render.escape import safe_lines
 from regagent.rules import format_duration
 
@@ -34,12 +35,13 @@ def window_report(
     window: Optional[Window],
     now: float,
     *,
-    in_consul: Optional[bool],
+    check: Optional[NodeCheck],
     daemon_running: bool,
     error: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The JSON document of `maint status --format json` (the text form renders the same).
-    `in_consul`: whether the node holds the `_node_maintenance` check (None: not known)."""
+    `check`: the node's `_node_maintenance` check in Consul, None when absent (or, with
+    `error`, not known)."""
     recorded: Optional[Dict[str, Any]] = None
     if window is not None:
         recorded = {
@@ -47,13 +49,20 @@ def window_report(
             "reason": window.reason,
             "since": timestamp(window.since),
             "until": timestamp(window.until),
-            "remaining_seconds": round(window.remaining(now)),
+            "remaining_seconds": int(window.remaining(now)),  # whole seconds left
             "stopped": None if window.stopped is None else timestamp(window.stopped),
         }
     return {
         "node": node,
         "window": recorded,
-        "consul": {"check_id": NODE_MAINTENANCE_CHECK_ID, "present": in_consul, "error": error},
+        "consul": {
+            "check_id": NODE_MAINTENANCE_CHECK_ID,
+            "present": None if error is not None else check is not None,
+            "status": None if check is None else check.status,
+            "notes": None if check is None else check.notes,
+            "output": None if check is None else check.output,
+            "error": error,
+        },
         "daemon_running": daemon_running,
     }
 
@@ -80,9 +89,12 @@ def window_text(report: Dict[str, Any]) -> str:
         ]
     if consul["error"] is not None:
         lines.append(f"Consul: not known ({consul['error']})")
+    elif consul["present"]:
+        lines.append(
+            f"Consul: check {consul['check_id']} {consul['status']}, notes: {consul['notes']}"
+        )
     else:
-        where = "present" if consul["present"] else "absent"
-        lines.append(f"Consul: check {consul['check_id']} {where}")
+        lines.append(f"Consul: no {consul['check_id']} check on the node")
     active = window is not None and window["state"] == "active"
     if active and not report["daemon_running"]:
         lines.append(
