@@ -619,6 +619,8 @@ def test_a_host_in_maintenance_pages_nobody_until_its_window_ends(
     assert started.returncode == 0, started.stderr
     state = json.loads((tmp_path / "regagent-state" / "maintenance.json").read_text())
     until = float(state["until"])
+    checks = stack.cluster.get(stack.cluster.live_server(), f"/v1/health/node/{NODE}?stale")
+    assert "_node_maintenance" in {c["CheckID"] for c in checks}  # marked by the command
     for replica in stack.replicas:  # the agent's metric, scraped, makes the window known
         wait_for(
             f"{replica.name} to know the window",
@@ -659,6 +661,9 @@ def test_a_host_in_maintenance_pages_nobody_until_its_window_ends(
     assert "escalate" not in alert["labels"]
     # the alert's clock started when the window ended, not when the host went down
     assert alert["startsAt"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(until)), alert
+    # Nothing on the host could remove the Consul mark: the page came from the rules alone.
+    checks = stack.cluster.get(stack.cluster.live_server(), f"/v1/health/node/{NODE}?stale")
+    assert "_node_maintenance" in {c["CheckID"] for c in checks}
 
 
 def samples_in(replica: Replica, instance: str, seconds: int) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -390,3 +391,65 @@ def test_a_window_survives_a_restart_of_the_daemon(
             time.sleep(1.5)
             assert maintenance_check(consul_cluster) is not None
             assert service_health(consul_cluster, "app", passing=True) == []
+
+
+VMAGENT = shutil.which("vmagent")
+
+
+@pytest.mark.skipif(VMAGENT is None, reason="needs vmagent (Debian victoria-metrics)")
+def test_a_real_consul_sd_client_sees_the_node_in_maintenance(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """vmagent's consul_sd_configs (its own Consul client, AggregatedStatus as Consul's API
+    has it) reports `__meta_consul_health` `maintenance` for the node's services while the
+    window runs, and `passing` again after `maint stop`."""
+    assert VMAGENT is not None
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    assert regagent(config, "sync").returncode == 0
+    blocks = "\n".join(f"      - server: {address}" for address in consul_cluster.addresses)
+    scrape = tmp_path / "scrape.yml"
+    scrape.write_text(
+        "scrape_configs:\n  - job_name: maint\n    scrape_interval: 1s\n"
+        f"    consul_sd_configs:\n{blocks}\n"
+        "    relabel_configs:\n"
+        "      - source_labels: [__meta_consul_service]\n        regex: app\n"
+        "        action: keep\n"
+        "      - source_labels: [__meta_consul_health]\n        target_label: consul_health\n"
+    )
+    api = f"127.0.0.1:{free_port()}"
+    with (tmp_path / "vmagent.log").open("wb") as log:
+        vmagent = subprocess.Popen(
+            [
+                VMAGENT,
+                f"-promscrape.config={scrape}",
+                f"-httpListenAddr={api}",
+                "-promscrape.consulSDCheckInterval=1s",
+                f"-remoteWrite.url=http://127.0.0.1:{free_port()}/api/v1/write",  # never read
+                f"-remoteWrite.tmpDataPath={tmp_path / 'vmagent-data'}",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+    try:
+
+        def health() -> Optional[str]:
+            try:
+                with urllib.request.urlopen(f"http://{api}/api/v1/targets", timeout=2) as resp:
+                    targets = json.loads(resp.read())["data"]["activeTargets"]
+            except OSError:
+                return None
+            found = {t["labels"].get("consul_health") for t in targets}
+            return found.pop() if len(found) == 1 else None
+
+        wait_for("vmagent to discover the service", lambda: health() == "passing")
+        assert regagent(config, "maint", "start", "--for", "1h", "--reason", "x").returncode == 0
+        wait_for("consul_health maintenance", lambda: health() == "maintenance")
+        assert regagent(config, "maint", "stop").returncode == 0
+        wait_for("consul_health passing", lambda: health() == "passing")
+    finally:
+        vmagent.terminate()
+        try:
+            vmagent.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            vmagent.kill()
+            vmagent.wait()
