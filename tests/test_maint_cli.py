@@ -193,6 +193,7 @@ def test_start_status_stop_with_consul(consul_cluster: SimCluster, tmp_path: Pat
     assert "(30m; starts now): kernel upgrade" in started.stdout
     assert f"Consul: node {NODE} marked" in started.stdout
     assert "the daemon (regagent run) is not running on this host" in started.stdout
+    assert "Note: telemetry.listen is off, so Prometheus cannot see the window" in started.stdout
     record = recorded(tmp_path)
     assert record is not None and record["reason"] == "kernel upgrade"
     assert before <= record["since"] <= time.time()
@@ -264,6 +265,7 @@ def test_the_running_daemon_shows_start_and_stop_at_its_next_scrape(
         started = regagent(config, "maint", "start", "--for", "2h", "--reason", "reboot")
         assert started.returncode == 0, started.stderr
         assert "not running on this host" not in started.stdout  # the daemon holds the lock
+        assert f"next scrape of this agent ({listen}): allow one scrape interval" in started.stdout
         until = recorded(tmp_path)["until"]  # type: ignore[index]
         # rendered at most once a second (the endpoint's bound), read from the file: no signal
         wait_for("the window's end", lambda: metric_value(scrape(listen) or "") == until, 5)

@@ -373,6 +373,16 @@ def _maint_start(
     store.save(window)  # before Consul: the daemon never sees the check without the file
     replaced = previous is not None and previous.active(now)
     out.write(started_text(app.identity.name, window, replaced))
+    if app.config.telemetry.listen:
+        out.write(
+            "Prometheus learns the window at its next scrape of this agent "
+            f"({app.config.telemetry.listen}): allow one scrape interval before the reboot.\n"
+        )
+    else:
+        out.write(
+            "Note: telemetry.listen is off, so Prometheus cannot see the window's end "
+            "(regagent_maintenance_ends_timestamp_seconds); alert rules that read it will page.\n"
+        )
 
 
 def _maint_stop(store: MaintenanceStore, now: float, out: TextIO) -> None:
