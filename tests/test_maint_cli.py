@@ -362,6 +362,24 @@ def test_the_running_daemon_keeps_the_check_and_ends_it_on_time(
         assert len(service_health(consul_cluster, "app", passing=True)) == 1
 
 
+def test_the_daemon_syncs_at_the_end_of_the_window_not_an_interval_later(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """With a 60 s interval the daemon still removes the check right after the window's end:
+    the wait between cycles ends then (plus up to the 50 ms jitter)."""
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    settings = yaml.safe_load(config.read_text())
+    settings["sync"]["interval"] = "60s"
+    config.write_text(yaml.safe_dump(settings))
+    with running_daemon(config, tmp_path / "daemon.log"):
+        wait_for("the first sync", lambda: service_health(consul_cluster, "app"))
+        started = regagent(config, "maint", "start", "--for", "4s", "--reason", "reboot")
+        assert started.returncode == 0, started.stderr
+        assert maintenance_check(consul_cluster) is not None
+        # The daemon's next cycle was an interval (60 s) away; the window's end comes first.
+        wait_for("the end of the window", lambda: maintenance_check(consul_cluster) is None, 30)
+
+
 def test_a_window_that_ended_while_the_daemon_was_down_is_ended_when_it_starts(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:

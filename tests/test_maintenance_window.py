@@ -181,3 +181,29 @@ def test_the_claim_owns_the_check_always_and_wants_it_while_the_window_runs() ->
             notes="kernel upgrade",
         ),
     )
+
+
+def test_a_window_ending_before_the_next_cycle_brings_the_cycle_forward() -> None:
+    from regagent.daemon import sooner
+
+    assert sooner(30.0, None, 5.0, rng=lambda: 0.5) == 30.0  # nothing due
+    assert sooner(30.0, 40.0, 5.0, rng=lambda: 0.5) == 30.0  # due after the interval anyway
+    assert sooner(30.0, 10.0, 5.0, rng=lambda: 0.5) == 12.5  # due, plus part of the jitter
+    assert sooner(30.0, 10.0, 5.0, rng=lambda: 0.0) == 10.0
+    assert sooner(30.0, 29.0, 5.0, rng=lambda: 0.99) == 30.0  # never past the interval
+    assert sooner(30.0, -3.0, 0.0, rng=lambda: 0.0) == 0.1  # overdue: at once, not in a spin
+
+
+def test_the_checks_say_when_the_window_ends(tmp_path: Path) -> None:
+    from regagent.maintenance.check import END_MARGIN, MaintenanceChecks
+
+    clock = [NOW]
+    store = MaintenanceStore(str(tmp_path))
+    checks = MaintenanceChecks(store, clock=lambda: clock[0])
+    assert checks.due() is None
+    store.save(new_window("reboot", 600.0, NOW))
+    clock[0] = NOW + 100.0
+    assert checks.due() == 500.0 + END_MARGIN
+    assert [c.check_id for c in checks.node_checks(None).wanted] == ["_node_maintenance"]
+    clock[0] = NOW + 600.0
+    assert checks.due() is None and checks.node_checks(None).wanted == ()

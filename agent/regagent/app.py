@@ -24,7 +24,7 @@ from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, LoopParts
+from regagent.daemon import Daemon, LoopParts, nothing_due
 from regagent.discovery.intents import IntentSet
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.sensor import Change, Sensor
@@ -90,6 +90,7 @@ class App:
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
     # the maintenance window's end on the metrics endpoint (`regagent maint`)
     maintenance_metric: Optional[MaintenanceCollector] = None
+    maintenance: Optional[MaintenanceChecks] = None  # the window as a node check, and its end
 
 
 def build(
@@ -153,7 +154,8 @@ def build(
     pool.observer = observe
     # The features that put checks on the host's node (catalog mode), one line each.
     node_checks: List[NodeCheckSource] = []
-    node_checks.append(MaintenanceChecks(maintenance))  # `regagent maint`: _node_maintenance
+    maintenance_checks = MaintenanceChecks(maintenance)
+    node_checks.append(maintenance_checks)  # `regagent maint`: _node_maintenance
     registrar = make_registrar(config, pool, identity, node_checks)
     engine = SyncEngine(
         registrar,
@@ -178,6 +180,7 @@ def build(
         watch,
         lock,
         maintenance_metric,
+        maintenance_checks,
     )
 
 
@@ -264,6 +267,7 @@ def loop_parts(app: App) -> LoopParts:
         app.config.telemetry.listen,
         app.watch,
         app.metrics,
+        nothing_due if app.maintenance is None else app.maintenance.due,
     )
 
 

@@ -24,6 +24,7 @@ from regagent.model import CRITICAL, ActualState, NodeCheck
 from regagent.nodechecks import NodeCheckClaim
 
 OWNED = frozenset({NODE_MAINTENANCE_CHECK_ID})
+END_MARGIN = 0.1  # seconds past the end: the cycle then finds the window over
 
 
 def maintenance_check(window: Window) -> NodeCheck:
@@ -54,3 +55,12 @@ class MaintenanceChecks:
 
     def node_checks(self, actual: Optional[ActualState]) -> NodeCheckClaim:
         return maintenance_claim(self.store.read(), self.clock())
+
+    def due(self) -> Optional[float]:
+        """Seconds until the running window ends (a full cycle then removes the check), or None
+        without one: the daemon syncs then instead of up to an interval later."""
+        window = self.store.read()
+        now = self.clock()
+        if window is None or not window.active(now):
+            return None
+        return window.remaining(now) + END_MARGIN
