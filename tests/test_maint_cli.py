@@ -8,25 +8,25 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
 import yaml
 
 from consulsim import SimCluster
 from helpers.catalog_sim import node_checks, service_health
+from helpers.ports import free_port
+from helpers.vmagent import wait_for
 from regagent.maintenance.store import MaintenanceStore
 from regagent.maintenance.window import new_window
 
 NODE = "maint-host"
 METRIC = "regagent_maintenance_ends_timestamp_seconds"
-T = TypeVar("T")
 
 
 def write_config(tmp_path: Path, servers: list[str], **sections: Any) -> Path:
@@ -83,22 +83,6 @@ def running_daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-
-
-def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(listen: str) -> Optional[str]:
