@@ -216,6 +216,24 @@ def test_start_status_stop_with_consul(consul_cluster: SimCluster, tmp_path: Pat
     assert twice.returncode == 0 and "No maintenance window was running." in twice.stdout
 
 
+def test_stop_replaces_a_record_regagent_did_not_write(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, list(consul_cluster.addresses))
+    (tmp_path / "state").mkdir(mode=0o750)
+    record = tmp_path / "state" / "maintenance.json"
+    record.write_text("{broken")
+    record.chmod(0o600)
+    status = regagent(config, "maint", "status")
+    assert status.returncode == 1
+    assert_one_error_line(status, "maintenance.json is not JSON", "`regagent maint stop`")
+    stopped = regagent(config, "maint", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "is not JSON" in stopped.stderr and "removed" in stopped.stderr
+    assert "No maintenance window was running." in stopped.stdout
+    assert not record.exists()
+
+
 def test_without_consul_the_window_is_recorded_and_the_command_says_so(tmp_path: Path) -> None:
     config = write_config(tmp_path, [f"127.0.0.1:{free_port()}"])
     result = regagent(config, "maint", "start", "--for", "30m", "--reason", "reboot")

@@ -207,3 +207,14 @@ def test_the_checks_say_when_the_window_ends(tmp_path: Path) -> None:
     assert [c.check_id for c in checks.node_checks(None).wanted] == ["_node_maintenance"]
     clock[0] = NOW + 600.0
     assert checks.due() is None and checks.node_checks(None).wanted == ()
+
+
+def test_the_deploy_rules_look_back_as_far_as_the_longest_window() -> None:
+    """A host down since the start of the longest window is still known to be in it at its
+    last minute only if the rules' lookback covers the whole window."""
+    from regagent.rules import format_duration
+
+    rules = Path(__file__).resolve().parent.parent / "deploy/prometheus/rules/alerts.rules.yml"
+    window = format_duration(MAX_WINDOW)
+    lookback = f"last_over_time(regagent_maintenance_ends_timestamp_seconds[{window}])"
+    assert lookback in rules.read_text()
