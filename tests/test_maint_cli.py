@@ -234,6 +234,20 @@ def test_stop_replaces_a_record_regagent_did_not_write(
     assert not record.exists()
 
 
+def test_in_agent_mode_the_window_is_kept_and_the_agent_left_to_mark_its_node(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, ["127.0.0.1:1"])
+    settings = yaml.safe_load(config.read_text())
+    settings["consul"].update(mode="agent", agent_address=f"127.0.0.1:{free_port()}")
+    config.write_text(yaml.safe_dump(settings))
+    result = regagent(config, "maint", "start", "--for", "30m", "--reason", "reboot")
+    assert result.returncode == 0, result.stderr
+    assert_one_error_line(result, "consul.mode is agent", "consul maint -enable")
+    assert "Consul: node" not in result.stdout  # nothing claimed about Consul
+    assert recorded(tmp_path) is not None
+
+
 def test_without_consul_the_window_is_recorded_and_the_command_says_so(tmp_path: Path) -> None:
     config = write_config(tmp_path, [f"127.0.0.1:{free_port()}"])
     result = regagent(config, "maint", "start", "--for", "30m", "--reason", "reboot")

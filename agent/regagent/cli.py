@@ -346,17 +346,18 @@ def cmd_maint(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     app = build(config, writer=_writer(args))
     if args.maint_action == "status":
         return _maint_status(app, store, args.format, now, out)
-    if config.consul.mode == "agent":  # the local agent owns its node and its checks
-        print(
-            "regagent: consul.mode is agent: the node is not marked in Consul by regagent; "
-            "use `consul maint -enable -reason ...` on the agent as well (the window and its "
-            "metric are kept here)",
-            file=sys.stderr,
-        )
     if args.maint_action == "start":
         _maint_start(app, store, window, now, out)
     else:
         _maint_stop(store, now, out)
+    if config.consul.mode == "agent":  # the local agent owns its node and its checks
+        print(
+            "regagent: consul.mode is agent: the local Consul agent owns this node's checks, so "
+            "regagent does not mark it; run `consul maint -enable -reason ...` (or `-disable`) "
+            "there too. The window and its metric are kept here.",
+            file=sys.stderr,
+        )
+        return EXIT_OK
     return _maint_sync(app, out, "marked" if args.maint_action == "start" else "cleared")
 
 
