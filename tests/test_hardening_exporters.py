@@ -15,10 +15,12 @@ no ordinary service has (`*_exporter`), never `vault`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -269,3 +271,85 @@ def test_a_users_exporter_build_info_on_a_table_port_names_it_as_an_exporter(
         stop(proc)
     assert (finding.outcome, finding.exporter) == (IDENTIFIED, "vault_exporter")
     assert list(registered(wanted)) == [f"vault-exporter-{port}"]
+
+
+# In a network namespace of its own (addresses of the documentation ranges on its lo):
+# root's silent `prometheus-mongodb-exporter` on [2001:db8::1]:PORT, a regular user's silent
+# listener on 203.0.113.5:PORT. The port is one service at one address, the user's (IPv4 first);
+# root's process must not vouch for it. Prints what discovery made of the port.
+SPLIT_OWNERS = """
+import json, os, subprocess, sys, time
+from helpers.discovery import only, stop
+from helpers.fakes import discovery_for, reading_of
+from regagent.config.model import Config, DiscoveryConfig, SyncConfig
+silent, state, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+user = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"]
+procs = []
+try:
+    for argv in (
+        ["bash", "-c", 'exec -a prometheus-mongodb-exporter /usr/bin/python3 "$@"', "x"],
+        [*user, "/usr/bin/python3"],
+    ):
+        address = "2001:db8::1" if not procs else "203.0.113.5"
+        procs.append(subprocess.Popen([*argv, "-c", silent, address, str(port)], cwd="/"))
+        for _ in range(400):  # bounded: 10 s
+            if any(lst.address == address for lst in only(port)()):
+                break
+            time.sleep(0.025)
+        else:
+            raise SystemExit(f"nothing listens on {address}")
+    settings = DiscoveryConfig(probe_timeout=0.3, identify_timeout=0.5)
+    config = Config(discovery=settings, sync=SyncConfig(state_dir=state))
+    result, wanted = discovery_for(config, reading_of(only(port))).examine(
+        "192.0.2.10", now=1.8e9
+    )
+    (finding,) = result.findings
+    print(json.dumps({
+        "listeners": len(finding.listeners),
+        "address": finding.address,
+        "outcome": finding.outcome,
+        "identified_by": finding.identified_by,
+        "registered": sorted(i.service.id for i in wanted.intents),
+    }))
+finally:
+    for proc in procs:
+        stop(proc)
+"""
+
+# SILENT on a given address: argv[1] address, argv[2] port.
+SILENT_AT = SILENT.replace(
+    "server = socket.socket()",
+    'server = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)',
+).replace('("0.0.0.0", int(sys.argv[1]))', "(sys.argv[1], int(sys.argv[2]))")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+def test_roots_exporter_on_one_address_does_not_vouch_for_a_users_listener_on_another(
+    tmp_path: Path,
+) -> None:
+    setup = (
+        "ip link set lo up\n"
+        "ip addr add 203.0.113.5/32 dev lo\n"
+        "ip -6 addr add 2001:db8::1/128 dev lo nodad\n"
+        'exec "$@"\n'
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    tests = str(Path(__file__).parent)
+    shown = subprocess.run(
+        [
+            *["unshare", "--net", "sh", "-ec", setup, "netns", sys.executable, "-c", SPLIT_OWNERS],
+            *[SILENT_AT, str(state), "9216"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": tests},
+    )
+    assert shown.returncode == 0, shown.stderr
+    seen = json.loads(shown.stdout.splitlines()[-1])  # after the log lines
+    assert (seen["listeners"], seen["address"]) == (2, "203.0.113.5")
+    assert seen["identified_by"] != "process", seen
+    assert seen["outcome"] != IDENTIFIED and seen["registered"] == []

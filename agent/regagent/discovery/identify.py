@@ -264,11 +264,14 @@ def needs_owner(
 def _owner(
     group: Tuple[Listener, ...], owners: Dict[int, Optional[ProcessInfo]]
 ) -> Optional[ProcessInfo]:
-    for listener in group:
-        found = owners.get(listener.inode)
-        if found is not None:
-            return found
-    return None
+    """The one process that holds every listener of the port, else None. The port becomes one
+    service at one address (`address_rule`): a process vouches only for sockets it holds, so
+    root's exporter on one address must not vouch for a user's listener on another."""
+    found = [owners.get(listener.inode) for listener in group]
+    first = found[0] if found else None
+    if first is None or any(p is None or p.pid != first.pid for p in found):
+        return None
+    return first
 
 
 def address_rule(group: Tuple[Listener, ...]) -> Tuple[str, str, str]:
