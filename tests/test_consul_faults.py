@@ -25,9 +25,10 @@ from consulsim import SimCluster
 from helpers.consul import NODE, write_config
 from regagent.app import build
 from regagent.config import load_config
-from regagent.config.model import ConsulConfig
+from regagent.config.model import ConsulConfig, TLSConfig
 from regagent.consul.answers import BadRequestHeader, ServerFailed
 from regagent.consul.catalog import read_actual
+from regagent.consul.http import stale_get
 from regagent.consul.pool import ServerPool, make_client
 from regagent.consul.retry import RetryPolicy, start_index
 from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
@@ -42,13 +43,17 @@ class FakeServer:
     """Accepts connections on loopback and hands each, after reading the request head, to
     `behaviour` in a thread of its own; counts requests."""
 
-    def __init__(self, behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(
+        self, behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None, host: str = "127.0.0.1"
+    ) -> None:
         self.behaviour = behaviour
         self.tls = tls  # a server-side context: HTTPS
+        self.host = host
         self.requests: List[str] = []
+        self.heads: List[str] = []  # each request's line and headers
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.listen(64)
         self.port: int = self.sock.getsockname()[1]
         self.stopped = threading.Event()
@@ -57,7 +62,7 @@ class FakeServer:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def _accept(self) -> None:
         while not self.stopped.is_set():
@@ -78,6 +83,7 @@ class FakeServer:
                     return
                 head += chunk
             self.requests.append(head.split(b"\r\n", 1)[0].decode())
+            self.heads.append(head.split(b"\r\n\r\n", 1)[0].decode())
             self.behaviour(conn)
 
     def close(self) -> None:
@@ -86,8 +92,10 @@ class FakeServer:
 
 
 @contextlib.contextmanager
-def fake_server(behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None) -> Iterator[FakeServer]:
-    server = FakeServer(behaviour, tls)
+def fake_server(
+    behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None, host: str = "127.0.0.1"
+) -> Iterator[FakeServer]:
+    server = FakeServer(behaviour, tls, host)
     try:
         yield server
     finally:
@@ -171,6 +179,29 @@ def test_a_drip_over_tls_is_cut_at_the_overall_deadline(tls_files: TLSFiles) -> 
             get(client)
 
 
+def test_a_certificate_of_the_right_ca_for_another_name_is_refused(tls_files: TLSFiles) -> None:
+    """Verification checks the name, not only the CA: the test server certificate names
+    127.0.0.1, ::1 and localhost, so the same server at 127.0.0.2 is refused (a regression to
+    check_hostname=False would pass every other TLS test)."""
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    config = ConsulConfig(scheme="https", tls=TLSConfig(ca_file=str(tls_files.ca)))
+    leader = answer(200, '"10.0.0.1:8300"')
+    for host, refused in (("127.0.0.1", False), ("127.0.0.2", True)):
+        with fake_server(leader, tls=server_side, host=host) as server:
+            client = make_client(server.address, config, None, RetryPolicy())
+            if not refused:
+                assert client.leader() == "10.0.0.1:8300"
+                continue
+            with pytest.raises(ServerFailed) as failed:
+                client.leader()
+            assert failed.value.reason == (
+                "TLS error: certificate verify failed "
+                "(IP address mismatch, certificate is not valid for '127.0.0.2')"
+            )
+            assert server.requests == []  # nothing was sent
+
+
 def test_an_endless_answer_is_cut_at_the_size_cap() -> None:
     with fake_server(endless) as server:
         client = bounded(server, max_bytes=1024 * 1024, deadline=30)
@@ -223,7 +254,16 @@ def test_the_client_ignores_consul_http_variables(monkeypatch: pytest.MonkeyPatc
         client = make_client(server.address, config, "configured", RetryPolicy())
         assert client.leader() == "10.0.0.1:8300"
         assert server.requests == ["GET /v1/status/leader HTTP/1.1"]
-        assert client.token == "configured"
+    # A read of regagent's carries the configured token and datacenter, nothing of the
+    # environment's.
+    with fake_server(answer(200, {"Node": None, "Services": {}})) as server:
+        config = ConsulConfig(servers=(server.address,), datacenter="dc7")
+        client = make_client(server.address, config, "configured", RetryPolicy())
+        stale_get(client, f"/v1/catalog/node/{NODE}", dict)
+        assert server.requests == [f"GET /v1/catalog/node/{NODE}?stale=1&dc=dc7 HTTP/1.1"]
+        headers = server.heads[0].split("\r\n")[1:]
+        assert "X-Consul-Token: configured" in headers
+        assert "from-the-environment" not in server.heads[0]
 
 
 def test_the_client_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
