@@ -100,6 +100,7 @@ class Finding:
     # Identified without a valid answer (by its process): why the answer failed (its check
     # says so). "" when it answered.
     problem: str = ""
+    timed_out: bool = False  # its probe ran out of time (a slow exporter, or a silent socket)
 
     @property
     def is_exporter(self) -> bool:
@@ -435,7 +436,12 @@ def identify(
         )
     if answer is None:
         return replace(
-            finding, process=process, outcome=NOT_EXPORTER, reason=failure, metrics_path=path
+            finding,
+            process=process,
+            outcome=NOT_EXPORTER,
+            reason=failure,
+            metrics_path=path,
+            timed_out=result.timed_out,
         )
     return replace(
         finding,
