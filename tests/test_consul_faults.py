@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
+import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x
 import pytest
 
 from consulsim import SimCluster
@@ -26,7 +27,12 @@ from helpers.consul import NODE, write_config
 from regagent.app import build
 from regagent.config import load_config
 from regagent.config.model import ConsulConfig, TLSConfig
-from regagent.consul.answers import BadRequestHeader, ServerFailed
+from regagent.consul.answers import (
+    BadRequestHeader,
+    ServerFailed,
+    UnexpectedAnswer,
+    describe_failure,
+)
 from regagent.consul.catalog import read_actual
 from regagent.consul.http import stale_get
 from regagent.consul.pool import ServerPool, make_client
@@ -200,6 +206,31 @@ def test_a_certificate_of_the_right_ca_for_another_name_is_refused(tls_files: TL
                 "(IP address mismatch, certificate is not valid for '127.0.0.2')"
             )
             assert server.requests == []  # nothing was sent
+
+
+def client_sockets_to(port: int) -> int:
+    """This process's open sockets connected to `port` (the fake server's: client side)."""
+    return sum(1 for c in psutil.Process().connections("tcp") if c.raddr and c.raddr.port == port)
+
+
+def test_a_refused_answer_closes_its_socket_while_the_error_is_kept() -> None:
+    """An answer refused while read (too large) closes its socket at once: the error's
+    traceback, kept by a caller (pytest.raises here), must not hold it open until a GC."""
+    with fake_server(answer(200, "x" * 2048)) as server:
+        failures = []
+        for _ in range(3):
+            with pytest.raises(ServerFailed, match="answer too large") as failed:
+                get(bounded(server, max_bytes=1024))
+            failures.append(failed)
+        assert client_sockets_to(server.port) == 0
+
+
+def test_a_leader_answer_that_is_not_json_says_so() -> None:
+    with fake_server(answer(200, "<html>login</html>")) as server:
+        client = make_client(server.address, ConsulConfig(), None, RetryPolicy())
+        with pytest.raises(UnexpectedAnswer) as failed:
+            client.leader()
+        assert describe_failure(failed.value) == "answer is not JSON (is this a Consul server?)"
 
 
 def test_an_endless_answer_is_cut_at_the_size_cap() -> None:

@@ -33,7 +33,13 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from regagent.consul.answers import BadRequestHeader, ErrorAnswer, ServerFailed, describe_ssl
+from regagent.consul.answers import (
+    BadRequestHeader,
+    ErrorAnswer,
+    ServerFailed,
+    UnexpectedAnswer,
+    describe_ssl,
+)
 from regagent.consul.retry import MAX_ANSWER_BYTES
 from regagent.deadline import Deadline
 
@@ -158,6 +164,7 @@ class BoundedHTTPClient:
         deadline = Deadline(limits.deadline, limits.read_timeout)
         conn = deadline.connection(self.host, self.port, limits.connect_timeout, self.context)
         phase = "connect"
+        response: Optional[http.client.HTTPResponse] = None
         try:
             conn.connect()
             deadline.keep(conn.sock)
@@ -188,6 +195,8 @@ class BoundedHTTPClient:
                 _describe(exc, phase), timed_out=isinstance(exc, socket.timeout)
             ) from None
         finally:
+            if response is not None:  # its file holds the socket past conn.close()
+                response.close()
             conn.close()
 
 
@@ -203,7 +212,8 @@ class ConsulClient:
         self.dc = dc
 
     def leader(self) -> Any:
-        """The cluster leader's address as this server knows it ("" for none)."""
+        """The cluster leader's address as this server knows it ("" for none; None for a
+        404, which no Consul server answers)."""
         return self.http.get(_leader, "/v1/status/leader")
 
 
@@ -212,7 +222,10 @@ def _leader(response: Response) -> Any:
         return None
     if 400 <= response.code < 600:
         raise ErrorAnswer(response.code, response.body)
-    return json.loads(response.body)
+    try:
+        return json.loads(response.body)
+    except ValueError:
+        raise UnexpectedAnswer("answer is not JSON (is this a Consul server?)") from None
 
 
 def _bytes(data: Any) -> Optional[bytes]:
@@ -246,7 +259,7 @@ def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
 
 
 def _describe(exc: BaseException, phase: str) -> str:
-    """One line, in the words `describe_failure` has always used for the requests transport."""
+    """One line, in the words `describe_failure` uses for every failed exchange."""
     if isinstance(exc, socket.timeout):
         return "connect timed out" if phase == "connect" else "no answer (read timed out)"
     if isinstance(exc, ssl.SSLError):
