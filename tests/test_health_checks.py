@@ -23,6 +23,7 @@ import pytest
 from regagent.health import Health, ProbePool
 from regagent.health.checks import http_check, run_probes, tcp_check, tcp_checks
 from regagent.health.flap import FlapGuard
+from regagent.health.http import bounded_get
 from regagent.model import (
     CRITICAL,
     PASSING,
@@ -132,6 +133,39 @@ def test_self_signed_certificate_reads_as_such(https_port: int) -> None:
         CRITICAL,
         f"HTTP GET {url}: certificate verify failed (self-signed certificate)",
     )
+
+
+def test_https_checks_load_the_ca_store_once_per_pool_and_discovery_never(
+    https_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading the system CA store (ssl.create_default_context) costs more than a check: the
+    probe pool builds the verifying context once and keeps it across cycles, and discovery's
+    probe, which does not verify, never loads it."""
+    built: List[bool] = []
+    real = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    probes = [
+        HealthProbe("http", f"https://127.0.0.1:{https_port}/metrics?n={n}", 5.0) for n in range(3)
+    ]
+    with ProbePool(2) as pool:
+        for _ in range(2):
+            results = pool(probes)
+            assert all(
+                text.endswith("certificate verify failed (self-signed certificate)")
+                for _, text in results.values()
+            )
+    assert len(built) == 1
+    # discovery's GET (regagent.discovery.probe): over TLS, not verified
+    answer = bounded_get(
+        f"https://127.0.0.1:{https_port}/metrics", timeout=5.0, max_bytes=1024, verify=False
+    )
+    assert answer.status == 501  # BaseHTTPRequestHandler has no do_GET: it answered, over TLS
+    assert len(built) == 1
 
 
 def test_other_tls_failures_name_the_reason() -> None:

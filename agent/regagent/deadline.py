@@ -58,6 +58,9 @@ class Deadline:
         if context is None:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
         else:
+            # Sets the class of every socket `context` wraps from now on (a context is kept and
+            # shared: a pool's, the health checks'). Idempotent; a context handed to a Deadline
+            # is one of regagent's own.
             context.sslsocket_class = _TLSSocket
             conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
         conn._create_connection = self._create_connection  # type: ignore[attr-defined]

@@ -17,12 +17,13 @@ import http.client
 import os
 import selectors
 import socket
+import ssl
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
-from regagent.health.http import GetFailed, bounded_get, describe_error
+from regagent.health.http import GetFailed, bounded_get, describe_error, tls_context
 from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe, Result
 from regagent.threads import signals_blocked
 
@@ -33,11 +34,16 @@ TCP_BATCH = 256
 _CHECK_BODY_BYTES = 0  # the check judges the status line only, as Consul's HTTP check does
 
 
-def http_check(url: str, timeout: float) -> Result:
-    """2xx passing, 429 warning, anything else critical: Consul's own HTTP check rules."""
+def http_check(url: str, timeout: float, context: Optional[ssl.SSLContext] = None) -> Result:
+    """2xx passing, 429 warning, anything else critical: Consul's own HTTP check rules.
+    `context`: the verifying TLS context to reuse (one is built per call without it)."""
     try:
         answer = bounded_get(
-            url, timeout=timeout, max_bytes=_CHECK_BODY_BYTES, headers={"User-Agent": USER_AGENT}
+            url,
+            timeout=timeout,
+            max_bytes=_CHECK_BODY_BYTES,
+            headers={"User-Agent": USER_AGENT},
+            context=context,
         )
     except GetFailed as exc:
         return CRITICAL, f"HTTP GET {url}: {exc.reason}"
@@ -64,9 +70,9 @@ def _tcp_failed(target: str, exc: BaseException) -> Result:
     return CRITICAL, f"TCP connect {target}: {describe_error(exc)}"
 
 
-def run_probe(probe: HealthProbe) -> Result:
+def run_probe(probe: HealthProbe, context: Optional[ssl.SSLContext] = None) -> Result:
     if probe.kind == "http":
-        return http_check(probe.target, probe.timeout)
+        return http_check(probe.target, probe.timeout, context)
     return tcp_check(probe.target, probe.timeout)
 
 
@@ -207,14 +213,19 @@ class ProbePool:
         self._executor = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="regagent-check"
         )
+        # The HTTPS checks' verifying context, built on the first one (in the calling thread)
+        # and kept: loading the CA store costs more than the check (`tls_context`).
+        self._tls: Optional[ssl.SSLContext] = None
 
     def __call__(self, probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
         """Each distinct probe's result (a probe shared by two services runs once)."""
         return run_all(probes, self._submit)
 
     def _submit(self, probe: HealthProbe) -> Future[Result]:
+        if self._tls is None and probe.kind == "http" and probe.target.startswith("https:"):
+            self._tls = tls_context(verify=True)
         with signals_blocked():  # threads are started on the submits
-            return self._executor.submit(run_probe, probe)
+            return self._executor.submit(run_probe, probe, self._tls)
 
     def close(self) -> None:
         """Ends the threads once their probes are done."""
