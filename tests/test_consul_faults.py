@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -435,3 +439,62 @@ def test_an_unknown_datacenter_is_a_refusal_not_a_dead_cluster(
     result = regagent(path, "sync")
     assert result.returncode == 1
     assert "No path to datacenter" in result.stderr and "reachable" not in result.stderr
+
+
+# Under its own mount and network namespaces: resolv.conf names a DNS server on 127.0.0.1:53 that
+# never answers (glibc then waits timeout x attempts, here 10 s and more). Four leader calls to a
+# server written by host name; prints their failures and the lookups still running.
+HUNG_RESOLVER = """
+import json, socket, threading
+from regagent.config.model import ConsulConfig
+from regagent.consul.answers import ServerFailed
+from regagent.consul.pool import make_client
+from regagent.consul.retry import RetryPolicy
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dns.bind(("127.0.0.1", 53))  # receives the queries, answers none
+policy = RetryPolicy(connect_timeout=0.5, read_timeout=1.0)
+client = make_client("consul.regagent.test:8500", ConsulConfig(), None, policy)
+reasons = []
+for _ in range(4):
+    try:
+        client.leader()
+    except ServerFailed as exc:
+        reasons.append(exc.reason)
+lookups = [t.name for t in threading.enumerate() if t.name.startswith("regagent-resolve-")]
+print(json.dumps({"reasons": reasons, "lookups": lookups}))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)"
+)
+def test_a_server_host_name_is_resolved_within_the_connect_timeout(tmp_path: Path) -> None:
+    """getaddrinfo takes no timeout: a hung resolver held every request (and a hedged read's
+    race) for as long as resolv.conf's retries. Now each waits its connect timeout, and the
+    requests share one lookup."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:2\n")
+    setup = 'ip link set lo up\nmount --bind "$0" /etc/resolv.conf\nexec "$@"\n'
+    shown = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--net",
+            "sh",
+            "-ec",
+            setup,
+            str(resolv),
+            sys.executable,
+            "-c",
+            HUNG_RESOLVER,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert shown.returncode == 0, shown.stderr
+    seen = json.loads(shown.stdout)
+    assert seen["reasons"] == ["connection failed (name resolution timed out)"] * 4
+    assert seen["lookups"] == ["regagent-resolve-consul.regagent.test"]

@@ -40,6 +40,7 @@ from regagent.consul.answers import (
     UnexpectedAnswer,
     describe_ssl,
 )
+from regagent.consul.resolve import BoundedResolver, NameResolutionTimeout, is_ip_literal
 from regagent.consul.retry import MAX_ANSWER_BYTES
 from regagent.deadline import Deadline
 
@@ -107,6 +108,7 @@ class BoundedHTTPClient:
         self.scheme = scheme
         self.limits = limits or RequestLimits()
         self.context = tls_context(tls or TLSOptions()) if scheme == "https" else None
+        self.resolve = None if is_ip_literal(host) else BoundedResolver(host, port)
 
     def get(
         self,
@@ -162,7 +164,9 @@ class BoundedHTTPClient:
         """One bounded exchange; raises ServerFailed with a one-line reason."""
         limits = self.limits
         deadline = Deadline(limits.deadline, limits.read_timeout)
-        conn = deadline.connection(self.host, self.port, limits.connect_timeout, self.context)
+        conn = deadline.connection(
+            self.host, self.port, limits.connect_timeout, self.context, self.resolve
+        )
         phase = "connect"
         response: Optional[http.client.HTTPResponse] = None
         try:
@@ -260,6 +264,8 @@ def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
 
 def _describe(exc: BaseException, phase: str) -> str:
     """One line, in the words `describe_failure` uses for every failed exchange."""
+    if isinstance(exc, NameResolutionTimeout):
+        return "connection failed (name resolution timed out)"
     if isinstance(exc, socket.timeout):
         return "connect timed out" if phase == "connect" else "no answer (read timed out)"
     if isinstance(exc, ssl.SSLError):
