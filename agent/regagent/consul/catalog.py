@@ -9,7 +9,6 @@ index, decision 3).
 from __future__ import annotations
 
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import quote
 
 import structlog
 
@@ -133,9 +132,9 @@ def read_actual(pool: ServerPool, node_name: str) -> ActualState:
 
 def read_with_leader(pool: ServerPool, node_name: str) -> Tuple[ActualState, bool]:
     """`read_actual`, and whether both answers knew a cluster leader."""
-    path = quote(node_name, safe="")
-    node_path = f"/v1/catalog/node/{path}"
-    check_path = f"/v1/health/node/{path}"
+    # Unencoded: the transport percent-encodes the path once (`BoundedHTTPClient.target`).
+    node_path = f"/v1/catalog/node/{node_name}"
+    check_path = f"/v1/health/node/{node_name}"
 
     def read_node(c: Any) -> Tuple[NodeAnswer, bool]:
         answer = stale_get(c, node_path, dict)
