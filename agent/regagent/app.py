@@ -18,7 +18,8 @@ from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
-from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.catalog import CatalogRegistrar, SessionSwitch
+from regagent.consul.deadman import SessionEvents, SessionKeeper, SessionSettings, default_ttl
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
@@ -48,10 +49,21 @@ from regagent.watch import Watch
 #   metrics    counters continue
 #   heartbeat  what the systemd watchdog reads
 #   lock       the daemon's hold on its state directory, while the directory stays the same
+#   sessions   the dead-man's switch: its live session and renewing thread (a reload keeps the
+#              session; the host is never marked dead by a reload)
 # The pool and the identity are rebuilt, since the configuration names their servers and their
 # node, and take over their predecessor's state (`adopt`). The others are kept and told the new
 # configuration, by the same calls that configure them on the first build.
-SURVIVES_RELOAD = ("pool", "identity", "health", "discovery", "metrics", "heartbeat", "lock")
+SURVIVES_RELOAD = (
+    "pool",
+    "identity",
+    "health",
+    "discovery",
+    "metrics",
+    "heartbeat",
+    "lock",
+    "sessions",
+)
 
 
 @dataclass
@@ -70,6 +82,7 @@ class App:
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
+    sessions: Optional[SessionKeeper] = None  # catalog mode: the dead-man's switch
 
 
 def build(
@@ -119,7 +132,17 @@ def build(
     pool.observer = observe
     # The features that put checks on the host's node (catalog mode), one line each.
     node_checks: List[NodeCheckSource] = []
-    registrar = make_registrar(config, pool, identity, node_checks)
+    sessions = make_sessions(
+        config,
+        policy=policy,
+        identity=identity,
+        metrics=metrics,
+        writer=writer,
+        previous=previous,
+    )
+    if sessions is not None:
+        node_checks.append(sessions)
+    registrar = make_registrar(config, pool, identity, node_checks, switch=sessions)
     engine = SyncEngine(
         registrar,
         discovery if intent_source is None else GivenIntents(intent_source),
@@ -142,7 +165,55 @@ def build(
         heartbeat,
         watch,
         lock,
+        sessions,
     )
+
+
+def session_settings(config: Config, node: str) -> SessionSettings:
+    session = config.consul.session
+    return SessionSettings(
+        node=node,
+        ttl=session.ttl if session.ttl is not None else default_ttl(config.sync.interval),
+        on_stop=session.on_stop,
+        enabled=session.enabled,
+        datacenter=config.consul.datacenter,
+    )
+
+
+def make_sessions(
+    config: Config,
+    *,
+    policy: RetryPolicy,
+    identity: NodeIdentity,
+    metrics: Metrics,
+    writer: Writer,
+    previous: Optional[App],
+) -> Optional[SessionKeeper]:
+    """The dead-man's switch in catalog mode. The daemon's renews its session through a
+    server pool of its own (a thread of its own); a one-shot command's only claims the check
+    (it leaves the daemon's as it is, and `deregister` removes it)."""
+    kept = previous.sessions if previous is not None else None
+    if config.consul.mode != "catalog":
+        if kept is not None:  # reloaded into agent mode: the agent's node, not ours
+            kept.stop("disarm")
+        return None
+    settings = session_settings(config, identity.name)
+    pool = None
+    if writer.daemon:
+        pool = make_pool(config, policy)
+        pool.place(identity.name)
+        pool.observer = metrics.observe_request
+        if kept is not None and kept.pool is not None:
+            pool.adopt(kept.pool)
+    if kept is not None:  # SURVIVES_RELOAD
+        kept.configure(settings, pool)
+        return kept
+    events = SessionEvents(
+        renewed=metrics.observe_session_renewal,
+        created=metrics.observe_session_created,
+        state=metrics.observe_session_state,
+    )
+    return SessionKeeper(settings, pool, active=writer.daemon, events=events)
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -158,13 +229,22 @@ def make_registrar(
     pool: ServerPool,
     identity: NodeIdentity,
     node_checks: Sequence[NodeCheckSource] = (),
+    *,
+    switch: Optional[SessionSwitch] = None,
 ) -> Registrar:
     """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
     two modes. `node_checks` go on the host's node in catalog mode; in agent mode the agent
     owns its node (its serfHealth already marks a dead host, its own maintenance API the rest)."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
-    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter, node_checks)
+    return CatalogRegistrar(
+        pool,
+        identity,
+        config.node.meta,
+        config.consul.datacenter,
+        node_checks=node_checks,
+        switch=switch,
+    )
 
 
 def make_discovery(
@@ -216,12 +296,22 @@ def pool_addresses(pool: ServerPool) -> List[str]:
 
 def loop(app: App) -> Loop:
     """What the daemon needs of an app."""
+    sessions = app.sessions
+    on_stop = None
+    if sessions is not None:
+        planned = app.config.consul.session.on_stop
+
+        def on_stop(deregistering: bool) -> None:
+            # Deregistration follows and removes the check and the session itself.
+            sessions.stop("halt" if deregistering else planned)
+
     return Loop(
         app.engine,
         app.config.sync,
         tuple(pool_addresses(app.pool)),
         app.config.telemetry.listen,
         app.watch,
+        on_stop,
     )
 
 
@@ -249,6 +339,8 @@ def daemon(
         current[0] = build(current[0].config, previous=current[0])
         return loop(current[0])
 
+    if app.sessions is not None:
+        app.sessions.start()
     return Daemon(
         loop(app),
         reload=reload,

@@ -213,6 +213,9 @@ class Loop:
     servers: Tuple[str, ...]
     telemetry_listen: str = ""
     watch: Optional[Watch] = None  # looks at the listeners between cycles
+    # Told once the loop ends, before an opt-in deregistration (True: one follows): the
+    # dead-man's switch disarms (bounded by its own STOP_BOUND) or hands over to it.
+    on_stop: Optional[Callable[[bool], None]] = None
 
 
 Reload = Callable[[], Loop]  # re-reads the configuration; raises ConfigError if it is invalid
@@ -362,6 +365,11 @@ class Daemon:
                     log.warning("renew_failed", error=str(exc))
         if not self.stop.is_set():  # ended by max_cycles; a signal has said it already
             self.notifier.stopping()
+        if self.loop.on_stop is not None:
+            try:
+                self.loop.on_stop(self.loop.sync.deregister_on_shutdown)
+            except Exception:  # the stop goes on: deregistration and exit come first
+                log.exception("stop_hook_failed")
         if self.loop.sync.deregister_on_shutdown:
             self._deregister()
         self._shut_down()

@@ -69,6 +69,10 @@ def _without_created_series() -> None:
         prometheus_client.metrics._use_created = False
 
 
+SESSION_RENEWAL_RESULTS = ("success", "lost", "failure")
+SESSION_STATES = ("armed", "pending", "unsupported", "off")
+
+
 class Metrics:
     """The daemon's metrics; lives as long as the process (a reload keeps the counters)."""
 
@@ -152,6 +156,28 @@ class Metrics:
             registry=r,
         )
         self.reload_ok.set(1)
+        self.session_renewals = Counter(
+            "regagent_session_renewals_total",
+            "Renewals of the dead-man's switch session by result (success; lost: Consul had "
+            "invalidated it, a new one is made; failure: no server answered usefully).",
+            ["result"],
+            registry=r,
+        )
+        self.sessions_created = Counter(
+            "regagent_sessions_created_total",
+            "Sessions the dead-man's switch created (one at start, one after each loss).",
+            registry=r,
+        )
+        self.session_state = Gauge(
+            "regagent_session_state",
+            "1 for the dead-man's switch's state (armed, pending, unsupported: an older "
+            "Consul without session checks, off), 0 for the others.",
+            ["state"],
+            registry=r,
+        )
+        for result in SESSION_RENEWAL_RESULTS:
+            self.session_renewals.labels(result).inc(0)
+        self.sessions_created.inc(0)
         for result in ("success", "failure"):
             self.reloads.labels(result).inc(0)
         self.cycles.labels("success").inc(0)
@@ -217,6 +243,16 @@ class Metrics:
         else, since such a pass sees only the services whose listeners changed."""
         for kind, count in report.writes_by_kind.items():
             self.writes.labels(kind).inc(count)
+
+    def observe_session_renewal(self, result: str) -> None:
+        self.session_renewals.labels(result).inc()
+
+    def observe_session_created(self) -> None:
+        self.sessions_created.inc()
+
+    def observe_session_state(self, state: str) -> None:
+        for known in SESSION_STATES:
+            self.session_state.labels(known).set(1 if known == state else 0)
 
     def observe_reload(self, ok: bool) -> None:
         self.reloads.labels("success" if ok else "failure").inc()
