@@ -171,12 +171,20 @@ class SessionKeeper:
 
     # -- configuration -----------------------------------------------------------------------
 
-    def configure(self, settings: SessionSettings, pool: Optional[ServerPool]) -> None:
-        """A reload: new settings and pool; the session is kept (a new TTL applies to the next
-        session), unless the node was renamed. Session-check support is probed again."""
+    def configure(
+        self,
+        settings: SessionSettings,
+        pool: Optional[ServerPool],
+        events: Optional[SessionEvents] = None,
+    ) -> None:
+        """A reload: new settings, pool and metrics; the session is kept (a new TTL applies to
+        the next session), unless the node was renamed. Session-check support is probed
+        again."""
         with self._lock:
             renamed = settings.node != self.settings.node
             self.settings = settings
+            if events is not None:
+                self.events = events
             if pool is not None:
                 self.pool = pool
             if self.supported is False:
@@ -244,8 +252,7 @@ class SessionKeeper:
     def _arm_bound(self) -> float:
         if self.pool is None:
             return ARM_BOUND_FLOOR
-        consul = self.pool.config
-        return max(ARM_BOUND_FLOOR, consul.connect_timeout + consul.read_timeout)
+        return max(ARM_BOUND_FLOOR, self.pool.policy.call_deadline)
 
     # -- the thread ------------------------------------------------------------------------
 
