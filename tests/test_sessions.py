@@ -275,3 +275,34 @@ def test_a_reload_keeps_the_session(
     wait_for("renewals after the reload", lambda: renewals(cluster) >= before + 7)
     (session,) = sessions_of(cluster)
     assert session["ID"] == first["ID"] and armed(cluster)
+
+
+def test_the_shipped_acl_policy_lets_the_daemon_arm_the_switch(
+    cluster: SimCluster, tmp_path: Path, daemons: List[DaemonProcess]
+) -> None:
+    from deploy_stack import DEPLOY, hcl_policy_rules
+
+    secret = "33333333-3333-3333-3333-333333333333"
+    rules = hcl_policy_rules(DEPLOY / "consul" / "regagent.hcl")
+    assert rules.get("session_prefix") == {"": "write"}
+    cluster.set_acl(
+        {"default_policy": "deny", "tokens": {secret: {"AccessorID": "a" * 8, **rules}}}
+    )
+    token = tmp_path / "consul.token"
+    token.write_text(secret + "\n")
+    token.chmod(0o600)
+    path = write_config(
+        tmp_path,
+        cluster,
+        [static("web", 8080)],
+        consul={"session": {"ttl": f"{TTL:g}s"}, "token_file": str(token)},
+    )
+    start(daemons, path, tmp_path)
+    wait_for("the switch armed", lambda: armed_acl(cluster, secret))
+
+
+def armed_acl(cluster: SimCluster, token: str) -> bool:
+    checks = cluster.get(cluster.live_server(), f"/v1/health/node/{NODE}?stale", token=token)
+    sessions = cluster.get(cluster.live_server(), f"/v1/session/node/{NODE}?stale", token=token)
+    alive = [c for c in checks if c["CheckID"] == CHECK and c["Status"] == "passing"]
+    return bool(alive) and len(sessions) == 1
