@@ -306,3 +306,32 @@ def armed_acl(cluster: SimCluster, token: str) -> bool:
     sessions = cluster.get(cluster.live_server(), f"/v1/session/node/{NODE}?stale", token=token)
     alive = [c for c in checks if c["CheckID"] == CHECK and c["Status"] == "passing"]
     return bool(alive) and len(sessions) == 1
+
+
+def test_an_outage_shorter_than_the_ttl_keeps_the_session_despite_cool_downs(
+    cluster: SimCluster, tmp_path: Path, daemons: List[DaemonProcess]
+) -> None:
+    """Every server answers 503 to a renew: that cools them all down for 8 s, longer than the
+    session has left (2 x 3 s); as a cycle does, the next renew still asks the server whose
+    cool-down ends first, so the session is renewed as soon as the servers answer again."""
+    path = write_config(
+        tmp_path,
+        cluster,
+        [static("web", 8080)],
+        consul={"session": {"ttl": "3s"}, "cooldown_initial": "8s", "cooldown_max": "16s"},
+    )
+    daemon = start(daemons, path, tmp_path)
+    first = wait_for("the switch armed", lambda: armed(cluster))["session"]
+    before = renewals(cluster)
+    for i in range(3):
+        cluster.answer_status(i, 503)
+    try:
+        wait_for("a refused renew", lambda: renewals(cluster) > before, timeout=10)
+    finally:
+        for i in range(3):
+            cluster.answer_status(i, 0)
+    served = renewals(cluster)
+    wait_for("renewals again", lambda: renewals(cluster) >= served + 3, timeout=15)
+    (session,) = sessions_of(cluster)
+    assert session["ID"] == first["ID"] and armed(cluster)
+    assert "session_lost" not in events_of(daemon)

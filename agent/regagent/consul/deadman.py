@@ -341,6 +341,7 @@ class SessionKeeper:
             self._changed.notify_all()
 
     def _renew(self, pool: ServerPool, session_id: str, settings: SessionSettings) -> Optional[str]:
+        pool.new_cycle()  # with every server cooling down, one may be asked early (as a cycle)
         try:
             alive = renew_session(pool, session_id, settings.datacenter)
         except RegagentError as exc:
@@ -372,6 +373,7 @@ class SessionKeeper:
     def _create(self, pool: ServerPool, settings: SessionSettings, repoint: bool) -> Optional[str]:
         with self._lock:
             name = self.name
+        pool.new_cycle()
         try:
             session_id = create_session(
                 pool, settings.node, name, settings.ttl, settings.datacenter
