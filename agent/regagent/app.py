@@ -25,7 +25,7 @@ from regagent.consul.deadman import SessionEvents, SessionKeeper, SessionSetting
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, LoopParts
+from regagent.daemon import Daemon, LoopParts, nothing_due
 from regagent.discovery.intents import IntentSet
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.sensor import Change, Sensor
@@ -36,6 +36,8 @@ from regagent.errors import ConfigError
 from regagent.health import Health, ProbePool
 from regagent.identity import NodeIdentity, Writer, daemon_lock
 from regagent.liveness import Heartbeat
+from regagent.maintenance.check import MaintenanceChecks
+from regagent.maintenance.store import MaintenanceStore
 from regagent.model import ActualState, ServiceIntent
 from regagent.nodechecks import NodeCheckSource
 from regagent.notify import Notifier, watchdog_interval
@@ -43,6 +45,7 @@ from regagent.statedir import Lock
 from regagent.watch import Watch
 
 if TYPE_CHECKING:
+    from regagent.maintenance.metric import MaintenanceCollector
     from regagent.metrics import Metrics
 
 # What a reload keeps (SIGHUP, or a renew after an interrupted cycle), by App field; each holds
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 #   metrics    counters continue (made on the first configuration that serves them)
 #   heartbeat  what the systemd watchdog reads
 #   lock       the daemon's hold on its state directory, while the directory stays the same
+#   maintenance_metric  registered once, with the metrics; told the new state directory
 #   sessions   the dead-man's switch: its live session and renewing thread (a reload keeps the
 #              session; the host is never marked dead by a reload)
 # The pool and the identity are rebuilt, since the configuration names their servers and their
@@ -67,6 +71,7 @@ SURVIVES_RELOAD = (
     "metrics",
     "heartbeat",
     "lock",
+    "maintenance_metric",
     "sessions",
 )
 
@@ -87,6 +92,9 @@ class App:
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
+    # the maintenance window's end on the metrics endpoint (`regagent maint`)
+    maintenance_metric: Optional[MaintenanceCollector] = None
+    maintenance: Optional[MaintenanceChecks] = None  # the window as a node check, and its end
     sessions: Optional[SessionKeeper] = None  # catalog mode: the dead-man's switch
 
 
@@ -126,6 +134,8 @@ def build(
         identity.adopt(previous.identity)
         health, discovery = previous.health, previous.discovery
         metrics, heartbeat = previous.metrics, previous.heartbeat
+    maintenance = MaintenanceStore(config.sync.state_dir, identity.warnings)
+    maintenance_metric = previous.maintenance_metric if previous is not None else None
     health.configure(config.sync.failures_before_critical)
     discovery.reconfigure(config, beside_daemon=identity.beside_daemon)
     if metrics is None and config.telemetry.listen:
@@ -134,6 +144,12 @@ def build(
         metrics = Metrics()
     if metrics is not None:
         metrics.observe_pool(pool)
+        if maintenance_metric is None:  # registered once, with the metrics
+            from regagent.maintenance.metric import MaintenanceCollector
+
+            maintenance_metric = MaintenanceCollector(None)
+            metrics.registry.register(maintenance_metric)
+        maintenance_metric.store = maintenance  # read at each scrape
 
     def observe(server: str, outcome: Outcome, seconds: float) -> None:
         heartbeat.beat()
@@ -143,6 +159,8 @@ def build(
     pool.observer = observe
     # The features that put checks on the host's node (catalog mode), one line each.
     node_checks: List[NodeCheckSource] = []
+    maintenance_checks = MaintenanceChecks(maintenance)
+    node_checks.append(maintenance_checks)  # `regagent maint`: _node_maintenance
     sessions = make_sessions(
         config,
         policy=policy,
@@ -152,7 +170,7 @@ def build(
         previous=previous,
     )
     if sessions is not None:
-        node_checks.append(sessions)
+        node_checks.append(sessions)  # the dead-man's switch: regagent:alive
     registrar = make_registrar(config, pool, identity, node_checks, switch=sessions)
     engine = SyncEngine(
         registrar,
@@ -176,6 +194,8 @@ def build(
         heartbeat,
         watch,
         lock,
+        maintenance_metric,
+        maintenance_checks,
         sessions,
     )
 
@@ -331,6 +351,7 @@ def loop_parts(app: App) -> LoopParts:
         app.config.telemetry.listen,
         app.watch,
         app.metrics,
+        nothing_due if app.maintenance is None else app.maintenance.due,
         on_stop,
     )
 
