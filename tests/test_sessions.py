@@ -335,3 +335,21 @@ def test_an_outage_shorter_than_the_ttl_keeps_the_session_despite_cool_downs(
     (session,) = sessions_of(cluster)
     assert session["ID"] == first["ID"] and armed(cluster)
     assert "session_lost" not in events_of(daemon)
+
+
+def test_a_maintenance_window_and_the_switch_are_independent_node_checks(
+    cluster: SimCluster, tmp_path: Path, daemons: List[DaemonProcess]
+) -> None:
+    path = config(tmp_path, cluster)
+    start(daemons, path, tmp_path)
+    first = wait_for("the switch armed", lambda: armed(cluster))["session"]
+    started = regagent_cli(path, "maint", "start", "--for", "30m", "--reason", "kernel")
+    assert started.returncode == 0, started.stderr
+    checks = node_checks(cluster)
+    assert checks["_node_maintenance"]["Status"] == "critical"
+    assert armed(cluster)["session"]["ID"] == first["ID"]  # the one-shot left the switch alone
+    stopped = regagent_cli(path, "maint", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    wait_for("the window's check gone", lambda: "_node_maintenance" not in node_checks(cluster))
+    assert armed(cluster)["session"]["ID"] == first["ID"]
+    assert len(passing_web(cluster)) == 1
