@@ -14,19 +14,20 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
 from regagent.consul.answers import Outcome
-from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.catalog import CatalogRegistrar, SessionSwitch
+from regagent.consul.deadman import SessionEvents, SessionKeeper, SessionSettings, default_ttl
 from regagent.consul.node_watch import NodeWatch
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, LoopParts
+from regagent.daemon import Daemon, LoopParts, nothing_due
 from regagent.discovery.intents import IntentSet
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.sensor import Change, Sensor
@@ -37,13 +38,17 @@ from regagent.errors import ConfigError
 from regagent.health import Health, ProbePool
 from regagent.identity import NodeIdentity, Writer, daemon_lock
 from regagent.liveness import Heartbeat
+from regagent.maintenance.check import MaintenanceChecks
+from regagent.maintenance.store import MaintenanceStore
 from regagent.model import ActualState, ServiceIntent
+from regagent.nodechecks import NodeCheckSource
 from regagent.notify import Notifier, watchdog_interval
 from regagent.repair import Repair
 from regagent.statedir import Lock
 from regagent.watch import Watch
 
 if TYPE_CHECKING:
+    from regagent.maintenance.metric import MaintenanceCollector
     from regagent.metrics import Metrics
 
 # What a reload keeps (SIGHUP, or a renew after an interrupted cycle), by App field; each holds
@@ -55,10 +60,23 @@ if TYPE_CHECKING:
 #   metrics    counters continue (made on the first configuration that serves them)
 #   heartbeat  what the systemd watchdog reads
 #   lock       the daemon's hold on its state directory, while the directory stays the same
+#   maintenance_metric  registered once, with the metrics; told the new state directory
+#   sessions   the dead-man's switch: its live session and renewing thread (a reload keeps the
+#              session; the host is never marked dead by a reload)
 # The pool and the identity are rebuilt, since the configuration names their servers and their
 # node, and take over their predecessor's state (`adopt`). The others are kept and told the new
 # configuration, by the same calls that configure them on the first build.
-SURVIVES_RELOAD = ("pool", "identity", "health", "discovery", "metrics", "heartbeat", "lock")
+SURVIVES_RELOAD = (
+    "pool",
+    "identity",
+    "health",
+    "discovery",
+    "metrics",
+    "heartbeat",
+    "lock",
+    "maintenance_metric",
+    "sessions",
+)
 
 
 @dataclass
@@ -77,6 +95,10 @@ class App:
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
+    # the maintenance window's end on the metrics endpoint (`regagent maint`)
+    maintenance_metric: Optional[MaintenanceCollector] = None
+    maintenance: Optional[MaintenanceChecks] = None  # the window as a node check, and its end
+    sessions: Optional[SessionKeeper] = None  # catalog mode: the dead-man's switch
     repair: Optional[Repair] = None  # the node watch (catalog mode, `regagent run`)
 
 
@@ -116,6 +138,8 @@ def build(
         identity.adopt(previous.identity)
         health, discovery = previous.health, previous.discovery
         metrics, heartbeat = previous.metrics, previous.heartbeat
+    maintenance = MaintenanceStore(config.sync.state_dir, identity.warnings)
+    maintenance_metric = previous.maintenance_metric if previous is not None else None
     health.configure(config.sync.failures_before_critical)
     discovery.reconfigure(config, beside_daemon=identity.beside_daemon)
     if metrics is None and config.telemetry.listen:
@@ -124,6 +148,12 @@ def build(
         metrics = Metrics()
     if metrics is not None:
         metrics.observe_pool(pool)
+        if maintenance_metric is None:  # registered once, with the metrics
+            from regagent.maintenance.metric import MaintenanceCollector
+
+            maintenance_metric = MaintenanceCollector(None)
+            metrics.registry.register(maintenance_metric)
+        maintenance_metric.store = maintenance  # read at each scrape
 
     def observe(server: str, outcome: Outcome, seconds: float) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -132,10 +162,26 @@ def build(
             metrics.observe_request(server, outcome, seconds)
 
     pool.observer = observe
+    # The features that put checks on the host's node (catalog mode), one line each.
+    node_checks: List[NodeCheckSource] = []
+    maintenance_checks = MaintenanceChecks(maintenance)
+    node_checks.append(maintenance_checks)  # `regagent maint`: _node_maintenance
+    sessions = make_sessions(
+        config,
+        policy=policy,
+        identity=identity,
+        metrics=metrics,
+        writer=writer,
+        previous=previous,
+    )
+    if sessions is not None:
+        node_checks.append(sessions)  # the dead-man's switch: regagent:alive
     node_watch = make_node_watch(
         config, pool, identity, metrics, previous=previous, daemon=writer.daemon
     )
-    registrar = make_registrar(config, pool, identity, node_watch)
+    registrar = make_registrar(
+        config, pool, identity, node_checks, switch=sessions, node_watch=node_watch
+    )
     engine = SyncEngine(
         registrar,
         discovery if intent_source is None else GivenIntents(intent_source),
@@ -145,13 +191,6 @@ def build(
         begin=pool.new_cycle,
     )
     watch = make_watch(config, engine, discovery.sensor, metrics) if intent_source is None else None
-    repair = (
-        None
-        if node_watch is None
-        else Repair(
-            engine, node_watch, on_report=metrics.observe_repair if metrics is not None else None
-        )
-    )
     return App(
         config,
         policy,
@@ -165,7 +204,10 @@ def build(
         heartbeat,
         watch,
         lock,
-        repair,
+        maintenance_metric,
+        maintenance_checks,
+        sessions,
+        make_repair(engine, node_watch, metrics),
     )
 
 
@@ -184,16 +226,76 @@ def make_node_watch(
     previous one stops and the daemon starts the new one."""
     kept = previous.repair.watch if previous is not None and previous.repair else None
     wanted = daemon and config.consul.mode == "catalog" and config.consul.watch_wait > 0
+    on_event = metrics.observe_watch if metrics is not None else None
     if kept is not None:
         if wanted and kept.same_target(pool, identity.name, config.consul.watch_wait):
             kept.rebind(pool)
-            kept.on_event = metrics.observe_watch if metrics is not None else None
+            kept.on_event = on_event
             return kept
         kept.stop()
     if not wanted:
         return None
-    on_event = metrics.observe_watch if metrics is not None else None
     return NodeWatch(pool, identity.name, config.consul.watch_wait, on_event=on_event)
+
+
+def make_repair(
+    engine: SyncEngine, node_watch: Optional[NodeWatch], metrics: Optional[Metrics]
+) -> Optional[Repair]:
+    """The loop's side of the node watch: its news repaired between cycles."""
+    if node_watch is None:
+        return None
+    on_report = metrics.observe_repair if metrics is not None else None
+    return Repair(engine, node_watch, on_report=on_report)
+
+
+def session_settings(config: Config, node: str) -> SessionSettings:
+    session = config.consul.session
+    return SessionSettings(
+        node=node,
+        ttl=session.ttl if session.ttl is not None else default_ttl(config.sync.interval),
+        on_stop=session.on_stop,
+        enabled=session.enabled,
+        datacenter=config.consul.datacenter,
+    )
+
+
+def make_sessions(
+    config: Config,
+    *,
+    policy: RetryPolicy,
+    identity: NodeIdentity,
+    metrics: Optional[Metrics],
+    writer: Writer,
+    previous: Optional[App],
+) -> Optional[SessionKeeper]:
+    """The dead-man's switch in catalog mode. The daemon's renews its session through a
+    server pool of its own (a thread of its own); a one-shot command's only claims the check
+    (it leaves the daemon's as it is, and `deregister` removes it)."""
+    kept = previous.sessions if previous is not None else None
+    if config.consul.mode != "catalog":
+        if kept is not None:  # reloaded into agent mode: the agent's node, not ours
+            kept.stop("disarm")
+        return None
+    settings = session_settings(config, identity.name)
+    pool = None
+    if writer.daemon:
+        pool = make_pool(config, policy)
+        pool.place(identity.name)
+        if metrics is not None:
+            pool.observer = metrics.observe_request  # no heartbeat: not the loop's progress
+        if kept is not None and kept.pool is not None:
+            pool.adopt(kept.pool)
+    events = SessionEvents()
+    if metrics is not None:
+        events = SessionEvents(
+            renewed=metrics.observe_session_renewal,
+            created=metrics.observe_session_created,
+            state=metrics.observe_session_state,
+        )
+    if kept is not None:  # SURVIVES_RELOAD
+        kept.configure(settings, pool, events)
+        return kept
+    return SessionKeeper(settings, pool, active=writer.daemon, events=events)
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -208,13 +310,25 @@ def make_registrar(
     config: Config,
     pool: ServerPool,
     identity: NodeIdentity,
+    node_checks: Sequence[NodeCheckSource] = (),
+    *,
+    switch: Optional[SessionSwitch] = None,
     node_watch: Optional[NodeWatch] = None,
 ) -> Registrar:
     """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
-    two modes."""
+    two modes. `node_checks` go on the host's node in catalog mode; in agent mode the agent
+    owns its node (its serfHealth already marks a dead host, its own maintenance API the rest)."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
-    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter, node_watch)
+    return CatalogRegistrar(
+        pool,
+        identity,
+        config.node.meta,
+        config.consul.datacenter,
+        node_checks=node_checks,
+        switch=switch,
+        watch=node_watch,
+    )
 
 
 def make_discovery(
@@ -271,6 +385,15 @@ def pool_addresses(pool: ServerPool) -> List[str]:
 
 def loop_parts(app: App) -> LoopParts:
     """What the daemon needs of an app."""
+    sessions = app.sessions
+    on_stop = None
+    if sessions is not None:
+        planned = app.config.consul.session.on_stop
+
+        def on_stop(deregistering: bool) -> None:
+            # Deregistration follows and removes the check and the session itself.
+            sessions.stop("halt" if deregistering else planned)
+
     return LoopParts(
         app.engine,
         app.config.sync,
@@ -278,6 +401,8 @@ def loop_parts(app: App) -> LoopParts:
         app.config.telemetry.listen,
         app.watch,
         app.metrics,
+        nothing_due if app.maintenance is None else app.maintenance.due,
+        on_stop,
         app.repair,
     )
 
@@ -306,6 +431,8 @@ def daemon(
         current[0] = build(current[0].config, previous=current[0])
         return loop_parts(current[0])
 
+    if app.sessions is not None:
+        app.sessions.start()
     return Daemon(
         loop_parts(app),
         reload=reload,

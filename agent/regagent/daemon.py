@@ -34,7 +34,7 @@ from regagent.errors import (
 from regagent.failures import REMIND_EVERY, ErrorReporter
 from regagent.liveness import Heartbeat, SystemdWatchdog
 from regagent.notify import Notifier
-from regagent.repair import NewsOrSignals, Repair
+from regagent.repair import Repair
 from regagent.report import CycleReport
 from regagent.signals import Signals, StopNow
 from regagent.threads import signals_blocked
@@ -58,6 +58,24 @@ Clock = Callable[[], float]
 def next_delay(interval: float, jitter: float, rng: Rng = random.random) -> float:
     """Seconds until the next cycle: the interval, jittered so hosts do not sync in step."""
     return max(0.1, jittered(interval, jitter, rng))
+
+
+# Seconds until something wants a full cycle sooner than the interval (the end of a
+# maintenance window), or None; asked every DUE_EVERY seconds while the loop waits.
+Due = Callable[[], Optional[float]]
+DUE_EVERY = 1.0
+
+
+def nothing_due() -> Optional[float]:
+    return None
+
+
+def sooner(delay: float, due: Optional[float], jitter: float, rng: Rng = random.random) -> float:
+    """`delay`, or less when something is due before it: then the due time plus a random part
+    of the jitter, so hosts whose maintenance windows end together do not sync in step."""
+    if due is None or due >= delay:
+        return delay
+    return max(0.1, min(delay, max(0.0, due) + rng() * jitter))
 
 
 def status_text(report: CycleReport, servers: int) -> str:
@@ -84,11 +102,57 @@ class LoopParts:
     telemetry_listen: str = ""
     watch: Optional[Watch] = None  # looks at the listeners between cycles
     metrics: Optional[Metrics] = None  # None until a configuration serves them
+    due: Due = nothing_due  # a full cycle wanted before the interval ends (`regagent maint`)
+    # Told once the loop ends, before an opt-in deregistration (True: one follows): the
+    # dead-man's switch disarms (bounded by its own STOP_BOUND) or hands over to it.
+    on_stop: Optional[Callable[[bool], None]] = None
     repair: Optional[Repair] = None  # the node watch's news, repaired between cycles
 
 
 # Re-reads the configuration (raises ConfigError if it is invalid), or renews the connections.
 Reload = Callable[[], LoopParts]
+
+
+class _Waiting:
+    """One wait between cycles, as the watch waits on it (a `Wakeable`): woken by the daemon's
+    signals, and over once a full cycle is due (`sooner`), which it asks every DUE_EVERY
+    seconds of the wait; otherwise each `wait(timeout)` lasts its whole timeout, so the watch
+    looks at its own pace."""
+
+    def __init__(self, daemon: Daemon, deadline: float) -> None:
+        self.daemon = daemon
+        self.deadline = deadline
+        self.due_at: Optional[float] = None
+
+    def over(self) -> bool:
+        """A stop or reload is requested, or the due time has come."""
+        daemon = self.daemon
+        now = daemon.clock()
+        if self.due_at is None:
+            due = daemon.parts.due()
+            if due is not None:
+                jitter = daemon.parts.sync.jitter
+                self.due_at = now + sooner(self.deadline - now, due, jitter, daemon.rng)
+        return daemon.signals.pending or (self.due_at is not None and now >= self.due_at)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        clock = self.daemon.clock
+        end = clock() + (DUE_EVERY if timeout is None else timeout)
+        for _ in range(int((end - clock()) / DUE_EVERY) + 2):
+            left = end - clock()
+            if self.due_at is not None:
+                left = min(left, self.due_at - clock())
+            if left <= 0:
+                break
+            if self.daemon.signals.wait(min(left, DUE_EVERY)) or self.over() or self.news():
+                return True
+        return self.over() or self.news()
+
+    def news(self) -> bool:
+        """The node watch has an answer to repair (`regagent.repair`): the wait ends, not the
+        interval; the loop repairs and waits on."""
+        repair = self.daemon.parts.repair
+        return repair is not None and repair.due
 
 
 class Daemon:
@@ -180,6 +244,11 @@ class Daemon:
                     log.warning("renew_failed", error=str(exc))
         if not self.signals.stop.is_set():  # ended by max_cycles; a signal has said it already
             self.notifier.stopping()
+        if self.parts.on_stop is not None:
+            try:
+                self.parts.on_stop(self.parts.sync.deregister_on_shutdown)
+            except Exception:  # the stop goes on: deregistration and exit come first
+                log.exception("stop_hook_failed")
         if self.parts.sync.deregister_on_shutdown:
             self._deregister()
         self._shut_down()
@@ -216,11 +285,14 @@ class Daemon:
             self.notifier.status(status)
 
     def _wait_for_next_cycle(self, delay: float) -> None:
-        """The one place the loop waits between cycles: until `delay` has passed or a stop or
-        reload is requested; beats the heartbeat while it waits, and lets the listener watch
+        """The one place the loop waits between cycles: until `delay` has passed, a stop or
+        reload is requested, or a full cycle is due sooner (`LoopParts.due`: the end of a
+        maintenance window, asked every DUE_EVERY seconds, since one may start during the
+        wait); beats the heartbeat while it waits, and lets the listener watch
         (`regagent.watch`, when discovery.watch_interval is on) look and run partial cycles."""
         deadline = self.clock() + delay
-        while not self.signals.pending:
+        waiting = _Waiting(self, deadline)
+        while not waiting.over():
             left = deadline - self.clock()
             if left <= 0:
                 return
@@ -228,18 +300,13 @@ class Daemon:
             self._repair()
             step = left if self.beat_every is None else min(left, self.beat_every)
             watch = self.parts.watch
-            wake = (
-                self.signals
-                if self.parts.repair is None
-                else NewsOrSignals(self.parts.repair, self.signals)
-            )
             if watch is None:
-                wake.wait(step)
+                waiting.wait(step)
                 continue
             # The watch's partial cycles write to Consul: a stop may interrupt them as it does
             # a full cycle (the pool's observer and the probes beat the heartbeat meanwhile).
             with self.signals.interruptible():
-                watch.run_for(step, wake)
+                watch.run_for(step, waiting)
 
     def _start_node_watch(self) -> None:
         """The blocking query on the node (catalog mode); its news ends the wait."""

@@ -18,25 +18,10 @@ import structlog
 from regagent.consul.node_watch import NodeWatch
 from regagent.engine import SyncEngine
 from regagent.report import CycleReport
-from regagent.threads import Wakeable
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
-
-
-class NewsOrSignals:
-    """The loop's wait (`regagent.threads.Wakeable`) that also ends when the watch has news:
-    the watch's thread writes the signals' self-pipe (`Signals.wake`), and this says why."""
-
-    def __init__(self, repair: Repair, signals: Wakeable) -> None:
-        self.repair = repair
-        self.signals = signals
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        if self.repair.due:
-            return True
-        return self.signals.wait(timeout) or self.repair.due
 
 
 class Repair:

@@ -43,6 +43,21 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class SessionConfig:
+    """The dead-man's switch (catalog mode, `regagent run` only): a Consul session with a TTL
+    on the host's node, renewed by the daemon, and a node check Consul turns critical when the
+    session ends."""
+
+    enabled: bool = True
+    # None: max(30s, 3 x sync.interval). At least the servers' session_ttl_min (10s unless
+    # changed), at most Consul's 24h. Consul marks a dead host critical within 2 x ttl.
+    ttl: Optional[float] = field(default=None, metadata=_kind("duration", low=1.0, high=DAY))
+    # A planned stop (SIGTERM): `disarm` keeps the host's last status (the check is removed,
+    # the session destroyed); `critical` ends the session so Consul marks the host critical now.
+    on_stop: str = field(default="disarm", metadata=_kind("choice", choices=("disarm", "critical")))
+
+
+@dataclass(frozen=True)
 class ConsulConfig:
     servers: Tuple[str, ...] = field(default=("127.0.0.1:8500",), metadata=_kind("hostport_list"))
     scheme: str = field(default="http", metadata=_kind("choice", choices=("http", "https")))
@@ -60,6 +75,7 @@ class ConsulConfig:
     # The blocking query on this host's own node (catalog mode, `regagent run`): how long each
     # poll may wait for a change. 0 turns it off; at most Consul's own cap, max_query_time (10m).
     watch_wait: float = field(default=300.0, metadata=_kind("duration", low=0.0, high=600.0))
+    session: SessionConfig = field(default_factory=SessionConfig)
 
 
 @dataclass(frozen=True)

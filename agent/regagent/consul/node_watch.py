@@ -36,7 +36,6 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
-from urllib.parse import quote
 
 import structlog
 
@@ -87,7 +86,7 @@ def _params(client: Any, index: int, wait: float) -> List[Tuple[str, str]]:
 def read_node(client: Any, node_name: str, index: int, wait: float, bound: float) -> Watched:
     """One poll on `client`'s server: a plain read for index 0, else a blocking one, its time
     bound raised to `bound` (the client's other limits, the answer-size cap included, kept)."""
-    path = f"/v1/catalog/node/{quote(node_name, safe='')}"
+    path = f"/v1/catalog/node/{node_name}"  # the transport percent-encodes it, once
     http = copy.copy(client.http)
     limits = http.limits
     if index > 0:
