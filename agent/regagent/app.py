@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
 from regagent.consul.answers import Outcome
-from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.catalog import CatalogRegistrar, SessionSwitch
+from regagent.consul.deadman import SessionEvents, SessionKeeper, SessionSettings, default_ttl
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, LoopParts
+from regagent.daemon import Daemon, LoopParts, nothing_due
 from regagent.discovery.intents import IntentSet
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.sensor import Change, Sensor
@@ -35,12 +36,16 @@ from regagent.errors import ConfigError
 from regagent.health import Health, ProbePool
 from regagent.identity import NodeIdentity, Writer, daemon_lock
 from regagent.liveness import Heartbeat
+from regagent.maintenance.check import MaintenanceChecks
+from regagent.maintenance.store import MaintenanceStore
 from regagent.model import ActualState, ServiceIntent
+from regagent.nodechecks import NodeCheckSource
 from regagent.notify import Notifier, watchdog_interval
 from regagent.statedir import Lock
 from regagent.watch import Watch
 
 if TYPE_CHECKING:
+    from regagent.maintenance.metric import MaintenanceCollector
     from regagent.metrics import Metrics
 
 # What a reload keeps (SIGHUP, or a renew after an interrupted cycle), by App field; each holds
@@ -52,10 +57,23 @@ if TYPE_CHECKING:
 #   metrics    counters continue (made on the first configuration that serves them)
 #   heartbeat  what the systemd watchdog reads
 #   lock       the daemon's hold on its state directory, while the directory stays the same
+#   maintenance_metric  registered once, with the metrics; told the new state directory
+#   sessions   the dead-man's switch: its live session and renewing thread (a reload keeps the
+#              session; the host is never marked dead by a reload)
 # The pool and the identity are rebuilt, since the configuration names their servers and their
 # node, and take over their predecessor's state (`adopt`). The others are kept and told the new
 # configuration, by the same calls that configure them on the first build.
-SURVIVES_RELOAD = ("pool", "identity", "health", "discovery", "metrics", "heartbeat", "lock")
+SURVIVES_RELOAD = (
+    "pool",
+    "identity",
+    "health",
+    "discovery",
+    "metrics",
+    "heartbeat",
+    "lock",
+    "maintenance_metric",
+    "sessions",
+)
 
 
 @dataclass
@@ -74,6 +92,10 @@ class App:
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
+    # the maintenance window's end on the metrics endpoint (`regagent maint`)
+    maintenance_metric: Optional[MaintenanceCollector] = None
+    maintenance: Optional[MaintenanceChecks] = None  # the window as a node check, and its end
+    sessions: Optional[SessionKeeper] = None  # catalog mode: the dead-man's switch
 
 
 def build(
@@ -112,6 +134,8 @@ def build(
         identity.adopt(previous.identity)
         health, discovery = previous.health, previous.discovery
         metrics, heartbeat = previous.metrics, previous.heartbeat
+    maintenance = MaintenanceStore(config.sync.state_dir, identity.warnings)
+    maintenance_metric = previous.maintenance_metric if previous is not None else None
     health.configure(config.sync.failures_before_critical)
     discovery.reconfigure(config, beside_daemon=identity.beside_daemon)
     if metrics is None and config.telemetry.listen:
@@ -120,6 +144,12 @@ def build(
         metrics = Metrics()
     if metrics is not None:
         metrics.observe_pool(pool)
+        if maintenance_metric is None:  # registered once, with the metrics
+            from regagent.maintenance.metric import MaintenanceCollector
+
+            maintenance_metric = MaintenanceCollector(None)
+            metrics.registry.register(maintenance_metric)
+        maintenance_metric.store = maintenance  # read at each scrape
 
     def observe(server: str, outcome: Outcome, seconds: float) -> None:
         heartbeat.beat()
@@ -127,7 +157,21 @@ def build(
             metrics.observe_request(server, outcome, seconds)
 
     pool.observer = observe
-    registrar = make_registrar(config, pool, identity)
+    # The features that put checks on the host's node (catalog mode), one line each.
+    node_checks: List[NodeCheckSource] = []
+    maintenance_checks = MaintenanceChecks(maintenance)
+    node_checks.append(maintenance_checks)  # `regagent maint`: _node_maintenance
+    sessions = make_sessions(
+        config,
+        policy=policy,
+        identity=identity,
+        metrics=metrics,
+        writer=writer,
+        previous=previous,
+    )
+    if sessions is not None:
+        node_checks.append(sessions)  # the dead-man's switch: regagent:alive
+    registrar = make_registrar(config, pool, identity, node_checks, switch=sessions)
     engine = SyncEngine(
         registrar,
         discovery if intent_source is None else GivenIntents(intent_source),
@@ -150,7 +194,60 @@ def build(
         heartbeat,
         watch,
         lock,
+        maintenance_metric,
+        maintenance_checks,
+        sessions,
     )
+
+
+def session_settings(config: Config, node: str) -> SessionSettings:
+    session = config.consul.session
+    return SessionSettings(
+        node=node,
+        ttl=session.ttl if session.ttl is not None else default_ttl(config.sync.interval),
+        on_stop=session.on_stop,
+        enabled=session.enabled,
+        datacenter=config.consul.datacenter,
+    )
+
+
+def make_sessions(
+    config: Config,
+    *,
+    policy: RetryPolicy,
+    identity: NodeIdentity,
+    metrics: Optional[Metrics],
+    writer: Writer,
+    previous: Optional[App],
+) -> Optional[SessionKeeper]:
+    """The dead-man's switch in catalog mode. The daemon's renews its session through a
+    server pool of its own (a thread of its own); a one-shot command's only claims the check
+    (it leaves the daemon's as it is, and `deregister` removes it)."""
+    kept = previous.sessions if previous is not None else None
+    if config.consul.mode != "catalog":
+        if kept is not None:  # reloaded into agent mode: the agent's node, not ours
+            kept.stop("disarm")
+        return None
+    settings = session_settings(config, identity.name)
+    pool = None
+    if writer.daemon:
+        pool = make_pool(config, policy)
+        pool.place(identity.name)
+        if metrics is not None:
+            pool.observer = metrics.observe_request  # no heartbeat: not the loop's progress
+        if kept is not None and kept.pool is not None:
+            pool.adopt(kept.pool)
+    events = SessionEvents()
+    if metrics is not None:
+        events = SessionEvents(
+            renewed=metrics.observe_session_renewal,
+            created=metrics.observe_session_created,
+            state=metrics.observe_session_state,
+        )
+    if kept is not None:  # SURVIVES_RELOAD
+        kept.configure(settings, pool, events)
+        return kept
+    return SessionKeeper(settings, pool, active=writer.daemon, events=events)
 
 
 def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
@@ -161,12 +258,27 @@ def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
     return ServerPool(consul, load_token(config.consul), policy=policy)
 
 
-def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> Registrar:
+def make_registrar(
+    config: Config,
+    pool: ServerPool,
+    identity: NodeIdentity,
+    node_checks: Sequence[NodeCheckSource] = (),
+    *,
+    switch: Optional[SessionSwitch] = None,
+) -> Registrar:
     """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
-    two modes."""
+    two modes. `node_checks` go on the host's node in catalog mode; in agent mode the agent
+    owns its node (its serfHealth already marks a dead host, its own maintenance API the rest)."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
-    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)
+    return CatalogRegistrar(
+        pool,
+        identity,
+        config.node.meta,
+        config.consul.datacenter,
+        node_checks=node_checks,
+        switch=switch,
+    )
 
 
 def make_discovery(
@@ -223,6 +335,15 @@ def pool_addresses(pool: ServerPool) -> List[str]:
 
 def loop_parts(app: App) -> LoopParts:
     """What the daemon needs of an app."""
+    sessions = app.sessions
+    on_stop = None
+    if sessions is not None:
+        planned = app.config.consul.session.on_stop
+
+        def on_stop(deregistering: bool) -> None:
+            # Deregistration follows and removes the check and the session itself.
+            sessions.stop("halt" if deregistering else planned)
+
     return LoopParts(
         app.engine,
         app.config.sync,
@@ -230,6 +351,8 @@ def loop_parts(app: App) -> LoopParts:
         app.config.telemetry.listen,
         app.watch,
         app.metrics,
+        nothing_due if app.maintenance is None else app.maintenance.due,
+        on_stop,
     )
 
 
@@ -257,6 +380,8 @@ def daemon(
         current[0] = build(current[0].config, previous=current[0])
         return loop_parts(current[0])
 
+    if app.sessions is not None:
+        app.sessions.start()
     return Daemon(
         loop_parts(app),
         reload=reload,
