@@ -545,8 +545,8 @@ def node_watch_figures(
     print(f"  third-party deregister to restored: {spread(before_restore):>22}   "
           f"{spread(after_restore)} (goal p50 <= 1s)")  # fmt: skip
     print(
-        f"    of which until the poll's answer arrived: {spread(woke)} (the emulator wakes "
-        f"every held query on each write: {n} here; Consul only the changed node's)"
+        f"    of which until the poll's answer arrived: {spread(woke)} (the emulator, like "
+        f"Consul, wakes only the changed node's poll of the {n} held)"
     )
     for host in hosts:
         if host.repair is not None:

@@ -300,6 +300,51 @@ def test_blocking_read_ignores_noop_and_wakes_on_change(
     assert elapsed < 1.0
 
 
+def test_blocked_node_read_wakes_only_for_its_own_node(
+    consul_cluster: SimCluster, client: Client
+) -> None:
+    """Consul PR #12399: a blocking /v1/catalog/node/<a> waits on node a's entry alone, so
+    writes to another node (or to a's checks) neither answer it nor even wake it."""
+    c = client(0)
+    for node in ("host-a", "host-b"):
+        c.catalog.register(node, "10.0.0.9", service={"ID": "web-1", "Service": "web"})
+    check = {"CheckID": "a-up", "Name": "up", "Status": "passing"}
+    c.catalog.register("host-a", "10.0.0.9", check=check)
+    index, _ = c.catalog.node("host-a")
+    woken = consul_cluster.stats()["blocked_reads_woken"]
+
+    out, thread = _blocking(lambda: client(1).catalog.node("host-a", index=index, wait="1s"))
+    time.sleep(0.2)
+    for port in range(8001, 8006):  # each one moves host-b's index
+        c.catalog.register("host-b", "10.0.0.9", service={"ID": "web-1", "Service": "web",
+                                                           "Port": port})  # fmt: skip
+    c.catalog.register("host-a", "10.0.0.9", check={**check, "Status": "critical"})
+    thread.join(5)
+    new_index, elapsed = out[0]
+    assert new_index == index
+    assert elapsed >= 0.95  # returned at its wait, not at a write
+    assert consul_cluster.stats()["blocked_reads_woken"] == woken
+
+    out, thread = _blocking(lambda: client(2).catalog.node("host-a", index=index, wait="5s"))
+    time.sleep(0.2)
+    c.catalog.register("host-a", "10.0.0.9", service={"ID": "web-1", "Service": "web", "Port": 1})
+    thread.join(5)
+    new_index, elapsed = out[0]
+    assert int(new_index) > int(index)
+    assert elapsed < 1.0
+    assert consul_cluster.stats()["blocked_reads_woken"] == woken + 1
+
+    index = new_index
+    out, thread = _blocking(lambda: client(1).catalog.node("host-a", index=index, wait="5s"))
+    time.sleep(0.2)
+    c.catalog.deregister("host-a")  # the reader wakes with the node extinction index
+    thread.join(5)
+    new_index, elapsed = out[0]
+    assert int(new_index) > int(index)
+    assert elapsed < 1.0
+    assert c.catalog.node("host-a") == (new_index, None)
+
+
 def test_blocking_wait_is_capped(consul_cluster: SimCluster, client: Client) -> None:
     index, _ = client(0).catalog.services()
     start = time.monotonic()

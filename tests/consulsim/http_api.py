@@ -195,8 +195,9 @@ class ConsulAPI:
         self,
         req: Request,
         compute: Callable[[Optional[Policy]], Tuple[int, Tuple[Any, bool]]],
+        node: Optional[str] = None,
     ) -> Response:
-        meta, (data, filtered) = self.sim.read(req.server, req.query, req.token, compute)
+        meta, (data, filtered) = self.sim.read(req.server, req.query, req.token, compute, node)
         return _json_response(req, data, self._meta_headers(req, meta, filtered))
 
     def _meta_headers(self, req: Request, meta: ReadMeta, filtered: bool) -> Dict[str, str]:
@@ -349,7 +350,7 @@ class ConsulAPI:
             }
             return index, (body, filtered)
 
-        return self._read(req, compute)
+        return self._read(req, compute, node=req.arg)  # woken by this node's writes only
 
     def catalog_node_services(self, req: Request) -> Response:
         if not req.arg:
@@ -363,7 +364,7 @@ class ConsulAPI:
             body = {"Node": node_json(node), "Services": [node_service_json(s) for s in services]}
             return index, (body, filtered)
 
-        return self._read(req, compute)
+        return self._read(req, compute, node=req.arg)
 
     # ------------------------------------------------------------------ health
 

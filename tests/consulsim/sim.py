@@ -9,12 +9,13 @@ elections, TTL expiry and periodic anti-entropy.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple, TypeVar
 
 from . import txn
 from .acl import ACL, PermissionDenied, Policy
@@ -33,6 +34,7 @@ from .state import (
 )
 from .stats import Stats
 from .topology import Topology
+from .wakeups import NodeWakeups
 
 T = TypeVar("T")
 
@@ -84,11 +86,18 @@ class ReadMeta:
 
 
 class Simulation:
-    """All cluster state behind one re-entrant lock and condition variable."""
+    """All cluster state behind one re-entrant lock and condition variable.
+
+    Blocked reads of one node's catalog entry wait on that node's own condition (same lock)
+    instead, so a write wakes only the readers whose answer it may change.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cond = threading.Condition(threading.RLock())
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.node_wakeups = NodeWakeups(self.lock)
+        self._seen_extinction = 0  # the node extinction index node readers were last woken for
         self.store = Store(settings.datacenter)
         self.topology = Topology(settings.servers, settings.election_delay)
         self.acl = ACL()
@@ -150,7 +159,7 @@ class Simulation:
         """Stop the ticker and release every waiting request."""
         with self.cond:
             self._closing = True
-            self.cond.notify_all()
+            self.wake_everyone()
 
     @staticmethod
     def _server_tagged(host: str) -> Dict[str, str]:
@@ -185,7 +194,7 @@ class Simulation:
         if self.topology.reconcile(now):
             if self.topology.leader is not None:
                 self._reconcile_members()
-            self.cond.notify_all()
+            self.wake_everyone()
         self._sync_timers(now)
 
     def _sync_timers(self, now: float) -> None:
@@ -247,9 +256,22 @@ class Simulation:
 
     # ------------------------------------------------------------------ writes
 
+    def wake_everyone(self) -> None:
+        """Wake every waiter, node readers included: servers, leader or the store changed."""
+        self.cond.notify_all()
+        self.node_wakeups.wake_all()
+
     def _applied(self, result: WriteResult) -> WriteResult:
+        """After a Raft apply: wake the blocked reads whose index it may have moved."""
         if result.changed:
             self.cond.notify_all()
+        moved = self.store.take_moved_nodes()
+        extinction = self.store.idx.node_extinction
+        if extinction != self._seen_extinction:
+            # An unknown node answers the node extinction index: its readers wake too.
+            self._seen_extinction = extinction
+            moved.update(k for k in self.node_wakeups.watched() if k not in self.store.nodes)
+        self.node_wakeups.wake(moved)
         return result
 
     def catalog_register(self, server: int, body: Record, token: str) -> WriteResult:
@@ -361,7 +383,9 @@ class Simulation:
             self._timers_term = None
             self._sync_timers(time.monotonic())
             self.abandoned += 1
-            self.cond.notify_all()
+            self.store.take_moved_nodes()
+            self._seen_extinction = self.store.idx.node_extinction
+            self.wake_everyone()
 
     def catalog_deregister(self, server: int, body: Record, token: str) -> WriteResult:
         """``Catalog.Deregister`` through server ``server``."""
@@ -476,8 +500,12 @@ class Simulation:
         query: Dict[str, List[str]],
         token: str,
         compute: Callable[[Optional[Policy]], Tuple[int, T]],
+        node: Optional[str] = None,
     ) -> Tuple[ReadMeta, T]:
-        """A catalog/health read with consistency modes and blocking (``index``/``wait``)."""
+        """A catalog/health read with consistency modes and blocking (``index``/``wait``).
+
+        ``node``: the read answers that node's entry and index, so while blocked it waits for
+        that node's wake-ups only (and the ones every waiter gets)."""
         stale = "stale" in query
         consistent = "consistent" in query
         if stale and consistent:
@@ -503,15 +531,17 @@ class Simulation:
                     timeout += random.uniform(0, timeout / self.settings.stagger_divisor)
                 deadline = time.monotonic() + timeout
                 abandoned = self.abandoned
-                while index <= min_index:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self.cond.wait(remaining)
-                    self.check_up(server)
-                    index, data = compute(policy)
-                    if self.abandoned != abandoned:
-                        break  # a snapshot restore abandoned the state store: answer now
+                with self._waiting_on(node) as cond:
+                    while index <= min_index:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        if cond.wait(remaining):
+                            self.stats.blocked_reads_woken += 1
+                        self.check_up(server)
+                        index, data = compute(policy)
+                        if self.abandoned != abandoned:
+                            break  # a snapshot restore abandoned the state store: answer now
             now = time.monotonic()
             known = self.topology.leader is not None
             meta = ReadMeta(
@@ -523,6 +553,11 @@ class Simulation:
                 consistency="stale" if stale else ("consistent" if consistent else "leader"),
             )
             return meta, data
+
+    def _waiting_on(self, node: Optional[str]) -> ContextManager[threading.Condition]:
+        if node is None:
+            return contextlib.nullcontext(self.cond)
+        return self.node_wakeups.watching(node.lower())
 
     # ------------------------------------------------------------------ agents
 
@@ -590,7 +625,7 @@ class Simulation:
             self._reconcile()
             if self.topology.leader is not None:
                 self._reconcile_members()
-            self.cond.notify_all()
+            self.wake_everyone()
 
     def start_server(self, i: int) -> None:
         """The server comes back with its agent state (its data_dir survived)."""
@@ -600,7 +635,7 @@ class Simulation:
             if self.topology.leader is not None:
                 self._reconcile_members()
                 self._sync_agent(i)
-            self.cond.notify_all()
+            self.wake_everyone()
 
     def drop_leader(self) -> Optional[int]:
         """Make the leader step down; returns the old leader's index."""
@@ -608,7 +643,7 @@ class Simulation:
             now = time.monotonic()
             old = self.topology.drop_leader(now)
             self._sync_timers(now)
-            self.cond.notify_all()
+            self.wake_everyone()
             return old
 
     def _reconcile_members(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from .decode import format_go_duration
 
@@ -284,6 +284,9 @@ class Store:
         self.writes_applied = 0
         self.writes_changed = 0
         self._journal: Optional[_Journal] = None
+        # Nodes whose node.<name> index was set or dropped since the cluster last looked
+        # (``take_moved_nodes``): only their blocked node reads need waking.
+        self._moved_nodes: Set[str] = set()
 
     # ------------------------------------------------------------------ raft
 
@@ -357,6 +360,13 @@ class Store:
 
     def _bump_node(self, idx: int, node_key: str) -> None:
         self.idx.node[node_key] = max(self.idx.node.get(node_key, 0), idx)
+        self._moved_nodes.add(node_key)
+
+    def take_moved_nodes(self) -> Set[str]:
+        """The node keys whose index moved since the last call (an aborted apply may leave
+        one in that did not: waking its readers for nothing is harmless)."""
+        moved, self._moved_nodes = self._moved_nodes, set()
+        return moved
 
     def _service_gone(self, idx: int, name: str) -> None:
         """After a service row is removed: bump its index, or mark it extinct."""
@@ -505,6 +515,7 @@ class Store:
         # The node.<name> index entry goes with the node; the node extinction index is what a
         # read of the now unknown node answers, so a blocking reader of it wakes.
         self.idx.node.pop(node_key, None)
+        self._moved_nodes.add(node_key)
         self.idx.node_extinction = idx
         self.idx.bump(idx, "nodes")
         # "Invalidate any sessions for this node."

@@ -18,6 +18,7 @@ class Stats:
     def __init__(self, servers: int) -> None:
         self.by_server: List[Counter[str]] = [Counter() for _ in range(servers)]
         self.txn: Counter[str] = Counter()
+        self.blocked_reads_woken = 0  # a held blocking read woken to look at its index again
 
     def record(self, server: int, method: str, endpoint: str) -> None:
         """Count one request under its route pattern (``/v1/catalog/service/:arg``)."""
@@ -33,6 +34,7 @@ class Stats:
         for counter in self.by_server:
             counter.clear()
         self.txn.clear()
+        self.blocked_reads_woken = 0
 
     def snapshot(self, sim: Simulation) -> Dict[str, Any]:
         """The JSON document ``SimCluster.stats()`` returns (see README.md)."""
@@ -62,6 +64,7 @@ class Stats:
             "writes_applied": sim.store.writes_applied,
             "writes_changed": sim.store.writes_changed,
             "txn": {k: self.txn[k] for k in ("read", "write", "conflicts", "ops")},
+            "blocked_reads_woken": self.blocked_reads_woken,
             "leader": sim.topology.leader,
             "term": sim.topology.term,
             "raft_index": sim.store.idx.raft,
