@@ -16,9 +16,9 @@ from typing import Callable, FrozenSet, List, Optional, Tuple
 
 from regagent.config import load_config
 from regagent.config.model import Config
-from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
 from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.credentials import Credentials
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
@@ -147,7 +147,8 @@ def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
     consul = config.consul
     if consul.mode == "agent":
         consul = replace(consul, servers=(consul.agent_address,))
-    return ServerPool(consul, load_token(config.consul), policy=policy)
+    credentials = Credentials(consul)  # the files named; re-read when they change
+    return ServerPool(consul, credentials.token, policy=policy, credentials=credentials)
 
 
 def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> Registrar:

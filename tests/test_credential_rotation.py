@@ -1,0 +1,412 @@
+"""Credential rotation without a reload: the ACL token file and the TLS files are re-read when
+they change, a bad new file keeps the old credential, and every step is said once in the log.
+
+Real processes: `regagent run` against the emulator (its ACLs accept and deny tokens; its HTTPS
+servers require client certificates of the test CA from tests/tls_pki.py). Files are rotated
+as rotation tools do it (a new file renamed into place) or written in place (a half-written
+one). The assertions read the emulator's records, the daemon's JSON log lines and, where a
+metric exists, its metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import yaml
+from structlog.testing import capture_logs
+
+from consulsim import SimCluster
+from regagent.config.model import ConsulConfig
+from regagent.consul.credentials import Credentials
+from regagent.consul.http import stale_get
+from regagent.consul.pool import ServerPool
+from regagent.x509 import certificates_in
+from tls_pki import TLSFiles, issue_client_certificate
+
+NODE = "rotation-test-host"
+ADMIN = "admin-secret-7f3a"  # the test's own reads
+OLD = "old-secret-1b2c"
+NEW = "new-secret-9d8e"
+UNKNOWN = "never-issued-5a6b"
+SECRETS = (OLD, NEW, UNKNOWN, ADMIN)
+
+
+def _writer(accessor: str) -> Dict[str, Any]:
+    return {
+        "AccessorID": accessor,
+        "node_prefix": {"": "write"},
+        "service_prefix": {"": "write"},
+    }
+
+
+def _acl(*tokens: str) -> Dict[str, Any]:
+    accessors = {ADMIN: "0", OLD: "1", NEW: "2"}
+    return {
+        "default_policy": "deny",
+        "tokens": {
+            token: _writer(f"5d0c6b3e-0000-4000-8000-00000000000{accessors[token]}")
+            for token in (ADMIN, *tokens)
+        },
+    }
+
+
+# ---------------------------------------------------------------------- processes and files
+
+
+def _config(tmp_path: Path, cluster: SimCluster, consul: Dict[str, Any]) -> Path:
+    config = {
+        "consul": {
+            "servers": list(cluster.addresses),
+            "connect_timeout": "1s",
+            "read_timeout": "1s",
+            "cooldown_initial": "200ms",
+            "cooldown_max": "1s",
+            **consul,
+        },
+        "node": {"name": NODE, "address": "127.0.0.1"},
+        "sync": {"interval": "1s", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
+        "discovery": {"enabled": False},
+        "services": [{"name": "queue", "port": 9000, "check": {"type": "none"}}],
+    }
+    path = tmp_path / "regagent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@contextlib.contextmanager
+def _daemon(config: Path) -> Iterator[Path]:
+    """`regagent run`, its JSON log in a file; SIGTERM by pid at the end (KILL if it hangs)."""
+    log = config.parent / "daemon.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "regagent", "-c", str(config), "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        yield log
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _events(log: Path, name: Optional[str] = None) -> List[Dict[str, Any]]:
+    found = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [e for e in found if name is None or e["event"] == name]
+
+
+def _eventually(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout:g}s: {what}")
+
+
+def _registered(cluster: SimCluster, token: str = "") -> bool:
+    data = cluster.get(cluster.live_server(), f"/v1/catalog/node/{NODE}?stale", token=token)
+    return data is not None and "queue-9000" in data["Services"]
+
+
+def _replace(path: Path, text: str) -> None:
+    """A rotation tool's write: a new file renamed over the old one."""
+    new = path.with_name(f".{path.name}.new")
+    new.write_text(text)
+    new.chmod(0o600)
+    os.replace(new, path)
+
+
+def _writes(cluster: SimCluster) -> int:
+    return int(cluster.stats()["writes_applied"])
+
+
+def _no_secret(log: Path) -> None:
+    text = log.read_text()
+    for secret in SECRETS:
+        assert secret not in text
+
+
+def _later_cycles(cluster: SimCluster, count: int = 3) -> None:
+    """Waits until the daemon has asked the emulator for its node `count` more times."""
+
+    def reads() -> int:
+        return sum(
+            n for key, n in cluster.stats()["endpoints"].items() if "/v1/catalog/node/" in key
+        )
+
+    start = reads()
+    _eventually(lambda: reads() >= start + count, f"{count} more cycles")
+
+
+# ---------------------------------------------------------------------- token: in process
+
+
+def test_a_rename_into_place_is_seen_even_with_the_same_size_and_mtime(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    credentials = Credentials(ConsulConfig(token_file=str(token)))
+    assert credentials.token == OLD and credentials.refresh() is False
+    stat = token.stat()
+    new = tmp_path / "token.new"
+    new.write_text(NEW)  # same length as OLD
+    os.utime(new, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(new, token)
+    assert credentials.refresh() is True
+    assert credentials.token == NEW
+    assert OLD not in repr(credentials) and NEW not in repr(credentials)
+
+
+def test_a_half_written_token_keeps_the_old_one_and_is_reported_once(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(OLD + "\n")
+    credentials = Credentials(ConsulConfig(token_file=str(token)))
+    with capture_logs() as logs:
+        token.write_text("")  # truncated by the writer, not yet written
+        for _ in range(3):
+            assert credentials.refresh() is False
+        assert credentials.token == OLD
+        token.write_text(NEW + "\nsecond line\n")
+        assert credentials.refresh() is False
+        token.write_text(NEW + "\n")
+        assert credentials.refresh() is True
+    assert credentials.token == NEW
+    events = [(e["event"], e.get("problem", "")) for e in logs]
+    assert events == [
+        ("credential_not_rotated", f"token file {token} is empty"),
+        ("credential_not_rotated", f"token file {token} holds 2 lines; it must be exactly one "
+         "line (no comments, no blank lines)"),
+        ("credential_rotated", ""),
+    ]  # fmt: skip
+    assert not any(secret in repr(logs) for secret in SECRETS)
+
+
+@pytest.fixture
+def acl_cluster(consul_cluster: SimCluster) -> SimCluster:
+    consul_cluster.set_acl(_acl(OLD, NEW))
+    return consul_cluster
+
+
+def test_a_403_after_the_file_changed_is_sent_again_with_the_new_token(
+    acl_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """The file changed after the cycle's stat and the old token is already revoked: the
+    request that gets 403 re-reads the file and is sent again; the caller sees no failure."""
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    config = ConsulConfig(servers=tuple(acl_cluster.addresses), token_file=str(token))
+    credentials = Credentials(config)
+    pool = ServerPool(config, credentials.token, credentials=credentials)
+    pool.new_cycle()
+    assert stale_get_nodes(pool) is not None
+    _replace(token, NEW)
+    acl_cluster.set_acl(_acl(NEW))  # the old token is revoked
+    acl_cluster.reset_stats()
+    assert stale_get_nodes(pool) is not None  # no new_cycle: the 403 made it re-read
+    assert credentials.token == NEW
+    assert sum(acl_cluster.stats()["endpoints"].values()) == 2  # the 403, then the answer
+
+
+def stale_get_nodes(pool: ServerPool) -> Any:
+    return pool.call("nodes", lambda client: stale_get(client, "/v1/catalog/nodes", list)).data
+
+
+# ---------------------------------------------------------------------- token: the daemon
+
+
+def test_daemon_rotates_its_token_without_a_failed_cycle(
+    acl_cluster: SimCluster, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    _replace(token, OLD + "\n")
+    config = _config(tmp_path, acl_cluster, {"token_file": str(token)})
+    empty = acl_cluster.snapshot_save()
+    with _daemon(config) as log:
+        _eventually(lambda: _registered(acl_cluster, ADMIN), "registered with the old token")
+        _replace(token, NEW + "\n")
+        acl_cluster.set_acl(_acl(NEW))  # revoked at once: a cycle in flight gets 403s
+        _eventually(lambda: bool(_events(log, "credential_rotated")), "the rotation logged")
+        writes = _writes(acl_cluster)
+        acl_cluster.snapshot_restore(empty)  # the catalog forgets: the daemon must write again
+        _eventually(lambda: _registered(acl_cluster, ADMIN), "registered with the new token")
+        assert _writes(acl_cluster) > writes
+        _later_cycles(acl_cluster)
+    assert _events(log, "sync_failed") == []
+    [rotated] = _events(log, "credential_rotated")
+    assert rotated["credential"] == "token" and rotated["path"] == str(token)
+    _no_secret(log)
+
+
+def test_daemon_reports_a_denied_token_once_and_recovers_when_fixed(
+    acl_cluster: SimCluster, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    _replace(token, OLD + "\n")
+    config = _config(tmp_path, acl_cluster, {"token_file": str(token)})
+    with _daemon(config) as log:
+        _eventually(lambda: _registered(acl_cluster, ADMIN), "registered")
+        _replace(token, UNKNOWN + "\n")
+        _eventually(lambda: bool(_events(log, "sync_failed")), "the failure logged")
+        _later_cycles(acl_cluster, 4)
+        [failed] = _events(log, "sync_failed")
+        assert "refused the request (403): ACL not found" in failed["error"]
+        [refused] = _events(log, "credential_refused")
+        assert refused["path"] == str(token) and refused["answer"] == "ACL not found"
+        _replace(token, NEW + "\n")
+        _eventually(lambda: bool(_events(log, "sync_recovered")), "recovered")
+    assert len(_events(log, "credential_rotated")) == 2
+    _no_secret(log)
+
+
+def test_daemon_keeps_its_token_while_the_new_file_is_half_written(
+    acl_cluster: SimCluster, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    _replace(token, OLD + "\n")
+    config = _config(tmp_path, acl_cluster, {"token_file": str(token)})
+    with _daemon(config) as log:
+        _eventually(lambda: _registered(acl_cluster, ADMIN), "registered")
+        token.write_text("")  # opened for writing, nothing written yet
+        _eventually(lambda: bool(_events(log, "credential_not_rotated")), "the problem logged")
+        _later_cycles(acl_cluster, 4)  # cycles go on with the old token
+        [problem] = _events(log, "credential_not_rotated")
+        assert problem["problem"] == f"token file {token} is empty"
+        assert problem["kept"].startswith("the token loaded at ")
+        assert problem["level"] == "warning"
+        token.write_text(NEW + "\n")
+        _eventually(lambda: bool(_events(log, "credential_rotated")), "the rotation logged")
+        _later_cycles(acl_cluster)
+    assert _events(log, "sync_failed") == []
+    _no_secret(log)
+
+
+# ---------------------------------------------------------------------- TLS: the daemon
+
+
+@pytest.fixture
+def mtls_cluster(tls_files: TLSFiles) -> Iterator[SimCluster]:
+    """3 HTTPS servers that require a client certificate of the test CA."""
+    with SimCluster(
+        servers=3,
+        election_delay="0.3s",
+        ae_interval="0.5s",
+        tls_cert=str(tls_files.server_cert),
+        tls_key=str(tls_files.server_key),
+        tls_client_ca=str(tls_files.ca),
+        tls_ca=str(tls_files.ca),
+        tls_client_cert=str(tls_files.client_cert),
+        tls_client_key=str(tls_files.client_key),
+    ) as cluster:
+        yield cluster
+
+
+def _tls_config(
+    tmp_path: Path, cluster: SimCluster, files: TLSFiles, cert: Path, key: Path
+) -> Tuple[Path, Path, Path]:
+    """The daemon's configuration with its own copies of the client certificate and key."""
+    live_cert, live_key = tmp_path / "live" / "client.pem", tmp_path / "live" / "client-key.pem"
+    live_cert.parent.mkdir()
+    _replace(live_key, key.read_text())
+    _replace(live_cert, cert.read_text())
+    tls = {"ca_file": str(files.ca), "cert_file": str(live_cert), "key_file": str(live_key)}
+    return _config(tmp_path, cluster, {"scheme": "https", "tls": tls}), live_cert, live_key
+
+
+def _rotate_pair(live_cert: Path, live_key: Path, cert: Path, key: Path) -> None:
+    _replace(live_key, key.read_text())
+    _replace(live_cert, cert.read_text())
+
+
+def test_daemon_renews_its_client_certificate_before_it_expires_without_a_failed_cycle(
+    mtls_cluster: SimCluster, tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    short = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a", valid_seconds=12)
+    renewed = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
+    config, live_cert, live_key = _tls_config(tmp_path, mtls_cluster, tls_files, *short)
+    not_after = certificates_in(short[0].read_text())[0].not_after
+    empty = mtls_cluster.snapshot_save()
+    with _daemon(config) as log:
+        _eventually(lambda: _registered(mtls_cluster), "registered with the first certificate")
+        _rotate_pair(live_cert, live_key, *renewed)
+        _eventually(lambda: bool(_events(log, "credential_rotated")), "the renewal logged")
+        _eventually(lambda: time.time() > not_after + 1, "the first certificate expired", 30)
+        mtls_cluster.snapshot_restore(empty)  # writes needed after the old one expired
+        _eventually(lambda: _registered(mtls_cluster), "registered with the renewed one")
+        _later_cycles(mtls_cluster)
+    assert _events(log, "sync_failed") == []
+    assert _events(log, "credential_expired") == []
+    [rotated] = _events(log, "credential_rotated")
+    assert rotated["credential"] == "cert" and rotated["path"] == str(live_cert)
+    assert rotated["certificate"].startswith("subject CN=regagent-b, expires ")
+
+
+def test_daemon_reports_an_expired_certificate_once_and_recovers_with_a_new_one(
+    mtls_cluster: SimCluster, tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    short = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a", valid_seconds=8)
+    renewed = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
+    config, live_cert, live_key = _tls_config(tmp_path, mtls_cluster, tls_files, *short)
+    with _daemon(config) as log:
+        _eventually(lambda: _registered(mtls_cluster), "registered")
+        _eventually(lambda: bool(_events(log, "sync_failed")), "the failure logged", 30)
+        _eventually(lambda: bool(_events(log, "credential_expired")), "the expiry logged")
+        _later_cycles_failing(log)
+        _rotate_pair(live_cert, live_key, *renewed)
+        _eventually(lambda: bool(_events(log, "sync_recovered")), "recovered")
+    [failed] = _events(log, "sync_failed")
+    assert "the server says the client certificate has expired" in failed["error"]
+    [expired] = _events(log, "credential_expired")
+    assert expired["path"] == str(live_cert) and expired["level"] == "error"
+    [rotated] = _events(log, "credential_rotated")
+    assert rotated["certificate"].startswith("subject CN=regagent-b")
+
+
+def _later_cycles_failing(log: Path, count: int = 3) -> None:
+    """Lets `count` more cycles fail: they are logged at debug only, and a handshake the
+    emulator refuses is not in its records, so this waits `count` sync intervals."""
+    time.sleep(count * 1.1)
+
+
+def test_daemon_keeps_its_certificate_when_the_key_does_not_match_or_the_file_is_cut(
+    mtls_cluster: SimCluster, tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    first = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a")
+    other = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
+    config, live_cert, _ = _tls_config(tmp_path, mtls_cluster, tls_files, *first)
+    empty = mtls_cluster.snapshot_save()
+    with _daemon(config) as log:
+        _eventually(lambda: _registered(mtls_cluster), "registered")
+        _replace(live_cert, other[0].read_text())  # the new certificate, the old key
+        _eventually(lambda: bool(_events(log, "credential_not_rotated")), "the mismatch logged")
+        _later_cycles(mtls_cluster)
+        whole = other[0].read_text()
+        _replace(live_cert, whole[: len(whole) // 2])  # a certificate cut off half-way
+        _eventually(lambda: len(_events(log, "credential_not_rotated")) == 2, "the cut logged")
+        mtls_cluster.snapshot_restore(empty)
+        _eventually(lambda: _registered(mtls_cluster), "written with the old certificate")
+        _later_cycles(mtls_cluster)
+    assert _events(log, "sync_failed") == []
+    assert _events(log, "credential_rotated") == []
+    mismatch, cut = _events(log, "credential_not_rotated")
+    assert mismatch["credential"] == "cert"
+    assert mismatch["problem"].startswith(
+        f"key file {live_cert.parent / 'client-key.pem'} does not match the certificate in "
+        f"{live_cert} (subject CN=regagent-b, expires "
+    )
+    assert cut["problem"] == f"certificate file {live_cert} holds a PEM certificate that is cut off"
+    assert "PRIVATE KEY" not in log.read_text()
