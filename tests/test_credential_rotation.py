@@ -181,11 +181,13 @@ def test_a_half_written_token_keeps_the_old_one_and_is_reported_once(tmp_path: P
         for _ in range(3):
             assert credentials.refresh() is False
         assert credentials.token == OLD
+        assert credentials.snapshot()["token"].rejected is True
         token.write_text(NEW + "\nsecond line\n")
         assert credentials.refresh() is False
         token.write_text(NEW + "\n")
         assert credentials.refresh() is True
     assert credentials.token == NEW
+    assert credentials.snapshot()["token"].rejected is False
     events = [(e["event"], e.get("problem", "")) for e in logs]
     assert events == [
         ("credential_not_rotated", f"token file {token} is empty"),

@@ -50,9 +50,9 @@ def certificate_problem(facts: Sequence[CertificateFacts], now: float) -> Option
     return None
 
 
-def earliest_expiry(facts: Sequence[CertificateFacts]) -> Optional[float]:
-    """When the first certificate of a bundle (a CA file may hold several) expires."""
-    return min((fact.not_after for fact in facts), default=None)
+def first_to_expire(facts: Sequence[CertificateFacts]) -> Optional[CertificateFacts]:
+    """The certificate of a bundle (a CA file may hold several) that expires first."""
+    return min(facts, key=lambda fact: fact.not_after, default=None)
 
 
 def describe_certificate(facts: Sequence[CertificateFacts]) -> str:

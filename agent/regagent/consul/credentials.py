@@ -17,7 +17,7 @@ import os
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import structlog
@@ -31,7 +31,7 @@ from regagent.rotation import (
     FileStamp,
     certificate_problem,
     describe_certificate,
-    earliest_expiry,
+    first_to_expire,
     is_auth_refusal,
     utc,
 )
@@ -59,11 +59,14 @@ class _Unusable(Exception):
 
 @dataclass
 class CredentialState:
-    """One credential as the metrics show it: when it was last loaded (unix time) and, for a
-    certificate, when it expires."""
+    """One credential as the metrics show it: when it was last loaded (unix time), for a
+    certificate its validity, and whether the file on disk is refused (the previous credential
+    still in use)."""
 
     loaded_at: float
+    not_before: Optional[float] = None
     not_after: Optional[float] = None
+    rejected: bool = False
 
 
 @dataclass
@@ -126,7 +129,8 @@ class Credentials:
         """A copy of each credential's state, for the metrics."""
         with self._lock:
             return {
-                name: CredentialState(s.loaded_at, s.not_after) for name, s in self.state.items()
+                name: replace(state, rejected=name in self._in_use.reported)
+                for name, state in self.state.items()
             }
 
     def refresh(self) -> bool:
@@ -293,10 +297,9 @@ class Credentials:
         if tls is None:
             return
         if tls.ca_file and (ca_facts is not None or CA not in self.state):
-            self.state[CA] = CredentialState(now, earliest_expiry(ca_facts or []))
+            self.state[CA] = _certificate_state(now, first_to_expire(ca_facts or []))
         if tls.cert_file and (cert_facts is not None or CERT not in self.state):
-            leaf = cert_facts[0].not_after if cert_facts else None
-            self.state[CERT] = CredentialState(now, leaf)
+            self.state[CERT] = _certificate_state(now, cert_facts[0] if cert_facts else None)
             self._in_use.expired_reported = None
 
     def _check_expiry(self) -> None:
@@ -340,6 +343,12 @@ class Credentials:
             http: Any = getattr(client, "http", None)
             if self.context is not None and hasattr(http, "context"):
                 http.context = self.context
+
+
+def _certificate_state(now: float, facts: Optional[CertificateFacts]) -> CredentialState:
+    if facts is None:
+        return CredentialState(now)
+    return CredentialState(now, facts.not_before, facts.not_after)
 
 
 def _stamp(path: str) -> Optional[FileStamp]:
