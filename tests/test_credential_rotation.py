@@ -25,12 +25,12 @@ import yaml
 from structlog.testing import capture_logs
 
 from consulsim import SimCluster
-from regagent.config.model import ConsulConfig
+from regagent.config.model import ConsulConfig, TLSConfig
 from regagent.consul.credentials import Credentials
 from regagent.consul.http import stale_get
 from regagent.consul.pool import ServerPool
 from regagent.x509 import certificates_in
-from tls_pki import TLSFiles, issue_client_certificate
+from tls_pki import TLSFiles, issue_client_certificate, make_tls_files
 
 NODE = "rotation-test-host"
 ADMIN = "admin-secret-7f3a"  # the test's own reads
@@ -376,6 +376,29 @@ def test_daemon_reports_an_expired_certificate_once_and_recovers_with_a_new_one(
     assert expired["path"] == str(live_cert) and expired["level"] == "error"
     [rotated] = _events(log, "credential_rotated")
     assert rotated["certificate"].startswith("subject CN=regagent-b")
+
+
+def test_a_tls_failure_after_the_files_changed_is_sent_again_with_the_new_certificate(
+    mtls_cluster: SimCluster, tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    """The pool starts with a client certificate of another CA, which the servers refuse; the
+    right one is written after the cycle's stat: the refused request re-reads the files and is
+    sent again on the same server, and the caller sees no failure."""
+    foreign = make_tls_files(tmp_path / "foreign")
+    live_cert, live_key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    _rotate_pair(live_cert, live_key, foreign.client_cert, foreign.client_key)
+    tls = TLSConfig(ca_file=str(tls_files.ca), cert_file=str(live_cert), key_file=str(live_key))
+    config = ConsulConfig(servers=tuple(mtls_cluster.addresses), scheme="https", tls=tls)
+    credentials = Credentials(config)
+    pool = ServerPool(config, credentials.token, credentials=credentials)
+    pool.new_cycle()
+    _rotate_pair(live_cert, live_key, tls_files.client_cert, tls_files.client_key)
+    mtls_cluster.reset_stats()
+    with capture_logs() as logs:
+        assert stale_get_nodes(pool) is not None
+    assert sum(mtls_cluster.stats()["endpoints"].values()) == 1  # the handshake failed before
+    assert [e["event"] for e in logs] == ["credential_rotated", "consul_request_resent"]
+    assert [server.failures for server in pool.servers] == [0, 0, 0]
 
 
 def _later_cycles_failing(log: Path, count: int = 3) -> None:
