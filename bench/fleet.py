@@ -42,6 +42,7 @@ from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.consul.answers import ServerFailed
 from regagent.consul.pool import make_client
+from regagent.consul.retry import RetryPolicy
 from regagent.logs import configure_logging
 from regagent.model import ServiceIntent, ServiceRegistration
 
@@ -321,7 +322,9 @@ def hostile_figures(config: Config) -> Tuple[float, str, float, float, str]:
     """(seconds, error) for an endless answer with the RSS growth in MiB, and for a drip."""
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with hostile("endless") as port:
-        client = make_client(f"127.0.0.1:{port}", config.consul, None)
+        client = make_client(
+            f"127.0.0.1:{port}", config.consul, None, RetryPolicy.from_config(config)
+        )
         started = time.perf_counter()
         try:
             client.status.leader()
@@ -332,7 +335,7 @@ def hostile_figures(config: Config) -> Tuple[float, str, float, float, str]:
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
     with hostile("drip") as port:
         consul = dataclasses.replace(config.consul, connect_timeout=2.0, read_timeout=10.0)
-        client = make_client(f"127.0.0.1:{port}", consul, None)
+        client = make_client(f"127.0.0.1:{port}", consul, None, RetryPolicy.from_consul(consul))
         started = time.perf_counter()
         try:
             client.status.leader()

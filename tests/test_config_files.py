@@ -16,7 +16,7 @@ from typing import Iterator, List
 
 import pytest
 
-from test_cli import assert_no_traceback, log_records, problem_lines, run_regagent, write
+from helpers.cli import assert_no_traceback, log_records, problem_lines, run_regagent, write
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from typing import List
 import requests
 
 from consulsim import SimCluster
+from helpers.consul import write_config
 from regagent.app import App, build
 from regagent.config import load_config
 from regagent.model import ServiceIntent, ServiceRegistration
-from test_sync import write_config
 
 
 def raw_get(cluster: SimCluster, i: int, path: str = "/v1/status/leader") -> List[bytes]:

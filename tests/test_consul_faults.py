@@ -13,23 +13,27 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
 from consulsim import SimCluster
+from helpers.consul import NODE, write_config
 from regagent.app import build
 from regagent.config import load_config
+from regagent.config.model import ConsulConfig
 from regagent.consul.answers import BadRequestHeader, ServerFailed
 from regagent.consul.catalog import read_actual
 from regagent.consul.pool import ServerPool, make_client
-from regagent.consul.retry import start_index
-from regagent.consul.transport import BoundedHTTPClient, RequestLimits
+from regagent.consul.retry import RetryPolicy, start_index
+from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
+from regagent.errors import ConsulUnreachable
 from regagent.model import ServiceIntent, ServiceRegistration
-from test_sync import NODE, write_config
+from tls_pki import TLSFiles
 
 Behaviour = Callable[[socket.socket], None]
 
@@ -38,8 +42,9 @@ class FakeServer:
     """Accepts connections on loopback and hands each, after reading the request head, to
     `behaviour` in a thread of its own; counts requests."""
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    def __init__(self, behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None) -> None:
         self.behaviour = behaviour
+        self.tls = tls  # a server-side context: HTTPS
         self.requests: List[str] = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -64,6 +69,8 @@ class FakeServer:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             head = b""
             while b"\r\n\r\n" not in head:
                 chunk = conn.recv(4096)
@@ -79,8 +86,8 @@ class FakeServer:
 
 
 @contextlib.contextmanager
-def fake_server(behaviour: Behaviour) -> Iterator[FakeServer]:
-    server = FakeServer(behaviour)
+def fake_server(behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None) -> Iterator[FakeServer]:
+    server = FakeServer(behaviour, tls)
     try:
         yield server
     finally:
@@ -152,6 +159,18 @@ def test_a_body_dripped_one_byte_at_a_time_is_cut_at_the_overall_deadline() -> N
             get(client)
 
 
+def test_a_drip_over_tls_is_cut_at_the_overall_deadline(tls_files: TLSFiles) -> None:
+    """The deadline holds on the TLS socket too, which is a socket class of its own."""
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    with fake_server(drip(b"HTTP/1.1 200 OK\r\nX-Pad: "), tls=server_side) as server:
+        limits = RequestLimits(connect_timeout=1, read_timeout=5, deadline=0.5)
+        tls = TLSOptions(ca_file=str(tls_files.ca))
+        client = BoundedHTTPClient("127.0.0.1", server.port, "https", limits=limits, tls=tls)
+        with pytest.raises(ServerFailed, match=r"too slow: no complete answer within 0.5s"):
+            get(client)
+
+
 def test_an_endless_answer_is_cut_at_the_size_cap() -> None:
     with fake_server(endless) as server:
         client = bounded(server, max_bytes=1024 * 1024, deadline=30)
@@ -193,12 +212,36 @@ def test_a_bad_token_cools_no_server_down(tmp_path: Path, consul_cluster: SimClu
     assert consul_cluster.stats()["requests"] == 0
 
 
+def test_the_client_ignores_consul_http_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONSUL_HTTP_ADDR and friends, which python-consul2 let override its arguments, redirect
+    nothing: the request goes to the configured server, with the configured token."""
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.1:1")
+    monkeypatch.setenv("CONSUL_HTTP_SSL", "true")
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-the-environment")
+    with fake_server(answer(200, '"10.0.0.1:8300"')) as server:
+        config = ConsulConfig(servers=(server.address,))
+        client = make_client(server.address, config, "configured", RetryPolicy())
+        assert client.leader() == "10.0.0.1:8300"
+        assert server.requests == ["GET /v1/status/leader HTTP/1.1"]
+        assert client.token == "configured"
+
+
 def test_the_client_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
     with fake_server(answer(200, "ok")) as server:
         assert get(bounded(server)).body == "ok"
         assert server.requests == ["GET /v1/status/leader HTTP/1.1"]
+
+
+def test_the_policy_handed_to_the_pool_bounds_its_requests() -> None:
+    """The clients take their timeouts and deadline from the pool's policy (the one app.build
+    makes), not from a second one built from the configuration (10 s + 2 s by default)."""
+    with fake_server(drip(b"HTTP/1.1 200 OK\r\nX-Pad: ")) as server:
+        policy = RetryPolicy(connect_timeout=0.2, read_timeout=0.3)
+        pool = ServerPool(ConsulConfig(servers=(server.address,)), policy=policy)
+        with pytest.raises(ConsulUnreachable, match=r"too slow: no complete answer within 0.5s"):
+            pool.call("read", lambda client: get(client.http))
 
 
 # --- the pool: the bound cools the server down and fails over ------------------------------------
@@ -273,9 +316,9 @@ def test_429_cools_down_for_at_least_retry_after(
 def test_survey_reports_a_bounded_failure(tmp_path: Path, consul_cluster: SimCluster) -> None:
     with fake_server(endless) as fake:
         config = load_config(str(write_config(tmp_path, consul_cluster, [])))
-        client = make_client(fake.address, config.consul, None)
+        client = make_client(fake.address, config.consul, None, RetryPolicy.from_config(config))
         with pytest.raises(ServerFailed, match="answer too large"):
-            client.status.leader()
+            client.leader()
 
 
 def test_a_huge_hostile_refusal_is_one_short_line_in_every_error(
@@ -300,9 +343,9 @@ def test_an_unknown_datacenter_is_a_refusal_not_a_dead_cluster(
     """Consul answers `?dc=` naming a datacenter no server knows with 500 `No path to
     datacenter` (the emulator too): every server would say the same, so it is reported as what
     it is, once, and no server is cooled down."""
+    from helpers.consul import regagent, static
     from regagent.daemon import status_text
     from regagent.errors import ConsulRefused
-    from test_sync import regagent, static
 
     path = write_config(
         tmp_path, consul_cluster, [static("queue", 9000)], consul={"datacenter": "dc9"}

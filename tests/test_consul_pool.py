@@ -12,6 +12,8 @@ from typing import Any, Dict, List
 import pytest
 
 from consulsim import SimCluster
+from helpers.consul import NODE, write_config
+from helpers.fakes import FakeClock
 from regagent.config import load_config
 from regagent.config.model import ConsulConfig
 from regagent.consul.answers import ServerBusy
@@ -26,18 +28,9 @@ from regagent.consul.retry import (
 )
 from regagent.errors import ConsulUnreachable
 from regagent.model import ServiceIntent, ServiceRegistration
-from test_sync import NODE, write_config
 
 MIDDLE = 0.5
 SERVERS = ("a:1", "b:1", "c:1")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Timed:
@@ -208,7 +201,7 @@ def test_a_hedged_read_under_a_black_holed_first_server_is_answered_by_another(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
     config = load_config(
-        str(write_config(tmp_path, consul_cluster, [], consul={"read_timeout": "10s"}))
+        str(write_config(tmp_path, consul_cluster, [], consul={"read_timeout": "1s"}))
     )
     pool = ServerPool(config.consul)
     pool.place(NODE)  # home: server 1
@@ -243,7 +236,7 @@ def test_writes_are_never_hedged(consul_cluster: SimCluster, tmp_path: Path) -> 
 def test_a_oneshot_sync_with_a_black_holed_first_server_succeeds_through_another(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
-    from test_sync import regagent, static
+    from helpers.consul import regagent, static
 
     config = write_config(
         tmp_path, consul_cluster, [static("queue", 9000)], consul={"read_timeout": "10s"}
@@ -263,9 +256,9 @@ def test_a_slow_home_server_is_demoted_against_the_emulator(
 ) -> None:
     """The emulator's slow fault (0.8 s per answer, below the 1 s read timeout): its answers
     still arrive (as hedged reads' late answers), feed its estimate, and get it demoted."""
-    from test_sync import _engine
+    from helpers.consul import app_with
 
-    app = _engine(write_config(tmp_path, consul_cluster, []), [])
+    app = app_with(write_config(tmp_path, consul_cluster, []), [])
     consul_cluster.slow(0, 0.8)
     home = app.pool.servers[0]
     for _ in range(8):
@@ -359,14 +352,14 @@ def test_a_cycle_after_every_server_was_down_and_healed_writes_at_once(
 ) -> None:
     """Every emulator server stopped, then started again: the first cycle after the heal
     reads and writes, although every server's cool-down (60 s and more) is far from over."""
+    from helpers.consul import app_with, node_services
     from regagent.app import GivenIntents
-    from test_sync import _engine, node_services
 
     config = write_config(
         tmp_path, consul_cluster, [], consul={"cooldown_initial": "60s", "cooldown_max": "5m"}
     )
     queue = ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1")
-    app = _engine(config, [queue])
+    app = app_with(config, [queue])
     assert app.engine.cycle().error is None
     for i in range(3):
         consul_cluster.stop_server(i)

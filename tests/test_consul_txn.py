@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from consulsim import SimCluster
+from helpers.consul import NODE, node_services, regagent, static, write_config
 from regagent.app import App, GivenIntents, build
 from regagent.config import load_config
 from regagent.consul.catalog import plan_units
@@ -20,7 +21,6 @@ from regagent.errors import ConsulRefused
 from regagent.metrics import cycle_result
 from regagent.model import NodeRegistration, ServiceIntent, ServiceRegistration
 from regagent.plan import Plan, ServiceWrite
-from test_sync import NODE, node_services, regagent, static, write_config
 
 TXN = "PUT /v1/txn"
 REGISTER = "PUT /v1/catalog/register"

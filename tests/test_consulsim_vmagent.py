@@ -9,154 +9,33 @@ after one server dies.
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
 import subprocess
-import threading
-import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Optional
 
 import consul
 import pytest
 
 from consulsim import SimCluster
-
-VMAGENT = shutil.which("vmagent")
-NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+from helpers.ports import free_port
+from helpers.vmagent import (
+    LOOPBACK,
+    NODE_EXPORTER,
+    VMAGENT,
+    active_targets,
+    by_service,
+    get_json,
+    get_json_text,
+    health,
+    scrape_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(
     VMAGENT is None or NODE_EXPORTER is None,
     reason="needs vmagent (Debian victoria-metrics) and prometheus-node-exporter; "
     ".ci/run installs both",
 )
-
-T = TypeVar("T")
-LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A currently free loopback port (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float = 30.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_error: Optional[BaseException] = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except OSError as exc:  # not listening yet, connection reset, ...
-            last_error = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last_error!r})")
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def get_json_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text: str = resp.read().decode()
-        return text
-
-
-class _SinkHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.posts += 1  # type: ignore[attr-defined]
-        self.send_response(204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-
-@pytest.fixture
-def remote_write_sink() -> Iterator[str]:
-    """A remote-write endpoint that accepts and discards every push (vmagent needs one)."""
-    server = ThreadingHTTPServer((LOOPBACK, 0), _SinkHandler)
-    server.posts = 0  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}/api/v1/write"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start helper processes; every one is killed by pid at teardown, pass or fail."""
-    started: List[subprocess.Popen[bytes]] = []
-
-    def start(args: List[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
-def scrape_config(servers: List[str]) -> str:
-    """One job, one consul_sd_configs block per server, consul's own service dropped."""
-    blocks = "".join(f"      - server: '{addr}'\n" for addr in servers)
-    return (
-        "scrape_configs:\n"
-        "  - job_name: consul-services\n"
-        "    scrape_interval: 1s\n"
-        "    scrape_timeout: 1s\n"
-        "    consul_sd_configs:\n"
-        f"{blocks}"
-        "    relabel_configs:\n"
-        "      - source_labels: [__meta_consul_service]\n"
-        "        regex: consul\n"
-        "        action: drop\n"
-        "      - source_labels: [__meta_consul_service]\n"
-        "        target_label: service\n"
-    )
-
-
-def active_targets(api: str) -> List[Dict[str, Any]]:
-    data = get_json(f"{api}/api/v1/targets")["data"]
-    targets: List[Dict[str, Any]] = data["activeTargets"]
-    return targets
-
-
-def health(api: str, service: str) -> str:
-    """vmagent's scrape health ("up", "down", "unknown") of the first target of a service."""
-    state: str = by_service(active_targets(api))[service][0]["health"]
-    return state
-
-
-def by_service(targets: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
-    out: Dict[str, List[Dict[str, Any]]] = {}
-    for target in targets:
-        out.setdefault(target["labels"].get("service", ""), []).append(target)
-    return out
 
 
 def test_vmagent_discovers_and_scrapes_through_every_server(

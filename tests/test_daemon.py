@@ -3,94 +3,30 @@ endpoint, against the three-server emulator. Real processes on loopback, stopped
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from consulsim import SimCluster
-from regagent.daemon import STOP_BOUND
-from test_sync import (
+from helpers.consul import (
     NODE,
     REGISTER,
-    Daemon,
     endpoint_count,
-    free_port,
     node_services,
     static,
     write_config,
 )
+from helpers.daemon import has, notified_daemon
+from helpers.ports import free_port
+from regagent.daemon import STOP_BOUND
 
 TXN = "PUT /v1/txn"
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
-
-
-class NotifySocket:
-    """What systemd would receive: every datagram on a socket bound in a short temp dir."""
-
-    def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="ra-", dir="/tmp")  # AF_UNIX: 108 bytes max
-        self.path = os.path.join(self.directory, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: List[Tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.messages.append((time.monotonic(), data.decode()))
-
-    def snapshot(self) -> List[Tuple[float, str]]:
-        with self._lock:
-            return list(self.messages)
-
-    def wait_for(
-        self, wanted: Callable[[str], bool], after: int = 0, timeout: float = 30
-    ) -> Tuple[int, str]:
-        """(index, message) of the first message from index `after` that is `wanted`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for index, (_, message) in enumerate(self.snapshot()):
-                if index >= after and wanted(message):
-                    return index, message
-            time.sleep(0.05)
-        raise AssertionError(f"no such message within {timeout}s: {self.snapshot()}")
-
-    def pings(self) -> List[float]:
-        return [at for at, message in self.snapshot() if message == "WATCHDOG=1"]
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
-        shutil.rmtree(self.directory)
-
-
-def has(field: str) -> Callable[[str], bool]:
-    return lambda message: field in message.split("\n")
 
 
 def status_of(message: str) -> str:
@@ -98,39 +34,6 @@ def status_of(message: str) -> str:
         if line.startswith("STATUS="):
             return line[len("STATUS=") :]
     return ""
-
-
-@contextlib.contextmanager
-def notified_daemon(
-    config: Path, watchdog_usec: Optional[int] = None
-) -> Iterator[Tuple[Daemon, NotifySocket, Path]]:
-    """`regagent run` with NOTIFY_SOCKET (and WATCHDOG_USEC) set; its log goes to a file so a
-    full pipe can never block it. SIGTERM on exit, KILL if it does not end."""
-    notify = NotifySocket()
-    env = {**os.environ, "NOTIFY_SOCKET": notify.path}
-    env.pop("WATCHDOG_PID", None)  # unset: the pings are for whoever reads the socket
-    if watchdog_usec is not None:
-        env["WATCHDOG_USEC"] = str(watchdog_usec)
-    log_path = config.parent / "daemon.log"
-    with open(log_path, "w") as log_file:
-        daemon = Daemon(
-            [sys.executable, "-m", "regagent", "-c", str(config), "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    try:
-        yield daemon, notify, log_path
-    finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=STOP_BOUND + 5)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-        notify.close()
 
 
 def scrape(port: int) -> Samples:
@@ -325,6 +228,7 @@ def test_metrics_endpoint_counts_writes_and_a_failover(
         assert metric(found, "regagent_consul_rpc_requests_total", server=current[0],
                       outcome="success") >= 1  # fmt: skip
         assert by_label(found, "regagent_build_info")
+        assert not [name for name, _ in found if name.endswith("_created")]  # process policy
 
         own = node_services(consul_cluster)[f"regagent-{port}"]
         assert own["Service"] == "regagent" and own["Port"] == port

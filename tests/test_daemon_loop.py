@@ -8,12 +8,14 @@ from typing import Any, List, Optional
 
 import yaml
 
+from helpers.fakes import FakeClock
 from regagent.app import SURVIVES_RELOAD, build
 from regagent.config import load_config
 from regagent.config.model import SyncConfig
-from regagent.daemon import Daemon, Heartbeat, Loop, Watchdog, status_text
+from regagent.daemon import Daemon, LoopParts, status_text
 from regagent.discovery.intents import self_intent
 from regagent.errors import ConfigError, ConsulUnreachable, NoClusterLeader
+from regagent.liveness import Heartbeat, SystemdWatchdog
 from regagent.model import DesiredState, NodeRegistration, ServiceRegistration
 from regagent.notify import Notifier
 from regagent.report import CycleReport
@@ -29,14 +31,6 @@ class Recorder(Notifier):
     def send(self, *fields: str) -> bool:
         self.sent.append("\n".join(fields))
         return True
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def in_sync(services: int = 2, server: str = "10.0.0.2:8500") -> CycleReport:
@@ -64,15 +58,15 @@ class FakeEngine:
         return []
 
 
-def loop_of(engine: FakeEngine) -> Loop:
-    return Loop(engine, SyncConfig(interval=1.0, jitter=0.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
+def loop_of(engine: FakeEngine) -> LoopParts:
+    return LoopParts(engine, SyncConfig(interval=1.0, jitter=0.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
 
 
 def test_watchdog_pings_only_while_the_heartbeat_is_fresh() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     notifier = Recorder()
     heartbeat = Heartbeat(clock)
-    watchdog = Watchdog(notifier, interval=60.0, heartbeat=heartbeat, stall_limit=60.0)
+    watchdog = SystemdWatchdog(notifier, interval=60.0, heartbeat=heartbeat, stall_limit=60.0)
     assert watchdog.tick()
     clock.now += 59.0
     assert watchdog.tick()  # the last beat is 59s old: still progress
@@ -108,7 +102,7 @@ def test_reload_swaps_the_loop_and_a_rejected_one_keeps_it() -> None:
     new = FakeEngine("new", hook=lambda engine: engine.daemon.request_stop())
     answers: List[Any] = [ConfigError(["a: bad", "b: bad"]), loop_of(new)]
 
-    def reload() -> Loop:
+    def reload() -> LoopParts:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -123,7 +117,7 @@ def test_reload_swaps_the_loop_and_a_rejected_one_keeps_it() -> None:
     old.daemon = new.daemon = daemon
     assert daemon.run(max_cycles=10) == 0
     assert old.cycles == 2  # the rejected reload left it running; the second one replaced it
-    assert new.cycles == 1 and daemon.loop.engine is new  # type: ignore[comparison-overlap]
+    assert new.cycles == 1 and daemon.parts.engine is new  # type: ignore[comparison-overlap]
     statuses = [m for m in notifier.sent if m.startswith("STATUS=")]
     assert statuses[0] == "STATUS=configuration reload rejected: 2 errors (old configuration kept)"
     assert statuses[1].endswith(
@@ -169,14 +163,18 @@ def test_own_service_follows_the_listen_address(tmp_path: Path) -> None:
     assert self_intent(load_config(config_file(tmp_path)), "10.0.0.9") is None  # telemetry off
 
 
+TELEMETRY = {"listen": "127.0.0.1:9555"}  # build binds nothing: the daemon serves it
+
+
 def test_a_rebuild_keeps_what_must_survive_a_reload(tmp_path: Path) -> None:
-    first = build(load_config(config_file(tmp_path)))
+    first = build(load_config(config_file(tmp_path, telemetry=TELEMETRY)))
     first.pool.servers[0].failures = 3
     first.pool.servers[0].cooldown_until = 1e12
     first.pool.current = 1
     first.health.hold("x-1", ("passing", "ok"))
     second = build(
-        load_config(config_file(tmp_path, sync={"state_dir": str(tmp_path)})), previous=first
+        load_config(config_file(tmp_path, sync={"state_dir": str(tmp_path)}, telemetry=TELEMETRY)),
+        previous=first,
     )
     assert second.metrics is first.metrics  # counters continue
     assert second.heartbeat is first.heartbeat
@@ -184,20 +182,34 @@ def test_a_rebuild_keeps_what_must_survive_a_reload(tmp_path: Path) -> None:
     assert second.pool is not first.pool
     assert second.pool.servers[0].cooldown_until == 1e12 and second.pool.current == 1
     assert second.pool.observer is not None  # requests keep being counted and beating
-    fresh = build(load_config(config_file(tmp_path)))
+    fresh = build(load_config(config_file(tmp_path, telemetry=TELEMETRY)))
     assert fresh.metrics is not first.metrics  # two apps share no state
 
 
+def test_metrics_exist_once_a_configuration_serves_them(tmp_path: Path) -> None:
+    """Without telemetry.listen there are no metrics (and no prometheus-client import); a
+    reload that turns it on creates them, and one that turns it off keeps them for later."""
+    quiet = build(load_config(config_file(tmp_path)))
+    assert quiet.metrics is None and quiet.pool.observer is not None  # still beats
+    served = build(load_config(config_file(tmp_path, telemetry=TELEMETRY)), previous=quiet)
+    assert served.metrics is not None
+    assert served.metrics.pool is served.pool
+    again = build(load_config(config_file(tmp_path)), previous=served)
+    assert again.metrics is served.metrics
+
+
 def test_a_reload_keeps_each_survivor_and_tells_it_the_new_configuration(tmp_path: Path) -> None:
-    first = build(load_config(config_file(tmp_path)))
+    first = build(load_config(config_file(tmp_path, telemetry=TELEMETRY)))
     new = load_config(
         config_file(
             tmp_path,
             sync={"state_dir": str(tmp_path), "failures_before_critical": 5},
             discovery={"enabled": True, "watch_interval": "2s"},
+            telemetry=TELEMETRY,
         )
     )
     second = build(new, previous=first)
+    assert first.metrics is not None
     adopted = {"pool", "identity"}  # rebuilt from the configuration, taking over the state
     for name in SURVIVES_RELOAD:
         assert (getattr(second, name) is getattr(first, name)) == (name not in adopted), name
@@ -211,8 +223,8 @@ def test_a_reload_keeps_each_survivor_and_tells_it_the_new_configuration(tmp_pat
 def test_the_first_sync_waits_a_random_part_of_the_jitter() -> None:
     """A fleet restarted at once (a package upgrade) spreads its first reads over the jitter."""
     engine = FakeEngine("first", hook=lambda e: e.daemon.request_stop())
-    loop = Loop(engine, SyncConfig(interval=30.0, jitter=2.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
-    daemon = Daemon(loop, rng=lambda: 0.5)
+    parts = LoopParts(engine, SyncConfig(interval=30.0, jitter=2.0), ("10.0.0.2:8500",))  # type: ignore[arg-type]
+    daemon = Daemon(parts, rng=lambda: 0.5)
     engine.daemon = daemon
     waits: List[float] = []
     real_wait = daemon._wait_for_next_cycle
@@ -234,7 +246,7 @@ def test_a_bug_that_crashes_every_cycle_logs_its_traceback_once_per_ten_minutes(
         def cycle(self) -> CycleReport:
             raise KeyError("a bug")
 
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     daemon = Daemon(loop_of(Crashing("bug")), notifier=Recorder(), clock=clock)
     with capture_logs() as logs:
         for _ in range(40):  # 20 minutes of cycles every 30 s

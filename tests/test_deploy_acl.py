@@ -30,16 +30,8 @@ from deploy_stack import (
     rewrite_credentials,
     scrape_part_for_vmagent,
 )
-from test_consulsim_vmagent import (  # noqa: F401 (fixtures are found by name)
-    LOOPBACK,
-    NODE_EXPORTER,
-    VMAGENT,
-    active_targets,
-    free_port,
-    processes,
-    remote_write_sink,
-    wait_for,
-)
+from helpers.ports import free_port
+from helpers.vmagent import LOOPBACK, NODE_EXPORTER, VMAGENT, active_targets, wait_for
 
 pytestmark = pytest.mark.skipif(
     VMAGENT is None or NODE_EXPORTER is None, reason="vmagent or node_exporter missing"
@@ -115,8 +107,8 @@ def health_service(cluster: SimCluster, service: str, token: Optional[str]) -> L
 
 def test_shipped_policies_are_enough_for_each_job_and_no_more(
     consul_cluster: SimCluster,
-    processes: Callable[..., subprocess.Popen[bytes]],  # noqa: F811
-    remote_write_sink: str,  # noqa: F811
+    processes: Callable[..., subprocess.Popen[bytes]],
+    remote_write_sink: str,
     tmp_path: Path,
 ) -> None:
     assert NODE_EXPORTER is not None and VMAGENT is not None

@@ -28,7 +28,8 @@ from deploy_stack import (
     ready,
     ready_tcp,
 )
-from test_consulsim_vmagent import LOOPBACK, free_port, processes, wait_for  # noqa: F401
+from helpers.ports import free_port
+from helpers.vmagent import LOOPBACK, wait_for
 
 pytestmark = pytest.mark.skipif(
     ALERTMANAGER_BIN is None or NGINX_BIN is None,
@@ -104,7 +105,7 @@ def alert(name: str, severity: str, node: str, job: str, port: int, **extra: str
 def test_routes_escalation_inhibition_and_one_notification_per_alert(
     tmp_path: Path,
     relays: List[Relay],
-    processes: Callable[..., subprocess.Popen[bytes]],  # noqa: F811
+    processes: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
     apis = start_alerting(tmp_path, relays, processes)
     batch = [

@@ -48,7 +48,7 @@ from deploy_stack import (
     scrape_part_for_vmagent,
     without_consul_sd,
 )
-from test_consulsim_vmagent import VMAGENT
+from helpers.vmagent import VMAGENT
 
 UNSHARE = shutil.which("unshare")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian prometheus) missing")

@@ -58,15 +58,8 @@ from deploy_stack import (
     rewrite_credentials,
     scrape_part_for_vmagent,
 )
-from test_consulsim_vmagent import (  # noqa: F401 (fixtures are found by name)
-    LOOPBACK,
-    NODE_EXPORTER,
-    VMAGENT,
-    active_targets,
-    free_port,
-    processes,
-    wait_for,
-)
+from helpers.ports import free_port
+from helpers.vmagent import LOOPBACK, NODE_EXPORTER, VMAGENT, active_targets, wait_for
 
 pytestmark = pytest.mark.skipif(
     None in (VMAGENT, NODE_EXPORTER, PROMETHEUS, ALERTMANAGER_BIN, NGINX_BIN, VICTORIA_METRICS),
@@ -194,7 +187,7 @@ def relays() -> Iterator[List[Relay]]:
 def stack(
     consul_cluster: SimCluster,
     relays: List[Relay],
-    processes: Start,  # noqa: F811
+    processes: Start,
     tmp_path: Path,
 ) -> Stack:
     """Every component started on loopback; `processes` stops each by pid at teardown."""

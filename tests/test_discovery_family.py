@@ -12,11 +12,12 @@ from typing import Iterator
 import pytest
 import yaml
 
+from helpers.discovery import FAKE, stop, wait_listening
+from helpers.ports import free_port
 from regagent.config import Config
 from regagent.discovery.identify import IDENTIFIED, WILDCARD, DiscoveryResult, Finding
 from regagent.discovery.intents import build_intents
 from regagent.discovery.listeners import Listener
-from test_discovery_integration import FAKE, free_port, stop, wait_listening
 
 NOW = 1_800_000_000.0
 

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -23,7 +22,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 from structlog.testing import capture_logs
 
+from helpers.discovery import FAKE, only, stop, wait_listening
 from helpers.fakes import discovery_for, full_pass, reading_of
+from helpers.ports import free_port
 from regagent.cli import discover_command
 from regagent.config.model import Config, DiscoveryConfig, ExporterOverride, SyncConfig
 from regagent.discovery.identify import (
@@ -38,8 +39,6 @@ from regagent.discovery.identify import (
     discover,
 )
 from regagent.discovery.listeners import (
-    Listener,
-    listening_sockets,
     listening_sockets_netlink,
     listening_sockets_proc,
 )
@@ -48,27 +47,8 @@ from regagent.discovery.service import Discovery
 from regagent.model import CRITICAL, PASSING
 
 HERE = Path(__file__).parent
-FAKE = str(HERE / "data" / "discovery" / "fake_server.py")
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
 NODE = "192.0.2.10"
-
-
-def free_port(family: int = socket.AF_INET, addr: str = "127.0.0.1") -> int:
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((addr, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], tries: int = 200) -> None:
-    """Until a LISTEN socket on `port` exists (bounded: tries x 25 ms)."""
-    for _ in range(tries):
-        if proc.poll() is not None:
-            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
-        if any(lst.port == port for lst in listening_sockets_netlink()):
-            return
-        time.sleep(0.025)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 @dataclass
@@ -79,17 +59,6 @@ class Started:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop one process by its pid: TERM, then KILL after a bounded wait."""
-    if proc.poll() is None:
-        os.kill(proc.pid, 15)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, 9)
-            proc.wait(timeout=5)
 
 
 @pytest.fixture
@@ -128,16 +97,6 @@ def config_for(*ports: int, tmp: Path, **discovery: object) -> Config:
     ranges = tuple((p, p) for p in ports)
     settings = DiscoveryConfig(port_ranges=ranges, probe_timeout=2.0, **discovery)  # type: ignore[arg-type]
     return Config(discovery=settings, sync=SyncConfig(state_dir=str(tmp), deregister_after=3600))
-
-
-def only(*ports: int) -> Callable[[], List[Listener]]:
-    """Real listener discovery, restricted to the test's own ports: other listeners on this
-    host (a developer's exporters, other tests' servers) must not change the outcome."""
-
-    def listeners() -> List[Listener]:
-        return [lst for lst in listening_sockets() if lst.port in ports]
-
-    return listeners
 
 
 def by_port(result: DiscoveryResult) -> Dict[int, Finding]:

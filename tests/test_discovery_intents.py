@@ -6,10 +6,10 @@ import socket
 import subprocess
 import sys
 from dataclasses import replace
-from typing import Dict, Optional
 
 import pytest
 
+from helpers.discovery import NODE, NOW, finding, run
 from regagent.config.model import (
     CheckConfig,
     Config,
@@ -20,16 +20,14 @@ from regagent.config.model import (
     SyncConfig,
 )
 from regagent.discovery.identify import (
-    IDENTIFIED,
     LOOPBACK,
     NOT_EXPORTER,
     SPECIFIC,
     UNKNOWN_EXPORTER,
-    WILDCARD,
     DiscoveryResult,
     Finding,
 )
-from regagent.discovery.intents import IntentSet, build_intents
+from regagent.discovery.intents import build_intents
 from regagent.discovery.listeners import Listener
 from regagent.discovery.seen import SeenService
 from regagent.model import (
@@ -41,47 +39,9 @@ from regagent.model import (
     canonical_service,
 )
 
-NODE = "192.0.2.10"
-NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-
-
-def finding(  # noqa: PLR0917 - a test factory where every default is meaningful
-    port: int = 9100,
-    exporter: Optional[str] = "node_exporter",
-    version: Optional[str] = "1.5.0",
-    kind: str = WILDCARD,
-    address: str = "",
-    outcome: str = IDENTIFIED,
-    in_range: bool = False,
-) -> Finding:
-    listen = {WILDCARD: "0.0.0.0", LOOPBACK: "127.0.0.1"}.get(kind, address)
-    listener = Listener(listen, port, socket.AF_INET, 1000 + port)
-    return Finding(
-        port=port,
-        listeners=(listener,),
-        process=None,
-        address_kind=kind,
-        address="" if kind == WILDCARD else listen,
-        probe_address="127.0.0.1" if kind == WILDCARD else listen,
-        outcome=outcome,
-        reason="test",
-        exporter=exporter,
-        version=version,
-        in_port_range=in_range,
-    )
-
 
 def ids(intents: tuple[ServiceIntent, ...]) -> list[str]:
     return [i.service.id for i in intents]
-
-
-def run(
-    config: Config,
-    *findings: Finding,
-    now: float = NOW,
-    previous: Optional[Dict[str, SeenService]] = None,
-) -> IntentSet:
-    return build_intents(config, NODE, DiscoveryResult(tuple(findings)), now, previous=previous)
 
 
 def test_identified_wildcard_exporter() -> None:

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 from consulsim import SimCluster
-from test_sync import free_port, node_checks, node_services, running_daemon, static, write_config
-from test_watch import events, hermetic_discovery
+from helpers.cli import events
+from helpers.consul import node_checks, node_services, running_daemon, static, write_config
+from helpers.discovery import hermetic_discovery
+from helpers.ports import free_port
 
 
 def test_the_daemon_never_adopts_its_own_endpoint_or_a_static_service(

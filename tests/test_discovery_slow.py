@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 from consulsim import SimCluster
-from test_discovery_integration import free_port, stop, wait_listening
-from test_sync import node_checks, node_services, running_daemon, write_config
-from test_watch import events, exporter, hermetic_discovery, wait_for
+from helpers.cli import events
+from helpers.consul import node_checks, node_services, running_daemon, write_config
+from helpers.discovery import exporter, hermetic_discovery, stop, wait_listening
+from helpers.ports import free_port
+from helpers.waits import wait_for
 
 NODE = "slow-host"
 

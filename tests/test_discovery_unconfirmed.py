@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Set
 
 from consulsim import SimCluster
+from helpers.cli import events
+from helpers.consul import OTHER_SERVER, running_daemon, write_config
+from helpers.discovery import exporter, kill
+from helpers.fakes import FakeClock
 from regagent.app import build
 from regagent.config import load_config
 from regagent.config.model import DiscoveryConfig
@@ -34,8 +38,6 @@ from regagent.discovery.listeners import Listener
 from regagent.discovery.probe import Exposition, ProbeResult
 from regagent.discovery.unconfirmed import RETRY_MAX, UnconfirmedProbes, retry_delay
 from regagent.identity import Writer
-from test_sync import running_daemon, write_config
-from test_watch import OTHER_SERVER, events, exporter, stop
 
 SETTINGS = DiscoveryConfig(port_ranges=((20000, 20999),))
 TABLE = load_exporter_table()
@@ -81,14 +83,6 @@ class Prober:
     def count(self, port: int) -> int:
         with self.lock:
             return self.calls.count(port)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @contextlib.contextmanager
@@ -381,7 +375,7 @@ def test_hundreds_of_silent_listeners_neither_stall_the_cycle_nor_hide_a_new_or_
         time.sleep(5.5)  # past the watch's hold-off for D
         with silent_sockets(silent):
             time.sleep(2)  # the silent sockets are being probed (2 s each, 8 at a time)
-            stop(dead)
+            kill(dead)
             with exporter("serve", str(new_port)):
                 # Bounds, not timings: probed inside the passes, 300 silent sockets took every
                 # pass and cycle 75 s (300 x 2 s / 8) before anything was written.

@@ -12,19 +12,18 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from consulsim import SimCluster
-from test_consulsim_vmagent import (  # noqa: F401 (fixtures are found by name)
+from helpers.consul import regagent, write_config
+from helpers.discovery import hermetic_discovery
+from helpers.ports import free_port
+from helpers.vmagent import (
     LOOPBACK,
     NODE_EXPORTER,
     VMAGENT,
     active_targets,
     by_service,
-    free_port,
     get_json_text,
-    processes,
-    remote_write_sink,
     wait_for,
 )
-from test_sync import regagent, write_config
 
 pytestmark = pytest.mark.skipif(
     VMAGENT is None or NODE_EXPORTER is None, reason="vmagent or node_exporter missing"
@@ -56,8 +55,8 @@ scrape_configs:
 
 def test_a_discovered_exporter_is_scraped_and_never_silently_dropped(
     consul_cluster: SimCluster,
-    remote_write_sink: str,  # noqa: F811
-    processes: Callable[..., subprocess.Popen[bytes]],  # noqa: F811
+    remote_write_sink: str,
+    processes: Callable[..., subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     assert NODE_EXPORTER is not None and VMAGENT is not None
@@ -76,7 +75,7 @@ def test_a_discovered_exporter_is_scraped_and_never_silently_dropped(
         tmp_path,
         consul_cluster,
         [],
-        discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+        discovery=hermetic_discovery([port], real_exporters=True),
     )
     synced = regagent(config, "sync")
     assert synced.returncode == 0, synced.stderr

@@ -22,13 +22,14 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
+from helpers.discovery import only, stop, wait_listening
 from helpers.fakes import discovery_for, reading_of
+from helpers.ports import free_port
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.discovery.identify import IDENTIFIED, NOT_CANDIDATE, NOT_EXPORTER, Finding
 from regagent.discovery.intents import IntentSet
 from regagent.discovery.processes import describe_process
 from regagent.model import CRITICAL
-from test_discovery_integration import free_port, only, stop, wait_listening
 
 NODE = "192.0.2.10"
 needs_root = pytest.mark.skipif(

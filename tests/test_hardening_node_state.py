@@ -30,11 +30,13 @@ import yaml
 from structlog.testing import capture_logs
 
 from consulsim import SimCluster
+from helpers.consul import node_services, regagent, running_daemon, static, write_config
+from helpers.discovery import exporter, hermetic_discovery
+from helpers.ports import free_port
+from helpers.waits import wait_for
 from regagent.config.model import NodeConfig
 from regagent.identity import NODE_FILE, NodeIdentity, NodeNames, Writer, host_id
 from regagent.statedir import StateDir, Warnings
-from test_sync import free_port, node_services, regagent, running_daemon, static, write_config
-from test_watch import exporter, hermetic_discovery
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
@@ -65,15 +67,6 @@ def config_for(
         node={"name": node, "address": "127.0.0.1"},
         sync={"interval": "1s", "jitter": "50ms", "state_dir": str(state_dir)},
     )
-
-
-def wait_for(what: str, condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def planted_record(config: Path, node: str) -> str:

@@ -22,11 +22,13 @@ from typing import Iterator, List, Tuple
 import pytest
 from structlog.testing import capture_logs
 
+from helpers.discovery import only, stop
 from helpers.fakes import discovery_for, full_pass, reading_of
+from helpers.ports import free_port
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.discovery.identify import NOT_CANDIDATE, discover
+from regagent.discovery.listeners import listening_sockets_netlink
 from regagent.discovery.processes import ProcessResolver, describe_process
-from test_discovery_integration import free_port, listening_sockets_netlink, only, stop
 
 NODE = "192.0.2.10"
 T0 = 1_800_000_000.0

@@ -13,10 +13,10 @@ from typing import Dict, List, Tuple
 
 import pytest
 
+from helpers.cli import assert_no_traceback, problem_lines, run_regagent, write
 from regagent.config.model import ConsulConfig
 from regagent.config.token import load_token
 from regagent.errors import ConfigError
-from test_cli import assert_no_traceback, problem_lines, run_regagent, write
 
 SECRET = "b1946ac9-2f4c-4e1d-9c55-0d4f2a1c7e3a"
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator
 import pytest
 from structlog.testing import capture_logs
 
+from helpers.discovery import finding, seen_entry
 from helpers.fakes import FakeHost, full_pass
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.discovery.identify import DiscoveryResult
@@ -41,7 +42,6 @@ from regagent.discovery.seen import (
     state_path,
 )
 from regagent.statedir import Warnings
-from test_discovery_intents import finding
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 NODE = "192.0.2.10"
@@ -52,27 +52,8 @@ needs_root = pytest.mark.skipif(
 )
 
 
-def good_entry(service_id: str = SID) -> SeenService:
-    name, _, port = service_id.rpartition("-")
-    return SeenService(
-        id=service_id,
-        name=name,
-        port=int(port),
-        address="192.0.2.10",
-        tags=("node_exporter",),
-        meta={
-            "exporter": "node_exporter",
-            "managed-by": "regagent",
-            "metrics_path": "/metrics",
-            "scheme": "http",
-        },
-        first_seen=T0,
-        last_seen=T0 + 60,
-    )
-
-
 def good_document() -> Dict[str, Any]:
-    doc: Dict[str, Any] = json.loads(encode_state({SID: good_entry()}))
+    doc: Dict[str, Any] = json.loads(encode_state({SID: seen_entry()}))
     return doc
 
 
@@ -101,7 +82,7 @@ def test_directory_writable_by_others_is_neither_read_nor_written(
     state_dir: Path, mode: int
 ) -> None:
     path = state_dir / "discovered.json"
-    assert save_state(str(path), {SID: good_entry()})
+    assert save_state(str(path), {SID: seen_entry()})
     before = path.read_bytes()
     state_dir.chmod(mode)
 
@@ -119,7 +100,7 @@ def test_directory_writable_by_others_is_neither_read_nor_written(
 @pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
 def test_file_writable_by_others_is_not_read_and_is_replaced(state_dir: Path, mode: int) -> None:
     path = state_dir / "discovered.json"
-    assert save_state(str(path), {SID: good_entry()})
+    assert save_state(str(path), {SID: seen_entry()})
     path.chmod(mode)
 
     entries, logs = load_with_logs(path)
@@ -127,7 +108,7 @@ def test_file_writable_by_others_is_not_read_and_is_replaced(state_dir: Path, mo
     assert entries == {}
     assert events(logs) == ["warning:discovery_state_untrusted"]
     assert "run: chmod go-w" in logs[0]["error"]
-    assert save_state(str(path), {SID: good_entry()})  # the rewrite is regagent's own again
+    assert save_state(str(path), {SID: seen_entry()})  # the rewrite is regagent's own again
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert list(load_state(str(path))) == [SID]
 
@@ -135,7 +116,7 @@ def test_file_writable_by_others_is_not_read_and_is_replaced(state_dir: Path, mo
 @needs_root
 def test_file_owned_by_another_user_is_not_read(state_dir: Path) -> None:
     path = state_dir / "discovered.json"
-    assert save_state(str(path), {SID: good_entry()})
+    assert save_state(str(path), {SID: seen_entry()})
     nobody = pwd.getpwnam("nobody")
     os.chown(path, nobody.pw_uid, nobody.pw_gid)
 
@@ -183,7 +164,7 @@ def test_state_planted_by_an_unprivileged_user_is_refused(nobody_dir: Path) -> N
     assert entries == {}
     assert events(logs) == ["warning:discovery_state_untrusted"]
     assert "state directory is owned by uid" in logs[0]["error"]
-    assert not save_state(str(path), {SID: good_entry()})
+    assert not save_state(str(path), {SID: seen_entry()})
 
 
 @pytest.fixture
@@ -213,7 +194,7 @@ def test_root_reads_the_daemons_state_as_the_daemons_and_hands_back_what_it_writ
     setpriv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}"]
     subprocess.run(
         [*setpriv, "--clear-groups", "/bin/sh", "-c", 'umask 077; cat > "$1"', "sh", str(path)],
-        input=encode_state({SID: good_entry()}).encode(),
+        input=encode_state({SID: seen_entry()}).encode(),
         check=True,
         timeout=30,
     )
@@ -222,7 +203,7 @@ def test_root_reads_the_daemons_state_as_the_daemons_and_hands_back_what_it_writ
 
     assert set(entries) == {SID}
     assert logs == []
-    assert save_state(str(path), {SID: replace(good_entry(), last_seen=T0 + 7200)})
+    assert save_state(str(path), {SID: replace(seen_entry(), last_seen=T0 + 7200)})
     assert path.stat().st_uid == account.pw_uid  # still the daemon's file after root's save
     assert load_with_logs(path)[0][SID].last_seen == T0 + 7200
 
@@ -323,7 +304,7 @@ def test_odd_file_is_corrupt_at_once_and_replaced(
 
     assert elapsed < 5  # a FIFO used to block here forever
     assert events(logs) == ["warning:discovery_state_corrupt"]
-    assert save_state(str(path), {SID: good_entry()})
+    assert save_state(str(path), {SID: seen_entry()})
     assert path.is_file() and not path.is_symlink()
     assert list(load_state(str(path))) == [SID]
     if make is _symlink:
@@ -336,7 +317,7 @@ def test_a_directory_at_the_path_is_reported_not_fatal(state_dir: Path, tmp_path
 
     with capture_logs() as logs:
         assert load_state(str(path)) == {}
-        assert not save_state(str(path), {SID: good_entry()})
+        assert not save_state(str(path), {SID: seen_entry()})
 
     assert events(logs) == [
         "warning:discovery_state_corrupt",
@@ -409,14 +390,14 @@ def test_entry_under_another_id_is_refused(state_dir: Path) -> None:
 
 def test_valid_file_written_by_regagent_is_read(state_dir: Path) -> None:
     path = state_path(str(state_dir))
-    assert save_state(path, {SID: good_entry()})
+    assert save_state(path, {SID: seen_entry()})
 
-    assert load_state(path) == {SID: good_entry()}
+    assert load_state(path) == {SID: seen_entry()}
 
 
 def test_seen_times_in_the_future_are_clamped_and_then_expire() -> None:
     # Within 2000..2100 but after the clock: would never expire if taken as written.
-    future = replace(good_entry(), first_seen=T0 + 10**8, last_seen=T0 + 2 * 10**8)
+    future = replace(seen_entry(), first_seen=T0 + 10**8, last_seen=T0 + 2 * 10**8)
     config = Config(sync=SyncConfig(deregister_after=3600))
     nothing = finding(port=PORT + 1, outcome="not-exporter")
 
@@ -453,8 +434,8 @@ def test_fifo_does_not_hang_the_real_command(state_dir: Path, tmp_path: Path) ->
 SAVER = """
 import sys
 from regagent.discovery.seen import save_state
-from test_hardening_state import good_entry
-entries = {f"node-exporter-{p}": good_entry(f"node-exporter-{p}") for p in range(9100, 9400)}
+from helpers.discovery import seen_entry
+entries = {f"node-exporter-{p}": seen_entry(f"node-exporter-{p}") for p in range(9100, 9400)}
 print("saving", flush=True)
 while True:
     save_state(sys.argv[1], entries)
@@ -485,7 +466,7 @@ def test_temporaries_left_by_a_kill_during_a_save_are_removed_by_a_later_save(
     # Someone else's file of the same shape is never touched (a link, another name).
     decoy = state_dir / ".discovered.decoy.tmp"
     decoy.symlink_to(path)
-    assert save_state(str(path), {SID: good_entry()})  # a writer in flight may own a young one
+    assert save_state(str(path), {SID: seen_entry()})  # a writer in flight may own a young one
     assert sorted(p.name for p in state_dir.glob(".discovered.*.tmp")) == sorted(
         [*leftovers, decoy.name]
     )
@@ -494,7 +475,7 @@ def test_temporaries_left_by_a_kill_during_a_save_are_removed_by_a_later_save(
     for name in leftovers:
         os.utime(state_dir / name, (old, old))
     with capture_logs() as logs:
-        assert save_state(str(path), {SID: good_entry()})
+        assert save_state(str(path), {SID: seen_entry()})
 
     assert sorted(p.name for p in state_dir.glob(".discovered.*.tmp")) == [decoy.name]
     assert [e["event"] for e in logs] == ["state_leftovers_removed"]

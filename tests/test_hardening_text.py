@@ -14,11 +14,11 @@ from typing import Iterator
 
 import pytest
 
+from helpers.discovery import FAKE, finding, only, run, stop, wait_listening
 from helpers.fakes import discovery_for, full_pass, reading_of
+from helpers.ports import free_port
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.rules import META_VALUE_MAX, meta_problems, printable_text
-from test_discovery_integration import FAKE, free_port, only, stop, wait_listening
-from test_discovery_intents import finding, run
 
 ANSI_VERSION = "1.5.0\x1b[2J\x1b[31mPWNED\x1b]0;title\x07\x00\r\n\u202e"
 

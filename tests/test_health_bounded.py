@@ -11,17 +11,16 @@ import resource
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Callable, Iterator, List, Optional, TypeVar
 
 import pytest
 
+from helpers.discovery import FAKE, stop, wait_listening
+from helpers.ports import free_port
 from regagent.discovery.probe import ProbeResult, probe_metrics
 from regagent.health.checks import http_check
 from regagent.health.http import GetFailed, bounded_get
-from test_discovery_integration import free_port, stop, wait_listening
 
-FAKE = str(Path(__file__).parent / "data" / "discovery" / "fake_server.py")
 T = TypeVar("T")
 
 

@@ -18,7 +18,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 from regagent.health import Health, ProbePool
-from regagent.health.checks import http_check
+from regagent.health.checks import http_check, run_probes, tcp_check, tcp_checks
 from regagent.health.flap import FlapGuard
 from regagent.model import (
     CRITICAL,
@@ -177,6 +177,49 @@ def test_http_check_has_an_overall_deadline_against_a_trickling_server(tmp_path:
         server.wait(timeout=10)
 
 
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_tcp_checks_at_once_say_what_one_at_a_time_says() -> None:
+    """All connects at once in one thread (tcp_checks) report what a connect each would:
+    passing, refused, and timed out against a listener whose accept queue is full."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(8)
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = [socket.socket() for _ in range(3)]
+    try:
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(full.getsockname())
+        probes = [
+            HealthProbe("tcp", f"127.0.0.1:{listening.getsockname()[1]}", 2.0),
+            HealthProbe("tcp", f"127.0.0.1:{closed_port()}", 2.0),
+            HealthProbe("tcp", f"127.0.0.1:{full.getsockname()[1]}", 0.3),
+        ]
+        at_once = tcp_checks(probes)
+        one_by_one = {probe: tcp_check(probe.target, probe.timeout) for probe in probes}
+        assert at_once == one_by_one
+        assert [status for status, _ in (at_once[p] for p in probes)] == [
+            PASSING,
+            CRITICAL,
+            CRITICAL,
+        ]
+        assert at_once[probes[1]][1].endswith(": connection refused")
+        assert at_once[probes[2]][1].endswith(": timed out")
+        # run_probes sends these through tcp_checks and a host name through a thread.
+        named = HealthProbe("tcp", f"localhost:{listening.getsockname()[1]}", 2.0)
+        assert run_probes([*probes, named]) == {**at_once, named: tcp_check(named.target, 2.0)}
+    finally:
+        for sock in (listening, full, *fillers):
+            sock.close()
+
+
 def _blocked_signals(native_id: int) -> int:
     """The signal mask of one of this process's threads, from /proc."""
     with open(f"/proc/self/task/{native_id}/status", encoding="ascii") as status:
@@ -188,11 +231,12 @@ def _blocked_signals(native_id: int) -> int:
 
 def test_the_probe_pool_keeps_its_threads_across_cycles_and_leaves_signals_to_main() -> None:
     """The daemon's checks run on threads started once (starting eight per cycle cost more
-    CPU than the checks) and blind to the signals that must wake the main thread."""
+    CPU than the checks) and blind to the signals that must wake the main thread. TCP checks
+    of a host name take the threads (those of an address connect in the calling thread)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        probe = HealthProbe("tcp", f"127.0.0.1:{port}", 1.0)
-        closed = HealthProbe("tcp", "127.0.0.1:1", 1.0)
+        probe = HealthProbe("tcp", f"localhost:{port}", 1.0)
+        closed = HealthProbe("tcp", "localhost:1", 1.0)
         pool = ProbePool(workers=2)
         try:
             threads = set()

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from consulsim import SimCluster
+from helpers.consul import node_services, static, write_config
 from regagent.config.model import NodeConfig
 from regagent.errors import NoLocalRoute
 from regagent.identity import HOST_ID_KEY, NodeIdentity, host_id
-from test_sync import node_services, static, write_config
 
 UNSHARE = shutil.which("unshare")
 needs_namespaces = pytest.mark.skipif(

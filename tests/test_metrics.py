@@ -1,16 +1,20 @@
-"""Self-metrics: values read from cycle reports and pool observations (the endpoint that serves
-them: test_metrics_endpoint.py)."""
+"""Self-metrics: counters from cycle reports and the pool's request observer, gauges read from
+the pool and the last report at scrape time (the endpoint: test_metrics_endpoint.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import regagent
+from regagent.config.model import ConsulConfig
+from regagent.consul.answers import ErrorAnswer, Outcome, ServerFailed
+from regagent.consul.pool import ServerPool
 from regagent.errors import ConsulUnreachable, NoClusterLeader
 from regagent.metrics import Metrics, cycle_result
 from regagent.model import CheckState, DesiredState, NodeRegistration, ServiceRegistration
@@ -31,6 +35,34 @@ def samples(text: str) -> Samples:
 
 def value(found: Samples, name: str, **labels: str) -> float:
     return found[(name, tuple(sorted(labels.items())))]
+
+
+def pool_of(metrics: Metrics, *servers: str, previous: Optional[ServerPool] = None) -> ServerPool:
+    """A pool of `servers` whose requests `metrics` counts and whose servers it reads; a
+    request's client is its server's address. With `previous`, a reload's pool."""
+    pool = ServerPool(
+        ConsulConfig(servers=servers), client_factory=lambda address, *_: address, rng=lambda: 0.5
+    )
+    if previous is not None:
+        pool.adopt(previous)
+    pool.observer = metrics.observe_request
+    metrics.observe_pool(pool)
+    return pool
+
+
+def ask(pool: ServerPool, answers: Dict[str, str]) -> None:
+    """One call: each server asked answers as `answers` says (ok, down or leaderless); the
+    pool moves on from a server until one answers ok or none is left."""
+
+    def operation(server: Any) -> None:
+        answer = answers[server]
+        if answer == "down":
+            raise ServerFailed("connection refused")
+        if answer == "leaderless":
+            raise ErrorAnswer(500, "No cluster leader")
+
+    with contextlib.suppress(ConsulUnreachable):
+        pool.call("read", operation)
 
 
 def report(
@@ -57,7 +89,7 @@ def report(
 
 def test_a_cycle_report_becomes_metrics() -> None:
     metrics = Metrics()
-    metrics.configure(["s1:8500", "s2:8500", "s3:8500"])
+    pool_of(metrics, "s1:8500", "s2:8500", "s3:8500")
     metrics.observe_cycle(report(writes={"register": 2, "node": 1}), now=1000.0)
     metrics.observe_cycle(report(server="s2:8500"), now=1030.0)  # another server: a failover
     metrics.observe_cycle(report(server=None, error=ConsulUnreachable("none")), now=1060.0)
@@ -81,18 +113,19 @@ def test_a_cycle_report_becomes_metrics() -> None:
 
 def test_requests_count_by_server_and_outcome_and_reachability_follows() -> None:
     metrics = Metrics()
-    metrics.configure(["s1:8500", "s2:8500"])
-    metrics.observe_request("s1:8500", "failure", 1.0)
-    metrics.observe_request("s2:8500", "success", 0.002)
+    pool = pool_of(metrics, "s1:8500", "s2:8500")
+    ask(pool, {"s1:8500": "down", "s2:8500": "ok"})
     found = samples(metrics.render().decode())
     assert value(found, "regagent_consul_rpc_requests_total", server="s1:8500", outcome="failure")
     assert value(found, "regagent_consul_servers_reachable") == 1
     assert value(found, "regagent_consul_servers") == 2
     assert value(found, "regagent_consul_rpc_duration_seconds_count", server="s1:8500") == 1
-    metrics.observe_request("s2:8500", "failure", 1.0)
+    ask(pool, {"s2:8500": "down"})  # s1 cools down: only s2 is asked
     assert value(samples(metrics.render().decode()), "regagent_consul_servers_reachable") == 0
-    metrics.observe_request("s1:8500", "no_leader", 0.1)  # it answered: reachable
-    metrics.configure(["s1:8500"])  # a reload dropped s2
+    for server in pool.servers:
+        server.cooldown_until = 0.0  # both cooled down
+    ask(pool, {"s1:8500": "leaderless", "s2:8500": "down"})  # s1 answered: reachable
+    pool_of(metrics, "s1:8500", previous=pool)  # a reload dropped s2
     found = samples(metrics.render().decode())
     assert value(found, "regagent_consul_servers_reachable") == 1
     assert ("regagent_consul_current_server", (("server", "s2:8500"),)) not in found
@@ -119,9 +152,9 @@ def test_two_metrics_share_no_state() -> None:
 
 def test_every_served_family_is_documented_in_readme() -> None:
     metrics = Metrics()
-    metrics.configure(["s1:8500"])
+    pool_of(metrics, "s1:8500")
     metrics.observe_cycle(report(writes={"register": 1}))
-    metrics.observe_request("s1:8500", "success", 0.01)
+    metrics.observe_request("s1:8500", Outcome.SUCCESS, 0.01)
     served = {family.name for family in text_string_to_metric_families(metrics.render().decode())}
     documented = set(re.findall(r"`((?:regagent|process)_[a-z_]+)", README.read_text()))
     for name in served:

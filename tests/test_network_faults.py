@@ -17,12 +17,12 @@ import pytest
 
 import netfault
 from consulsim import SimCluster
+from helpers.consul import NODE, node_services, write_config
 from netfault import CLIENT, CONTROL, SERVER, DelayingProxy, Link, entered
 from regagent.app import App, build
 from regagent.config import load_config
 from regagent.errors import ConsulUnreachable
 from regagent.model import ServiceIntent, ServiceRegistration
-from test_sync import NODE, node_services, write_config
 
 pytestmark = pytest.mark.skipif(
     netfault.available() is not None, reason=f"network faults: {netfault.available()}"

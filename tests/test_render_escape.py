@@ -7,8 +7,8 @@ from pathlib import Path
 import consul
 
 from consulsim import SimCluster
+from helpers.consul import NODE, regagent, static, write_config
 from regagent.render.escape import safe_line
-from test_sync import NODE, regagent, static, write_config
 
 
 def test_safe_line_escapes_control_and_format_characters() -> None:

@@ -12,11 +12,13 @@ from typing import Any, List, Optional
 import pytest
 from structlog.testing import capture_logs
 
+from helpers.fakes import FakeClock
 from regagent.config.model import ConsulConfig
 from regagent.consul.pool import ServerPool
 from regagent.consul.retry import RetryPolicy, jittered
-from regagent.daemon import REMIND_EVERY, ErrorReporter, error_kind, next_delay
+from regagent.daemon import next_delay
 from regagent.errors import ConsulUnreachable, NoClusterLeader, RegagentError
+from regagent.failures import REMIND_EVERY, ErrorReporter, error_kind
 
 POLICY = RetryPolicy(cooldown_initial=5.0, cooldown_max=300.0, cooldown_jitter=0.2)
 MIDDLE = 0.5  # an rng reading that applies no jitter
@@ -47,14 +49,6 @@ def test_leader_search_asks_every_other_server_once() -> None:
 
 def test_call_deadline_is_connect_plus_read_timeout() -> None:
     assert RetryPolicy(connect_timeout=2.0, read_timeout=10.0).call_deadline == 12.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Refusing:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from consulsim import SimCluster
+from helpers.consul import static, write_config
+from helpers.daemon import has, notified_daemon
+from helpers.ports import free_port
 from hostile_clients import rst_flood, slow_header_clients
-from test_daemon import has, notified_daemon
-from test_sync import free_port, static, write_config
 
 PRELUDE = """
 import logging, sys, threading, warnings

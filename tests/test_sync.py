@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import consul
 import pytest
 import yaml
 
 from consulsim import SimCluster
-from regagent.app import App, build
+from helpers.consul import (
+    NODE,
+    REGISTER,
+    TXN,
+    app_with,
+    endpoint_count,
+    node_checks,
+    node_services,
+    regagent,
+    running_daemon,
+    static,
+    write_config,
+    writes,
+)
+from helpers.ports import free_port, wait_for_port
+from regagent.app import build
 from regagent.config import load_config
 from regagent.consul.catalog import read_actual
 from regagent.consul.http import ReadAnswer, checked_response
@@ -27,99 +38,6 @@ from regagent.engine import SyncEngine
 from regagent.errors import ConsulRefused
 from regagent.identity import HOST_ID_KEY, host_id
 from regagent.model import ServiceIntent, ServiceRegistration
-
-NODE = "regagent-test-host"
-REGISTER = "PUT /v1/catalog/register"
-DEREGISTER = "PUT /v1/catalog/deregister"
-TXN = "PUT /v1/txn"
-
-
-def write_config(
-    tmp_path: Path, cluster: SimCluster, services: List[Dict[str, Any]], **sections: Any
-) -> Path:
-    consul_section = {
-        "servers": list(cluster.addresses),
-        "connect_timeout": "1s",
-        "read_timeout": "1s",
-        "cooldown_initial": "200ms",
-        "cooldown_max": "1s",
-        **sections.pop("consul", {}),
-    }
-    config = {
-        "consul": consul_section,
-        # An explicit loopback address: `auto` never picks loopback, and tests stay on it.
-        "node": {"name": NODE, "address": "127.0.0.1", "meta": {"rack": "r1"}},
-        "sync": {"interval": "1s", "jitter": "50ms", "state_dir": str(tmp_path / "state")},
-        "discovery": {"enabled": False},
-        "services": services,
-        **sections,
-    }
-    path = tmp_path / "regagent.yaml"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)  # it may hold a token
-    return path
-
-
-def static(name: str, port: int, tags: Optional[List[str]] = None) -> Dict[str, Any]:
-    return {"name": name, "port": port, "tags": tags or [], "check": {"type": "none"}}
-
-
-def regagent(
-    config: Path, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "regagent", "-c", str(config), *args],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-class Daemon(subprocess.Popen):  # type: ignore[type-arg]
-    stderr_text = ""
-
-
-@contextlib.contextmanager
-def running_daemon(config: Path) -> Iterator[Daemon]:
-    """`regagent run` as a real process; SIGTERM on exit (KILL if it hangs), stderr kept."""
-    daemon = Daemon(
-        [sys.executable, "-m", "regagent", "-c", str(config), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield daemon
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.stderr_text = daemon.communicate(timeout=15)[1]
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.communicate()
-            raise
-
-
-def writes(cluster: SimCluster) -> int:
-    return int(cluster.stats()["writes_applied"])
-
-
-def endpoint_count(cluster: SimCluster, prefix: str) -> int:
-    return sum(n for key, n in cluster.stats()["endpoints"].items() if key.startswith(prefix))
-
-
-def node_services(cluster: SimCluster, node: str = NODE, token: str = "") -> Dict[str, Any]:
-    data = cluster.get(cluster.live_server(), f"/v1/catalog/node/{node}?stale", token=token)
-    return {} if data is None else dict(data["Services"])
-
-
-def node_checks(cluster: SimCluster, node: str = NODE) -> Dict[str, Any]:
-    i = cluster.live_server()
-    return {c["CheckID"]: c for c in cluster.get(i, f"/v1/health/node/{node}?stale")}
 
 
 def client(cluster: SimCluster, i: int = 0, token: Optional[str] = None) -> Any:
@@ -252,19 +170,13 @@ def test_first_server_stopped_sync_goes_through_the_second(
     assert "queue-9000" in node_services(consul_cluster)
 
 
-def _engine(config_path: Path, services: List[ServiceRegistration]) -> App:
-    config = load_config(str(config_path))
-    intents = [ServiceIntent(s, "static") for s in services]
-    return build(config, intent_source=lambda *_: intents)
-
-
 def test_black_holed_first_server_costs_one_timeout_then_is_skipped(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
     config = write_config(
         tmp_path, consul_cluster, [], consul={"cooldown_initial": "30s", "cooldown_max": "60s"}
     )
-    app = _engine(config, [ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1")])
+    app = app_with(config, [ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1")])
     consul_cluster.blackhole(0)
     first = app.engine.cycle()
     assert first.error is None
@@ -598,24 +510,6 @@ def test_consul_validation_error_is_a_refusal_not_a_dead_server(
     assert all(not s.cooling(time.monotonic()) for s in pool.servers)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def test_status_survey_cools_a_black_holed_server_so_reads_skip_it(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
@@ -637,8 +531,8 @@ def test_a_server_cut_off_from_the_leader_does_not_block_writes(
     (X-Consul-KnownLeader: false) on their way into regagent; the data stays real."""
     config = load_config(str(write_config(tmp_path, consul_cluster, [])))
 
-    def clients(address: str, consul_config: Any, token: Optional[str]) -> Any:
-        client = make_client(address, consul_config, token)
+    def clients(address: str, consul_config: Any, token: Optional[str], policy: Any) -> Any:
+        client = make_client(address, consul_config, token, policy)
         if address == consul_cluster.addresses[0]:
             real_get = client.http.get
 
@@ -680,7 +574,7 @@ def web_server(tmp_path: Path) -> Iterator[Tuple[int, Path]]:
         server.wait(timeout=10)
 
 
-def daemon_like_engine(config_path: Path) -> SyncEngine:
+def daemon_likeapp_with(config_path: Path) -> SyncEngine:
     """What `regagent run` builds: one engine, real discovery and static services."""
     return build(load_config(str(config_path))).engine
 
@@ -701,7 +595,7 @@ def test_static_check_turns_critical_only_after_consecutive_failures(
 ) -> None:
     port, root = web_server
     (root / "metrics").write_text("up 1\n")
-    engine = daemon_like_engine(flaky_app_config(tmp_path, consul_cluster, port))
+    engine = daemon_likeapp_with(flaky_app_config(tmp_path, consul_cluster, port))
     check_id = f"service:app-{port}"
     assert engine.cycle().error is None
     assert node_checks(consul_cluster)[check_id]["Status"] == "passing"
@@ -720,7 +614,7 @@ def test_a_restarted_daemon_holds_the_first_failure_of_a_service_consul_shows_pa
     config = flaky_app_config(tmp_path, consul_cluster, port)
     assert regagent(config, "sync").returncode == 0  # Consul now shows it passing
     (root / "metrics").unlink()
-    restarted = daemon_like_engine(config)  # a fresh process: no memory but what Consul shows
+    restarted = daemon_likeapp_with(config)  # a fresh process: no memory but what Consul shows
     assert restarted.cycle().writes == 0
     assert node_checks(consul_cluster)[f"service:app-{port}"]["Status"] == "passing"
     assert restarted.cycle().writes == 1

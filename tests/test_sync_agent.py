@@ -8,7 +8,7 @@ from typing import Any, Dict
 import consul
 
 from consulsim import SimCluster
-from test_sync import regagent, static, write_config
+from helpers.consul import regagent, static, write_config
 
 AGENT_REGISTER = "PUT /v1/agent/service/register"
 

@@ -14,17 +14,12 @@ from typing import Iterator
 import pytest
 
 from consulsim import SimCluster
-from test_sync import node_checks, node_services, regagent, write_config
+from helpers.consul import node_checks, node_services, regagent, write_config
+from helpers.discovery import hermetic_discovery
+from helpers.ports import free_port
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter")
 pytestmark = pytest.mark.skipif(NODE_EXPORTER is None, reason="prometheus-node-exporter missing")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Exporter:
@@ -82,7 +77,7 @@ def test_vanished_exporter_stays_critical_even_when_the_state_file_is_lost(
         tmp_path,
         consul_cluster,
         [],
-        discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+        discovery=hermetic_discovery([port], real_exporters=True),
     )
     state_file = tmp_path / "state" / "discovered.json"
 
@@ -121,7 +116,7 @@ def test_vanished_exporter_stays_critical_even_when_the_state_file_is_lost(
         tmp_path,
         consul_cluster,
         [],
-        discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+        discovery=hermetic_discovery([port], real_exporters=True),
         sync={"interval": "1s", "jitter": "50ms", "state_dir": str(blocker / "state")},
     )
     for _ in range(2):
@@ -131,7 +126,7 @@ def test_vanished_exporter_stays_critical_even_when_the_state_file_is_lost(
         tmp_path,
         consul_cluster,
         [],
-        discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+        discovery=hermetic_discovery([port], real_exporters=True),
     )
 
     exporter.start()
@@ -146,14 +141,15 @@ def test_excluding_a_vanished_exporters_port_deregisters_it_at_once(
 ) -> None:
     port = exporter.port
     sid = f"node-exporter-{port}"
-    discovery = {"enabled": True, "port_ranges": [f"{port}-{port}"]}
+    discovery = hermetic_discovery([port], real_exporters=True)
     config = write_config(tmp_path, consul_cluster, [], discovery=discovery)
     assert regagent(config, "sync").returncode == 0
     exporter.stop()
     assert regagent(config, "sync").returncode == 0
     assert node_checks(consul_cluster)[f"service:{sid}"]["Status"] == "critical"
 
-    write_config(tmp_path, consul_cluster, [], discovery={**discovery, "exclude_ports": [port]})
+    excluded = [*discovery["exclude_ports"], port]
+    write_config(tmp_path, consul_cluster, [], discovery={**discovery, "exclude_ports": excluded})
     dropped = regagent(config, "sync")
     assert dropped.returncode == 0, dropped.stderr
     assert f"- deregister {sid}" in dropped.stdout
@@ -171,7 +167,7 @@ def test_dry_run_tells_the_operator_about_a_loopback_only_exporter(
             tmp_path,
             consul_cluster,
             [],
-            discovery={"enabled": True, "port_ranges": [f"{port}-{port}"]},
+            discovery=hermetic_discovery([port], real_exporters=True),
         )
         planned = regagent(config, "sync", "--dry-run")
         assert planned.returncode == 0, planned.stderr
@@ -193,7 +189,7 @@ def test_deregister_stays_done_for_a_vanished_exporter(
     not bring a vanished exporter back, critical, for deregister_after (72 h)."""
     port = exporter.port
     sid = f"node-exporter-{port}"
-    discovery = {"enabled": True, "port_ranges": [f"{port}-{port}"]}
+    discovery = hermetic_discovery([port], real_exporters=True)
     config = write_config(tmp_path, consul_cluster, [], discovery=discovery)
     assert regagent(config, "sync").returncode == 0
     exporter.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 import consul
 
 from consulsim import SimCluster
-from test_sync import NODE, regagent, static, write_config
+from helpers.consul import NODE, regagent, static, write_config
 
 
 def test_a_skipped_service_is_not_in_sync_and_fails_detailed_exitcode(

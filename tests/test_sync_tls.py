@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator
 import pytest
 
 from consulsim import SimCluster
-from test_sync import node_services, regagent, static, write_config
+from helpers.consul import fast_cluster, node_services, regagent, static, write_config
 from tls_pki import TLSFiles
 
 HTTPS = "https"
@@ -21,13 +21,7 @@ HTTPS = "https"
 def _cluster(files: TLSFiles, *, require_client_cert: bool) -> SimCluster:
     """Not started yet: used as a context manager, which stops it by pid even on failure."""
     client_ca = str(files.ca) if require_client_cert else None
-    return SimCluster(
-        servers=3,
-        wait_cap="2s",
-        default_wait="2s",
-        election_delay="0.3s",
-        rpc_hold="0.2s",
-        ae_interval="0.5s",
+    return fast_cluster(
         tls_cert=str(files.server_cert),
         tls_key=str(files.server_key),
         tls_client_ca=client_ca,

@@ -3,15 +3,8 @@ each carrying the count of those left out; memory bounded."""
 
 from __future__ import annotations
 
+from helpers.fakes import FakeClock
 from regagent.throttle import LogThrottle
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_one_line_per_kind_per_interval_with_the_count_left_out() -> None:

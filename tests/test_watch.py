@@ -8,71 +8,22 @@ bounded; timings belong in bench/latency.py.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Optional
 
 from consulsim import SimCluster
+from helpers.cli import events
+from helpers.consul import NODE, OTHER_SERVER, running_daemon, write_config
+from helpers.discovery import exporter, hermetic_discovery, kill
+from helpers.ports import free_port
+from helpers.waits import wait_for
 from regagent.app import build
 from regagent.config import load_config
-from regagent.discovery.exporters import load_exporter_table
-from test_sync import NODE, free_port, running_daemon, write_config
-
-HELPER = str(Path(__file__).resolve().parent / "watch_exporters.py")
-OTHER_SERVER = 2  # regagent starts from the server its node name picks; read through another
-
-
-def hermetic_discovery(ports: List[int], **extra: Any) -> Dict[str, Any]:
-    """Discovery of these ports only: every known exporter port and binary is excluded."""
-    table = load_exporter_table()
-    binaries = sorted({b for spec in table.by_name.values() for b in spec.binaries})
-    return {
-        "enabled": True,
-        "port_ranges": [f"{p}-{p}" for p in ports],
-        "exclude_ports": sorted(set(table.by_port) - set(ports)),
-        "exclude_processes": binaries,
-        **extra,
-    }
 
 
 def hour_sync(tmp_path: Path) -> Dict[str, Any]:
     return {"interval": "1h", "jitter": "1s", "state_dir": str(tmp_path / "state")}
-
-
-@contextlib.contextmanager
-def exporter(*args: str) -> Iterator[subprocess.Popen]:  # type: ignore[type-arg]
-    """tests/watch_exporters.py as a process, started once it listens, killed by pid."""
-    proc = subprocess.Popen(
-        [sys.executable, HELPER, *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("listening ")
-        yield proc
-    finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Polls until `condition` holds; fails after `timeout` (a bound, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status_of(cluster: SimCluster, sid: str) -> Optional[str]:
@@ -84,16 +35,6 @@ def status_of(cluster: SimCluster, sid: str) -> Optional[str]:
 
 def node_known(cluster: SimCluster) -> bool:
     return cluster.catalog_node_services(NODE) is not None
-
-
-def events(stderr: str, name: str) -> List[Dict[str, Any]]:
-    found = []
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("event") == name:
-                found.append(entry)
-    return found
 
 
 def put_requests(cluster: SimCluster) -> int:
@@ -117,7 +58,7 @@ def test_an_exporter_started_while_the_daemon_runs_is_registered_and_turns_criti
         with exporter("serve", str(port)) as proc:
             wait_for(f"{sid} passing", lambda: status_of(consul_cluster, sid) == "passing")
             time.sleep(5.5)  # past the watch's 5 s hold-off, so the death is written at once
-            stop(proc)
+            kill(proc)
             wait_for(f"{sid} critical", lambda: status_of(consul_cluster, sid) == "critical")
     assert daemon.returncode == 0, daemon.stderr_text
     assert [e["cycles"] for e in events(daemon.stderr_text, "stopped")] == [1]  # 1h interval

@@ -4,25 +4,27 @@ policy of its own.
 `build(config)` wires the server pool, the registration backend for `consul.mode`, the node
 identity, health checks, discovery (the engine's intent source), the sync engine and the
 listener watch. A reload builds again from the new configuration (`build(new, previous=app)`),
-except what `SURVIVES_RELOAD` names. Nothing here is a module-level singleton: two apps in one
-process share no state.
+except what `SURVIVES_RELOAD` names. Metrics exist once a configuration serves them
+(`telemetry.listen`): without it, the daemon imports no prometheus-client and no HTTP server.
+Nothing here is a module-level singleton: two apps in one process share no state.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, FrozenSet, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Tuple
 
 from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.consul.agent import AgentRegistrar
+from regagent.consul.answers import Outcome
 from regagent.consul.catalog import CatalogRegistrar
 from regagent.consul.credentials import Credentials
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, Heartbeat, Loop
+from regagent.daemon import Daemon, LoopParts
 from regagent.discovery.intents import IntentSet
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.sensor import Change, Sensor
@@ -32,11 +34,14 @@ from regagent.engine import SyncEngine
 from regagent.errors import ConfigError
 from regagent.health import Health, ProbePool
 from regagent.identity import NodeIdentity, Writer, daemon_lock
-from regagent.metrics import Metrics
+from regagent.liveness import Heartbeat
 from regagent.model import ActualState, ServiceIntent
 from regagent.notify import Notifier, watchdog_interval
 from regagent.statedir import Lock
 from regagent.watch import Watch
+
+if TYPE_CHECKING:
+    from regagent.metrics import Metrics
 
 # What a reload keeps (SIGHUP, or a renew after an interrupted cycle), by App field; each holds
 # history the new configuration must not lose:
@@ -44,7 +49,7 @@ from regagent.watch import Watch
 #   identity   the address `auto` found (else every service is rewritten), node.json warnings
 #   health     the flap history of every check
 #   discovery  socket owners, probe results, background identifications, once-only reports
-#   metrics    counters continue
+#   metrics    counters continue (made on the first configuration that serves them)
 #   heartbeat  what the systemd watchdog reads
 #   lock       the daemon's hold on its state directory, while the directory stays the same
 # The pool and the identity are rebuilt, since the configuration names their servers and their
@@ -65,7 +70,7 @@ class App:
     discovery: Discovery
     registrar: Registrar
     engine: SyncEngine
-    metrics: Metrics
+    metrics: Optional[Metrics]  # None until a configuration serves metrics
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
@@ -101,7 +106,7 @@ def build(
         heartbeat = Heartbeat()
         health = Health(config.sync.failures_before_critical, ProbePool())
         discovery = make_discovery(config, health, heartbeat, daemon=writer.daemon)
-        metrics = Metrics()
+        metrics: Optional[Metrics] = None
     else:  # SURVIVES_RELOAD
         pool.adopt(previous.pool)
         identity.adopt(previous.identity)
@@ -109,11 +114,17 @@ def build(
         metrics, heartbeat = previous.metrics, previous.heartbeat
     health.configure(config.sync.failures_before_critical)
     discovery.reconfigure(config, beside_daemon=identity.beside_daemon)
-    metrics.configure(pool_addresses(pool))
+    if metrics is None and config.telemetry.listen:
+        from regagent.metrics import Metrics
 
-    def observe(server: str, outcome: str, seconds: float) -> None:
+        metrics = Metrics()
+    if metrics is not None:
+        metrics.observe_pool(pool)
+
+    def observe(server: str, outcome: Outcome, seconds: float) -> None:
         heartbeat.beat()
-        metrics.observe_request(server, outcome, seconds)
+        if metrics is not None:
+            metrics.observe_request(server, outcome, seconds)
 
     pool.observer = observe
     registrar = make_registrar(config, pool, identity)
@@ -193,27 +204,33 @@ class GivenIntents:
 
 
 def make_watch(
-    config: Config, engine: SyncEngine, sensor: Sensor, metrics: Metrics
+    config: Config, engine: SyncEngine, sensor: Sensor, metrics: Optional[Metrics] = None
 ) -> Optional[Watch]:
     """The look at the listeners between cycles, every discovery.watch_interval (None when
     discovery or the watch is off); its writes are counted in the metrics like a full cycle's."""
     if not config.discovery.enabled or config.discovery.watch_interval <= 0:
         return None
-    return Watch(engine, sensor, config.discovery.watch_interval, on_report=metrics.observe_writes)
+    return Watch(
+        engine,
+        sensor,
+        config.discovery.watch_interval,
+        on_report=metrics.observe_writes if metrics is not None else None,
+    )
 
 
 def pool_addresses(pool: ServerPool) -> List[str]:
     return [server.address for server in pool.servers]
 
 
-def loop(app: App) -> Loop:
+def loop_parts(app: App) -> LoopParts:
     """What the daemon needs of an app."""
-    return Loop(
+    return LoopParts(
         app.engine,
         app.config.sync,
         tuple(pool_addresses(app.pool)),
         app.config.telemetry.listen,
         app.watch,
+        app.metrics,
     )
 
 
@@ -228,24 +245,23 @@ def daemon(
     rebuilds with `build(new, previous=current)`, after `on_reload(new)` (logging set-up)."""
     current = [app]
 
-    def reload() -> Loop:
+    def reload() -> LoopParts:
         if config_path is None:
             raise ConfigError(["started without a configuration path to re-read"])
         config = load_config(config_path)  # ConfigError: rejected whole, nothing changed
         rebuilt = build(config, previous=current[0])
         on_reload(config)
         current[0] = rebuilt
-        return loop(rebuilt)
+        return loop_parts(rebuilt)
 
-    def renew() -> Loop:
+    def renew() -> LoopParts:
         current[0] = build(current[0].config, previous=current[0])
-        return loop(current[0])
+        return loop_parts(current[0])
 
     return Daemon(
-        loop(app),
+        loop_parts(app),
         reload=reload,
         renew=renew,
-        metrics=app.metrics,
         notifier=notifier or Notifier.from_env(os.environ),
         heartbeat=app.heartbeat,
         watchdog_interval=watchdog_interval(os.environ),

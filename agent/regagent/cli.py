@@ -1,9 +1,15 @@
 """Command line: parses arguments, runs one command, turns errors into one line + exit code.
 
 Components come from the composition root (`regagent.app.build`), imported by the commands
-that talk to Consul: `discover` and `check-config` need none of it. Exit codes come from the error
-classes in `regagent.errors` (0 success or in sync, 1 runtime error, 2 invalid configuration or
-usage, and with `sync --dry-run --detailed-exitcode` also "there are changes to make").
+that talk to Consul: `discover` and `check-config` need none of it. Exit codes come from the
+error classes in `regagent.errors` (0 success or in sync, 1 runtime error, 2 invalid
+configuration or usage, and with `sync --dry-run --detailed-exitcode` also "there are changes to
+make").
+
+At module level this imports only what parsing needs: `main` sets the process policy first
+(`process_policy`, which must precede the libraries it concerns), and each command imports what
+it uses, so that `check-config` and `discover` load no Consul client and `run` nothing it does
+not run (bench/footprint.py).
 """
 
 from __future__ import annotations
@@ -13,16 +19,9 @@ import json
 import os
 import sys
 from dataclasses import asdict
-from typing import Any, Callable, Dict, Optional, Sequence, TextIO
-
-import structlog
-import yaml
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TextIO
 
 from regagent import __version__
-from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config
-from regagent.config import resolve_config_path as _resolve_path
-from regagent.config.show import MASK, effective_config
-from regagent.discovery.service import Discovery
 from regagent.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -31,14 +30,16 @@ from regagent.errors import (
     RegagentError,
     UsageError,
 )
-from regagent.identity import NodeIdentity, Writer
-from regagent.logs import configure_logging, journal_prefix
-from regagent.stderr_guard import install as install_stderr_guard
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from regagent.config import Config
+    from regagent.discovery.service import Discovery
+    from regagent.identity import Writer
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from regagent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
+
     parser = argparse.ArgumentParser(
         prog="regagent",
         description="Registers this host's Prometheus exporters in Consul and keeps them true.",
@@ -131,6 +132,10 @@ def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def cmd_check_config(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    import yaml
+
+    from regagent.config.show import MASK, effective_config
+
     plain = effective_config(config)
     if config.consul.token_file:
         plain["consul"]["token"] = f"{MASK} (from {config.consul.token_file})"
@@ -161,6 +166,9 @@ def cmd_sync(config: Config, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_discover(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from regagent.discovery.service import Discovery
+    from regagent.identity import NodeIdentity
+
     # Only what discover uses: the identity (for the node address) and discovery; no Consul
     # client, nor the modules one needs.
     identity = NodeIdentity(config.node, state_dir=config.sync.state_dir, writer=_writer(args))
@@ -239,19 +247,24 @@ def cmd_deregister(config: Config, args: argparse.Namespace, out: TextIO) -> int
 
 def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     from regagent.app import build, daemon
+    from regagent.config import resolve_config_path
+    from regagent.logs import configure_logging
 
     def reconfigure_logging(new: Config) -> None:  # --log-level keeps winning after a reload
         configure_logging(args.log_level or new.log.level, new.log.format)
 
     app = build(config, writer=_writer(args, daemon=True))
-    loop = daemon(app, _resolve_path(args.config), on_reload=reconfigure_logging)
-    loop.install_signal_handlers()
-    return loop.run()
+    service = daemon(app, resolve_config_path(args.config), on_reload=reconfigure_logging)
+    service.install_signal_handlers()
+    return service.run()
 
 
 def _writer(args: argparse.Namespace, *, daemon: bool = False) -> Writer:
     """Which configuration runs, and whether as the daemon: renames are judged per writer."""
-    return Writer.of(_resolve_path(args.config), daemon=daemon)
+    from regagent.config import resolve_config_path
+    from regagent.identity import Writer
+
+    return Writer.of(resolve_config_path(args.config), daemon=daemon)
 
 
 COMMANDS: Dict[str, Callable[[Config, argparse.Namespace, TextIO], int]] = {
@@ -264,14 +277,43 @@ COMMANDS: Dict[str, Callable[[Config, argparse.Namespace, TextIO], int]] = {
 }
 
 
+def without_created_series() -> None:
+    """No `*_created` series beside each counter and histogram: they double what Prometheus
+    stores for ten thousand agents and say nothing `process_start_time_seconds` would not.
+    prometheus-client reads this variable when it is imported (0.16, Debian 12's, has no other
+    switch; later versions also honour it), which only a command that serves metrics does,
+    after this; a value already set wins."""
+    os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "true")
+
+
+def without_rich() -> None:
+    """structlog imports `rich`, when it is installed, only to draw tracebacks at a terminal;
+    it is a tenth of the daemon's memory (4 MB, bench/footprint.py). regagent's log lines carry
+    a traceback as text (JSON) or in structlog's plain rendering, so rich stays unimported: an
+    import of it now fails as if it were not installed."""
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+
+
+def process_policy() -> None:
+    """What holds for the whole process, set once, before any library it concerns is
+    imported."""
+    without_created_series()
+    without_rich()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    process_policy()
+    from regagent.config import load_config, resolve_config_path
+    from regagent.logs import configure_logging, journal_prefix
+    from regagent.stderr_guard import install as install_stderr_guard
+
     args = build_parser().parse_args(argv)
     args.config = getattr(args, "config", None)
     args.log_level = getattr(args, "log_level", None)
     install_stderr_guard()  # whatever Python would print to stderr becomes one log line
     configure_logging(args.log_level or "info")
     try:
-        config = load_config(_resolve_path(args.config))
+        config = load_config(resolve_config_path(args.config))
         # One-shot commands print their own summary and show only warnings besides (a listener
         # left out, a skipped service); the daemon logs at log.level.
         default_level = config.log.level if args.command == "run" else "warning"

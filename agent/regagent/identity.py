@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x
 import structlog
 
 from regagent.config.model import NodeConfig
@@ -63,6 +62,8 @@ def route_source_address(server: str) -> str:
 
 def interface_addresses() -> List[Tuple[int, str]]:
     """(family, address) of every IPv4/IPv6 address configured on this host."""
+    import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x; imported when needed
+
     found: List[Tuple[int, str]] = []
     for addresses in psutil.net_if_addrs().values():
         for item in addresses:

@@ -1,4 +1,4 @@
-"""Threads that leave the daemon's signals to the main thread.
+"""Threads that leave the daemon's signals to the main thread, and what a wait can be woken by.
 
 The daemon waits in `select` on its self-pipe and is woken by the signal handlers that Python
 runs in the main thread. A signal the kernel delivered to another thread would not interrupt
@@ -10,9 +10,17 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional, Protocol
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)
+
+
+class Wakeable(Protocol):
+    """What a wait between two pieces of work waits on: `wait(timeout)` returns after
+    `timeout` seconds or as soon as it is woken for good, and says whether it was (the daemon's
+    stop or reload request, `regagent.signals.Signals`; a `threading.Event` is one too)."""
+
+    def wait(self, timeout: Optional[float] = None) -> bool: ...
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ at most one write per service per 5 s between full cycles, plus what each full c
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable, Dict, List, Optional, Set
 
@@ -35,6 +34,7 @@ import structlog
 from regagent.discovery.sensor import Change, Sensor
 from regagent.engine import PartialReport, SyncEngine
 from regagent.report import CycleReport
+from regagent.threads import Wakeable
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,7 @@ class Watch:
         self._pending: Dict[int, float] = {}  # port -> when a held-back write is due
         self._crashed = False
 
-    def run_for(self, seconds: float, stop: threading.Event) -> None:
+    def run_for(self, seconds: float, stop: Wakeable) -> None:
         """Returns after `seconds` or as soon as `stop` is set, looking every interval."""
         deadline = self.clock() + seconds
         for _ in range(int(seconds / MIN_WAIT) + 2):  # each turn waits at least MIN_WAIT

@@ -1,6 +1,8 @@
 """What a Consul server's answer or failure means: retry elsewhere, refuse, or wait for a leader.
 
-One line per failure, in words an operator can act on (no requests/urllib3 reprs).
+Inside a pool call, everything a server can do wrong raises a `ConsulError` (an error answer,
+an answer of the wrong shape, no usable answer at all); anything else raised there is a bug.
+One line per failure, in words an operator can act on.
 """
 
 from __future__ import annotations
@@ -8,26 +10,41 @@ from __future__ import annotations
 import re
 import ssl
 import unicodedata
-from typing import List, Optional, Set, Tuple
-
-import requests
-from consul.base import (
-    ACLDisabled,
-    ACLPermissionDenied,
-    BadRequest,
-    ClientError,
-    ConsulException,
-)
+from enum import Enum
+from typing import Optional, Tuple
 
 from regagent.errors import RegagentError
 
 
-class UnexpectedAnswer(ConsulException):  # type: ignore[misc]
+class Outcome(Enum):
+    """What one request to one server came to, as the pool judges it. The values are the
+    `outcome` label of `regagent_consul_rpc_requests_total`."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"  # no usable answer (connection, timeout, 5xx, 429/503): cooled down
+    NO_LEADER = "no_leader"  # answered, but its cluster has no leader: not the server's fault
+    REFUSED = "refused"  # a refusal every server would repeat (4xx, a validation error)
+
+
+class ConsulError(Exception):
+    """What a server's answer, or its absence, raises inside a pool call."""
+
+
+class ErrorAnswer(ConsulError):
+    """A 4xx or 5xx answer (404, 429 and 503 are judged before): its status and body."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status} {body}")
+        self.status = status
+        self.body = body
+
+
+class UnexpectedAnswer(ConsulError):
     """The server answered, but not as a Consul API would (404 page, HTML, wrong JSON shape):
     a misconfigured address or a proxy in the way. Treated like a failed server."""
 
 
-class ServerFailed(ConsulException):  # type: ignore[misc]
+class ServerFailed(ConsulError):
     """No usable answer from this server (refused, timed out, too slow, too large, TLS): the
     message is the one-line reason. Treated like a failed server: cool down, fail over."""
 
@@ -70,22 +87,6 @@ _VALIDATION_ERRORS = (
 )
 
 
-def _ssl_cause(exc: BaseException) -> Optional[ssl.SSLError]:
-    """The `ssl` error under requests' and urllib3's wrappers, if there is one."""
-    seen: Set[int] = set()
-    pending: List[object] = [exc]
-    while pending:
-        item = pending.pop(0)
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, ssl.SSLError):
-            return item
-        # urllib3's MaxRetryError keeps the cause in `.reason`; the others in args or chaining.
-        pending += [getattr(item, "reason", None), *item.args, item.__cause__, item.__context__]
-    return None
-
-
 # OpenSSL's "[SSL: REASON_CODE] text (_ssl.c:1006)" without the codes around the text.
 _SSL_TEXT = re.compile(r"^(?:\[[^\]]*\]\s*)?(?P<text>.*?)(?:\s*\(_ssl\.c:\d+\))?$")
 
@@ -113,23 +114,13 @@ def describe_ssl(err: ssl.SSLError) -> str:
 
 
 def describe_failure(exc: BaseException) -> str:
-    """One line: what went wrong talking to a server, without a requests traceback."""
+    """One line: what went wrong talking to a server."""
     if isinstance(exc, ServerFailed):
         return exc.reason
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connect timed out"
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return "no answer (read timed out)"
-    ssl_error = _ssl_cause(exc)
-    if ssl_error is not None:
-        return describe_ssl(ssl_error)
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS error"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        text = str(exc)
-        if "Connection refused" in text:
-            return "connection refused"
-        return "connection failed"
+    if isinstance(exc, ssl.SSLError):
+        return describe_ssl(exc)
+    if isinstance(exc, OSError):
+        return "connection refused" if "Connection refused" in str(exc) else "connection failed"
     return one_line(str(exc))
 
 
@@ -150,7 +141,7 @@ UNKNOWN_DATACENTER = "No path to datacenter"
 
 
 def is_no_leader(exc: BaseException) -> bool:
-    return isinstance(exc, ConsulException) and "No cluster leader" in str(exc)
+    return isinstance(exc, ErrorAnswer) and "No cluster leader" in exc.body
 
 
 def classify_refusal(
@@ -172,16 +163,10 @@ def classify_refusal(
 
 
 def _refusal(exc: BaseException) -> Optional[Tuple[int, str]]:
-    if isinstance(exc, ACLPermissionDenied):
-        return 403, str(exc)
-    if isinstance(exc, ACLDisabled):
-        return 401, str(exc)
-    if isinstance(exc, (BadRequest, ClientError)):
-        code, _, message = str(exc).partition(" ")
-        return (int(code), message) if code.isdigit() else (400, str(exc))
-    if type(exc) is ConsulException and any(
-        text in str(exc) for text in (*_VALIDATION_ERRORS, UNKNOWN_DATACENTER)
+    if not isinstance(exc, ErrorAnswer):
+        return None
+    if 400 <= exc.status < 500 or any(
+        text in exc.body for text in (*_VALIDATION_ERRORS, UNKNOWN_DATACENTER)
     ):
-        code, _, message = str(exc).partition(" ")
-        return (int(code), message) if code.isdigit() else (500, str(exc))
+        return exc.status, exc.body
     return None

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import structlog
-from consul.base import CB
 
-from regagent.consul.answers import ServerBusy, UnexpectedAnswer, one_line
+from regagent.consul.answers import ErrorAnswer, ServerBusy, UnexpectedAnswer, one_line
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
 from regagent.errors import ConsulRefused, RegagentError
@@ -52,14 +51,15 @@ def busy_check(response: Any) -> None:
 
 
 def checked_response(response: Any) -> Any:
-    """Raises python-consul2's exceptions for 4xx/5xx, ServerBusy for 429/503, UnexpectedAnswer
-    for a 404 or non-200."""
+    """Raises ServerBusy for 429/503, UnexpectedAnswer for a 404 or another answer that is not
+    200, ErrorAnswer for the other 4xx/5xx."""
     busy_check(response)
     if response.code == 404:
         if response.body.startswith(("Unknown service ID", "Unknown check ID")):
             return response  # deregistering what is already gone: done, as in the catalog API
         raise UnexpectedAnswer("404 Not Found (is this a Consul server?)")
-    CB._status(response, allow_404=False)  # 400/403/5xx -> its typed exceptions
+    if 400 <= response.code < 600:
+        raise ErrorAnswer(response.code, response.body)
     if response.code != 200:
         raise UnexpectedAnswer(f"{response.code} unexpected answer (is this a Consul server?)")
     return response

@@ -1,5 +1,5 @@
 """Talks to the Consul servers: one explicit client per server, with cool-down, failover,
-latency-aware preference and hedged reads.
+latency-aware preference and hedged reads (the threads of those: `regagent.consul.hedge`).
 
 Failover (design decision 6), applied to every call in one place, with the numbers from
 `regagent.consul.retry.RetryPolicy`:
@@ -27,24 +27,28 @@ most one extra request. Writes are never sent twice at once.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
-import consul.base
-import requests
 import structlog
-from consul.base import ConsulException
 
 from regagent.config.model import ConsulConfig
-from regagent.consul.answers import ServerBusy, classify_refusal, describe_failure, is_no_leader
+from regagent.consul.answers import (
+    ConsulError,
+    Outcome,
+    ServerBusy,
+    classify_refusal,
+    describe_failure,
+    is_no_leader,
+)
 from regagent.consul.credentials import Credentials
+from regagent.consul.hedge import Attempt, HedgedReads
 from regagent.consul.retry import RetryPolicy, Rng, server_order
-from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
+from regagent.consul.transport import BoundedHTTPClient, ConsulClient, RequestLimits, TLSOptions
 from regagent.errors import ConsulRefused, ConsulUnreachable, NoClusterLeader
 from regagent.rules import split_hostport
 
@@ -52,13 +56,10 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
-# (server address, outcome, seconds) after each request, hedged ones included: success, failure
-# (cooled down), no_leader or refused. Metrics and the daemon's watchdog listen here; called
-# under the pool's lock, so it must be quick and must not call back into the pool.
-RequestObserver = Callable[[str, str, float], None]
-
-# python-consul2 lets these override constructor arguments; the pool must not be redirected.
-_CLIENT_ENV = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
+# (server address, outcome, seconds) after each request, hedged ones included. Metrics and the
+# daemon's heartbeat listen here; called under the pool's lock, so it must be quick and must not
+# call back into the pool.
+RequestObserver = Callable[[str, Outcome, float], None]
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ServerState:
     """What the pool knows about one server; shown by `regagent status`."""
 
     address: str
-    client: Any  # consul.base.Consul
+    client: Any  # transport.ConsulClient, or a test's stand-in
     failures: int = 0
     cooldown_until: float = 0.0
     last_error: str = ""
@@ -75,6 +76,7 @@ class ServerState:
     samples: int = 0
     slow_until: float = 0.0  # demoted (asked last) until then
     in_flight: int = 0  # hedged requests still waiting for their answer
+    last_outcome: Optional[Outcome] = None  # of the last request judged; None: not asked yet
 
     def cooling(self, now: float) -> bool:
         return now < self.cooldown_until
@@ -83,30 +85,12 @@ class ServerState:
         return now < self.slow_until or self.in_flight > 0
 
 
-@contextlib.contextmanager
-def _without_client_env() -> Iterator[None]:
-    saved = {name: os.environ.pop(name) for name in _CLIENT_ENV if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-class BoundedConsul(consul.base.Consul):  # type: ignore[misc]
-    """python-consul2's client on the bounded transport (`regagent.consul.transport`)."""
-
-    @staticmethod
-    def http_connect(
-        host: str, port: int, scheme: str, verify: Any = True, cert: Any = None, **kwargs: Any
-    ) -> BoundedHTTPClient:
-        return BoundedHTTPClient(host, port, scheme, verify, cert, **kwargs)
-
-
-def make_client(address: str, config: ConsulConfig, token: Optional[str]) -> Any:
-    """A python-consul2 client bound to exactly this server, token and TLS settings, every
-    request bounded by the policy's deadline and answer cap."""
+def make_client(
+    address: str, config: ConsulConfig, token: Optional[str], policy: RetryPolicy
+) -> ConsulClient:
+    """A client bound to exactly this server, token, datacenter and TLS settings, every
+    request bounded by `policy`'s timeouts, deadline and answer cap."""
     host, port = split_hostport(address)
-    policy = RetryPolicy.from_consul(config)
     limits = RequestLimits(
         connect_timeout=policy.connect_timeout,
         read_timeout=policy.read_timeout,
@@ -119,18 +103,8 @@ def make_client(address: str, config: ConsulConfig, token: Optional[str]) -> Any
         cert_file=config.tls.cert_file or None,
         key_file=config.tls.key_file or None,
     )
-    with _without_client_env():
-        client = BoundedConsul(
-            host=host,
-            port=port,
-            token=token,
-            scheme=config.scheme,
-            dc=config.datacenter,
-            limits=limits,
-            tls=tls,
-        )
-    client.token = token  # belt and braces: the constructor prefers CONSUL_HTTP_TOKEN
-    return client
+    http = BoundedHTTPClient(host, port, config.scheme, limits=limits, tls=tls)
+    return ConsulClient(http, token, config.datacenter)
 
 
 @dataclass(frozen=True)
@@ -147,7 +121,7 @@ class ServerReport:
 def _ask_leader(server: ServerState) -> ServerReport:
     started = time.monotonic()
     try:
-        leader = server.client.status.leader()
+        leader = server.client.leader()
     except Exception as exc:  # reported, never raised: status must show every server
         return ServerReport(server.address, False, None, describe_failure(exc), None)
     latency = round((time.monotonic() - started) * 1000)
@@ -158,17 +132,8 @@ def _ask_leader(server: ServerState) -> ServerReport:
     )
 
 
-@dataclass(eq=False)  # compared by identity
-class _Attempt:
-    """One request to one server, possibly running in a thread of its own (a hedged read)."""
-
-    index: int
-    started: float
-    done: bool = False
-    result: Any = None
-    error: Optional[BaseException] = None
-    orphaned: bool = False  # the caller has moved on: judge the outcome when it comes
-
+# A client for (server address, configuration, token, the pool's policy): `make_client`.
+ClientFactory = Callable[[str, ConsulConfig, Optional[str], RetryPolicy], Any]
 
 # A request's judgement: None for a success, else the reason it failed.
 _Failed = Optional[str]
@@ -183,20 +148,19 @@ class ServerPool:
         token: Optional[str] = None,
         clock: Clock = time.monotonic,
         *,
-        client_factory: Callable[[str, ConsulConfig, Optional[str]], Any] = make_client,
+        client_factory: ClientFactory = make_client,
         policy: Optional[RetryPolicy] = None,
         rng: Rng = random.random,
         observer: Optional[RequestObserver] = None,
         credentials: Optional[Credentials] = None,
     ) -> None:
-        self.config = config
         self.credentials = credentials  # None: the token and TLS files are read once
         self.observer = observer
         self.clock = clock
         self.rng = rng
         self.policy = policy or RetryPolicy.from_consul(config)
         self.servers: List[ServerState] = [
-            ServerState(address, client_factory(address, config, token))
+            ServerState(address, client_factory(address, config, token, self.policy))
             for address in config.servers
         ]
         if credentials is not None:
@@ -212,7 +176,7 @@ class ServerPool:
         # Hedged reads finish in threads of their own: every change to a ServerState and to
         # `current` happens under this lock.
         self._lock = threading.RLock()
-        self._settled = threading.Condition(self._lock)
+        self.hedged = HedgedReads(self._lock, clock, self._judge_late)
         # Capabilities of the cluster found out once per process (e.g. whether /v1/txn is
         # served); kept across a reload by `adopt`.
         self.capabilities: Dict[str, bool] = {}
@@ -238,6 +202,7 @@ class ServerPool:
                 server.cooldown_until = old.cooldown_until
                 server.last_error = old.last_error
                 server.latency = old.latency
+                server.last_outcome = old.last_outcome
                 server.samples = old.samples
                 server.slow_until = old.slow_until
         addresses = [server.address for server in self.servers]
@@ -308,7 +273,11 @@ class ServerPool:
         pending = list(candidates)
         while pending:
             if hedge and len(pending) > 1:
-                started, attempts = self._race(operation, pending[0], pending[1])
+                with self._lock:
+                    head_start = self.policy.hedge_delay(self.servers[pending[0]].latency)
+                started, attempts = self.hedged.race(
+                    operation, self.servers, pending[0], pending[1], head_start
+                )
             else:
                 started = attempts = [self._attempt(operation, pending[0])]
             for attempt in started:
@@ -316,7 +285,7 @@ class ServerPool:
             for attempt in attempts:
                 failed = self._judge(attempt, what)
                 if failed is None:
-                    self._orphan([a for a in started if a not in attempts])
+                    self.hedged.leave([a for a in started if a not in attempts])
                     return attempt.result  # type: ignore[no-any-return]
                 if failed == "no cluster leader":
                     no_leader = True
@@ -353,12 +322,12 @@ class ServerPool:
 
         return with_credentials
 
-    def _attempt(self, operation: Callable[[Any], Any], index: int) -> _Attempt:
+    def _attempt(self, operation: Callable[[Any], Any], index: int) -> Attempt:
         """Runs the request in the calling thread."""
         server = self.servers[index]
         with self._lock:
             server.requests += 1
-        attempt = _Attempt(index, self.clock())
+        attempt = Attempt(index, self.clock())
         try:
             attempt.result = operation(server.client)
         except Exception as exc:
@@ -366,77 +335,18 @@ class ServerPool:
         attempt.done = True
         return attempt
 
-    def _race(
-        self, operation: Callable[[Any], Any], first: int, second: int
-    ) -> Tuple[List[_Attempt], List[_Attempt]]:
-        """A hedged read: `first` gets a head start, then `second` is asked too.
-
-        Returns (attempts started, attempts to judge in order). To judge is either the first
-        good answer alone (a slower attempt is left to its thread, bounded by the transport's
-        deadline, and judged when it ends) or, if the first to finish failed, every attempt."""
-        started = [self._start(operation, first)]
-        with self._lock:
-            head_start = self.policy.hedge_delay(self.servers[first].latency)
-            self._settled.wait_for(lambda: started[0].done, timeout=head_start)
-            if not started[0].done:
-                started.append(self._start(operation, second))
-                self._settled.wait_for(lambda: any(a.done for a in started))
-            winner = next(a for a in started if a.done)
-            if winner.error is None:
-                return started, [winner]
-            self._settled.wait_for(lambda: all(a.done for a in started))
-            return started, [winner] + [a for a in started if a is not winner]
-
-    def _start(self, operation: Callable[[Any], Any], index: int) -> _Attempt:
-        server = self.servers[index]
-        with self._lock:
-            server.requests += 1
-            server.in_flight += 1
-        attempt = _Attempt(index, self.clock())
-
-        def run() -> None:
-            try:
-                result = operation(server.client)
-            except Exception as exc:
-                error: Optional[BaseException] = exc
-                result = None
-            else:
-                error = None
-            with self._lock:
-                attempt.result, attempt.error, attempt.done = result, error, True
-                server.in_flight -= 1
-                if attempt.orphaned:
-                    self._judge_orphan(attempt)
-                self._settled.notify_all()
-
-        # A daemon thread, not an executor: a one-shot command must not wait at exit for the
-        # answer of a black-holed server it no longer needs.
-        threading.Thread(target=run, name=f"consul-read-{server.address}", daemon=True).start()
-        return attempt
-
     def wait_idle(self, timeout: float) -> bool:
         """Waits until no hedged read is still owed an answer (each is bounded by the
         transport's deadline); False if some still are after `timeout`."""
-        with self._lock:
-            return self._settled.wait_for(
-                lambda: all(s.in_flight == 0 for s in self.servers), timeout=timeout
-            )
+        return self.hedged.wait_idle(self.servers, timeout)
 
-    def _orphan(self, attempts: List[_Attempt]) -> None:
-        with self._lock:
-            for attempt in attempts:
-                if attempt.done:
-                    self._judge_orphan(attempt)
-                else:
-                    attempt.orphaned = True
-
-    def _judge_orphan(self, attempt: _Attempt) -> None:
+    def _judge_late(self, attempt: Attempt) -> None:
         """The outcome of a hedged read nobody waits for any more: it still counts (a timeout
         cools the server down, an answer feeds its latency estimate), but never raises."""
         with contextlib.suppress(Exception):
             self._judge(attempt, "hedged read", adopt=False)
 
-    def _judge(self, attempt: _Attempt, what: str, *, adopt: bool = True) -> _Failed:
+    def _judge(self, attempt: Attempt, what: str, *, adopt: bool = True) -> _Failed:
         """None if the attempt succeeded (the server becomes the one in use, if `adopt`);
         otherwise the reason, the server cooled down unless the cluster has no leader.
         Raises ConsulRefused for a refusal another server would repeat."""
@@ -446,25 +356,26 @@ class ServerPool:
             if exc is None:
                 self._record_latency(attempt.index, self.clock() - attempt.started)
                 self._succeeded(attempt.index, adopt=adopt)
-                self._observe(server, "success", attempt)
+                self._observe(server, Outcome.SUCCESS, attempt)
                 return None
             refusal = classify_refusal(exc, getattr(server.client, "dc", None))
             if refusal is not None:
                 server.last_error = f"{refusal[0]} {refusal[1]}"
-                self._observe(server, "refused", attempt)
+                self._observe(server, Outcome.REFUSED, attempt)
                 raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
             if is_no_leader(exc):
                 server.last_error = "no cluster leader"
-                self._observe(server, "no_leader", attempt)
+                self._observe(server, Outcome.NO_LEADER, attempt)
                 return server.last_error
-            if not isinstance(exc, (requests.exceptions.RequestException, ConsulException)):
-                raise exc
+            if not isinstance(exc, (ConsulError, OSError)):
+                raise exc  # a bug, not the server
             retry_after = exc.retry_after if isinstance(exc, ServerBusy) else None
             self._cool_down(server, describe_failure(exc), what, retry_after)
-            self._observe(server, "failure", attempt)
+            self._observe(server, Outcome.FAILURE, attempt)
             return server.last_error
 
-    def _observe(self, server: ServerState, outcome: str, attempt: _Attempt) -> None:
+    def _observe(self, server: ServerState, outcome: Outcome, attempt: Attempt) -> None:
+        server.last_outcome = outcome
         if self.observer is None:
             return
         try:

@@ -1,37 +1,41 @@
-"""The HTTP transport under python-consul2: every request to a Consul server bounded in time and
-size (design decision 11).
+"""The HTTP client for one Consul server: every request bounded in time and size (design
+decision 11), to exactly the configured server with exactly the configured TLS settings.
 
 requests' timeouts apply to each `recv`, so a server dripping one byte a second, or sending an
 endless 200 answer, held a sync for minutes or grew regagent to gigabytes. Here each request has:
 - a connect timeout and a per-read timeout (a silent server: "no answer (read timed out)");
-- an overall deadline, enforced by a watchdog that shuts the socket down, so a drip in the
-  status line, the headers or the body is cut too ("too slow: no complete answer within Ns");
+- an overall deadline that every blocking call on the socket keeps (`regagent.deadline`), so a
+  drip in the status line, the headers or the body is cut too ("too slow: no complete answer
+  within Ns");
 - a cap on the answer's body ("answer too large (over N bytes)"), checked on Content-Length
   before reading and while reading.
 
 It is built on `http.client` and `ssl`, which never look at proxy variables, `.netrc` or
-`REQUESTS_CA_BUNDLE`: the request goes to exactly the configured server with exactly the
-configured TLS settings (CA file, client certificate, verify; the system trust store when no CA
-file is given). python-consul2 keeps what it still earns: its `Consul` API wrappers
-(`status.leader()`, `txn`, ...), its callbacks and its typed exceptions for 4xx/5xx answers; this
-module replaces only its requests-based `HTTPClient`. One connection per request
-(`Connection: close`): a watchdog then owns exactly one socket, and no stale keep-alive
+`REQUESTS_CA_BUNDLE`, and `ConsulClient` reads no `CONSUL_HTTP_*` variable: the request goes to
+the configured server with the configured TLS settings (CA file, client certificate, verify;
+the system trust store when no CA file is given). One connection per request
+(`Connection: close`): a deadline then holds exactly one socket, and no stale keep-alive
 connection can turn into a spurious failure.
+
+regagent once used python-consul2 here. What it still needed of that library (the request
+target's quoting, the answer's shape, the leader call) is a few lines below and in
+`regagent.consul.http`; not importing it keeps requests and urllib3 out of the daemon
+(bench/footprint.py).
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import ssl
+import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from consul import base
-
-from regagent.consul.answers import BadRequestHeader, ServerFailed, describe_ssl
+from regagent.consul.answers import BadRequestHeader, ErrorAnswer, ServerFailed, describe_ssl
 from regagent.consul.retry import MAX_ANSWER_BYTES
-from regagent.watchdog import SocketWatchdog
+from regagent.deadline import Deadline
 
 _CHUNK = 64 * 1024
 
@@ -67,38 +71,51 @@ def tls_context(options: TLSOptions) -> ssl.SSLContext:
     return context
 
 
-class BoundedHTTPClient(base.HTTPClient):  # type: ignore[misc]
-    """python-consul2's HTTPClient interface (get/put/delete/post with a callback), bounded."""
+class Response(NamedTuple):
+    """One answer: status code, headers, body as text and as bytes."""
+
+    code: int
+    headers: http.client.HTTPMessage
+    body: str
+    content: bytes
+
+
+Callback = Callable[[Response], Any]  # judges and parses an answer, inside the pool's call
+Params = Optional[Sequence[Tuple[str, str]]]
+
+
+class BoundedHTTPClient:
+    """get/put/delete/post of one path on one server, each answer handed to a callback."""
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 8500,
         scheme: str = "http",
-        verify: Union[bool, str] = True,
-        cert: Any = None,
         *,
         limits: Optional[RequestLimits] = None,
         tls: Optional[TLSOptions] = None,
     ) -> None:
-        super().__init__(host, port, scheme, verify, cert, None)
+        self.host = host
+        self.port = port
+        self.scheme = scheme
         self.limits = limits or RequestLimits()
         self.context = tls_context(tls or TLSOptions()) if scheme == "https" else None
 
     def get(
         self,
-        callback: Callable[[base.Response], Any],
+        callback: Callback,
         path: str,
-        params: Any = None,
+        params: Params = None,
         headers: Optional[Mapping[str, str]] = None,
     ) -> Any:
         return callback(self.request("GET", self.target(path, params), None, headers or {}))
 
     def put(
         self,
-        callback: Callable[[base.Response], Any],
+        callback: Callback,
         path: str,
-        params: Any = None,
+        params: Params = None,
         data: Any = "",
         headers: Optional[Mapping[str, str]] = None,
     ) -> Any:
@@ -106,9 +123,9 @@ class BoundedHTTPClient(base.HTTPClient):  # type: ignore[misc]
 
     def delete(
         self,
-        callback: Callable[[base.Response], Any],
+        callback: Callback,
         path: str,
-        params: Any = None,
+        params: Params = None,
         data: Any = "",
         headers: Optional[Mapping[str, str]] = None,
     ) -> Any:
@@ -117,41 +134,32 @@ class BoundedHTTPClient(base.HTTPClient):  # type: ignore[misc]
 
     def post(
         self,
-        callback: Callable[[base.Response], Any],
+        callback: Callback,
         path: str,
-        params: Any = None,
+        params: Params = None,
         headers: Optional[Mapping[str, str]] = None,
         data: Any = "",
     ) -> Any:
         body = _bytes(data)
         return callback(self.request("POST", self.target(path, params), body, headers or {}))
 
-    def target(self, path: str, params: Any) -> str:
-        """The request target, quoted exactly as python-consul2 quotes it."""
-        uri: str = self.uri(path, params)
-        return uri[len(self.base_uri) :]
-
-    def _connection(self) -> http.client.HTTPConnection:
-        timeout = min(self.limits.connect_timeout, self.limits.deadline)
-        if self.context is None:
-            return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        return http.client.HTTPSConnection(
-            self.host, self.port, timeout=timeout, context=self.context
-        )
+    @staticmethod
+    def target(path: str, params: Params) -> str:
+        """The request target: the path quoted (`/` and `:` kept), then the query string."""
+        quoted = urllib.parse.quote(path, safe="/:")
+        return f"{quoted}?{urllib.parse.urlencode(params)}" if params else quoted
 
     def request(
         self, method: str, target: str, body: Optional[bytes], headers: Mapping[str, str]
-    ) -> base.Response:
+    ) -> Response:
         """One bounded exchange; raises ServerFailed with a one-line reason."""
         limits = self.limits
-        conn = self._connection()
-        watchdog = SocketWatchdog(limits.deadline)
+        deadline = Deadline(limits.deadline, limits.read_timeout)
+        conn = deadline.connection(self.host, self.port, limits.connect_timeout, self.context)
         phase = "connect"
         try:
             conn.connect()
-            if conn.sock is not None:
-                conn.sock.settimeout(limits.read_timeout)
-            watchdog.hold(conn.sock)
+            deadline.keep(conn.sock)
             phase = "request"
             sent: Dict[str, str] = {"Connection": "close", **headers}
             if body is not None:
@@ -167,21 +175,43 @@ class BoundedHTTPClient(base.HTTPClient):  # type: ignore[misc]
                 ) from None
             phase = "answer"
             response = conn.getresponse()
-            content = _read_body(response, limits.max_bytes, watchdog)
+            content = _read_body(response, limits.max_bytes)
             text = content.decode("utf-8", errors="replace")
-            return base.Response(response.status, response.msg, text, content)
+            return Response(response.status, response.msg, text, content)
         except (ServerFailed, BadRequestHeader):
             raise
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            # The watchdog's shutdown shows up as any of these: report it as what it was.
-            if watchdog.fired:
+            if deadline.expired:  # whatever the call that ran into it raised
                 raise ServerFailed(_too_slow(limits.deadline), timed_out=True) from None
             raise ServerFailed(
                 _describe(exc, phase), timed_out=isinstance(exc, socket.timeout)
             ) from None
         finally:
-            watchdog.cancel()
             conn.close()
+
+
+class ConsulClient:
+    """One server's client: its bounded HTTP client, the token and the datacenter every request
+    of regagent's carries (`regagent.consul.http` adds them), and the leader call of `status`."""
+
+    def __init__(
+        self, http: BoundedHTTPClient, token: Optional[str] = None, dc: Optional[str] = None
+    ) -> None:
+        self.http = http
+        self.token = token
+        self.dc = dc
+
+    def leader(self) -> Any:
+        """The cluster leader's address as this server knows it ("" for none)."""
+        return self.http.get(_leader, "/v1/status/leader")
+
+
+def _leader(response: Response) -> Any:
+    if response.code == 404:
+        return None
+    if 400 <= response.code < 600:
+        raise ErrorAnswer(response.code, response.body)
+    return json.loads(response.body)
 
 
 def _bytes(data: Any) -> Optional[bytes]:
@@ -198,9 +228,7 @@ def _too_large(max_bytes: int) -> str:
     return f"answer too large (over {max_bytes} bytes)"
 
 
-def _read_body(
-    response: http.client.HTTPResponse, max_bytes: int, watchdog: SocketWatchdog
-) -> bytes:
+def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
     declared = response.getheader("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
         raise ServerFailed(_too_large(max_bytes))
@@ -209,8 +237,6 @@ def _read_body(
     while True:
         chunk = response.read(min(_CHUNK, max_bytes - size + 1))
         if not chunk:
-            if watchdog.fired:  # cut off by the deadline: not a complete answer
-                raise ServerFailed(_too_slow(watchdog.timeout), timed_out=True)
             return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)

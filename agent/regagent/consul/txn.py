@@ -122,8 +122,8 @@ def _is_acl_refusal(body: str) -> bool:
 
 def judge(response: Any) -> TxnAnswer:
     """Inside the pool's call: a malformed answer raises UnexpectedAnswer (that server's fault,
-    like a 5xx, 429 or 503); a refusal another server would repeat raises python-consul2's
-    exceptions; 404, 405 and a 403 that is not Consul's mean "no /v1/txn here"."""
+    like a 5xx, 429 or 503); a refusal another server would repeat raises ErrorAnswer; 404, 405
+    and a 403 that is not Consul's mean "no /v1/txn here"."""
     code = response.code
     if code in (404, 405) or (code == 403 and not _is_acl_refusal(response.body or "")):
         return TxnAnswer(code)

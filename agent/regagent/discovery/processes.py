@@ -40,8 +40,6 @@ from typing import (
     TypeVar,
 )
 
-import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x
-
 from regagent.rules import printable_text
 
 T = TypeVar("T")
@@ -136,6 +134,8 @@ def describe_process(
     Every text is the process's own choice, so it is made printable (no escapes reach
     `discover` or the log) and bounded.
     """
+    import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x; only discovery uses it
+
     try:
         proc = psutil.Process(pid)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -175,6 +175,8 @@ def _root_only(info: os.stat_result) -> bool:
 
 
 def _attempt(getter: Callable[[], T], default: T) -> T:
+    import psutil
+
     try:
         return getter()
     except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):

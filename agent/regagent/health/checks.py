@@ -2,15 +2,24 @@
 
 Output text is stable on purpose: no latencies, no timestamps, so an unchanged result is an
 unchanged check and costs no Consul write. Flap protection is `regagent.health.flap`.
+
+The checks of a cycle run at once: TCP connects to an address all together in the calling
+thread (non-blocking connects and one wait, `tcp_checks`), every other probe on threads
+(`run_all`). Twenty TCP checks handed to eight threads cost more CPU than the connects
+themselves (bench/footprint.py).
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
+import os
+import selectors
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import Dict, List, Optional, Type
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from regagent.health.http import GetFailed, bounded_get, describe_error
 from regagent.model import CRITICAL, PASSING, WARNING, HealthProbe, Result
@@ -40,8 +49,16 @@ def tcp_check(target: str, timeout: float) -> Result:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as exc:
-        return CRITICAL, f"TCP connect {target}: {describe_error(exc)}"
+        return _tcp_failed(target, exc)
+    return _tcp_passed(target)
+
+
+def _tcp_passed(target: str) -> Result:
     return PASSING, f"TCP connect {target}: success"
+
+
+def _tcp_failed(target: str, exc: BaseException) -> Result:
+    return CRITICAL, f"TCP connect {target}: {describe_error(exc)}"
 
 
 def run_probe(probe: HealthProbe) -> Result:
@@ -50,9 +67,93 @@ def run_probe(probe: HealthProbe) -> Result:
     return tcp_check(probe.target, probe.timeout)
 
 
+def _tcp_address(probe: HealthProbe) -> Optional[Tuple[socket.AddressFamily, Tuple[str, int]]]:
+    """(family, address) of a TCP probe of an IP address; None for a host name (or a scoped
+    IPv6 address), which `tcp_check` resolves and tries address by address as
+    `socket.create_connection` does."""
+    if probe.kind != "tcp":
+        return None
+    host, _, port = probe.target.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        return None
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family, (host, int(port))
+    return None
+
+
+def tcp_checks(
+    probes: Sequence[HealthProbe], clock: Callable[[], float] = time.monotonic
+) -> Dict[HealthProbe, Result]:
+    """TCP probes of IP addresses, all at once in the calling thread: each passes once its
+    connect completes, fails as `tcp_check` would say, or times out after its own timeout."""
+    results: Dict[HealthProbe, Result] = {}
+    started = clock()
+    with selectors.DefaultSelector() as selector:
+        try:
+            for probe in probes:
+                found = _tcp_address(probe)
+                if found is None:
+                    raise ValueError(f"not a TCP probe of an address: {probe.target}")
+                sock = socket.socket(found[0], socket.SOCK_STREAM)
+                sock.setblocking(False)
+                code = sock.connect_ex(found[1])
+                if code in (errno.EINPROGRESS, errno.EAGAIN):
+                    selector.register(sock, selectors.EVENT_WRITE, probe)
+                    continue
+                sock.close()
+                results[probe] = _connected(probe.target, code)
+            while selector.get_map():
+                waiting = [key.data.timeout for key in selector.get_map().values()]
+                left = started + min(waiting) - clock()
+                ready = selector.select(max(0.0, left)) if left > 0 else []
+                for key, _ in ready:
+                    code = key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
+                    _forget(selector, key)
+                    results[key.data] = _connected(key.data.target, code)
+                now = clock()
+                for key in list(selector.get_map().values()):
+                    if now - started >= key.data.timeout:
+                        _forget(selector, key)
+                        results[key.data] = _tcp_failed(key.data.target, socket.timeout())
+        finally:
+            for key in list(selector.get_map().values()):
+                _forget(selector, key)
+    return results
+
+
+def _connected(target: str, code: int) -> Result:
+    if code == 0:
+        return _tcp_passed(target)
+    return _tcp_failed(target, OSError(code, os.strerror(code)))
+
+
+def _forget(selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+    selector.unregister(key.fileobj)
+    key.fileobj.close()  # type: ignore[union-attr]
+
+
+def run_all(
+    probes: Sequence[HealthProbe], submit: Callable[[HealthProbe], Future[Result]]
+) -> Dict[HealthProbe, Result]:
+    """Every probe once, concurrently: the TCP connects to an address here, all together,
+    while `submit` runs the others (each on a thread)."""
+    unique = list(dict.fromkeys(probes))
+    at_once = [probe for probe in unique if _tcp_address(probe) is not None]
+    futures = {probe: submit(probe) for probe in unique if probe not in at_once}
+    results = tcp_checks(at_once)
+    results.update((probe, future.result()) for probe, future in futures.items())
+    return {probe: results[probe] for probe in unique}
+
+
 class ProbePool:
-    """Runs the probes of a cycle concurrently, on threads kept for the next cycle: starting
-    eight threads every cycle cost more CPU than the checks themselves (bench/footprint.py).
+    """Runs the probes of a cycle concurrently (`run_all`): the others than TCP connects to an
+    address on threads kept for the next cycle, since starting eight threads every cycle cost
+    more CPU than the checks themselves (bench/footprint.py).
     The threads start lazily, on the first probes, without the daemon's signals, which stay
     with the main thread (`regagent.threads`)."""
 
@@ -63,12 +164,11 @@ class ProbePool:
 
     def __call__(self, probes: List[HealthProbe]) -> Dict[HealthProbe, Result]:
         """Each distinct probe's result (a probe shared by two services runs once)."""
-        unique = list(dict.fromkeys(probes))
-        if not unique:
-            return {}
+        return run_all(probes, self._submit)
+
+    def _submit(self, probe: HealthProbe) -> Future[Result]:
         with signals_blocked():  # threads are started on the submits
-            futures = [self._executor.submit(run_probe, probe) for probe in unique]
-        return {probe: future.result() for probe, future in zip(unique, futures)}
+            return self._executor.submit(run_probe, probe)
 
     def close(self) -> None:
         """Ends the threads once their probes are done."""
@@ -88,5 +188,6 @@ class ProbePool:
 
 def run_probes(probes: List[HealthProbe], workers: int = WORKERS) -> Dict[HealthProbe, Result]:
     """All probes concurrently, once, on threads of their own that end with the call."""
-    with ProbePool(max(1, min(workers, len(set(probes))))) as pool:
+    others = {probe for probe in probes if _tcp_address(probe) is None}
+    with ProbePool(max(1, min(workers, len(others)))) as pool:
         return pool(probes)

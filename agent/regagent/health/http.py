@@ -1,9 +1,9 @@
 """One bounded HTTP GET for everything regagent asks of a local service: the discovery probe
 and the health checks both go through `bounded_get`.
 
-Bounded on both axes (design decision 11): a `SocketWatchdog` shuts the socket down when the
-overall deadline passes, whatever the server does (silent, dripping headers, dripping body), and
-at most `max_bytes` of the body are read.
+Bounded on both axes (design decision 11): every blocking call on the socket ends by the overall
+deadline (`regagent.deadline`), whatever the server does (silent, dripping headers, dripping
+body), and at most `max_bytes` of the body are read.
 
 Failure texts come from `describe_error`, the one vocabulary for "what went wrong" that check
 output and discovery reports share. They are stable (no timings, no addresses that vary), since
@@ -19,7 +19,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from regagent.watchdog import SocketWatchdog
+from regagent.deadline import Deadline
 
 _CHUNK = 64 * 1024
 
@@ -68,17 +68,13 @@ def describe_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _connection(
-    scheme: str, host: str, port: int, timeout: float, verify: bool
-) -> http.client.HTTPConnection:
-    if scheme != "https":
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+def _tls_context(verify: bool) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if not verify:
         # Identification only: local exporters commonly use self-signed certificates.
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    return context
 
 
 def bounded_get(
@@ -96,47 +92,42 @@ def bounded_get(
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme or "http"
     port = parts.port or (443 if scheme == "https" else 80)
-    conn = _connection(scheme, parts.hostname or "", port, timeout, verify)
+    deadline = Deadline(timeout)
+    context = _tls_context(verify) if scheme == "https" else None
+    conn = deadline.connection(parts.hostname or "", port, timeout, context)
     path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
     sent: Dict[str, str] = {"Connection": "close", **(headers or {})}
-    watchdog = SocketWatchdog(timeout)
     try:
         conn.connect()
-        watchdog.hold(conn.sock)
+        deadline.keep(conn.sock)
         conn.request("GET", path, headers=sent)
         response = conn.getresponse()
-        if watchdog.fired:  # headers cut short by the shutdown read as a complete answer
-            raise GetFailed("timed out", timed_out=True)
-        body, truncated = _read_body(response, max_bytes, watchdog)
+        body, truncated = _read_body(response, max_bytes, deadline)
         return Answer(
             response.status, response.getheader("Content-Type", "") or "", body, truncated
         )
     except GetFailed:
         raise
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        # The watchdog's shutdown shows up as any of these: report it as what it was.
-        if watchdog.expired:
+        if deadline.expired:  # whatever the call that ran into it raised
             raise GetFailed("timed out", timed_out=True) from None
         raise GetFailed(describe_error(exc)) from None
     finally:
-        watchdog.cancel()
         conn.close()
 
 
 def _read_body(
-    response: http.client.HTTPResponse, max_bytes: int, watchdog: SocketWatchdog
+    response: http.client.HTTPResponse, max_bytes: int, deadline: Deadline
 ) -> Tuple[bytes, bool]:
     if max_bytes <= 0:  # the status line is all the caller wants
         return b"", False
     chunks: List[bytes] = []
     size = 0
     while True:
-        if watchdog.expired:
+        if deadline.expired:
             raise GetFailed("timed out", timed_out=True)
         chunk = response.read(min(_CHUNK, max_bytes - size + 1))
         if not chunk:
-            if watchdog.fired:  # cut off mid-body by the deadline, not a complete answer
-                raise GetFailed("timed out", timed_out=True)
             return b"".join(chunks), False
         chunks.append(chunk)
         size += len(chunk)
