@@ -17,14 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from consulsim import SimCluster
+from helpers.ports import free_port
 from regagent.config.model import ConsulConfig, TLSConfig
 from regagent.consul.credentials import Credentials
 from regagent.consul.http import stale_get
@@ -62,8 +65,10 @@ def _acl(*tokens: str) -> Dict[str, Any]:
 # ---------------------------------------------------------------------- processes and files
 
 
-def _config(tmp_path: Path, cluster: SimCluster, consul: Dict[str, Any]) -> Path:
-    config = {
+def _config(
+    tmp_path: Path, cluster: SimCluster, consul: Dict[str, Any], metrics_port: int = 0
+) -> Path:
+    config: Dict[str, Any] = {
         "consul": {
             "servers": list(cluster.addresses),
             "connect_timeout": "1s",
@@ -77,6 +82,8 @@ def _config(tmp_path: Path, cluster: SimCluster, consul: Dict[str, Any]) -> Path
         "discovery": {"enabled": False},
         "services": [{"name": "queue", "port": 9000, "check": {"type": "none"}}],
     }
+    if metrics_port:
+        config["telemetry"] = {"listen": f"127.0.0.1:{metrics_port}"}
     path = tmp_path / "regagent.yaml"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
@@ -103,6 +110,18 @@ def _daemon(config: Path) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def _credential_metrics(port: int) -> Dict[Tuple[str, str], float]:
+    """(metric name, credential label) -> value, from the daemon's metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, sample.labels["credential"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("regagent_credential_")
+    }
 
 
 def _events(log: Path, name: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -236,13 +255,21 @@ def test_daemon_rotates_its_token_without_a_failed_cycle(
 ) -> None:
     token = tmp_path / "token"
     _replace(token, OLD + "\n")
-    config = _config(tmp_path, acl_cluster, {"token_file": str(token)})
+    port = free_port()
+    config = _config(tmp_path, acl_cluster, {"token_file": str(token)}, metrics_port=port)
     empty = acl_cluster.snapshot_save()
     with _daemon(config) as log:
         _eventually(lambda: _registered(acl_cluster, ADMIN), "registered with the old token")
+        started = _credential_metrics(port)
+        assert started[("regagent_credential_rejected", "token")] == 0
+        loaded = started[("regagent_credential_loaded_timestamp_seconds", "token")]
         _replace(token, NEW + "\n")
         acl_cluster.set_acl(_acl(NEW))  # revoked at once: a cycle in flight gets 403s
         _eventually(lambda: bool(_events(log, "credential_rotated")), "the rotation logged")
+        rotated_at = _credential_metrics(port)[
+            ("regagent_credential_loaded_timestamp_seconds", "token")
+        ]
+        assert rotated_at > loaded
         writes = _writes(acl_cluster)
         acl_cluster.snapshot_restore(empty)  # the catalog forgets: the daemon must write again
         _eventually(lambda: _registered(acl_cluster, ADMIN), "registered with the new token")
@@ -280,12 +307,15 @@ def test_daemon_keeps_its_token_while_the_new_file_is_half_written(
 ) -> None:
     token = tmp_path / "token"
     _replace(token, OLD + "\n")
-    config = _config(tmp_path, acl_cluster, {"token_file": str(token)})
+    port = free_port()
+    config = _config(tmp_path, acl_cluster, {"token_file": str(token)}, metrics_port=port)
+    refused = ("regagent_credential_rejected", "token")
     with _daemon(config) as log:
         _eventually(lambda: _registered(acl_cluster, ADMIN), "registered")
         token.write_text("")  # opened for writing, nothing written yet
         _eventually(lambda: bool(_events(log, "credential_not_rotated")), "the problem logged")
         _later_cycles(acl_cluster, 4)  # cycles go on with the old token
+        assert _credential_metrics(port)[refused] == 1
         [problem] = _events(log, "credential_not_rotated")
         assert problem["problem"] == f"token file {token} is empty"
         assert problem["kept"].startswith("the token loaded at ")
@@ -293,6 +323,7 @@ def test_daemon_keeps_its_token_while_the_new_file_is_half_written(
         token.write_text(NEW + "\n")
         _eventually(lambda: bool(_events(log, "credential_rotated")), "the rotation logged")
         _later_cycles(acl_cluster)
+        assert _credential_metrics(port)[refused] == 0
     assert _events(log, "sync_failed") == []
     _no_secret(log)
 
@@ -318,7 +349,7 @@ def mtls_cluster(tls_files: TLSFiles) -> Iterator[SimCluster]:
 
 
 def _tls_config(
-    tmp_path: Path, cluster: SimCluster, files: TLSFiles, cert: Path, key: Path
+    tmp_path: Path, cluster: SimCluster, files: TLSFiles, cert: Path, key: Path, *, port: int = 0
 ) -> Tuple[Path, Path, Path]:
     """The daemon's configuration with its own copies of the client certificate and key."""
     live_cert, live_key = tmp_path / "live" / "client.pem", tmp_path / "live" / "client-key.pem"
@@ -326,7 +357,8 @@ def _tls_config(
     _replace(live_key, key.read_text())
     _replace(live_cert, cert.read_text())
     tls = {"ca_file": str(files.ca), "cert_file": str(live_cert), "key_file": str(live_key)}
-    return _config(tmp_path, cluster, {"scheme": "https", "tls": tls}), live_cert, live_key
+    config = _config(tmp_path, cluster, {"scheme": "https", "tls": tls}, metrics_port=port)
+    return config, live_cert, live_key
 
 
 def _rotate_pair(live_cert: Path, live_key: Path, cert: Path, key: Path) -> None:
@@ -339,13 +371,29 @@ def test_daemon_renews_its_client_certificate_before_it_expires_without_a_failed
 ) -> None:
     short = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a", valid_seconds=12)
     renewed = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
-    config, live_cert, live_key = _tls_config(tmp_path, mtls_cluster, tls_files, *short)
-    not_after = certificates_in(short[0].read_text())[0].not_after
+    port = free_port()
+    config, live_cert, live_key = _tls_config(tmp_path, mtls_cluster, tls_files, *short, port=port)
+    [first] = certificates_in(short[0].read_text())
+    [second] = certificates_in(renewed[0].read_text())
+    [ca] = certificates_in(tls_files.ca.read_text())
+    not_after = first.not_after
+    expiry = ("regagent_credential_expiry_timestamp_seconds", "cert")
     empty = mtls_cluster.snapshot_save()
     with _daemon(config) as log:
         _eventually(lambda: _registered(mtls_cluster), "registered with the first certificate")
+        started = _credential_metrics(port)
+        assert started[expiry] == first.not_after
+        assert started[("regagent_credential_not_before_timestamp_seconds", "cert")] == (
+            first.not_before
+        )
+        assert started[("regagent_credential_expiry_timestamp_seconds", "ca")] == ca.not_after
         _rotate_pair(live_cert, live_key, *renewed)
         _eventually(lambda: bool(_events(log, "credential_rotated")), "the renewal logged")
+        renewed_metrics = _credential_metrics(port)
+        assert renewed_metrics[expiry] == second.not_after
+        loaded = "regagent_credential_loaded_timestamp_seconds"
+        assert renewed_metrics[(loaded, "cert")] > started[(loaded, "cert")]
+        assert renewed_metrics[(loaded, "ca")] == started[(loaded, "ca")]  # the CA did not change
         _eventually(lambda: time.time() > not_after + 1, "the first certificate expired", 30)
         mtls_cluster.snapshot_restore(empty)  # writes needed after the old one expired
         _eventually(lambda: _registered(mtls_cluster), "registered with the renewed one")
@@ -412,13 +460,19 @@ def test_daemon_keeps_its_certificate_when_the_key_does_not_match_or_the_file_is
 ) -> None:
     first = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a")
     other = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
-    config, live_cert, _ = _tls_config(tmp_path, mtls_cluster, tls_files, *first)
+    port = free_port()
+    config, live_cert, _ = _tls_config(tmp_path, mtls_cluster, tls_files, *first, port=port)
     empty = mtls_cluster.snapshot_save()
     with _daemon(config) as log:
         _eventually(lambda: _registered(mtls_cluster), "registered")
         _replace(live_cert, other[0].read_text())  # the new certificate, the old key
         _eventually(lambda: bool(_events(log, "credential_not_rotated")), "the mismatch logged")
         _later_cycles(mtls_cluster)
+        in_use = _credential_metrics(port)
+        assert in_use[("regagent_credential_rejected", "cert")] == 1
+        assert in_use[("regagent_credential_expiry_timestamp_seconds", "cert")] == (
+            certificates_in(first[0].read_text())[0].not_after
+        )
         whole = other[0].read_text()
         _replace(live_cert, whole[: len(whole) // 2])  # a certificate cut off half-way
         _eventually(lambda: len(_events(log, "credential_not_rotated")) == 2, "the cut logged")
