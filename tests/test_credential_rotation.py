@@ -369,7 +369,8 @@ def _rotate_pair(live_cert: Path, live_key: Path, cert: Path, key: Path) -> None
 def test_daemon_renews_its_client_certificate_before_it_expires_without_a_failed_cycle(
     mtls_cluster: SimCluster, tls_files: TLSFiles, tmp_path: Path
 ) -> None:
-    short = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a", valid_seconds=12)
+    # long enough for a slow start on a busy machine, short enough to expire during the test
+    short = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a", valid_seconds=20)
     renewed = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
     port = free_port()
     config, live_cert, live_key = _tls_config(tmp_path, mtls_cluster, tls_files, *short, port=port)
@@ -394,7 +395,7 @@ def test_daemon_renews_its_client_certificate_before_it_expires_without_a_failed
         loaded = "regagent_credential_loaded_timestamp_seconds"
         assert renewed_metrics[(loaded, "cert")] > started[(loaded, "cert")]
         assert renewed_metrics[(loaded, "ca")] == started[(loaded, "ca")]  # the CA did not change
-        _eventually(lambda: time.time() > not_after + 1, "the first certificate expired", 30)
+        _eventually(lambda: time.time() > not_after + 1, "the first certificate expired", 45)
         mtls_cluster.snapshot_restore(empty)  # writes needed after the old one expired
         _eventually(lambda: _registered(mtls_cluster), "registered with the renewed one")
         _later_cycles(mtls_cluster)
@@ -408,12 +409,12 @@ def test_daemon_renews_its_client_certificate_before_it_expires_without_a_failed
 def test_daemon_reports_an_expired_certificate_once_and_recovers_with_a_new_one(
     mtls_cluster: SimCluster, tls_files: TLSFiles, tmp_path: Path
 ) -> None:
-    short = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a", valid_seconds=8)
+    short = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a", valid_seconds=15)
     renewed = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
     config, live_cert, live_key = _tls_config(tmp_path, mtls_cluster, tls_files, *short)
     with _daemon(config) as log:
         _eventually(lambda: _registered(mtls_cluster), "registered")
-        _eventually(lambda: bool(_events(log, "sync_failed")), "the failure logged", 30)
+        _eventually(lambda: bool(_events(log, "sync_failed")), "the failure logged", 45)
         _eventually(lambda: bool(_events(log, "credential_expired")), "the expiry logged")
         _later_cycles_failing(log)
         _rotate_pair(live_cert, live_key, *renewed)
