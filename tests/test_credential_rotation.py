@@ -217,6 +217,46 @@ def test_a_half_written_token_keeps_the_old_one_and_is_reported_once(tmp_path: P
     assert not any(secret in repr(logs) for secret in SECRETS)
 
 
+def test_a_refused_tls_file_is_named_and_only_the_file_at_fault_shows_as_refused(
+    tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    first = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a")
+    other = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "client.pem", tmp_path / "client-key.pem"
+    _replace(ca, tls_files.ca.read_text())
+    _rotate_pair(cert, key, *first)
+    tls = TLSConfig(ca_file=str(ca), cert_file=str(cert), key_file=str(key))
+    credentials = Credentials(ConsulConfig(scheme="https", tls=tls))
+    context = credentials.context
+
+    def refused() -> Dict[str, bool]:
+        return {name: state.rejected for name, state in credentials.snapshot().items()}
+
+    whole = tls_files.ca.read_text()
+    with capture_logs() as logs:
+        _replace(ca, whole[: len(whole) // 3])
+        assert credentials.refresh() is False
+        assert refused() == {"ca": True, "cert": False}
+        _replace(ca, whole)
+        _replace(cert, other[0].read_text())  # with the old key
+        assert credentials.refresh() is False
+        assert refused() == {"ca": False, "cert": True}
+        assert credentials.refresh() is False  # read again, not said again
+        _replace(key, other[1].read_text())
+        assert credentials.refresh() is True
+        assert refused() == {"ca": False, "cert": False}
+    assert credentials.context is not context
+    assert [(e["event"], e["credential"]) for e in logs] == [
+        ("credential_not_rotated", "ca"),
+        ("credential_not_rotated", "cert"),
+        ("credential_rotated", "ca"),
+        ("credential_rotated", "cert"),
+    ]
+    assert logs[0]["problem"] == f"CA file {ca} holds a PEM certificate that is cut off"
+    assert "does not match the certificate" in logs[1]["problem"]
+    assert "PRIVATE KEY" not in repr(logs)
+
+
 @pytest.fixture
 def acl_cluster(consul_cluster: SimCluster) -> SimCluster:
     consul_cluster.set_acl(_acl(OLD, NEW))

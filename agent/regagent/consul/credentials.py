@@ -223,14 +223,16 @@ class Credentials:
         try:
             context, ca_facts, cert_facts = self._load_tls(tls)
         except _Unusable as unusable:
+            if unusable.credential == CERT:  # the CA file passed its checks
+                self._in_use.reported.pop(CA, None)
             return self._reject(unusable.credential, key, unusable.problem)
         now = self.clock()
-        ca_changed = bool(tls.ca_file) and stamps[tls.ca_file or ""] != self._in_use.stamps.get(
-            tls.ca_file or ""
-        )
-        cert_changed = any(
-            stamps[p] != self._in_use.stamps.get(p) for p in (tls.cert_file, tls.key_file) if p
-        )
+
+        def changed(path: Optional[str]) -> bool:
+            return path is not None and stamps[path] != self._in_use.stamps.get(path)
+
+        ca_changed = changed(tls.ca_file)
+        cert_changed = changed(tls.cert_file) or changed(tls.key_file)
         self._in_use.stamps.update(stamps)
         for name in (CA, CERT):
             self._in_use.reported.pop(name, None)
