@@ -32,6 +32,7 @@ from regagent.config.model import ConsulConfig, TLSConfig
 from regagent.consul.credentials import Credentials
 from regagent.consul.http import stale_get
 from regagent.consul.pool import ServerPool
+from regagent.errors import ConsulRefused
 from regagent.x509 import certificates_in
 from tls_pki import TLSFiles, issue_client_certificate, make_tls_files
 
@@ -281,6 +282,31 @@ def test_a_403_after_the_file_changed_is_sent_again_with_the_new_token(
     assert stale_get_nodes(pool) is not None  # no new_cycle: the 403 made it re-read
     assert credentials.token == NEW
     assert sum(acl_cluster.stats()["endpoints"].values()) == 2  # the 403, then the answer
+
+
+def test_a_token_just_rotated_in_gets_one_more_try_and_then_is_refused_once(
+    acl_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """A 403 to a token rotated in moments ago is sent once more (its replication may lag);
+    after that a 403 is a refusal at once, and Consul not knowing the token is said once."""
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    config = ConsulConfig(servers=tuple(acl_cluster.addresses), token_file=str(token))
+    credentials = Credentials(config)
+    pool = ServerPool(config, credentials.token, credentials=credentials)
+    _replace(token, UNKNOWN)
+    pool.new_cycle()  # the stat takes the new token in
+    acl_cluster.reset_stats()
+    with capture_logs() as logs:
+        with pytest.raises(ConsulRefused, match="ACL not found"):
+            stale_get_nodes(pool)
+        assert sum(acl_cluster.stats()["endpoints"].values()) == 2  # sent once more
+        with pytest.raises(ConsulRefused, match="ACL not found"):
+            stale_get_nodes(pool)
+        assert sum(acl_cluster.stats()["endpoints"].values()) == 3  # not again
+    assert [e["event"] for e in logs] == ["consul_request_resent", "credential_refused"]
+    assert logs[1]["path"] == str(token)
+    assert not any(secret in repr(logs) for secret in SECRETS)
 
 
 def stale_get_nodes(pool: ServerPool) -> Any:
