@@ -39,6 +39,7 @@ COMMAND_OPTIONS = {
     "discover": ["--format"],
     "status": ["--format"],
     "deregister": ["--yes"],
+    "maint": ["start", "stop", "status"],
     "run": ["sync.interval"],
 }
 

@@ -556,6 +556,109 @@ def test_the_reference_stack_end_to_end(stack: Stack, tmp_path: Path) -> None:
     assert len(raw) < sum(per_replica) * 0.75, (len(raw), per_replica)
 
 
+MAINTENANCE_ACTIVE = "node:regagent_maintenance_ends_timestamp_seconds:active"
+WINDOW = 20  # seconds: scrape the window, take the host down, outlast HostDown's `for:` (2s)
+
+
+def about_node(stack: Stack) -> List[Post]:
+    """Every notification, on any receiver, that carries an alert of the test's node."""
+    return [
+        post
+        for relay in stack.relays
+        for post in relay.received()
+        if any(a["labels"].get("node") == NODE for a in post.body.get("alerts", []))
+    ]
+
+
+def alerts_of_node(replica: Replica) -> List[Dict[str, Any]]:
+    """The replica's alerts (pending or firing) about the test's node."""
+    alerts: List[Dict[str, Any]] = http_json(f"{replica.prometheus}/api/v1/alerts")["data"][
+        "alerts"
+    ]
+    return [a for a in alerts if a["labels"].get("node") == NODE]
+
+
+def test_a_host_in_maintenance_pages_nobody_until_its_window_ends(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """`regagent maint start`, then the whole host goes down (exporter and agent) and never
+    comes back: nothing is sent while the window runs; when it ends, exactly one page."""
+    (port,) = restartable_ports(1)
+    instance = f"{NODE}:{port}"
+    exporter = stack.exporter(port)
+    config = regagent_config(tmp_path, stack.cluster, [port])
+    settings = yaml.safe_load(config.read_text())
+    settings["telemetry"] = {"listen": f"{LOOPBACK}:{free_port()}"}  # regagent registers it
+    config.write_text(yaml.safe_dump(settings))
+    agent = stack.start(
+        [sys.executable, "-m", "regagent", "-c", str(config), "run"], tmp_path / "regagent.log"
+    )
+    for replica in stack.replicas:
+        wait_for(f"{replica.name} scrapes {instance}", lambda r=replica: scraped_up(r, instance))
+        wait_for(
+            f"{replica.name} scrapes the agent",
+            lambda r=replica: instant_query(r.prometheus, f'up{{job="regagent", node="{NODE}"}}'),
+        )
+
+    # 1. The operator declares the window, on the host.
+    maint = ["maint", "start", "--for", f"{WINDOW}s", "--reason", "planned reboot (e2e)"]
+    started = subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", str(config), *maint],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    state = json.loads((tmp_path / "regagent-state" / "maintenance.json").read_text())
+    until = float(state["until"])
+    checks = stack.cluster.get(stack.cluster.live_server(), f"/v1/health/node/{NODE}?stale")
+    assert "_node_maintenance" in {c["CheckID"] for c in checks}  # marked by the command
+    for replica in stack.replicas:  # the agent's metric, scraped, makes the window known
+        wait_for(
+            f"{replica.name} to know the window",
+            lambda r=replica: instant_query(r.prometheus, f'{MAINTENANCE_ACTIVE}{{node="{NODE}"}}'),
+            timeout=10,
+        )
+
+    # 2. The host goes down for good: its exporter and its agent stop.
+    exporter.terminate()
+    agent.terminate()
+    exporter.wait(timeout=10)
+    agent.wait(timeout=25)
+    for replica in stack.replicas:
+        wait_for(
+            f"{replica.name} to see the host down",
+            lambda r=replica: up(r, instance) and up(r, instance)[0]["value"][1] == "0",
+        )
+    # Until just before the window ends (over twice HostDown's `for:` plus the Alertmanagers'
+    # waits): not even a pending alert about the node, and no notification.
+    assert until - time.time() > 2 * 2 + SETTLE, "the window ended too early to show anything"
+    time.sleep(max(0.0, until - time.time() - 1))
+    for replica in stack.replicas:
+        assert alerts_of_node(replica) == [], alerts_of_node(replica)
+    assert about_node(stack) == [], describe(stack)
+
+    # 3. The window ends with the host still down (nobody is left on it to end anything): the
+    #    rules' `for:` starts now, and on-call gets exactly one notification, the HostDown.
+    wait_for(
+        "the page after the window",
+        lambda: firing_host_down(stack, ONCALL, instance),
+        timeout=30,
+    )
+    time.sleep(SETTLE)
+    sent = about_node(stack)
+    assert len(sent) == 1, describe(stack)
+    assert sent[0].path == ONCALL and len(sent[0].body["alerts"]) == 1, describe(stack)
+    alert = sent[0].alerts("firing", instance=instance, alertname="HostDown")[0]
+    assert "escalate" not in alert["labels"]
+    # the alert's clock started when the window ended, not when the host went down
+    assert alert["startsAt"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(until)), alert
+    # Nothing on the host could remove the Consul mark: the page came from the rules alone.
+    checks = stack.cluster.get(stack.cluster.live_server(), f"/v1/health/node/{NODE}?stale")
+    assert "_node_maintenance" in {c["CheckID"] for c in checks}
+
+
 def samples_in(replica: Replica, instance: str, seconds: int) -> int:
     """How many `up` samples of `instance` the replica holds for the last `seconds`."""
     query = f'count_over_time(up{{instance="{instance}"}}[{seconds}s])'

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from regagent.config import load_config
 from regagent.config.model import Config
@@ -24,7 +24,7 @@ from regagent.consul.credentials import Credentials
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
-from regagent.daemon import Daemon, LoopParts
+from regagent.daemon import Daemon, LoopParts, nothing_due
 from regagent.discovery.intents import IntentSet
 from regagent.discovery.probe import probe_metrics
 from regagent.discovery.sensor import Change, Sensor
@@ -35,12 +35,16 @@ from regagent.errors import ConfigError
 from regagent.health import Health, ProbePool
 from regagent.identity import NodeIdentity, Writer, daemon_lock
 from regagent.liveness import Heartbeat
+from regagent.maintenance.check import MaintenanceChecks
+from regagent.maintenance.store import MaintenanceStore
 from regagent.model import ActualState, ServiceIntent
+from regagent.nodechecks import NodeCheckSource
 from regagent.notify import Notifier, watchdog_interval
 from regagent.statedir import Lock
 from regagent.watch import Watch
 
 if TYPE_CHECKING:
+    from regagent.maintenance.metric import MaintenanceCollector
     from regagent.metrics import Metrics
 
 # What a reload keeps (SIGHUP, or a renew after an interrupted cycle), by App field; each holds
@@ -52,10 +56,20 @@ if TYPE_CHECKING:
 #   metrics    counters continue (made on the first configuration that serves them)
 #   heartbeat  what the systemd watchdog reads
 #   lock       the daemon's hold on its state directory, while the directory stays the same
+#   maintenance_metric  registered once, with the metrics; told the new state directory
 # The pool and the identity are rebuilt, since the configuration names their servers and their
 # node, and take over their predecessor's state (`adopt`). The others are kept and told the new
 # configuration, by the same calls that configure them on the first build.
-SURVIVES_RELOAD = ("pool", "identity", "health", "discovery", "metrics", "heartbeat", "lock")
+SURVIVES_RELOAD = (
+    "pool",
+    "identity",
+    "health",
+    "discovery",
+    "metrics",
+    "heartbeat",
+    "lock",
+    "maintenance_metric",
+)
 
 
 @dataclass
@@ -74,6 +88,9 @@ class App:
     heartbeat: Heartbeat
     watch: Optional[Watch] = None  # None: discovery or discovery.watch_interval is off
     lock: Optional[Lock] = None  # the daemon's hold on its state directory (`regagent run`)
+    # the maintenance window's end on the metrics endpoint (`regagent maint`)
+    maintenance_metric: Optional[MaintenanceCollector] = None
+    maintenance: Optional[MaintenanceChecks] = None  # the window as a node check, and its end
 
 
 def build(
@@ -112,6 +129,8 @@ def build(
         identity.adopt(previous.identity)
         health, discovery = previous.health, previous.discovery
         metrics, heartbeat = previous.metrics, previous.heartbeat
+    maintenance = MaintenanceStore(config.sync.state_dir, identity.warnings)
+    maintenance_metric = previous.maintenance_metric if previous is not None else None
     health.configure(config.sync.failures_before_critical)
     discovery.reconfigure(config, beside_daemon=identity.beside_daemon)
     if metrics is None and config.telemetry.listen:
@@ -120,6 +139,12 @@ def build(
         metrics = Metrics()
     if metrics is not None:
         metrics.observe_pool(pool)
+        if maintenance_metric is None:  # registered once, with the metrics
+            from regagent.maintenance.metric import MaintenanceCollector
+
+            maintenance_metric = MaintenanceCollector(None)
+            metrics.registry.register(maintenance_metric)
+        maintenance_metric.store = maintenance  # read at each scrape
 
     def observe(server: str, outcome: Outcome, seconds: float) -> None:
         heartbeat.beat()
@@ -127,7 +152,11 @@ def build(
             metrics.observe_request(server, outcome, seconds)
 
     pool.observer = observe
-    registrar = make_registrar(config, pool, identity)
+    # The features that put checks on the host's node (catalog mode), one line each.
+    node_checks: List[NodeCheckSource] = []
+    maintenance_checks = MaintenanceChecks(maintenance)
+    node_checks.append(maintenance_checks)  # `regagent maint`: _node_maintenance
+    registrar = make_registrar(config, pool, identity, node_checks)
     engine = SyncEngine(
         registrar,
         discovery if intent_source is None else GivenIntents(intent_source),
@@ -150,6 +179,8 @@ def build(
         heartbeat,
         watch,
         lock,
+        maintenance_metric,
+        maintenance_checks,
     )
 
 
@@ -162,12 +193,18 @@ def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
     return ServerPool(consul, credentials.token, policy=policy, credentials=credentials)
 
 
-def make_registrar(config: Config, pool: ServerPool, identity: NodeIdentity) -> Registrar:
+def make_registrar(
+    config: Config,
+    pool: ServerPool,
+    identity: NodeIdentity,
+    node_checks: Sequence[NodeCheckSource] = (),
+) -> Registrar:
     """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
-    two modes."""
+    two modes. `node_checks` go on the host's node in catalog mode; in agent mode the agent
+    owns its node (its serfHealth already marks a dead host, its own maintenance API the rest)."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
-    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter)
+    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter, node_checks)
 
 
 def make_discovery(
@@ -231,6 +268,7 @@ def loop_parts(app: App) -> LoopParts:
         app.config.telemetry.listen,
         app.watch,
         app.metrics,
+        nothing_due if app.maintenance is None else app.maintenance.due,
     )
 
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, TextIO
 
@@ -32,9 +33,13 @@ from regagent.errors import (
 )
 
 if TYPE_CHECKING:
+    from regagent.app import App
     from regagent.config import Config
     from regagent.discovery.service import Discovery
     from regagent.identity import Writer
+    from regagent.maintenance.store import MaintenanceStore
+    from regagent.maintenance.window import Window
+    from regagent.model import NodeCheck
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dereg.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    _add_maint_parser(commands, common)
+
     commands.add_parser(
         parents=[common],
         name="run",
@@ -113,6 +120,69 @@ def build_parser() -> argparse.ArgumentParser:
         "logged and retried; the daemon keeps running with every server down.",
     )
     return parser
+
+
+MAINT_EPILOG = (
+    "The window is kept in the state directory (sync.state_dir/maintenance.json), so it "
+    "survives a restart of the daemon or of the host; the daemon ends it in Consul when it "
+    "expires, also if it was down at that moment. Exit codes: 0 ok, 1 runtime error (the "
+    "window is recorded but Consul could not be told, or the state directory is unusable), "
+    "2 bad usage (duration, reason)."
+)
+
+
+def _add_maint_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    """`regagent maint start|stop|status`."""
+    maint = commands.add_parser(
+        parents=[common],
+        name="maint",
+        help="declare this host in maintenance for a while (planned reboot)",
+        description="Marks this node in Consul the way `consul maint` does (check "
+        "_node_maintenance, critical, Notes = the reason) for a limited time, so a planned "
+        "reboot pages nobody; when the window ends the mark goes and a host that is still "
+        "down pages again.",
+        epilog=MAINT_EPILOG,
+    )
+    actions = maint.add_subparsers(dest="maint_action", metavar="ACTION")
+    actions.required = True
+    start = actions.add_parser(
+        parents=[common],
+        name="start",
+        help="start (or replace) a maintenance window",
+        description="Records a window of --for from now with --reason, and marks the node in "
+        "Consul at once (one sync cycle, as `regagent sync`).",
+        epilog=MAINT_EPILOG,
+    )
+    start.add_argument(
+        "--for",
+        dest="length",
+        metavar="DURATION",
+        required=True,
+        help="how long: 30m, 2h, 1d (at least 1s, at most 7d)",
+    )
+    start.add_argument(
+        "--reason",
+        metavar="TEXT",
+        required=True,
+        help="why, shown in Consul (the check's Notes) and by `maint status`; one line of "
+        "printable text, at most 256 characters",
+    )
+    actions.add_parser(
+        parents=[common],
+        name="stop",
+        help="end the maintenance window now",
+        description="Ends the running window and removes the mark from Consul at once.",
+        epilog=MAINT_EPILOG,
+    )
+    status = actions.add_parser(
+        parents=[common],
+        name="status",
+        help="the window: reason, since, until, remaining; and whether Consul shows it",
+        description="Prints the recorded window and whether this node holds the "
+        "_node_maintenance check in Consul. Exit 1 when Consul cannot be asked.",
+        epilog=MAINT_EPILOG,
+    )
+    status.add_argument("--format", choices=("text", "json"), default="text")
 
 
 def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -259,6 +329,128 @@ def cmd_run(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return service.run()
 
 
+def cmd_maint(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    """`maint start|stop|status`: the window lives in the state directory; start and stop
+    then run one sync cycle, which writes or removes the node's maintenance check."""
+    from regagent.app import build
+    from regagent.maintenance.store import MaintenanceStore
+    from regagent.maintenance.window import WindowError, new_window, window_length
+
+    now = time.time()
+    store = MaintenanceStore(config.sync.state_dir)
+    if args.maint_action == "start":  # usage first: nothing is built for a typo
+        try:
+            window = new_window(args.reason, window_length(args.length), now)
+        except WindowError as exc:
+            raise UsageError(str(exc)) from None
+    app = build(config, writer=_writer(args))
+    if args.maint_action == "status":
+        return _maint_status(app, store, args.format, now, out)
+    if args.maint_action == "start":
+        _maint_start(app, store, window, now, out)
+    else:
+        _maint_stop(store, now, out)
+    if config.consul.mode == "agent":  # the local agent owns its node and its checks
+        print(
+            "regagent: consul.mode is agent: the local Consul agent owns this node's checks, so "
+            "regagent does not mark it; run `consul maint -enable -reason ...` (or `-disable`) "
+            "there too. The window and its metric are kept here.",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    return _maint_sync(app, out, "marked" if args.maint_action == "start" else "cleared")
+
+
+def _maint_start(
+    app: App, store: MaintenanceStore, window: Window, now: float, out: TextIO
+) -> None:
+    from regagent.maintenance.store import MaintenanceStateError
+    from regagent.render.maintenance import started_text
+
+    try:
+        previous = store.load()
+    except MaintenanceStateError:  # replaced by this record
+        previous = None
+    store.save(window)  # before Consul: the daemon never sees the check without the file
+    replaced = previous is not None and previous.active(now)
+    out.write(started_text(app.identity.name, window, replaced))
+    if app.config.telemetry.listen:
+        out.write(
+            "Prometheus learns the window at its next scrape of this agent "
+            f"({app.config.telemetry.listen}): allow one scrape interval before the reboot.\n"
+        )
+    else:
+        out.write(
+            "Note: telemetry.listen is off, so Prometheus cannot see the window's end "
+            "(regagent_maintenance_ends_timestamp_seconds); alert rules that read it will page.\n"
+        )
+
+
+def _maint_stop(store: MaintenanceStore, now: float, out: TextIO) -> None:
+    from regagent.maintenance.store import MaintenanceStateError
+
+    try:
+        window = store.load()
+    except MaintenanceStateError as exc:
+        print(f"regagent: {exc}; removed", file=sys.stderr)
+        store.remove()
+        window = None
+    if window is not None and window.active(now):
+        store.save(window.stop(now))
+        out.write("Maintenance window stopped.\n")
+    else:
+        out.write("No maintenance window was running.\n")
+
+
+def _maint_sync(app: App, out: TextIO, done: str) -> int:
+    """One sync cycle, which writes (or removes) the node's maintenance check."""
+    report = app.engine.cycle()
+    if report.error is not None:
+        print(
+            "regagent: the window is recorded on this host, but Consul was not updated: "
+            f"{report.error}. The daemon (regagent run) updates it at its next cycle that "
+            "reaches a server; or run this command again.",
+            file=sys.stderr,
+        )
+        return report.error.exit_code
+    out.write(f"Consul: node {app.identity.name} {done} (via {report.server}).\n")
+    if not app.identity.beside_daemon():
+        out.write(
+            "Note: the daemon (regagent run) is not running on this host. Until it runs, "
+            "nothing removes the mark from Consul when the window ends (the alert rules in "
+            "deploy/ end the window on their own).\n"
+        )
+    return EXIT_OK
+
+
+def _maint_status(app: App, store: MaintenanceStore, fmt: str, now: float, out: TextIO) -> int:
+    from regagent.maintenance.window import NODE_MAINTENANCE_CHECK_ID
+    from regagent.render.maintenance import window_report, window_text
+
+    window = store.load()
+    in_consul: Optional[NodeCheck] = None
+    error: Optional[str] = None
+    try:
+        actual, _ = app.registrar.read()
+        found = [c for c in actual.node_checks if c.check_id == NODE_MAINTENANCE_CHECK_ID]
+        in_consul = found[0] if found else None
+    except RegagentError as exc:
+        error = str(exc)
+    report = window_report(
+        app.identity.name,
+        window,
+        now,
+        check=in_consul,
+        daemon_running=app.identity.beside_daemon(),
+        error=error,
+    )
+    if fmt == "json":
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.write(window_text(report))
+    return RegagentError.exit_code if error else EXIT_OK
+
+
 def _writer(args: argparse.Namespace, *, daemon: bool = False) -> Writer:
     """Which configuration runs, and whether as the daemon: renames are judged per writer."""
     from regagent.config import resolve_config_path
@@ -273,6 +465,7 @@ COMMANDS: Dict[str, Callable[[Config, argparse.Namespace, TextIO], int]] = {
     "discover": cmd_discover,
     "status": cmd_status,
     "deregister": cmd_deregister,
+    "maint": cmd_maint,
     "run": cmd_run,
 }
 

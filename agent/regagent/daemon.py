@@ -59,6 +59,24 @@ def next_delay(interval: float, jitter: float, rng: Rng = random.random) -> floa
     return max(0.1, jittered(interval, jitter, rng))
 
 
+# Seconds until something wants a full cycle sooner than the interval (the end of a
+# maintenance window), or None; asked every DUE_EVERY seconds while the loop waits.
+Due = Callable[[], Optional[float]]
+DUE_EVERY = 1.0
+
+
+def nothing_due() -> Optional[float]:
+    return None
+
+
+def sooner(delay: float, due: Optional[float], jitter: float, rng: Rng = random.random) -> float:
+    """`delay`, or less when something is due before it: then the due time plus a random part
+    of the jitter, so hosts whose maintenance windows end together do not sync in step."""
+    if due is None or due >= delay:
+        return delay
+    return max(0.1, min(delay, max(0.0, due) + rng() * jitter))
+
+
 def status_text(report: CycleReport, servers: int) -> str:
     """The one-line `STATUS=` systemctl shows for a cycle."""
     error = report.error
@@ -83,10 +101,47 @@ class LoopParts:
     telemetry_listen: str = ""
     watch: Optional[Watch] = None  # looks at the listeners between cycles
     metrics: Optional[Metrics] = None  # None until a configuration serves them
+    due: Due = nothing_due  # a full cycle wanted before the interval ends (`regagent maint`)
 
 
 # Re-reads the configuration (raises ConfigError if it is invalid), or renews the connections.
 Reload = Callable[[], LoopParts]
+
+
+class _Waiting:
+    """One wait between cycles, as the watch waits on it (a `Wakeable`): woken by the daemon's
+    signals, and over once a full cycle is due (`sooner`), which it asks every DUE_EVERY
+    seconds of the wait; otherwise each `wait(timeout)` lasts its whole timeout, so the watch
+    looks at its own pace."""
+
+    def __init__(self, daemon: Daemon, deadline: float) -> None:
+        self.daemon = daemon
+        self.deadline = deadline
+        self.due_at: Optional[float] = None
+
+    def over(self) -> bool:
+        """A stop or reload is requested, or the due time has come."""
+        daemon = self.daemon
+        now = daemon.clock()
+        if self.due_at is None:
+            due = daemon.parts.due()
+            if due is not None:
+                jitter = daemon.parts.sync.jitter
+                self.due_at = now + sooner(self.deadline - now, due, jitter, daemon.rng)
+        return daemon.signals.pending or (self.due_at is not None and now >= self.due_at)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        clock = self.daemon.clock
+        end = clock() + (DUE_EVERY if timeout is None else timeout)
+        for _ in range(int((end - clock()) / DUE_EVERY) + 2):
+            left = end - clock()
+            if self.due_at is not None:
+                left = min(left, self.due_at - clock())
+            if left <= 0:
+                break
+            if self.daemon.signals.wait(min(left, DUE_EVERY)) or self.over():
+                return True
+        return self.over()
 
 
 class Daemon:
@@ -213,11 +268,14 @@ class Daemon:
             self.notifier.status(status)
 
     def _wait_for_next_cycle(self, delay: float) -> None:
-        """The one place the loop waits between cycles: until `delay` has passed or a stop or
-        reload is requested; beats the heartbeat while it waits, and lets the listener watch
+        """The one place the loop waits between cycles: until `delay` has passed, a stop or
+        reload is requested, or a full cycle is due sooner (`LoopParts.due`: the end of a
+        maintenance window, asked every DUE_EVERY seconds, since one may start during the
+        wait); beats the heartbeat while it waits, and lets the listener watch
         (`regagent.watch`, when discovery.watch_interval is on) look and run partial cycles."""
         deadline = self.clock() + delay
-        while not self.signals.pending:
+        waiting = _Waiting(self, deadline)
+        while not waiting.over():
             left = deadline - self.clock()
             if left <= 0:
                 return
@@ -225,12 +283,12 @@ class Daemon:
             step = left if self.beat_every is None else min(left, self.beat_every)
             watch = self.parts.watch
             if watch is None:
-                self.signals.wait(step)
+                waiting.wait(step)
                 continue
             # The watch's partial cycles write to Consul: a stop may interrupt them as it does
             # a full cycle (the pool's observer and the probes beat the heartbeat meanwhile).
             with self.signals.interruptible():
-                watch.run_for(step, self.signals)
+                watch.run_for(step, waiting)
 
     # -- reload ------------------------------------------------------------------------------
 

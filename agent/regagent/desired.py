@@ -6,13 +6,14 @@ results from `regagent.health`; the planner compares what this builds with what 
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, FrozenSet, List, Mapping, Sequence
 
 from regagent.model import (
     PASSING,
     CheckState,
     DesiredState,
     HealthProbe,
+    NodeCheck,
     NodeRegistration,
     Result,
     ServiceIntent,
@@ -30,11 +31,14 @@ def desired_state(
     results: Mapping[str, Result],
     *,
     with_checks: bool = True,
+    node_checks: Sequence[NodeCheck] = (),
+    owned_node_checks: FrozenSet[str] = frozenset(),
 ) -> DesiredState:
     """Canonical registrations, each with its check: the status the intent knows, else its
     probe's result (by service ID), else passing. `with_checks` False when someone else
     (a Consul agent) runs the checks and owns their status: then each intent's probe is the
-    check definition handed to it."""
+    check definition handed to it. `node_checks` are the node-level checks wanted now, out of
+    the `owned_node_checks` IDs regagent manages (`regagent.nodechecks`)."""
     services: List[ServiceRegistration] = []
     checks: List[CheckState] = []
     probes: Dict[str, HealthProbe] = {}
@@ -56,4 +60,11 @@ def desired_state(
                 service_check_id(service.id), service.id, f"{service.name} health", status, output
             )
         )
-    return DesiredState(node=node, services=tuple(services), checks=tuple(checks), probes=probes)
+    return DesiredState(
+        node=node,
+        services=tuple(services),
+        checks=tuple(checks),
+        probes=probes,
+        node_checks=tuple(sorted(node_checks, key=lambda c: c.check_id)),
+        owned_node_checks=frozenset(owned_node_checks) | {c.check_id for c in node_checks},
+    )

@@ -304,7 +304,15 @@ def _partial(whole: Plan, hold: Collection[str]) -> Plan:
     checks = tuple(w for w in whole.checks if w.check.service_id not in hold)
     # A node change alone waits for the full cycle; with a service it rides in the same request.
     node_write = whole.node_write if services or checks else None
-    return replace(whole, node_write=node_write, services=services, checks=checks, deregister=())
+    return replace(
+        whole,
+        node_write=node_write,
+        services=services,
+        checks=checks,
+        deregister=(),
+        node_checks=(),  # node checks are the full cycle's (their sources read Consul's view)
+        node_checks_removed=(),
+    )
 
 
 def applied(actual: ActualState, done: Plan) -> ActualState:
@@ -321,10 +329,18 @@ def applied(actual: ActualState, done: Plan) -> ActualState:
         services.pop(gone.id, None)
         for check_id in [k for k, c in checks.items() if c.service_id == gone.id]:
             del checks[check_id]
+    node_checks = {c.check_id: c for c in actual.node_checks}
+    unparsed = [i for i in actual.node_check_ids if i not in node_checks]  # IDs only
+    for node_check_write in done.node_checks:
+        node_checks[node_check_write.check.check_id] = node_check_write.check
+    for removed in done.node_checks_removed:
+        node_checks.pop(removed.check_id, None)
     node = done.node if done.node_write is not None else actual.node
     return replace(
         actual,
         node=node,
         services=tuple(sorted(services.values(), key=lambda s: s.id)),
         checks=tuple(sorted(checks.values(), key=lambda c: c.check_id)),
+        node_check_ids=tuple(sorted([*unparsed, *node_checks])),
+        node_checks=tuple(sorted(node_checks.values(), key=lambda c: c.check_id)),
     )

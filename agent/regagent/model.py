@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
 
 MANAGED_BY_KEY = "managed-by"
 MANAGED_BY_VALUE = "regagent"
@@ -89,6 +89,27 @@ class CheckState:
 
 
 @dataclass(frozen=True)
+class NodeCheck:
+    """A node-level check (no ServiceID): its status counts for every service on the node, so
+    one critical node check takes all of them out of `?passing` health reads.
+
+    regagent writes only the node checks it declares (`regagent.nodechecks`); `type` and
+    `definition` are sent as given (e.g. Type "session", Definition {"SessionName": ...}).
+    `consul_owns_status`: Consul changes this check's status itself (a `session` check), so the
+    planner never compares it: it is written (with `status` as given) only when anything else
+    differs or the check is missing, and never "corrected" back."""
+
+    check_id: str
+    name: str
+    status: str
+    output: str = ""
+    notes: str = ""
+    type: str = ""
+    definition: Mapping[str, str] = field(default_factory=dict)
+    consul_owns_status: bool = False
+
+
+@dataclass(frozen=True)
 class HealthProbe:
     """How to check a service from this host: an HTTP GET or a TCP connect."""
 
@@ -130,6 +151,10 @@ class DesiredState:
     services: Tuple[ServiceRegistration, ...]
     checks: Tuple[CheckState, ...]
     probes: Mapping[str, HealthProbe] = field(default_factory=dict)  # service ID -> its check
+    node_checks: Tuple[NodeCheck, ...] = ()  # wanted on the node, by check ID order
+    # Node check IDs regagent manages here: wanted ones are written, the others removed if
+    # present. A node check whose ID is not here (serfHealth, another tool's) is never touched.
+    owned_node_checks: FrozenSet[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -140,6 +165,7 @@ class ActualState:
     services: Tuple[ServiceRegistration, ...]
     checks: Tuple[CheckState, ...]
     node_check_ids: Tuple[str, ...] = ()  # node-level checks, e.g. serfHealth of a real agent
+    node_checks: Tuple[NodeCheck, ...] = ()  # the same checks, as read (catalog mode)
 
 
 def meta_dict(pairs: Mapping[str, str]) -> Dict[str, str]:

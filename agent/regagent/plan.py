@@ -1,7 +1,9 @@
 """The planner: desired registrations vs what Consul holds -> the writes to make. No I/O.
 
 Only services carrying Meta `managed-by=regagent` are ever changed or removed (decision 2); a
-foreign service with an ID regagent wants is reported as a conflict and left alone.
+foreign service with an ID regagent wants is reported as a conflict and left alone. Node-level
+checks are diffed like service checks, but only those whose IDs the desired state owns
+(`DesiredState.owned_node_checks`): a node check nobody in regagent claims is never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from regagent.model import (
     CheckState,
     DesiredState,
     HealthProbe,
+    NodeCheck,
     NodeRegistration,
     ServiceRegistration,
 )
@@ -49,6 +52,19 @@ class CheckWrite:
 
 
 @dataclass(frozen=True)
+class NodeCheckWrite:
+    """Register (old is None) or rewrite a node-level check regagent owns."""
+
+    check: NodeCheck
+    old: Optional[NodeCheck] = None
+    diff: Tuple[FieldDiff, ...] = ()
+
+    @property
+    def is_new(self) -> bool:
+        return self.old is None
+
+
+@dataclass(frozen=True)
 class Conflict:
     service_id: str
     reason: str
@@ -62,11 +78,20 @@ class Plan:
     checks: Tuple[CheckWrite, ...] = ()
     deregister: Tuple[ServiceRegistration, ...] = ()
     conflicts: Tuple[Conflict, ...] = field(default=())
+    node_checks: Tuple[NodeCheckWrite, ...] = ()
+    node_checks_removed: Tuple[NodeCheck, ...] = ()  # owned, present, no longer wanted
 
     @property
     def empty(self) -> bool:
         """Nothing to write."""
-        return not (self.node_write is not None or self.services or self.checks or self.deregister)
+        return not (
+            self.node_write is not None
+            or self.services
+            or self.checks
+            or self.deregister
+            or self.node_checks
+            or self.node_checks_removed
+        )
 
     @property
     def in_sync(self) -> bool:
@@ -84,6 +109,7 @@ def diff_fields(old: object, new: object, names: Tuple[str, ...]) -> Tuple[Field
 
 SERVICE_FIELDS = ("name", "address", "port", "tags", "meta")
 NODE_FIELDS = ("address", "meta")
+NODE_CHECK_FIELDS = ("name", "status", "output", "notes", "type", "definition")
 
 
 def _check_changed(old: Optional[CheckState], new: CheckState) -> bool:
@@ -136,6 +162,7 @@ def plan(desired: DesiredState, actual: ActualState) -> Plan:
 
     wanted = {s.id for s in desired.services}
     deregister = tuple(s for s in actual.services if s.managed and s.id not in wanted)
+    node_checks, node_checks_removed = plan_node_checks(desired, actual)
     return Plan(
         node=desired.node,
         node_write=node_write,
@@ -143,4 +170,34 @@ def plan(desired: DesiredState, actual: ActualState) -> Plan:
         checks=tuple(check_writes),
         deregister=tuple(sorted(deregister, key=lambda s: s.id)),
         conflicts=tuple(conflicts),
+        node_checks=node_checks,
+        node_checks_removed=node_checks_removed,
     )
+
+
+def plan_node_checks(
+    desired: DesiredState, actual: ActualState
+) -> Tuple[Tuple[NodeCheckWrite, ...], Tuple[NodeCheck, ...]]:
+    """The owned node checks to write (missing or different) and to remove (present, owned,
+    not wanted). A check whose status Consul owns is compared without its status: regagent
+    never writes back a status Consul set (a session check turned critical stays critical)."""
+    present: Dict[str, NodeCheck] = {c.check_id: c for c in actual.node_checks}
+    writes: List[NodeCheckWrite] = []
+    for check in desired.node_checks:
+        old = present.get(check.check_id)
+        if old is None:
+            writes.append(NodeCheckWrite(check))
+            continue
+        fields = tuple(
+            f for f in NODE_CHECK_FIELDS if not (f == "status" and check.consul_owns_status)
+        )
+        changes = diff_fields(old, check, fields)
+        if changes:
+            writes.append(NodeCheckWrite(check, old, changes))
+    wanted = {c.check_id for c in desired.node_checks}
+    removed = tuple(
+        c
+        for c in sorted(actual.node_checks, key=lambda c: c.check_id)
+        if c.check_id in desired.owned_node_checks and c.check_id not in wanted
+    )
+    return tuple(writes), removed

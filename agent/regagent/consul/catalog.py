@@ -8,7 +8,7 @@ index, decision 3).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 import structlog
@@ -16,7 +16,15 @@ import structlog
 from regagent.consul.http import WriteRequest, parsed, send, stale_get
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome, ReadMeta
-from regagent.consul.txn import TxnSender, Unit, check_op, node_op, service_op, single_requests
+from regagent.consul.txn import (
+    TxnSender,
+    Unit,
+    check_delete_op,
+    check_op,
+    node_op,
+    service_op,
+    single_requests,
+)
 from regagent.desired import desired_state
 from regagent.errors import (
     NodeOwnedByAgent,
@@ -31,16 +39,16 @@ from regagent.model import (
     ActualState,
     CheckState,
     DesiredState,
+    NodeCheck,
     NodeRegistration,
     Result,
     ServiceIntent,
     ServiceRegistration,
 )
-from regagent.plan import Plan
+from regagent.nodechecks import SERF_HEALTH, NodeCheckSource, merged
+from regagent.plan import NodeCheckWrite, Plan
 
 log = structlog.get_logger(__name__)
-
-SERF_HEALTH = "serfHealth"
 
 
 def parse_node(data: Any) -> Tuple[Optional[NodeRegistration], Tuple[ServiceRegistration, ...]]:
@@ -72,8 +80,32 @@ def parse_service(raw: Any) -> ServiceRegistration:
 
 def parse_checks(data: Any) -> Tuple[Tuple[CheckState, ...], Tuple[str, ...]]:
     """`/v1/health/node/:node` to (service checks, node-level check IDs)."""
+    service_checks, node_checks = parse_all_checks(data)
+    return service_checks, tuple(c.check_id for c in node_checks)
+
+
+# The Definition fields regagent writes to node checks and compares: Consul renders the whole
+# HealthCheckDefinition (zero values omitted), and regagent sets only these.
+NODE_CHECK_DEFINITION_KEYS = ("SessionName",)
+
+
+def parse_node_check(raw: Any) -> NodeCheck:
+    definition = raw.get("Definition") or {}
+    return NodeCheck(
+        check_id=raw["CheckID"],
+        name=raw.get("Name", ""),
+        status=raw.get("Status", ""),
+        output=raw.get("Output", ""),
+        notes=raw.get("Notes") or "",
+        type=raw.get("Type") or "",
+        definition={k: str(definition[k]) for k in NODE_CHECK_DEFINITION_KEYS if definition.get(k)},
+    )
+
+
+def parse_all_checks(data: Any) -> Tuple[Tuple[CheckState, ...], Tuple[NodeCheck, ...]]:
+    """`/v1/health/node/:node` to (service checks, node-level checks)."""
     service_checks: List[CheckState] = []
-    node_checks: List[str] = []
+    node_checks: List[NodeCheck] = []
     for raw in data or ():
         if raw.get("ServiceID"):
             service_checks.append(
@@ -86,12 +118,12 @@ def parse_checks(data: Any) -> Tuple[Tuple[CheckState, ...], Tuple[str, ...]]:
                 )
             )
         else:
-            node_checks.append(raw["CheckID"])
+            node_checks.append(parse_node_check(raw))
     return tuple(service_checks), tuple(node_checks)
 
 
 NodeAnswer = Tuple[Optional[NodeRegistration], Tuple[ServiceRegistration, ...]]
-CheckAnswer = Tuple[Tuple[CheckState, ...], Tuple[str, ...]]
+CheckAnswer = Tuple[Tuple[CheckState, ...], Tuple[NodeCheck, ...]]
 
 
 def read_actual(pool: ServerPool, node_name: str) -> ActualState:
@@ -111,11 +143,17 @@ def read_with_leader(pool: ServerPool, node_name: str) -> Tuple[ActualState, boo
 
     def read_checks(c: Any) -> Tuple[CheckAnswer, bool]:
         answer = stale_get(c, check_path, list)
-        return parsed(answer.data, parse_checks, check_path), answer.known_leader
+        return parsed(answer.data, parse_all_checks, check_path), answer.known_leader
 
     (node, services), node_leader = pool.call("read node services", read_node, hedge=True)
     (checks, node_checks), check_leader = pool.call("read node checks", read_checks, hedge=True)
-    actual = ActualState(node=node, services=services, checks=checks, node_check_ids=node_checks)
+    actual = ActualState(
+        node=node,
+        services=services,
+        checks=checks,
+        node_check_ids=tuple(c.check_id for c in node_checks),
+        node_checks=node_checks,
+    )
     return actual, node_leader and check_leader
 
 
@@ -147,6 +185,54 @@ def check_body(check: CheckState) -> Dict[str, Any]:
         "Status": check.status,
         "Output": check.output,
     }
+
+
+def node_check_body(check: NodeCheck) -> Dict[str, Any]:
+    """A node-level check: no ServiceID; Type and Definition only when set (a session check),
+    Status always (an empty Status resets the check to critical)."""
+    body: Dict[str, Any] = {
+        "CheckID": check.check_id,
+        "Name": check.name,
+        "Status": check.status,
+        "Output": check.output,
+        "Notes": check.notes,
+    }
+    if check.type:
+        body["Type"] = check.type
+    if check.definition:
+        body["Definition"] = dict(check.definition)
+    return body
+
+
+def node_check_unit(write: NodeCheckWrite, node: NodeRegistration, dc: Optional[str]) -> Unit:
+    """A node check's write. One with a Type or Definition goes as a single catalog register
+    even where /v1/txn is served: a transaction's check op keeps only some Definition fields
+    (Consul's convertOps; `SessionName` is not among them) and does not carry Type."""
+    check = write.check
+    body = node_check_body(check)
+    request = WriteRequest(
+        "/v1/catalog/register",
+        {**node_fields(node, dc), "Check": body},
+        f"node check {check.check_id}",
+        "node_check",
+    )
+    single_only = bool(check.type or check.definition)
+    ops = () if single_only else (check_op(node.name, body),)
+    return Unit(f"node check {check.check_id}", "node_check", ops, request)
+
+
+def node_check_removal_unit(check: NodeCheck, node: str, dc: Optional[str]) -> Unit:
+    body: Dict[str, Any] = {"Node": node, "CheckID": check.check_id}
+    if dc:
+        body["Datacenter"] = dc
+    return Unit(
+        f"remove node check {check.check_id}",
+        "deregister",
+        (check_delete_op(node, check.check_id),),
+        WriteRequest(
+            "/v1/catalog/deregister", body, f"remove node check {check.check_id}", "deregister"
+        ),
+    )
 
 
 def register_body(
@@ -226,6 +312,8 @@ def plan_units(plan: Plan, datacenter: Optional[str]) -> List[Unit]:
                 deregister_request(name, gone.id, datacenter),
             )
         )
+    units += [node_check_unit(w, node, datacenter) for w in plan.node_checks]
+    units += [node_check_removal_unit(c, name, datacenter) for c in plan.node_checks_removed]
     return units
 
 
@@ -243,9 +331,15 @@ def plan_requests(plan: Plan, datacenter: Optional[str]) -> List[WriteRequest]:
 
 def logical_writes(plan: Plan) -> int:
     """The writes the report counts for `plan`, whichever request layout carries them (as
-    `txn.counted`, without building a body): one per service, check or deregistration; the
-    node's own write only when none of those carries the node (every catalog register does)."""
-    writes = len(plan.services) + len(plan.checks) + len(plan.deregister)
+    `txn.counted`, without building a body): one per service, check, node check or
+    deregistration; the node's own write only when none of those carries the node."""
+    writes = (
+        len(plan.services)
+        + len(plan.checks)
+        + len(plan.deregister)
+        + len(plan.node_checks)
+        + len(plan.node_checks_removed)
+    )
     return writes or (1 if plan.node_write is not None else 0)
 
 
@@ -306,11 +400,13 @@ class CatalogRegistrar:
         identity: NodeIdentity,
         node_meta: Mapping[str, str],
         datacenter: Optional[str],
+        node_checks: Sequence[NodeCheckSource] = (),
     ) -> None:
         self.pool = pool
         self.identity = identity
         self.node_meta = dict(node_meta)
         self.datacenter = datacenter
+        self.node_check_sources = tuple(node_checks)
         self.sender = TxnSender(pool, datacenter)
         pool.place(identity.name)
 
@@ -347,7 +443,18 @@ class CatalogRegistrar:
         node_address: str,
         results: Mapping[str, Result],
     ) -> DesiredState:
-        return desired_state(self.node(node_address), intents, results)
+        claim = merged(source.node_checks(actual) for source in self.node_check_sources)
+        return desired_state(
+            self.node(node_address),
+            intents,
+            results,
+            node_checks=claim.wanted,
+            owned_node_checks=claim.owned,
+        )
+
+    def owned_node_checks(self) -> FrozenSet[str]:
+        """The node check IDs regagent's features manage on this node."""
+        return merged(source.node_checks(None) for source in self.node_check_sources).owned
 
     def planned_writes(self, plan: Plan) -> int:
         return logical_writes(plan)
@@ -401,14 +508,22 @@ class CatalogRegistrar:
         return self._remove_owned(name, actual)
 
     def _remove_owned(self, name: str, actual: ActualState) -> List[str]:
-        """Deregisters the regagent services of node `name`, and the node when emptied."""
+        """Deregisters the regagent services and node checks of node `name`, and the node when
+        nothing else is left on it."""
         removed: List[str] = []
         for service in actual.services:
             if service.managed:
                 send(self.pool, deregister_request(name, service.id, self.datacenter))
                 removed.append(service.id)
+        owned = self.owned_node_checks()
         foreign = [s for s in actual.services if not s.managed]
-        if actual.node is not None and not foreign and not actual.node_check_ids:
-            deregister_node(self.pool, name, self.datacenter)
+        foreign_checks = [c for c in actual.node_check_ids if c not in owned]
+        if actual.node is not None and not foreign and not foreign_checks:
+            deregister_node(self.pool, name, self.datacenter)  # its checks go with it
             removed.append(f"node {name}")
+            return removed
+        for check_id in (c for c in actual.node_check_ids if c in owned):
+            unit = node_check_removal_unit(NodeCheck(check_id, "", ""), name, self.datacenter)
+            send(self.pool, unit.single)
+            removed.append(f"node check {check_id}")
         return removed

@@ -201,8 +201,24 @@ class TxnSender:
         return answer
 
     def send(self, units: Sequence[Unit]) -> ApplyOutcome:
-        """Sends `units` as described in the module docstring."""
-        outcome = ApplyOutcome(planned=len(counted(units)))
+        """Sends `units` as described in the module docstring; units without txn ops (a node
+        check a transaction cannot carry whole) go as single writes after the transactions,
+        unless the cluster was lost on the way."""
+        batched = [u for u in units if u.ops]
+        singles = [u.single for u in units if not u.ops]
+        if singles and all(u.kind == "node" for u in batched):
+            batched = []  # every single catalog register carries the node
+
+        outcome = self._send(batched, planned=len(counted(units)))
+        if singles and (outcome.error is None or isinstance(outcome.error, ConsulRefused)):
+            failures: List[RegagentError] = [outcome.error] if outcome.error else []
+            outcome = _merge(outcome, send_all(self.pool, singles), failures)
+        return outcome
+
+    def _send(self, units: Sequence[Unit], planned: int) -> ApplyOutcome:
+        outcome = ApplyOutcome(planned=planned)
+        if not units:
+            return outcome
         if not self.txn_available:
             return _merge(outcome, send_all(self.pool, single_requests(units)))
         failures: List[RegagentError] = []
@@ -298,3 +314,7 @@ def service_op(node: str, verb: str, service: Dict[str, Any]) -> Op:
 
 def check_op(node: str, check: Dict[str, Any]) -> Op:
     return {"Check": {"Verb": "set", "Check": {"Node": node, **check}}}
+
+
+def check_delete_op(node: str, check_id: str) -> Op:
+    return {"Check": {"Verb": "delete", "Check": {"Node": node, "CheckID": check_id}}}

@@ -5,13 +5,17 @@ JSON schema (`regagent sync --format json`), one object:
   in_sync: bool | null   - Consul already matched, nothing skipped (null: Consul not read)
   server: str | null     - the server that answered
   node: {name, address, meta}
-  changes: [ {action: "node"|"register"|"update"|"status"|"deregister",
+  changes: [ {action: "node"|"register"|"update"|"status"|"deregister"
+                      |"node_check"|"node_check_removal",
               service_id: str | null,
+              check_id: str,                          # node_check and node_check_removal only
               service: {id, name, address, port, tags, meta} | null,
               diff: {field: {old, new}},             # update and node only
               check: {status, output} | null} ]
   conflicts: [ {service_id, reason} ]
   desired: [ {id, name, address, port, tags, meta, check: {status, output}} ]
+  node_checks: [ {check_id, name, status, output, notes, type, definition,
+                  status_by: "regagent"|"consul"} ]   # node-level checks regagent wants
   writes: int            - writes made (0 for a dry run)
   requests: int          - write requests that carried them (one /v1/txn carries many)
   error: str | null
@@ -24,6 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from regagent.model import (
     CheckState,
     DesiredState,
+    NodeCheck,
     ServiceRegistration,
     meta_dict,
     service_json,
@@ -92,7 +97,42 @@ def changes_json(plan: Plan) -> List[Dict[str, Any]]:
                 "check": None,
             }
         )
+    for node_check_write in plan.node_checks:
+        out.append(
+            {
+                "action": "node_check",
+                "service_id": None,
+                "check_id": node_check_write.check.check_id,
+                "service": None,
+                "diff": _diff_json(node_check_write.diff),
+                "check": _node_check_json(node_check_write.check),
+            }
+        )
+    for removed in plan.node_checks_removed:
+        out.append(
+            {
+                "action": "node_check_removal",
+                "service_id": None,
+                "check_id": removed.check_id,
+                "service": None,
+                "diff": {},
+                "check": None,
+            }
+        )
     return out
+
+
+def _node_check_json(check: NodeCheck) -> Dict[str, Any]:
+    return {
+        "check_id": check.check_id,
+        "name": check.name,
+        "status": check.status,
+        "output": check.output,
+        "notes": check.notes,
+        "type": check.type,
+        "definition": meta_dict(check.definition),
+        "status_by": "consul" if check.consul_owns_status else "regagent",
+    }
 
 
 def desired_json(desired: DesiredState) -> List[Dict[str, Any]]:
@@ -114,6 +154,9 @@ def cycle_json(result: CycleReport, dry_run: bool) -> Dict[str, Any]:
         if result.plan is None
         else [{"service_id": c.service_id, "reason": c.reason} for c in result.plan.conflicts],
         "desired": [] if result.desired is None else desired_json(result.desired),
+        "node_checks": []
+        if result.desired is None
+        else [_node_check_json(c) for c in result.desired.node_checks],
         "writes": result.writes,
         "requests": result.requests,
         "error": None if result.error is None else str(result.error),
@@ -156,9 +199,25 @@ def plan_text(plan: Plan) -> List[str]:
         lines.append(f"! status {new.service_id}: {old} -> {new.status} ({new.output})")
     for service in plan.deregister:
         lines.append(f"- deregister {service.id}: {_describe_service(service)}")
+    for node_check_write in plan.node_checks:
+        node_check = node_check_write.check
+        if node_check_write.is_new:
+            lines.append(f"+ node check {node_check.check_id}: {_describe_node_check(node_check)}")
+        else:
+            lines.append(f"~ node check {node_check.check_id}")
+            lines += [f"    {n}: {_show(o)} -> {_show(v)}" for n, o, v in node_check_write.diff]
+    for removed in plan.node_checks_removed:
+        lines.append(f"- remove node check {removed.check_id}: {removed.name}")
     for conflict in plan.conflicts:
         lines.append(f"? skip {conflict.service_id}: {conflict.reason}")
     return lines
+
+
+def _describe_node_check(check: NodeCheck) -> str:
+    kind = f" type={check.type}" if check.type else ""
+    definition = f" {_show(dict(check.definition))}" if check.definition else ""
+    owner = ", then Consul's" if check.consul_owns_status else ""
+    return f"{check.name!r}{kind}{definition} [{check.status}{owner}]"
 
 
 def desired_text(desired: DesiredState) -> List[str]:
@@ -170,6 +229,8 @@ def desired_text(desired: DesiredState) -> List[str]:
         check = checks.get(service.id)
         status = f" [{check.status}: {check.output}]" if check else ""
         lines.append(f"  {service.id}: {_describe_service(service)}{status}")
+    for node_check in desired.node_checks:
+        lines.append(f"  node check {node_check.check_id}: {_describe_node_check(node_check)}")
     return lines
 
 
@@ -204,6 +265,8 @@ def _cycle_lines(result: CycleReport, dry_run: bool) -> List[str]:
         "to update": sum(1 for w in plan.services if not w.is_new),
         "status change(s)": len(plan.checks),
         "to deregister": len(plan.deregister),
+        "node check(s) to write": len(plan.node_checks),
+        "node check(s) to remove": len(plan.node_checks_removed),
     }
     summary = ", ".join(f"{n} {label}" for label, n in counts.items() if n)
     if dry_run:

@@ -1,0 +1,100 @@
+"""Driving the Consul emulator for regagent tests of the host's node: a configuration file for
+a catalog-mode regagent, the node's checks and services as health readers see them, and writes
+made by a third party (an operator's `consul` command, another tool) over the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from consulsim import SimCluster
+
+NODE = "regagent-session-host"
+
+
+def write_config(
+    tmp_path: Path,
+    cluster: SimCluster,
+    services: List[Dict[str, Any]],
+    *,
+    node: str = NODE,
+    **sections: Any,
+) -> Path:
+    """A catalog-mode configuration on loopback with short timeouts and a 1 s interval."""
+    consul_section = {
+        "servers": list(cluster.addresses),
+        "connect_timeout": "1s",
+        "read_timeout": "1s",
+        "cooldown_initial": "200ms",
+        "cooldown_max": "1s",
+        **sections.pop("consul", {}),
+    }
+    sync_section = {
+        "interval": "1s",
+        "jitter": "50ms",
+        "state_dir": str(tmp_path / "state"),
+        **sections.pop("sync", {}),
+    }
+    config = {
+        "consul": consul_section,
+        "node": {"name": node, "address": "127.0.0.1"},
+        "sync": sync_section,
+        "discovery": {"enabled": False},
+        "services": services,
+        **sections,
+    }
+    path = tmp_path / "regagent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def static(name: str, port: int) -> Dict[str, Any]:
+    """A static service without a probe: passing unless a node check says otherwise."""
+    return {"name": name, "port": port, "check": {"type": "none"}}
+
+
+def node_checks(cluster: SimCluster, node: str = NODE) -> Dict[str, Any]:
+    """`/v1/health/node/<node>` by CheckID."""
+    path = f"/v1/health/node/{urllib.parse.quote(node)}?stale"
+    return {c["CheckID"]: c for c in cluster.get(cluster.live_server(), path)}
+
+
+def service_health(cluster: SimCluster, service: str, passing: bool = False) -> List[Any]:
+    """`/v1/health/service/<name>` (with `?passing`: only instances whose checks all pass)."""
+    query = "?stale&passing" if passing else "?stale"
+    path = f"/v1/health/service/{urllib.parse.quote(service)}{query}"
+    return list(cluster.get(cluster.live_server(), path))
+
+
+def sessions_of(cluster: SimCluster, node: str = NODE) -> List[Dict[str, Any]]:
+    path = f"/v1/session/node/{urllib.parse.quote(node)}?stale"
+    return list(cluster.get(cluster.live_server(), path))
+
+
+def put(cluster: SimCluster, path: str, body: Optional[Any] = None, server: int = -1) -> Any:
+    """A PUT as a third party makes it; the decoded answer (errors raise HTTPError)."""
+    i = cluster.live_server() if server < 0 else server
+    data = b"" if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(cluster.url(i) + path, data=data, method="PUT")
+    with urllib.request.urlopen(request, timeout=10, context=cluster.ssl_context()) as answer:
+        text = answer.read()
+    return json.loads(text) if text else None
+
+
+class DeclaredNodeChecks:
+    """A `NodeCheckSource` whose claim the test sets: the IDs it owns, the checks it wants."""
+
+    def __init__(self, owned: Any = (), wanted: Any = ()) -> None:
+        self.owned = frozenset(owned) | {c.check_id for c in wanted}
+        self.wanted = tuple(wanted)
+
+    def node_checks(self, actual: Any) -> Any:
+        from regagent.nodechecks import NodeCheckClaim
+
+        return NodeCheckClaim(self.owned, self.wanted)
