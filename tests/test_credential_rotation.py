@@ -32,7 +32,7 @@ from regagent.config.model import ConsulConfig, TLSConfig
 from regagent.consul.credentials import Credentials
 from regagent.consul.http import stale_get
 from regagent.consul.pool import ServerPool
-from regagent.errors import ConsulRefused
+from regagent.errors import ConfigError, ConsulRefused
 from regagent.x509 import certificates_in
 from tls_pki import TLSFiles, issue_client_certificate, make_tls_files
 
@@ -94,6 +94,13 @@ def _config(
 @contextlib.contextmanager
 def _daemon(config: Path) -> Iterator[Path]:
     """`regagent run`, its JSON log in a file; SIGTERM by pid at the end (KILL if it hangs)."""
+    with _daemon_process(config) as (_, log):
+        yield log
+
+
+@contextlib.contextmanager
+def _daemon_process(config: Path) -> Iterator[Tuple[subprocess.Popen[bytes], Path]]:
+    """`_daemon`, with the process too (to signal it)."""
     log = config.parent / "daemon.log"
     with open(log, "w") as sink:
         process = subprocess.Popen(
@@ -103,7 +110,7 @@ def _daemon(config: Path) -> Iterator[Path]:
             stderr=sink,
         )
     try:
-        yield log
+        yield process, log
     finally:
         os.kill(process.pid, signal.SIGTERM)
         try:
@@ -256,6 +263,56 @@ def test_a_refused_tls_file_is_named_and_only_the_file_at_fault_shows_as_refused
     assert logs[0]["problem"] == f"CA file {ca} holds a PEM certificate that is cut off"
     assert "does not match the certificate" in logs[1]["problem"]
     assert "PRIVATE KEY" not in repr(logs)
+
+
+def test_a_tls_file_that_cannot_be_used_at_start_is_a_configuration_error_naming_its_key(
+    tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    first = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a")
+    other = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-b")
+    expired = issue_client_certificate(tls_files, tmp_path / "pki", "old", valid_seconds=-30)
+    garbled = tmp_path / "garbled.pem"
+    garbled.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    missing = tmp_path / "missing.pem"
+
+    def problem(ca: Path, cert: Path, key: Path) -> str:
+        tls = TLSConfig(ca_file=str(ca), cert_file=str(cert), key_file=str(key))
+        with pytest.raises(ConfigError) as raised:
+            Credentials(ConsulConfig(scheme="https", tls=tls))
+        [line] = raised.value.problems
+        return line
+
+    assert problem(missing, *first) == (
+        f"consul.tls.ca_file: cannot read CA file {missing}: No such file or directory"
+    )
+    assert problem(tls_files.ca, garbled, first[1]) == (
+        f"consul.tls.cert_file: certificate file {garbled} certificate 1 is not a valid X.509 "
+        "certificate"
+    )
+    assert problem(tls_files.ca, first[0], missing) == (
+        f"consul.tls.key_file: cannot read key file {missing}: No such file or directory"
+    )
+    assert problem(tls_files.ca, first[0], other[1]).startswith(
+        f"consul.tls.key_file: key file {other[1]} does not match the certificate in {first[0]} "
+        "(subject CN=regagent-a, expires "
+    )
+    # An expired certificate is not refused at start: the daemon starts and waits for a new one.
+    tls = TLSConfig(ca_file=str(tls_files.ca), cert_file=str(expired[0]), key_file=str(expired[1]))
+    assert Credentials(ConsulConfig(scheme="https", tls=tls)).context is not None
+
+
+def test_status_with_a_missing_ca_file_says_so_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "regagent.yaml"
+    missing = tmp_path / "missing-ca.pem"
+    consul = {"servers": ["127.0.0.1:1"], "scheme": "https", "tls": {"ca_file": str(missing)}}
+    config.write_text(yaml.safe_dump({"consul": consul, "node": {"name": NODE}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", str(config), "status"],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "crashed" not in result.stderr
+    assert f"consul.tls.ca_file: cannot read CA file {missing}" in result.stderr
 
 
 @pytest.fixture
@@ -556,3 +613,31 @@ def test_daemon_keeps_its_certificate_when_the_key_does_not_match_or_the_file_is
     )
     assert cut["problem"] == f"certificate file {live_cert} holds a PEM certificate that is cut off"
     assert "PRIVATE KEY" not in log.read_text()
+
+
+def test_a_reload_with_a_broken_ca_file_is_rejected_and_the_daemon_keeps_syncing(
+    mtls_cluster: SimCluster, tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    first = issue_client_certificate(tls_files, tmp_path / "pki", "regagent-a")
+    config, _, _ = _tls_config(tmp_path, mtls_cluster, tls_files, *first)
+    ca = tmp_path / "live" / "ca.pem"
+    _replace(ca, tls_files.ca.read_text())
+    settings = yaml.safe_load(config.read_text())
+    settings["consul"]["tls"]["ca_file"] = str(ca)
+    config.write_text(yaml.safe_dump(settings))
+    empty = mtls_cluster.snapshot_save()
+    with _daemon_process(config) as (process, log):
+        _eventually(lambda: _registered(mtls_cluster), "registered")
+        whole = tls_files.ca.read_text()
+        _replace(ca, whole[: len(whole) // 2])
+        os.kill(process.pid, signal.SIGHUP)
+        _eventually(lambda: bool(_events(log, "config_reload_rejected")), "the reload rejected")
+        mtls_cluster.snapshot_restore(empty)
+        _eventually(lambda: _registered(mtls_cluster), "written with the CA in use")
+        assert process.poll() is None
+    [problem] = _events(log, "config_reload_problem")
+    assert problem["problem"] == (
+        f"consul.tls.ca_file: CA file {ca} holds a PEM certificate that is cut off"
+    )
+    assert _events(log, "sync_failed") == []
+    assert [e["credential"] for e in _events(log, "credential_not_rotated")] == ["ca"]

@@ -26,6 +26,7 @@ from regagent.config.model import ConsulConfig
 from regagent.config.token import load_token, token_file_problem_text, token_file_text
 from regagent.consul.answers import classify_refusal, describe_failure, describe_ssl
 from regagent.consul.transport import TLSOptions, tls_context
+from regagent.errors import ConfigError
 from regagent.rotation import (
     ACL_NOT_FOUND,
     FileStamp,
@@ -49,11 +50,13 @@ Clock = Callable[[], float]
 
 
 class _Unusable(Exception):
-    """A new credential file that must not replace the one in use; the message says why."""
+    """A new credential file that must not replace the one in use; the message says why, and
+    `setting` names the consul.tls key of the file at fault."""
 
-    def __init__(self, credential: str, problem: str) -> None:
+    def __init__(self, credential: str, setting: str, problem: str) -> None:
         super().__init__(problem)
         self.credential = credential
+        self.setting = setting
         self.problem = problem
 
 
@@ -84,9 +87,11 @@ class Credentials:
     """The token and TLS context for the pool's clients, following their files."""
 
     def __init__(self, config: ConsulConfig, *, clock: Clock = time.time) -> None:
-        """Reads everything once, as the configuration names it: a problem here is the
-        start's (ConfigError for the token, the TLS library's error for the files), as before
-        rotation existed."""
+        """Reads everything once, as the configuration names it. A file that cannot be used is
+        a ConfigError naming its key (`consul.token_file`, `consul.tls.ca_file`, ...): the
+        command says so in one line, a reload is rejected and the running configuration kept.
+        An expired client certificate is not refused here: the daemon starts, says so, and
+        takes in the renewed one when it is written."""
         self.clock = clock
         self._lock = threading.RLock()
         self._clients: List[Any] = []
@@ -112,7 +117,7 @@ class Credentials:
         if self._tls is not None:
             for path in self._tls_paths():
                 self._in_use.stamps[path] = _stamp(path)
-            self.context = tls_context(self._tls)
+            self.context = self._first_context(self._tls)
             self._note_tls(now, _facts_or_none(self._tls.ca_file), self._cert_facts_at_start())
 
     def __repr__(self) -> str:
@@ -250,24 +255,39 @@ class Credentials:
             )  # fmt: skip
         return True
 
+    def _first_context(self, tls: TLSOptions) -> ssl.SSLContext:
+        """The context at start: what the TLS library accepts is used (the expiry is not
+        checked here); what it refuses is a ConfigError naming the file at fault."""
+        try:
+            return tls_context(tls)
+        except (OSError, ssl.SSLError) as exc:
+            try:
+                self._load_tls(tls, check_expiry=False)
+            except _Unusable as unusable:
+                problem = f"consul.tls.{unusable.setting}: {unusable.problem}"
+            else:
+                problem = f"consul.tls: the TLS files cannot be loaded: {_why(exc)}"
+            raise ConfigError([problem]) from None
+
     def _load_tls(
-        self, tls: TLSOptions
+        self, tls: TLSOptions, *, check_expiry: bool = True
     ) -> Tuple[ssl.SSLContext, Optional[List[CertificateFacts]], Optional[List[CertificateFacts]]]:
         """A new context from the files as they are now, or _Unusable naming the file at fault."""
         ca_facts = cert_facts = None
         if tls.ca_file:
-            ca_facts = _pem_facts(CA, tls.ca_file, "CA file")
+            ca_facts = _pem_facts(CA, "ca_file", tls.ca_file, "CA file")
             try:
                 tls_context(TLSOptions(verify=tls.verify, ca_file=tls.ca_file))
             except (OSError, ssl.SSLError) as exc:
-                raise _Unusable(
-                    CA, f"CA file {tls.ca_file} cannot be loaded: {_why(exc)}"
-                ) from None
+                why = f"CA file {tls.ca_file} cannot be loaded: {_why(exc)}"
+                raise _Unusable(CA, "ca_file", why) from None
         if tls.cert_file:
-            cert_facts = _pem_facts(CERT, tls.cert_file, "certificate file")
-            problem = certificate_problem(cert_facts, self.clock())
-            if problem:
-                raise _Unusable(CERT, f"certificate file {tls.cert_file} {problem}")
+            cert_facts = _pem_facts(CERT, "cert_file", tls.cert_file, "certificate file")
+            expired = certificate_problem(cert_facts, self.clock()) if check_expiry else None
+            if expired:
+                raise _Unusable(CERT, "cert_file", f"certificate file {tls.cert_file} {expired}")
+        if tls.key_file:
+            _readable(CERT, "key_file", tls.key_file, "key file")
         try:
             context = tls_context(tls)
         except (OSError, ssl.SSLError) as exc:
@@ -281,7 +301,7 @@ class Credentials:
                     f"certificate {tls.cert_file} with key {tls.key_file} cannot be loaded: "
                     f"{_why(exc)}"
                 )
-            raise _Unusable(CERT, problem) from None
+            raise _Unusable(CERT, "key_file", problem) from None
         return context, ca_facts, cert_facts
 
     def _cert_facts_at_start(self) -> Optional[List[CertificateFacts]]:
@@ -362,18 +382,24 @@ def _stamp(path: str) -> Optional[FileStamp]:
     return FileStamp(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _pem_facts(credential: str, path: str, what: str) -> List[CertificateFacts]:
+def _readable(credential: str, setting: str, path: str, what: str) -> bytes:
+    """The file's first bytes (at most PEM_MAX_BYTES + 1), or _Unusable saying why not."""
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(PEM_MAX_BYTES + 1)
+            return handle.read(PEM_MAX_BYTES + 1)
     except OSError as exc:
-        raise _Unusable(credential, f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        problem = f"cannot read {what} {path}: {exc.strerror or exc}"
+        raise _Unusable(credential, setting, problem) from None
+
+
+def _pem_facts(credential: str, setting: str, path: str, what: str) -> List[CertificateFacts]:
+    raw = _readable(credential, setting, path, what)
     if len(raw) > PEM_MAX_BYTES:
-        raise _Unusable(credential, f"{what} {path} is larger than 1 MiB")
+        raise _Unusable(credential, setting, f"{what} {path} is larger than 1 MiB")
     try:
         return certificates_in(raw.decode("ascii", errors="replace"))
     except ValueError as exc:
-        raise _Unusable(credential, f"{what} {path} {exc}") from None
+        raise _Unusable(credential, setting, f"{what} {path} {exc}") from None
 
 
 def _facts_or_none(path: Optional[str]) -> Optional[List[CertificateFacts]]:
@@ -381,7 +407,7 @@ def _facts_or_none(path: Optional[str]) -> Optional[List[CertificateFacts]]:
     if not path:
         return None
     try:
-        return _pem_facts(CERT, path, "file")
+        return _pem_facts(CERT, "", path, "file")
     except _Unusable as unusable:
         log.debug("certificate_facts_unreadable", path=path, problem=unusable.problem)
         return None
