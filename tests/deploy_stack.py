@@ -388,7 +388,7 @@ def alertmanager_command(
 
 
 _HCL_RULE = re.compile(
-    r'(node|service|agent)(_prefix)?\s+"([^"]*)"\s*\{\s*policy\s*=\s*"(\w+)"\s*\}'
+    r'(node|service|agent|session)(_prefix)?\s+"([^"]*)"\s*\{\s*policy\s*=\s*"(\w+)"\s*\}'
 )
 
 

@@ -12,22 +12,33 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
+import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x
 import pytest
 
 from consulsim import SimCluster
 from helpers.consul import NODE, write_config
 from regagent.app import build
 from regagent.config import load_config
-from regagent.config.model import ConsulConfig
-from regagent.consul.answers import BadRequestHeader, ServerFailed
+from regagent.config.model import ConsulConfig, TLSConfig
+from regagent.consul.answers import (
+    BadRequestHeader,
+    ServerFailed,
+    UnexpectedAnswer,
+    describe_failure,
+)
 from regagent.consul.catalog import read_actual
+from regagent.consul.http import stale_get
 from regagent.consul.pool import ServerPool, make_client
 from regagent.consul.retry import RetryPolicy, start_index
 from regagent.consul.transport import BoundedHTTPClient, RequestLimits, TLSOptions
@@ -42,13 +53,17 @@ class FakeServer:
     """Accepts connections on loopback and hands each, after reading the request head, to
     `behaviour` in a thread of its own; counts requests."""
 
-    def __init__(self, behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None) -> None:
+    def __init__(
+        self, behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None, host: str = "127.0.0.1"
+    ) -> None:
         self.behaviour = behaviour
         self.tls = tls  # a server-side context: HTTPS
+        self.host = host
         self.requests: List[str] = []
+        self.heads: List[str] = []  # each request's line and headers
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.listen(64)
         self.port: int = self.sock.getsockname()[1]
         self.stopped = threading.Event()
@@ -57,7 +72,7 @@ class FakeServer:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def _accept(self) -> None:
         while not self.stopped.is_set():
@@ -78,6 +93,7 @@ class FakeServer:
                     return
                 head += chunk
             self.requests.append(head.split(b"\r\n", 1)[0].decode())
+            self.heads.append(head.split(b"\r\n\r\n", 1)[0].decode())
             self.behaviour(conn)
 
     def close(self) -> None:
@@ -86,8 +102,10 @@ class FakeServer:
 
 
 @contextlib.contextmanager
-def fake_server(behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None) -> Iterator[FakeServer]:
-    server = FakeServer(behaviour, tls)
+def fake_server(
+    behaviour: Behaviour, tls: Optional[ssl.SSLContext] = None, host: str = "127.0.0.1"
+) -> Iterator[FakeServer]:
+    server = FakeServer(behaviour, tls, host)
     try:
         yield server
     finally:
@@ -171,6 +189,54 @@ def test_a_drip_over_tls_is_cut_at_the_overall_deadline(tls_files: TLSFiles) -> 
             get(client)
 
 
+def test_a_certificate_of_the_right_ca_for_another_name_is_refused(tls_files: TLSFiles) -> None:
+    """Verification checks the name, not only the CA: the test server certificate names
+    127.0.0.1, ::1 and localhost, so the same server at 127.0.0.2 is refused (a regression to
+    check_hostname=False would pass every other TLS test)."""
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    config = ConsulConfig(scheme="https", tls=TLSConfig(ca_file=str(tls_files.ca)))
+    leader = answer(200, '"10.0.0.1:8300"')
+    for host, refused in (("127.0.0.1", False), ("127.0.0.2", True)):
+        with fake_server(leader, tls=server_side, host=host) as server:
+            client = make_client(server.address, config, None, RetryPolicy())
+            if not refused:
+                assert client.leader() == "10.0.0.1:8300"
+                continue
+            with pytest.raises(ServerFailed) as failed:
+                client.leader()
+            assert failed.value.reason == (
+                "TLS error: certificate verify failed "
+                "(IP address mismatch, certificate is not valid for '127.0.0.2')"
+            )
+            assert server.requests == []  # nothing was sent
+
+
+def client_sockets_to(port: int) -> int:
+    """This process's open sockets connected to `port` (the fake server's: client side)."""
+    return sum(1 for c in psutil.Process().connections("tcp") if c.raddr and c.raddr.port == port)
+
+
+def test_a_refused_answer_closes_its_socket_while_the_error_is_kept() -> None:
+    """An answer refused while read (too large) closes its socket at once: the error's
+    traceback, kept by a caller (pytest.raises here), must not hold it open until a GC."""
+    with fake_server(answer(200, "x" * 2048)) as server:
+        failures = []
+        for _ in range(3):
+            with pytest.raises(ServerFailed, match="answer too large") as failed:
+                get(bounded(server, max_bytes=1024))
+            failures.append(failed)
+        assert client_sockets_to(server.port) == 0
+
+
+def test_a_leader_answer_that_is_not_json_says_so() -> None:
+    with fake_server(answer(200, "<html>login</html>")) as server:
+        client = make_client(server.address, ConsulConfig(), None, RetryPolicy())
+        with pytest.raises(UnexpectedAnswer) as failed:
+            client.leader()
+        assert describe_failure(failed.value) == "answer is not JSON (is this a Consul server?)"
+
+
 def test_an_endless_answer_is_cut_at_the_size_cap() -> None:
     with fake_server(endless) as server:
         client = bounded(server, max_bytes=1024 * 1024, deadline=30)
@@ -223,7 +289,16 @@ def test_the_client_ignores_consul_http_variables(monkeypatch: pytest.MonkeyPatc
         client = make_client(server.address, config, "configured", RetryPolicy())
         assert client.leader() == "10.0.0.1:8300"
         assert server.requests == ["GET /v1/status/leader HTTP/1.1"]
-        assert client.token == "configured"
+    # A read of regagent's carries the configured token and datacenter, nothing of the
+    # environment's.
+    with fake_server(answer(200, {"Node": None, "Services": {}})) as server:
+        config = ConsulConfig(servers=(server.address,), datacenter="dc7")
+        client = make_client(server.address, config, "configured", RetryPolicy())
+        stale_get(client, f"/v1/catalog/node/{NODE}", dict)
+        assert server.requests == [f"GET /v1/catalog/node/{NODE}?stale=1&dc=dc7 HTTP/1.1"]
+        headers = server.heads[0].split("\r\n")[1:]
+        assert "X-Consul-Token: configured" in headers
+        assert "from-the-environment" not in server.heads[0]
 
 
 def test_the_client_ignores_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,3 +439,62 @@ def test_an_unknown_datacenter_is_a_refusal_not_a_dead_cluster(
     result = regagent(path, "sync")
     assert result.returncode == 1
     assert "No path to datacenter" in result.stderr and "reachable" not in result.stderr
+
+
+# Under its own mount and network namespaces: resolv.conf names a DNS server on 127.0.0.1:53 that
+# never answers (glibc then waits timeout x attempts, here 10 s and more). Four leader calls to a
+# server written by host name; prints their failures and the lookups still running.
+HUNG_RESOLVER = """
+import json, socket, threading
+from regagent.config.model import ConsulConfig
+from regagent.consul.answers import ServerFailed
+from regagent.consul.pool import make_client
+from regagent.consul.retry import RetryPolicy
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dns.bind(("127.0.0.1", 53))  # receives the queries, answers none
+policy = RetryPolicy(connect_timeout=0.5, read_timeout=1.0)
+client = make_client("consul.regagent.test:8500", ConsulConfig(), None, policy)
+reasons = []
+for _ in range(4):
+    try:
+        client.leader()
+    except ServerFailed as exc:
+        reasons.append(exc.reason)
+lookups = [t.name for t in threading.enumerate() if t.name.startswith("regagent-resolve-")]
+print(json.dumps({"reasons": reasons, "lookups": lookups}))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)"
+)
+def test_a_server_host_name_is_resolved_within_the_connect_timeout(tmp_path: Path) -> None:
+    """getaddrinfo takes no timeout: a hung resolver held every request (and a hedged read's
+    race) for as long as resolv.conf's retries. Now each waits its connect timeout, and the
+    requests share one lookup."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:2\n")
+    setup = 'ip link set lo up\nmount --bind "$0" /etc/resolv.conf\nexec "$@"\n'
+    shown = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--net",
+            "sh",
+            "-ec",
+            setup,
+            str(resolv),
+            sys.executable,
+            "-c",
+            HUNG_RESOLVER,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert shown.returncode == 0, shown.stderr
+    seen = json.loads(shown.stdout)
+    assert seen["reasons"] == ["connection failed (name resolution timed out)"] * 4
+    assert seen["lookups"] == ["regagent-resolve-consul.regagent.test"]

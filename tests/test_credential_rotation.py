@@ -28,10 +28,12 @@ from structlog.testing import capture_logs
 
 from consulsim import SimCluster
 from helpers.ports import free_port
-from regagent.config.model import ConsulConfig, TLSConfig
+from regagent.app import make_pool
+from regagent.config.model import Config, ConsulConfig, TLSConfig
 from regagent.consul.credentials import Credentials
 from regagent.consul.http import stale_get
 from regagent.consul.pool import ServerPool
+from regagent.consul.retry import RetryPolicy
 from regagent.errors import ConfigError, ConsulRefused
 from regagent.x509 import certificates_in
 from tls_pki import TLSFiles, issue_client_certificate, make_tls_files
@@ -76,6 +78,9 @@ def _config(
             "read_timeout": "1s",
             "cooldown_initial": "200ms",
             "cooldown_max": "1s",
+            # The dead-man's switch has its own tests; its session would die with every
+            # snapshot_restore here. Its pool shares the watch: test_one_watch_serves_...
+            "session": {"enabled": False},
             **consul,
         },
         "node": {"name": NODE, "address": "127.0.0.1"},
@@ -364,6 +369,24 @@ def test_a_token_just_rotated_in_gets_one_more_try_and_then_is_refused_once(
     assert [e["event"] for e in logs] == ["consul_request_resent", "credential_refused"]
     assert logs[1]["path"] == str(token)
     assert not any(secret in repr(logs) for secret in SECRETS)
+
+
+def test_one_watch_serves_the_pool_and_the_dead_mans_switch_pool(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    config = Config(
+        consul=ConsulConfig(servers=("127.0.0.1:1", "127.0.0.1:2"), token_file=str(token))
+    )
+    policy = RetryPolicy.from_config(config)
+    main = make_pool(config, policy)
+    switch = make_pool(config, policy, main.credentials)
+    assert switch.credentials is main.credentials
+    _replace(token, NEW)
+    with capture_logs() as logs:
+        switch.new_cycle()  # the switch's thread may be the first to see it
+        main.new_cycle()
+    assert [server.client.token for server in main.servers + switch.servers] == [NEW] * 4
+    assert [e["event"] for e in logs] == ["credential_rotated"]
 
 
 def stale_get_nodes(pool: ServerPool) -> Any:

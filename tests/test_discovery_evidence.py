@@ -62,8 +62,9 @@ MONGODB = "/usr/bin/prometheus-mongodb-exporter"
     ("body", "exporter", "version"),
     [
         ('node_exporter_build_info{version="1.5.0"} 1\nnode_load1 0.1\n', "node_exporter", "1.5.0"),
-        # a program the table does not know is registered under its own name
-        ('acme_app_build_info{version="2.3.4"} 1\n', "acme_app", "2.3.4"),
+        # a program the table does not know, called like an exporter, is named by itself
+        ('acme_exporter_build_info{version="2.3.4"} 1\n', "acme_exporter", "2.3.4"),
+        ('acme_prober_build_info{version="2.3.4"} 1\n', "acme_prober", "2.3.4"),
         # an older program name the table lists as a fingerprint
         ('pg_exporter_build_info{version="0.8.0"} 1\n', "postgres_exporter", "0.8.0"),
         # Debian's builds: an empty version is no version; a Debian revision is kept as served
@@ -79,6 +80,28 @@ MONGODB = "/usr/bin/prometheus-mongodb-exporter"
 )
 def test_a_build_info_names_its_program(body: str, exporter: str, version: Optional[str]) -> None:
     assert named(body) == Naming(exporter, BUILD_INFO, body.split("{", maxsplit=1)[0], version)
+
+
+def test_an_off_table_program_not_called_an_exporter_needs_a_confirmation() -> None:
+    # Any user can bind a free default port of the table and answer `vault_build_info`: a
+    # name an ordinary service has is taken only when the port range or a trusted process
+    # name confirms it.
+    vault = 'vault_build_info{version="1.0"} 1\n'
+    naming, why = name_listener(9290, answer(vault), None, TABLE)
+    assert naming is None
+    assert why.startswith("vault_build_info names vault, which the exporter table does not know")
+    assert named(vault) is None
+    expected = Naming("vault", BUILD_INFO, "vault_build_info", "1.0")
+    assert name_listener(9290, answer(vault), None, TABLE, in_port_range=True)[0] == expected
+    # a process root started as `vault`, or a root-owned executable called so, confirms it
+    assert name_listener(9290, answer(vault), process("/usr/bin/vault", 0), TABLE)[0] == expected
+    users = process("/usr/bin/vault", 4242)  # root's executable, run by a user
+    assert name_listener(9290, answer(vault), users, TABLE)[0] == expected
+    # a user's own executable, or a name the user gave (argv[0], comm), confirms nothing
+    own = process("/home/u/vault", 4242, trusted=False)
+    assert name_listener(9290, answer(vault), own, TABLE)[0] is None
+    renamed = process("/usr/bin/python3", 4242, name="vault")
+    assert name_listener(9290, answer(vault), renamed, TABLE)[0] is None
 
 
 def test_an_unprefixed_build_info_is_named_by_its_help_text_only() -> None:
@@ -233,11 +256,14 @@ def test_a_port_names_only_an_answer_with_nothing_of_its_own_for_an_entry_that_s
 
 
 def test_the_strongest_evidence_wins() -> None:
-    own = answer('acme_build_info{version="1"} 1\n')
+    own = answer('acme_exporter_build_info{version="1"} 1\n')
     vouched = process(MONGODB, 102)
     assert name_listener(9001, own, vouched, TABLE)[0] == Naming(
-        "acme", BUILD_INFO, "acme_build_info", "1"
+        "acme_exporter", BUILD_INFO, "acme_exporter_build_info", "1"
     )
+    # a build_info that names nothing by itself leaves the process to name it
+    unconfirmed = answer('acme_build_info{version="1"} 1\n')
+    assert name_listener(9001, unconfirmed, vouched, TABLE)[0] == by_process(vouched, TABLE)
     bird = process("/usr/bin/prometheus-bird-exporter", 104)
     assert name_listener(9324, answer(""), bird, TABLE)[0] == by_process(bird, TABLE)
     assert name_listener(9324, answer(""), None, TABLE)[0] == by_port(9324, answer(""), TABLE)

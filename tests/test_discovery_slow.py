@@ -4,7 +4,8 @@ cycles, and stops when told, without waiting for the slow answer.
 
 The slow exporter answers each GET after 3 s: longer than `probe_timeout` (1 s), shorter than
 `identify_timeout` (6 s). Before issue 24 it was never registered (every probe timed out).
-Once registered, its health probe keeps `probe_timeout`: it turns critical, and stays.
+Once registered, its health probe keeps `probe_timeout`: it turns critical, saying it timed
+out, and stays, also past `sync.deregister_after` (it is there, only slow).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from typing import Any, Dict, Iterator, List
 from consulsim import SimCluster
 from helpers.cli import events
 from helpers.consul import node_checks, node_services, running_daemon, write_config
-from helpers.discovery import exporter, hermetic_discovery, stop, wait_listening
+from helpers.discovery import exporter, hermetic_discovery, only, stop, wait_listening
+from helpers.fakes import discovery_for, full_pass, reading_of
 from helpers.ports import free_port
 from helpers.waits import wait_for
+from regagent.config.model import Config, DiscoveryConfig, SyncConfig
+from regagent.model import CRITICAL, PASSING
 
 NODE = "slow-host"
 
@@ -30,7 +34,7 @@ import http.server, socketserver, sys, time
 BODY = b'slow_exporter_build_info{version="0.9.1"} 1\\n'
 class Slow(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        time.sleep(3.0)
+        time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 3.0)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.send_header("Content-Length", str(len(BODY)))
@@ -46,8 +50,10 @@ Server(("0.0.0.0", int(sys.argv[1])), Slow).serve_forever()
 
 
 @contextlib.contextmanager
-def slow_exporter(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", SLOW, str(port)], stdin=subprocess.DEVNULL)
+def slow_exporter(port: int, delay: float = 3.0) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW, str(port), str(delay)], stdin=subprocess.DEVNULL
+    )
     try:
         wait_listening(port, proc)
         yield proc
@@ -95,7 +101,11 @@ def test_a_slow_new_exporter_is_registered_without_holding_up_the_daemon(
                 30,
             )
             output = statuses(consul_cluster)[slow_sid]["Output"]
-            assert output.startswith(f"not serving metrics on :{slow_port} since ")
+            # what Prometheus sees: it answers, too slowly (not "not serving metrics ... since",
+            # which started deregister_after's count)
+            assert output == (
+                f"slow_exporter on :{slow_port}: no metrics from /metrics (timed out after 1s)"
+            )
             assert statuses(consul_cluster)[fast_sid]["Status"] == "passing"
     # the fast one, whose first probe answered, never waited behind the slow one's longer look
     assert order == [fast_sid, slow_sid]
@@ -103,3 +113,34 @@ def test_a_slow_new_exporter_is_registered_without_holding_up_the_daemon(
     assert "cycle_interrupted" not in daemon.stderr_text
     assert "CycleDeadline" not in daemon.stderr_text
     assert events(daemon.stderr_text, "watch_pass_crashed") == []
+
+
+def test_a_slow_exporter_still_answering_outlives_deregister_after(tmp_path: Path) -> None:
+    """Registered from a longer look, then probed in-cycle with probe_timeout, which it never
+    meets: failing (its check says it timed out), but there, so 72 h later (a fake clock: the
+    passes' `now`) it is still registered rather than removed as vanished."""
+    port = free_port(addr="0.0.0.0")
+    settings = DiscoveryConfig(port_ranges=((port, port),), probe_timeout=0.2, identify_timeout=3)
+    config = Config(discovery=settings, sync=SyncConfig(state_dir=str(tmp_path)))
+    discovery = discovery_for(config, reading_of(only(port)))
+    sid = f"slow-exporter-{port}"
+    start = 1.8e9
+    with slow_exporter(port, delay=0.6):
+        registered: Dict[str, Any] = {}
+        for _ in range(100):  # bounded: the longer look takes 0.6 s
+            registered = {i.service.id: i for i in full_pass(discovery, "192.0.2.10", start)}
+            if sid in registered:
+                break
+            time.sleep(0.05)
+        assert registered[sid].status == (
+            PASSING,
+            f"slow_exporter 0.9.1 serving /metrics on :{port}",
+        )
+        later = start + config.sync.deregister_after + 3600
+        for step in range(config.sync.failures_before_critical):
+            kept = {i.service.id: i for i in full_pass(discovery, "192.0.2.10", later + step)}
+            assert sid in kept, "deregistered while it still answers"
+        assert kept[sid].status == (
+            CRITICAL,
+            f"slow_exporter on :{port}: no metrics from /metrics (timed out after 0.2s)",
+        )

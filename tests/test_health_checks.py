@@ -5,7 +5,10 @@ Servers are in-process threads on loopback, shut down when each test ends.
 
 from __future__ import annotations
 
+import errno
 import http.server
+import json
+import os
 import shutil
 import socket
 import ssl
@@ -13,13 +16,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
 from regagent.health import Health, ProbePool
 from regagent.health.checks import http_check, run_probes, tcp_check, tcp_checks
 from regagent.health.flap import FlapGuard
+from regagent.health.http import bounded_get
 from regagent.model import (
     CRITICAL,
     PASSING,
@@ -131,6 +135,39 @@ def test_self_signed_certificate_reads_as_such(https_port: int) -> None:
     )
 
 
+def test_https_checks_load_the_ca_store_once_per_pool_and_discovery_never(
+    https_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading the system CA store (ssl.create_default_context) costs more than a check: the
+    probe pool builds the verifying context once and keeps it across cycles, and discovery's
+    probe, which does not verify, never loads it."""
+    built: List[bool] = []
+    real = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    probes = [
+        HealthProbe("http", f"https://127.0.0.1:{https_port}/metrics?n={n}", 5.0) for n in range(3)
+    ]
+    with ProbePool(2) as pool:
+        for _ in range(2):
+            results = pool(probes)
+            assert all(
+                text.endswith("certificate verify failed (self-signed certificate)")
+                for _, text in results.values()
+            )
+    assert len(built) == 1
+    # discovery's GET (regagent.discovery.probe): over TLS, not verified
+    answer = bounded_get(
+        f"https://127.0.0.1:{https_port}/metrics", timeout=5.0, max_bytes=1024, verify=False
+    )
+    assert answer.status == 501  # BaseHTTPRequestHandler has no do_GET: it answered, over TLS
+    assert len(built) == 1
+
+
 def test_other_tls_failures_name_the_reason() -> None:
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -218,6 +255,92 @@ def test_tcp_checks_at_once_say_what_one_at_a_time_says() -> None:
     finally:
         for sock in (listening, full, *fillers):
             sock.close()
+
+
+# Checks 60 listeners' ports under a soft limit of 40 descriptors; prints each status.
+LOW_FD_LIMIT = """
+import json, resource, sys
+from regagent.health.checks import tcp_checks
+from regagent.model import HealthProbe
+probes = [HealthProbe("tcp", f"127.0.0.1:{port}", 5.0) for port in sys.argv[1:]]
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard))
+results = tcp_checks(probes)
+print(json.dumps([results[probe] for probe in probes]))
+"""
+
+
+def listeners(count: int) -> List[socket.socket]:
+    found: List[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        found.append(sock)
+    return found
+
+
+def test_tcp_checks_out_of_descriptors_wait_for_the_connects_in_flight() -> None:
+    """More checks than descriptors left: each still passes (the rest wait for a next batch),
+    where one EMFILE used to fail every check of the cycle."""
+    servers = listeners(60)
+    try:
+        ports = [str(server.getsockname()[1]) for server in servers]
+        done = subprocess.run(
+            [sys.executable, "-c", LOW_FD_LIMIT, *ports],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        for server in servers:
+            server.close()
+    assert done.returncode == 0, done.stderr
+    statuses = json.loads(done.stdout)
+    assert len(statuses) == 60
+    assert all(
+        status == [PASSING, f"TCP connect 127.0.0.1:{port}: success"]
+        for status, port in zip(statuses, ports)
+    )
+
+
+def test_tcp_checks_in_batches_say_what_one_at_a_time_says() -> None:
+    servers = listeners(5)
+    try:
+        probes = [HealthProbe("tcp", f"127.0.0.1:{s.getsockname()[1]}", 2.0) for s in servers]
+        probes.insert(2, HealthProbe("tcp", f"127.0.0.1:{closed_port()}", 2.0))
+        in_twos = tcp_checks(probes, batch=2)
+        assert in_twos == {probe: tcp_check(probe.target, probe.timeout) for probe in probes}
+        assert [status for status, _ in in_twos.values()].count(PASSING) == 5
+    finally:
+        for server in servers:
+            server.close()
+
+
+def test_a_socket_call_that_fails_fails_its_probe_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An IPv6 check on a host without IPv6 (booted with ipv6.disable=1: socket() fails with
+    EAFNOSUPPORT) is critical; the other checks of the cycle still run."""
+    real_socket = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: Any, **kwargs: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return real_socket(family, *args, **kwargs)
+
+    (server,) = listeners(1)
+    try:
+        v4 = HealthProbe("tcp", f"127.0.0.1:{server.getsockname()[1]}", 2.0)
+        v6 = HealthProbe("tcp", "[2001:db8::1]:9100", 2.0)
+        monkeypatch.setattr(socket, "socket", no_ipv6)
+        results = tcp_checks([v6, v4])
+    finally:
+        monkeypatch.undo()
+        server.close()
+    assert results[v4][0] == PASSING
+    assert results[v6][0] == CRITICAL
+    assert results[v6][1].startswith("TCP connect [2001:db8::1]:9100: ")
+    assert "not supported" in results[v6][1].lower()
 
 
 def _blocked_signals(native_id: int) -> int:

@@ -120,3 +120,25 @@ def test_agent_mode_writes_a_whole_day_interval_as_go_reads_it(
     assert "service:db-5432" in consul_cluster.get(1, "/v1/agent/checks")
     meta = agent_services(consul_cluster)["db-5432"]["Meta"]
     assert meta["regagent-check"] == "tcp 127.0.0.1:5432 every 24h"
+
+
+def test_agent_mode_deregisters_ids_with_a_slash_or_a_space(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """Each ID is percent-encoded once in the request path, as Consul decodes it once
+    (`strings.TrimPrefix(req.URL.Path, ...)`): `web/1` and `a b` are removed, not answered
+    "Unknown service ID" and taken for already gone."""
+    services = [{**static("web", 8080), "id": "web/1"}, {**static("app", 9000), "id": "a b"}]
+    config = agent_config(tmp_path, consul_cluster, services)
+    first = regagent(config, "sync")
+    assert first.returncode == 0, first.stderr
+    assert set(agent_services(consul_cluster)) == {"web/1", "a b"}
+
+    agent_config(tmp_path, consul_cluster, [])
+    removed = regagent(config, "sync")
+    assert removed.returncode == 0, removed.stderr
+    assert "- deregister web/1" in removed.stdout and "- deregister a b" in removed.stdout
+    assert agent_services(consul_cluster) == {}
+    again = regagent(config, "sync")
+    assert again.returncode == 0, again.stderr
+    assert "In sync" in again.stdout

@@ -6,6 +6,7 @@ What a user sees on failure is asserted literally: exit 1 and one line naming th
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -16,6 +17,15 @@ from helpers.consul import fast_cluster, node_services, regagent, static, write_
 from tls_pki import TLSFiles
 
 HTTPS = "https"
+
+
+def _loopback6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def _cluster(files: TLSFiles, *, require_client_cert: bool) -> SimCluster:
@@ -175,3 +185,29 @@ def test_verify_off_is_one_warning_per_configuration_and_pools_share_nothing() -
         ServerPool(config)
         ServerPool(config)  # a second app in the same process warns too: no shared flag
     assert [e["event"] for e in logs].count("consul_tls_verify_off") == 2
+
+
+needs_ipv6 = pytest.mark.skipif(not socket.has_ipv6 or not _loopback6(), reason="no ::1 here")
+
+
+@needs_ipv6
+@pytest.mark.parametrize("scheme", ["http", HTTPS])
+def test_servers_written_as_ipv6_in_brackets_are_reached(
+    scheme: str, tls_files: TLSFiles, tmp_path: Path
+) -> None:
+    """`[::1]:8500`, as the validator asks IPv6 servers to be written: reached over plain HTTP
+    and over HTTPS, where the certificate's IP SAN ::1 must match (verify on)."""
+    tls = (
+        {"tls_cert": str(tls_files.server_cert), "tls_key": str(tls_files.server_key)}
+        if scheme == HTTPS
+        else {}
+    )
+    cluster = fast_cluster(bind="::1", control_bind="127.0.0.1", tls_ca=str(tls_files.ca), **tls)
+    with cluster:
+        assert all(address.startswith("[::1]:") for address in cluster.addresses)
+        config = _config(tmp_path, cluster, {"ca_file": str(tls_files.ca)}, scheme=scheme)
+        result = regagent(config, "sync")
+        assert result.returncode == 0, result.stderr
+        assert set(node_services(cluster)) == {"queue-9000"}
+        status = regagent(config, "status")
+        assert status.returncode == 0, status.stdout + status.stderr

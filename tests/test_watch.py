@@ -34,7 +34,11 @@ def status_of(cluster: SimCluster, sid: str) -> Optional[str]:
 
 
 def node_known(cluster: SimCluster) -> bool:
-    return cluster.catalog_node_services(NODE) is not None
+    """The daemon's first full cycle is done, its dead-man's switch armed included (a session
+    on the node): the requests that follow are the watch's alone."""
+    if cluster.catalog_node_services(NODE) is None:
+        return False
+    return bool(cluster.get(cluster.live_server(), f"/v1/session/node/{NODE}?stale"))
 
 
 def put_requests(cluster: SimCluster) -> int:

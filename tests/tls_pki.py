@@ -1,8 +1,8 @@
 """A throwaway PKI for TLS tests, made with the ``openssl`` command at test time.
 
-Every run makes a fresh CA, a server certificate for 127.0.0.1 (IP SAN, as Python's and Go's
-clients check the IP against the SAN, never the CN) and a client certificate, each valid for
-one day, in a temporary directory. No key is ever committed.
+Every run makes a fresh CA, a server certificate for 127.0.0.1 and ::1 (IP SANs, as Python's
+and Go's clients check the IP against the SAN, never the CN) and a client certificate, each
+valid for one day, in a temporary directory. No key is ever committed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _SERVER_EXT = """\
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 """

@@ -19,8 +19,9 @@ from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.consul.agent import AgentRegistrar
 from regagent.consul.answers import Outcome
-from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.catalog import CatalogRegistrar, SessionSwitch
 from regagent.consul.credentials import Credentials
+from regagent.consul.deadman import SessionEvents, SessionKeeper, SessionSettings, default_ttl
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 #   heartbeat  what the systemd watchdog reads
 #   lock       the daemon's hold on its state directory, while the directory stays the same
 #   maintenance_metric  registered once, with the metrics; told the new state directory
+#   sessions   the dead-man's switch: its live session and renewing thread (a reload keeps the
+#              session; the host is never marked dead by a reload)
 # The pool and the identity are rebuilt, since the configuration names their servers and their
 # node, and take over their predecessor's state (`adopt`). The others are kept and told the new
 # configuration, by the same calls that configure them on the first build.
@@ -69,6 +72,7 @@ SURVIVES_RELOAD = (
     "heartbeat",
     "lock",
     "maintenance_metric",
+    "sessions",
 )
 
 
@@ -91,6 +95,7 @@ class App:
     # the maintenance window's end on the metrics endpoint (`regagent maint`)
     maintenance_metric: Optional[MaintenanceCollector] = None
     maintenance: Optional[MaintenanceChecks] = None  # the window as a node check, and its end
+    sessions: Optional[SessionKeeper] = None  # catalog mode: the dead-man's switch
 
 
 def build(
@@ -156,7 +161,18 @@ def build(
     node_checks: List[NodeCheckSource] = []
     maintenance_checks = MaintenanceChecks(maintenance)
     node_checks.append(maintenance_checks)  # `regagent maint`: _node_maintenance
-    registrar = make_registrar(config, pool, identity, node_checks)
+    sessions = make_sessions(
+        config,
+        policy=policy,
+        identity=identity,
+        metrics=metrics,
+        writer=writer,
+        previous=previous,
+        credentials=pool.credentials,
+    )
+    if sessions is not None:
+        node_checks.append(sessions)  # the dead-man's switch: regagent:alive
+    registrar = make_registrar(config, pool, identity, node_checks, switch=sessions)
     engine = SyncEngine(
         registrar,
         discovery if intent_source is None else GivenIntents(intent_source),
@@ -181,15 +197,73 @@ def build(
         lock,
         maintenance_metric,
         maintenance_checks,
+        sessions,
     )
 
 
-def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
-    """The servers, or in agent mode only the local agent (which forwards to them)."""
+def session_settings(config: Config, node: str) -> SessionSettings:
+    session = config.consul.session
+    return SessionSettings(
+        node=node,
+        ttl=session.ttl if session.ttl is not None else default_ttl(config.sync.interval),
+        on_stop=session.on_stop,
+        enabled=session.enabled,
+        datacenter=config.consul.datacenter,
+    )
+
+
+def make_sessions(
+    config: Config,
+    *,
+    policy: RetryPolicy,
+    identity: NodeIdentity,
+    metrics: Optional[Metrics],
+    writer: Writer,
+    previous: Optional[App],
+    credentials: Optional[Credentials] = None,
+) -> Optional[SessionKeeper]:
+    """The dead-man's switch in catalog mode. The daemon's renews its session through a
+    server pool of its own (a thread of its own); a one-shot command's only claims the check
+    (it leaves the daemon's as it is, and `deregister` removes it). `credentials` are the main
+    pool's: one watch of the token and TLS files serves both pools."""
+    kept = previous.sessions if previous is not None else None
+    if config.consul.mode != "catalog":
+        if kept is not None:  # reloaded into agent mode: the agent's node, not ours
+            kept.stop("disarm")
+        return None
+    settings = session_settings(config, identity.name)
+    pool = None
+    if writer.daemon:
+        pool = make_pool(config, policy, credentials)
+        pool.place(identity.name)
+        if metrics is not None:
+            pool.observer = metrics.observe_request  # no heartbeat: not the loop's progress
+        if kept is not None and kept.pool is not None:
+            pool.adopt(kept.pool)
+    events = SessionEvents()
+    if metrics is not None:
+        events = SessionEvents(
+            renewed=metrics.observe_session_renewal,
+            created=metrics.observe_session_created,
+            state=metrics.observe_session_state,
+        )
+    if kept is not None:  # SURVIVES_RELOAD
+        kept.configure(settings, pool, events)
+        return kept
+    return SessionKeeper(settings, pool, active=writer.daemon, events=events)
+
+
+def make_pool(
+    config: Config, policy: RetryPolicy, credentials: Optional[Credentials] = None
+) -> ServerPool:
+    """The servers, or in agent mode only the local agent (which forwards to them). The token
+    and TLS files are read (and then followed) by `credentials`, new unless another pool's are
+    given."""
     consul = config.consul
     if consul.mode == "agent":
         consul = replace(consul, servers=(consul.agent_address,))
-    credentials = Credentials(consul)  # the files named; re-read when they change
+    if credentials is None:
+        credentials = Credentials(consul)
     return ServerPool(consul, credentials.token, policy=policy, credentials=credentials)
 
 
@@ -198,13 +272,22 @@ def make_registrar(
     pool: ServerPool,
     identity: NodeIdentity,
     node_checks: Sequence[NodeCheckSource] = (),
+    *,
+    switch: Optional[SessionSwitch] = None,
 ) -> Registrar:
     """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
     two modes. `node_checks` go on the host's node in catalog mode; in agent mode the agent
     owns its node (its serfHealth already marks a dead host, its own maintenance API the rest)."""
     if config.consul.mode == "agent":
         return AgentRegistrar(pool, identity, config.node.meta, config.sync.interval)
-    return CatalogRegistrar(pool, identity, config.node.meta, config.consul.datacenter, node_checks)
+    return CatalogRegistrar(
+        pool,
+        identity,
+        config.node.meta,
+        config.consul.datacenter,
+        node_checks=node_checks,
+        switch=switch,
+    )
 
 
 def make_discovery(
@@ -261,6 +344,15 @@ def pool_addresses(pool: ServerPool) -> List[str]:
 
 def loop_parts(app: App) -> LoopParts:
     """What the daemon needs of an app."""
+    sessions = app.sessions
+    on_stop = None
+    if sessions is not None:
+        planned = app.config.consul.session.on_stop
+
+        def on_stop(deregistering: bool) -> None:
+            # Deregistration follows and removes the check and the session itself.
+            sessions.stop("halt" if deregistering else planned)
+
     return LoopParts(
         app.engine,
         app.config.sync,
@@ -269,6 +361,7 @@ def loop_parts(app: App) -> LoopParts:
         app.watch,
         app.metrics,
         nothing_due if app.maintenance is None else app.maintenance.due,
+        on_stop,
     )
 
 
@@ -296,6 +389,8 @@ def daemon(
         current[0] = build(current[0].config, previous=current[0])
         return loop_parts(current[0])
 
+    if app.sessions is not None:
+        app.sessions.start()
     return Daemon(
         loop_parts(app),
         reload=reload,

@@ -102,6 +102,9 @@ class LoopParts:
     watch: Optional[Watch] = None  # looks at the listeners between cycles
     metrics: Optional[Metrics] = None  # None until a configuration serves them
     due: Due = nothing_due  # a full cycle wanted before the interval ends (`regagent maint`)
+    # Told once the loop ends, before an opt-in deregistration (True: one follows): the
+    # dead-man's switch disarms (bounded by its own STOP_BOUND) or hands over to it.
+    on_stop: Optional[Callable[[bool], None]] = None
 
 
 # Re-reads the configuration (raises ConfigError if it is invalid), or renews the connections.
@@ -232,6 +235,11 @@ class Daemon:
                     log.warning("renew_failed", error=str(exc))
         if not self.signals.stop.is_set():  # ended by max_cycles; a signal has said it already
             self.notifier.stopping()
+        if self.parts.on_stop is not None:
+            try:
+                self.parts.on_stop(self.parts.sync.deregister_on_shutdown)
+            except Exception:  # the stop goes on: deregistration and exit come first
+                log.exception("stop_hook_failed")
         if self.parts.sync.deregister_on_shutdown:
             self._deregister()
         self._shut_down()

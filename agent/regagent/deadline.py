@@ -19,12 +19,13 @@ import http.client
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
 Clock = Callable[[], float]
+Resolve = Callable[[Optional[float]], List[Tuple[Any, ...]]]  # timeout -> getaddrinfo's list
 
 
 class Deadline:
@@ -38,6 +39,7 @@ class Deadline:
         self.clock = clock
         self.at = clock() + seconds
         self.cut = False  # a call was refused: the deadline had passed
+        self._resolve: Optional[Resolve] = None
 
     @property
     def expired(self) -> bool:
@@ -50,14 +52,20 @@ class Deadline:
         port: int,
         connect_timeout: float,
         context: Optional[ssl.SSLContext] = None,
+        resolve: Optional[Resolve] = None,
     ) -> http.client.HTTPConnection:
         """An HTTP connection (HTTPS with `context`) whose socket keeps this deadline once it
-        is connected; connecting is bounded by `connect_timeout` (and the deadline)."""
+        is connected; connecting is bounded by `connect_timeout` (and the deadline).
+        `resolve`: looks the host up within a timeout (`socket.getaddrinfo` takes none)."""
         timeout = min(connect_timeout, self.timeout)
+        self._resolve = resolve
         conn: http.client.HTTPConnection
         if context is None:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
         else:
+            # Sets the class of every socket `context` wraps from now on (a context is kept and
+            # shared: a pool's, the health checks'). Idempotent; a context handed to a Deadline
+            # is one of regagent's own.
             context.sslsocket_class = _TLSSocket
             conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
         conn._create_connection = self._create_connection  # type: ignore[attr-defined]
@@ -79,10 +87,30 @@ class Deadline:
     def _create_connection(
         self, address: Tuple[str, int], timeout: Any = None, source_address: Any = None
     ) -> socket.socket:
-        raw = socket.create_connection(address, timeout, source_address)
+        if self._resolve is None:
+            raw = socket.create_connection(address, timeout, source_address)
+        else:
+            raw = _connect_any(self._resolve(timeout), timeout)
         sock = _PlainSocket(fileno=raw.detach())
         sock.settimeout(timeout)
         return sock
+
+
+def _connect_any(found: Sequence[Tuple[Any, ...]], timeout: Any) -> socket.socket:
+    """The first of the looked-up addresses that accepts, as `socket.create_connection`
+    tries them."""
+    error: Optional[OSError] = None
+    for family, kind, proto, _name, address in found:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error or OSError("getaddrinfo returned no address")
 
 
 class _PlainSocket(socket.socket):

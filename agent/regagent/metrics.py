@@ -58,6 +58,10 @@ def cycle_result(report: CycleReport) -> str:
     return "error"
 
 
+SESSION_RENEWAL_RESULTS = ("success", "lost", "failure")
+SESSION_STATES = ("armed", "pending", "unsupported", "off")
+
+
 class Metrics:
     """The daemon's metrics; lives as long as the process (a reload keeps the counters)."""
 
@@ -108,6 +112,22 @@ class Metrics:
             self.reloads.labels(result).inc(0)
         self.cycles.labels(SUCCESS).inc(0)
         self.failovers.inc(0)
+        self.session_renewals = Counter(
+            "regagent_session_renewals_total",
+            "Renewals of the dead-man's switch session by result (success; lost: Consul had "
+            "invalidated it, a new one is made; failure: no server answered usefully).",
+            ["result"],
+            registry=r,
+        )
+        self.sessions_created = Counter(
+            "regagent_sessions_created_total",
+            "Sessions the dead-man's switch created (one at start, one after each loss).",
+            registry=r,
+        )
+        for result in SESSION_RENEWAL_RESULTS:
+            self.session_renewals.labels(result).inc(0)
+        self.sessions_created.inc(0)
+        self.session_state: Optional[str] = None  # the dead-man's switch's, once it has one
         # What the gauges read at scrape time (`_StateCollector`).
         self.pool: Optional[ServerPool] = None  # the servers of the running configuration
         self.served: Optional[CycleReport] = None  # the last cycle that was served by a server
@@ -145,6 +165,15 @@ class Metrics:
         """The writes of a partial cycle (the watch between full cycles): counted, nothing
         else, since such a pass sees only the services whose listeners changed."""
         self._count_writes(report)
+
+    def observe_session_renewal(self, result: str) -> None:
+        self.session_renewals.labels(result).inc()
+
+    def observe_session_created(self) -> None:
+        self.sessions_created.inc()
+
+    def observe_session_state(self, state: str) -> None:
+        self.session_state = state
 
     def observe_reload(self, ok: bool) -> None:
         self.reloads.labels(SUCCESS if ok else "failure").inc()
@@ -215,6 +244,17 @@ class _StateCollector(Collector):
                 checks.add_metric([status], count)
         yield services
         yield checks
+        session = GaugeMetricFamily(
+            "regagent_session_state",
+            "1 for the dead-man's switch's state (armed, pending, unsupported: an older "
+            "Consul without session checks, off), 0 for the others (catalog mode only).",
+            labels=["state"],
+        )
+        state = m.session_state if scrape else None
+        if state is not None:
+            for known in SESSION_STATES:
+                session.add_metric([known], 1 if known == state else 0)
+        yield session
         yield GaugeMetricFamily(
             "regagent_last_successful_sync_timestamp_seconds",
             "Unix time of the last cycle that ended in sync with Consul.",

@@ -19,6 +19,13 @@ service_prefix "" {
   policy = "write"
 }
 
+# The dead-man's switch (consul.session, on by default in catalog mode): each daemon creates,
+# renews and destroys a session on its own node. Confine it like node_prefix above
+# (`session "<hostname>"`) for a per-host token.
+session_prefix "" {
+  policy = "write"
+}
+
 # Only for consul.mode = agent (hosts with a local Consul agent): /v1/agent/self.
 agent_prefix "" {
   policy = "read"

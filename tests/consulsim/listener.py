@@ -67,6 +67,8 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         self.connections: Set[socket.socket] = set()
         self.conn_lock = threading.Lock()
+        if ":" in address[0]:  # --bind ::1: an IPv6 server, written [::1]:port
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -291,7 +293,8 @@ class ServerListener:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def start(self) -> None:
         """Bind (the same port after the first time) and serve in a thread."""

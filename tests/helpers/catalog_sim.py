@@ -5,6 +5,7 @@ made by a third party (an operator's `consul` command, another tool) over the HT
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -98,3 +99,74 @@ class DeclaredNodeChecks:
         from regagent.nodechecks import NodeCheckClaim
 
         return NodeCheckClaim(self.owned, self.wanted)
+
+
+class DaemonProcess:
+    """`regagent run` as a real process, its log (JSON lines) in a file; stopped by its pid:
+    `stop()` sends SIGTERM and waits (bounded), `kill()` is SIGKILL; both idempotent."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        import subprocess
+        import sys
+
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop/kill)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "regagent", "-c", str(config), "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def stop(self, timeout: float = 25.0) -> int:
+        import signal as signals
+
+        self.signal(signals.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except Exception:
+            self.kill()
+            raise
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        import signal as signals
+
+        self.signal(signals.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def events(self) -> List[Dict[str, Any]]:
+        """The log lines that are JSON objects (the daemon logs JSON when not on a terminal)."""
+        out: List[Dict[str, Any]] = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                out.append(item)
+        return out
+
+
+def wait_for(what: str, predicate: Any, timeout: float = 20.0, step: float = 0.05) -> Any:
+    """Polls `predicate` until it returns something truthy (returned), at most `timeout`
+    seconds: a bounded loop, with what was awaited in the failure."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(step)

@@ -43,6 +43,21 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class SessionConfig:
+    """The dead-man's switch (catalog mode, `regagent run` only): a Consul session with a TTL
+    on the host's node, renewed by the daemon, and a node check Consul turns critical when the
+    session ends."""
+
+    enabled: bool = True
+    # None: max(30s, 3 x sync.interval). At least the servers' session_ttl_min (10s unless
+    # changed), at most Consul's 24h. Consul marks a dead host critical within 2 x ttl.
+    ttl: Optional[float] = field(default=None, metadata=_kind("duration", low=1.0, high=DAY))
+    # A planned stop (SIGTERM): `disarm` keeps the host's last status (the check is removed,
+    # the session destroyed); `critical` ends the session so Consul marks the host critical now.
+    on_stop: str = field(default="disarm", metadata=_kind("choice", choices=("disarm", "critical")))
+
+
+@dataclass(frozen=True)
 class ConsulConfig:
     servers: Tuple[str, ...] = field(default=("127.0.0.1:8500",), metadata=_kind("hostport_list"))
     scheme: str = field(default="http", metadata=_kind("choice", choices=("http", "https")))
@@ -57,6 +72,7 @@ class ConsulConfig:
     agent_address: str = field(default="127.0.0.1:8500", metadata=_kind("hostport"))
     cooldown_initial: float = field(default=5.0, metadata=_kind("duration", low=0.1, high=HOUR))
     cooldown_max: float = field(default=300.0, metadata=_kind("duration", low=0.1, high=DAY))
+    session: SessionConfig = field(default_factory=SessionConfig)
 
 
 @dataclass(frozen=True)

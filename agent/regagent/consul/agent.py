@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
-from urllib.parse import quote
 
 from regagent.consul.catalog import parse_service
 from regagent.consul.http import WriteRequest, get_json, parsed, send, send_all
@@ -160,7 +159,9 @@ def agent_requests(plan: Plan, interval: float) -> List[WriteRequest]:
 
 
 def agent_deregister_request(service_id: str) -> WriteRequest:
-    path = f"/v1/agent/service/deregister/{quote(service_id, safe='')}"
+    # Unencoded: the transport percent-encodes the path once (`BoundedHTTPClient.target`), as
+    # Consul decodes it once (`strings.TrimPrefix(req.URL.Path, ...)`).
+    path = f"/v1/agent/service/deregister/{service_id}"
     return WriteRequest(path, {}, f"deregister {service_id}", "deregister")
 
 

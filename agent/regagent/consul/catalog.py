@@ -8,14 +8,15 @@ index, decision 3).
 
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import quote
+from dataclasses import replace
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import structlog
 
 from regagent.consul.http import WriteRequest, parsed, send, stale_get
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome, ReadMeta
+from regagent.consul.sessions import destroy_session, node_sessions
 from regagent.consul.txn import (
     TxnSender,
     Unit,
@@ -133,9 +134,9 @@ def read_actual(pool: ServerPool, node_name: str) -> ActualState:
 
 def read_with_leader(pool: ServerPool, node_name: str) -> Tuple[ActualState, bool]:
     """`read_actual`, and whether both answers knew a cluster leader."""
-    path = quote(node_name, safe="")
-    node_path = f"/v1/catalog/node/{path}"
-    check_path = f"/v1/health/node/{path}"
+    # Unencoded: the transport percent-encodes the path once (`BoundedHTTPClient.target`).
+    node_path = f"/v1/catalog/node/{node_name}"
+    check_path = f"/v1/health/node/{node_name}"
 
     def read_node(c: Any) -> Tuple[NodeAnswer, bool]:
         answer = stale_get(c, node_path, dict)
@@ -389,6 +390,22 @@ def ownership_problem(
     return None
 
 
+class SessionSwitch(Protocol):
+    """The dead-man's switch's hooks into `apply` (`regagent.consul.deadman.SessionKeeper`)."""
+
+    def arm(self, check: NodeCheck) -> NodeCheck:
+        """Before `check` is written to an existing node: the check to send instead (the
+        switch's own check as Consul shows it once its session is live; others unchanged)."""
+        ...
+
+    def node_written(self) -> None:
+        """After a successful apply: the node exists."""
+        ...
+
+
+SESSION_NAME_PREFIX = "regagent:"  # sessions regagent creates are named regagent:<node>:<id>
+
+
 class CatalogRegistrar:
     """The catalog backend: an external node per host, checks run by regagent."""
 
@@ -400,8 +417,11 @@ class CatalogRegistrar:
         identity: NodeIdentity,
         node_meta: Mapping[str, str],
         datacenter: Optional[str],
+        *,
         node_checks: Sequence[NodeCheckSource] = (),
+        switch: Optional[SessionSwitch] = None,
     ) -> None:
+        self.switch = switch
         self.pool = pool
         self.identity = identity
         self.node_meta = dict(node_meta)
@@ -460,10 +480,17 @@ class CatalogRegistrar:
         return logical_writes(plan)
 
     def apply(self, plan: Plan) -> ApplyOutcome:
+        if self.switch is not None and plan.node_write != () and plan.node_checks:
+            # The node exists: the switch may arm its session before its check is written.
+            switch = self.switch
+            armed = tuple(replace(w, check=switch.arm(w.check)) for w in plan.node_checks)
+            plan = replace(plan, node_checks=armed)
         outcome = self.sender.send(plan_units(plan, self.datacenter))
         if outcome.error is None:
             # Also after an empty plan: a local file read, Consul only while a rename is pending.
             self.retire_previous_node()
+            if self.switch is not None:
+                self.switch.node_written()
         return outcome
 
     def retire_previous_node(self) -> None:
@@ -526,4 +553,10 @@ class CatalogRegistrar:
             unit = node_check_removal_unit(NodeCheck(check_id, "", ""), name, self.datacenter)
             send(self.pool, unit.single)
             removed.append(f"node check {check_id}")
+        # The node stays (someone else's service or check is on it): end regagent's sessions
+        # on it, after their checks are gone (a removed node would have ended them itself).
+        for session_id, session_name in node_sessions(self.pool, name):
+            if session_name.startswith(f"{SESSION_NAME_PREFIX}{name}:"):
+                destroy_session(self.pool, session_id, self.datacenter)
+                removed.append(f"session {session_name}")
         return removed

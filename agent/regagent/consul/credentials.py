@@ -125,9 +125,10 @@ class Credentials:
         return f"Credentials(files: {files})"  # never the token
 
     def attach(self, clients: Sequence[Any]) -> None:
-        """The clients that get every new credential (`client.token`, `client.http.context`)."""
+        """More clients that get every new credential (`client.token`, `client.http.context`):
+        a pool's, and the dead-man's switch's pool's, which share one `Credentials`."""
         with self._lock:
-            self._clients = list(clients)
+            self._clients.extend(clients)
             self._apply()
 
     def snapshot(self) -> Dict[str, CredentialState]:

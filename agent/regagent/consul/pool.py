@@ -89,8 +89,12 @@ def make_client(
     address: str, config: ConsulConfig, token: Optional[str], policy: RetryPolicy
 ) -> ConsulClient:
     """A client bound to exactly this server, token, datacenter and TLS settings, every
-    request bounded by `policy`'s timeouts, deadline and answer cap."""
+    request bounded by `policy`'s timeouts, deadline and answer cap. An IPv6 server is written
+    `[v6]:port`; the connection takes the bare address (http.client brackets it again in the
+    Host header, and TLS then checks the certificate's IP SAN against it)."""
     host, port = split_hostport(address)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     limits = RequestLimits(
         connect_timeout=policy.connect_timeout,
         read_timeout=policy.read_timeout,

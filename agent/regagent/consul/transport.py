@@ -33,7 +33,14 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from regagent.consul.answers import BadRequestHeader, ErrorAnswer, ServerFailed, describe_ssl
+from regagent.consul.answers import (
+    BadRequestHeader,
+    ErrorAnswer,
+    ServerFailed,
+    UnexpectedAnswer,
+    describe_ssl,
+)
+from regagent.consul.resolve import BoundedResolver, NameResolutionTimeout, is_ip_literal
 from regagent.consul.retry import MAX_ANSWER_BYTES
 from regagent.deadline import Deadline
 
@@ -101,6 +108,7 @@ class BoundedHTTPClient:
         self.scheme = scheme
         self.limits = limits or RequestLimits()
         self.context = tls_context(tls or TLSOptions()) if scheme == "https" else None
+        self.resolve = None if is_ip_literal(host) else BoundedResolver(host, port)
 
     def get(
         self,
@@ -145,7 +153,8 @@ class BoundedHTTPClient:
 
     @staticmethod
     def target(path: str, params: Params) -> str:
-        """The request target: the path quoted (`/` and `:` kept), then the query string."""
+        """The request target: the path quoted (`/` and `:` kept), then the query string.
+        `path` is given unencoded (a service ID as it is): quoted here once, never by callers."""
         quoted = urllib.parse.quote(path, safe="/:")
         return f"{quoted}?{urllib.parse.urlencode(params)}" if params else quoted
 
@@ -155,8 +164,11 @@ class BoundedHTTPClient:
         """One bounded exchange; raises ServerFailed with a one-line reason."""
         limits = self.limits
         deadline = Deadline(limits.deadline, limits.read_timeout)
-        conn = deadline.connection(self.host, self.port, limits.connect_timeout, self.context)
+        conn = deadline.connection(
+            self.host, self.port, limits.connect_timeout, self.context, self.resolve
+        )
         phase = "connect"
+        response: Optional[http.client.HTTPResponse] = None
         try:
             conn.connect()
             deadline.keep(conn.sock)
@@ -187,6 +199,8 @@ class BoundedHTTPClient:
                 _describe(exc, phase), timed_out=isinstance(exc, socket.timeout)
             ) from None
         finally:
+            if response is not None:  # its file holds the socket past conn.close()
+                response.close()
             conn.close()
 
 
@@ -202,7 +216,8 @@ class ConsulClient:
         self.dc = dc
 
     def leader(self) -> Any:
-        """The cluster leader's address as this server knows it ("" for none)."""
+        """The cluster leader's address as this server knows it ("" for none; None for a
+        404, which no Consul server answers)."""
         return self.http.get(_leader, "/v1/status/leader")
 
 
@@ -211,7 +226,10 @@ def _leader(response: Response) -> Any:
         return None
     if 400 <= response.code < 600:
         raise ErrorAnswer(response.code, response.body)
-    return json.loads(response.body)
+    try:
+        return json.loads(response.body)
+    except ValueError:
+        raise UnexpectedAnswer("answer is not JSON (is this a Consul server?)") from None
 
 
 def _bytes(data: Any) -> Optional[bytes]:
@@ -245,7 +263,9 @@ def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
 
 
 def _describe(exc: BaseException, phase: str) -> str:
-    """One line, in the words `describe_failure` has always used for the requests transport."""
+    """One line, in the words `describe_failure` uses for every failed exchange."""
+    if isinstance(exc, NameResolutionTimeout):
+        return "connection failed (name resolution timed out)"
     if isinstance(exc, socket.timeout):
         return "connect timed out" if phase == "connect" else "no answer (read timed out)"
     if isinstance(exc, ssl.SSLError):

@@ -8,7 +8,11 @@ each also the value of the registration's Meta `identified_by`:
    Go's `go_build_info`), or an unprefixed `build_info` whose HELP text says "... from which
    <program> was built" (prometheus/common's wording; the bare name alone names nothing). The
    table's entry for that program is used when it has one (`pg_exporter_build_info` is
-   postgres_exporter); otherwise the program is registered under its own name. An answer that
+   postgres_exporter). A program the table does not know names itself only by a name no
+   ordinary service has (`*_exporter`, `*_prober`), or when something an unprivileged user cannot
+   fake confirms it: the port is in a configured `port_ranges`, or a process root started, or
+   an executable only root can change, goes by that name (`self_named`). Otherwise any user
+   could bind a free default port of the table and register `vault` or `web` there. An answer that
    carries the build_info of several programs (a pushgateway, exporter_exporter's proxy paths)
    is named only by the one its port or process confirms.
 2. `fingerprint`: the table's fingerprint metrics, for exporters that publish no build info
@@ -46,6 +50,8 @@ RUNTIME_PREFIXES = ("go_", "process_", "promhttp_")  # what any Go program serve
 VERSION_LABELS = ("version", "build_version")  # cloudwatch_exporter says build_version
 _BUILT_FROM = re.compile(r"\bfrom which (\S+?) was built\.?\s*$")
 _SUFFIX = "_build_info"
+# What only an exporter is called: an off-table program so named may name itself by its answer.
+EXPORTER_SUFFIXES = ("_exporter", "_prober")
 
 
 @dataclass(frozen=True)
@@ -63,22 +69,33 @@ def name_listener(
     answer: Optional[Exposition],
     process: Optional[ProcessInfo],
     table: ExporterTable,
+    *,
+    in_port_range: bool = False,
 ) -> Tuple[Optional[Naming], str]:
     """The exporter the evidence names, strongest first; else None and why the answer named
-    nothing ("" when it simply carried nothing known)."""
+    nothing ("" when it simply carried nothing known). `in_port_range`: the port is in a
+    configured `discovery.port_ranges` (the operator asked for it)."""
     hints = [*candidate_exporters(process, table), *table.by_port.get(port, ())]
-    naming, why = by_answer(answer, table, hints) if answer is not None else (None, "")
+    naming, why = (None, "")
+    if answer is not None:
+        naming, why = by_answer(answer, table, hints, process=process, in_port_range=in_port_range)
     if naming is None:
         naming = by_process(process, table) or by_port(port, answer, table)
     return naming, why
 
 
 def by_answer(
-    answer: Exposition, table: ExporterTable, hints: Sequence[ExporterSpec] = ()
+    answer: Exposition,
+    table: ExporterTable,
+    hints: Sequence[ExporterSpec] = (),
+    *,
+    process: Optional[ProcessInfo] = None,
+    in_port_range: bool = False,
 ) -> Tuple[Optional[Naming], str]:
     """Rules 1 and 2: what the answer names by its build_info, else by a table fingerprint.
     `hints`: the exporters the port and the process suggest, which pick one of several
-    programs' build_info."""
+    programs' build_info; `process` and `in_port_range` may confirm an off-table program
+    (`self_named`)."""
     programs = build_info_programs(answer)
     if len(programs) > 1:
         confirmed = [p for p in programs if _hinted(p, hints, table)]
@@ -92,6 +109,12 @@ def by_answer(
     if programs:
         ((program, metric),) = programs.items()
         spec = table.exporter_for_program(program)
+        if spec is None and not self_named(program, process, in_port_range):
+            return None, (
+                f"{metric} names {program}, which the exporter table does not know: an answer "
+                "alone names only a *_exporter or *_prober (add the port to "
+                "discovery.port_ranges to accept it)"
+            )
         how = metric if metric != "build_info" else f"build_info whose HELP names {program}"
         return Naming(
             spec.name if spec else program, BUILD_INFO, how, version_in(answer, [metric])
@@ -101,6 +124,17 @@ def by_answer(
         return None, ""
     version = version_in(answer, [*spec.own_build_infos, f"{spec.name}_info"])
     return Naming(spec.name, FINGERPRINT, matched(spec, answer), version), ""
+
+
+def self_named(program: str, process: Optional[ProcessInfo], in_port_range: bool) -> bool:
+    """Whether a program the table does not know may be named by its own build_info: its name
+    is one no ordinary service has, or the operator's port range or a trusted process name
+    confirms it (see the module docstring)."""
+    if program.endswith(EXPORTER_SUFFIXES) or in_port_range:
+        return True
+    if process is None:
+        return False
+    return any(name.replace("-", "_") == program for name in process.trusted_names)
 
 
 def by_process(process: Optional[ProcessInfo], table: ExporterTable) -> Optional[Naming]:

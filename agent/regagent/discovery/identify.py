@@ -100,6 +100,7 @@ class Finding:
     # Identified without a valid answer (by its process): why the answer failed (its check
     # says so). "" when it answered.
     problem: str = ""
+    timed_out: bool = False  # its probe ran out of time (a slow exporter, or a silent socket)
 
     @property
     def is_exporter(self) -> bool:
@@ -264,11 +265,14 @@ def needs_owner(
 def _owner(
     group: Tuple[Listener, ...], owners: Dict[int, Optional[ProcessInfo]]
 ) -> Optional[ProcessInfo]:
-    for listener in group:
-        found = owners.get(listener.inode)
-        if found is not None:
-            return found
-    return None
+    """The one process that holds every listener of the port, else None. The port becomes one
+    service at one address (`address_rule`): a process vouches only for sockets it holds, so
+    root's exporter on one address must not vouch for a user's listener on another."""
+    found = [owners.get(listener.inode) for listener in group]
+    first = found[0] if found else None
+    if first is None or any(p is None or p.pid != first.pid for p in found):
+        return None
+    return first
 
 
 def address_rule(group: Tuple[Listener, ...]) -> Tuple[str, str, str]:
@@ -398,13 +402,18 @@ def identify(
             break
     assert result is not None
     answer = result.exposition if result.ok else None
-    naming, why = name_listener(finding.port, answer, finding.process, table)
+    in_range = finding.in_port_range
+    naming, why = name_listener(
+        finding.port, answer, finding.process, table, in_port_range=in_range
+    )
     process = finding.process
     weaker = naming is None or naming.identified_by not in FROM_ANSWER
     if weaker and process is None and owner is not None:
         process = owner(finding)
         if process is not None:
-            naming, why = name_listener(finding.port, answer, process, table)
+            naming, why = name_listener(
+                finding.port, answer, process, table, in_port_range=in_range
+            )
     # The reason can quote the exporter (its Content-Type): keep it printable.
     failure = "" if result.ok else printable_text(result.reason, REASON_MAX)
     if naming is not None:
@@ -427,7 +436,12 @@ def identify(
         )
     if answer is None:
         return replace(
-            finding, process=process, outcome=NOT_EXPORTER, reason=failure, metrics_path=path
+            finding,
+            process=process,
+            outcome=NOT_EXPORTER,
+            reason=failure,
+            metrics_path=path,
+            timed_out=result.timed_out,
         )
     return replace(
         finding,

@@ -44,6 +44,7 @@ from regagent.discovery.identify import (
     GENERIC_SERVICE,
     IDENTIFIED,
     LOOPBACK,
+    NOT_EXPORTER,
     UNKNOWN,
     WILDCARD,
     DiscoveryResult,
@@ -177,6 +178,10 @@ def build_intents(
 
     listening = {f.port for f in discovery.findings}
     excluded_now = {f.port for f in discovery.findings if f.outcome == EXCLUDED}
+    # Known exporters slower than probe_timeout (identified on a longer look): still there.
+    slow = {
+        f.port: f.reason for f in discovery.findings if f.outcome == NOT_EXPORTER and f.timed_out
+    }
     expired: List[str] = []
     for sid, entry in sorted(previous.items()):
         if sid in seen or sid in static_ids or entry.port in static_ports:
@@ -190,6 +195,13 @@ def build_intents(
         if entry.port in config.discovery.exclude_ports or entry.port in excluded_now:
             continue  # the operator asked to drop it: no 72h of a critical target
         if entry.meta.get("exporter") == UNKNOWN and not config.discovery.register_unknown:
+            continue
+        if entry.port in slow:
+            # Listening and answering, only slower than its in-cycle probe allows: failing
+            # (its check says it timed out), never vanished, so deregister_after does not run.
+            seen[sid] = replace(entry, last_seen=now)
+            intents.append(slow_intent(entry, slow[entry.port]))
+            not_serving.append(sid)
             continue
         if now - entry.last_seen > config.sync.deregister_after:
             expired.append(sid)
@@ -415,6 +427,14 @@ def _ok_text(finding: Finding) -> str:
     text = exporter_text(finding.version)  # already clean from identify; a Finding is data
     version = f" {text}" if text else ""
     return f"{what}{version} serving {finding.metrics_path} on :{finding.port}"
+
+
+def slow_intent(entry: SeenService, reason: str) -> ServiceIntent:
+    """A kept exporter whose in-cycle probe timed out: critical, registered as it was."""
+    exporter = entry.meta.get("exporter", entry.name)
+    path = entry.meta.get("metrics_path", "/metrics")
+    output = f"{exporter} on :{entry.port}: no metrics from {path} ({reason})"
+    return ServiceIntent(_registration(entry), Source.DISCOVERY, status=(CRITICAL, output))
 
 
 def vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
