@@ -30,6 +30,7 @@ from consulsim import SimCluster
 from helpers.ports import free_port
 from regagent.app import make_pool
 from regagent.config.model import Config, ConsulConfig, TLSConfig
+from regagent.consul.answers import ErrorAnswer
 from regagent.consul.credentials import Credentials
 from regagent.consul.http import stale_get
 from regagent.consul.pool import ServerPool
@@ -387,6 +388,23 @@ def test_one_watch_serves_the_pool_and_the_dead_mans_switch_pool(tmp_path: Path)
         main.new_cycle()
     assert [server.client.token for server in main.servers + switch.servers] == [NEW] * 4
     assert [e["event"] for e in logs] == ["credential_rotated"]
+
+
+def test_a_403_to_a_request_in_flight_while_another_thread_rotated_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(OLD)
+    credentials = Credentials(ConsulConfig(token_file=str(token)))
+    credentials.worked()
+    sent_at = credentials.generation  # a request leaves with the old token...
+    _replace(token, NEW)
+    assert credentials.refresh() is True  # ...another pool's thread takes the new one in
+    credentials.worked()  # and succeeds with it
+    refused = ErrorAnswer(403, "ACL not found")
+    assert credentials.retry_after(refused, sent_at) is True
+    assert credentials.retry_after(refused, credentials.generation) is False
+    assert credentials.retry_after(ErrorAnswer(500, "boom"), sent_at) is False
 
 
 def stale_get_nodes(pool: ServerPool) -> Any:

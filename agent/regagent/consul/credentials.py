@@ -96,6 +96,7 @@ class Credentials:
         self._lock = threading.RLock()
         self._clients: List[Any] = []
         self._in_use = _InUse()
+        self.generation = 0  # how many times new credentials were handed to the clients
         self._token_file = config.token_file or None
         tls = config.tls
         self._tls: Optional[TLSOptions] = None
@@ -147,18 +148,20 @@ class Credentials:
             changed = self._refresh_tls() or changed
             self._check_expiry()
             if changed:
+                self.generation += 1
                 self._apply()
             return changed
 
-    def retry_after(self, exc: BaseException) -> bool:
+    def retry_after(self, exc: BaseException, sent_at: Optional[int] = None) -> bool:
         """After a request failed with `exc`: whether to send it again, once. Yes for an
-        authentication or TLS failure when a file changed (re-read now), and for a 403 to a
-        token just rotated in that has not worked yet (its replication may lag)."""
+        authentication or TLS failure when a file changed (re-read now, or by another thread
+        since the request was sent at `generation` `sent_at`), and for a 403 to a token just
+        rotated in that has not worked yet (its replication may lag)."""
         kind = _credential_failure(exc)
         if kind is None:
             return False
         with self._lock:
-            if self.refresh():
+            if self.refresh() or (sent_at is not None and sent_at != self.generation):
                 return True
             if kind == TOKEN and self._in_use.token_unconfirmed:
                 self._in_use.token_unconfirmed = False

@@ -303,17 +303,18 @@ class ServerPool:
 
     def _with_credentials(self, operation: Callable[[Any], T]) -> Callable[[Any], T]:
         """`operation`, sent once more on the same server when it failed for want of a
-        credential that has just been rotated (`Credentials.retry_after`): the server is
-        judged on the second answer only."""
+        credential that has just been rotated, here or by another thread while it was in
+        flight (`Credentials.retry_after`): the server is judged on the second answer only."""
         credentials = self.credentials
         if credentials is None:
             return operation
 
         def with_credentials(client: Any) -> T:
+            sent_at = credentials.generation
             try:
                 result = operation(client)
             except Exception as exc:
-                if not credentials.retry_after(exc):
+                if not credentials.retry_after(exc, sent_at):
                     raise
                 log.info("consul_request_resent", reason="credential re-read")
                 try:
