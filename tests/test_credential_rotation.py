@@ -47,20 +47,23 @@ UNKNOWN = "never-issued-5a6b"
 SECRETS = (OLD, NEW, UNKNOWN, ADMIN)
 
 
-def _writer(accessor: str) -> Dict[str, Any]:
-    return {
+def _writer(accessor: str, sessions: bool) -> Dict[str, Any]:
+    rules: Dict[str, Any] = {
         "AccessorID": accessor,
         "node_prefix": {"": "write"},
         "service_prefix": {"": "write"},
     }
+    if sessions:
+        rules["session_prefix"] = {"": "write"}
+    return rules
 
 
-def _acl(*tokens: str) -> Dict[str, Any]:
+def _acl(*tokens: str, sessions: bool = False) -> Dict[str, Any]:
     accessors = {ADMIN: "0", OLD: "1", NEW: "2"}
     return {
         "default_policy": "deny",
         "tokens": {
-            token: _writer(f"5d0c6b3e-0000-4000-8000-00000000000{accessors[token]}")
+            token: _writer(f"5d0c6b3e-0000-4000-8000-00000000000{accessors[token]}", sessions)
             for token in (ADMIN, *tokens)
         },
     }
@@ -442,6 +445,35 @@ def test_daemon_rotates_its_token_without_a_failed_cycle(
     assert _events(log, "sync_failed") == []
     [rotated] = _events(log, "credential_rotated")
     assert rotated["credential"] == "token" and rotated["path"] == str(token)
+    _no_secret(log)
+
+
+def test_daemon_rotates_the_token_of_its_dead_mans_switch_too(
+    acl_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """The switch renews its session through a pool of its own: the rotated token reaches it
+    from the same watch, and its renewals go on after the old token is revoked."""
+    acl_cluster.set_acl(_acl(OLD, NEW, sessions=True))
+    token = tmp_path / "token"
+    _replace(token, OLD + "\n")
+    switch = {"session": {"enabled": True, "ttl": "10s"}}
+    config = _config(tmp_path, acl_cluster, {"token_file": str(token), **switch})
+
+    def renewals() -> int:
+        found = acl_cluster.stats()["endpoints"].items()
+        return sum(n for key, n in found if key.startswith("PUT /v1/session/renew"))
+
+    with _daemon(config) as log:
+        _eventually(lambda: bool(_events(log, "session_created")), "the switch armed")
+        _replace(token, NEW + "\n")
+        acl_cluster.set_acl(_acl(NEW, sessions=True))
+        _eventually(lambda: bool(_events(log, "credential_rotated")), "the rotation logged")
+        start = renewals()
+        _eventually(lambda: renewals() >= start + 2, "two renewals with the new token", 30)
+        _later_cycles(acl_cluster)
+    assert [e["event"] for e in _events(log) if e["level"] == "error"] == []
+    assert _events(log, "session_lost") == []
+    assert len(_events(log, "credential_rotated")) == 1
     _no_secret(log)
 
 
