@@ -22,13 +22,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
+import queue
+import random
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -41,13 +46,18 @@ from regagent.app import App, build
 from regagent.config import load_config
 from regagent.config.model import Config
 from regagent.consul.answers import ServerFailed
+from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.node_watch import NodeWatch
 from regagent.consul.pool import make_client
 from regagent.consul.retry import RetryPolicy
 from regagent.logs import configure_logging
 from regagent.model import ServiceIntent, ServiceRegistration
+from regagent.repair import Repair
 
 SERVICES = 20
 INTERVAL = 30.0  # the default sync.interval, for the extrapolation
+JITTER = 5.0  # the default sync.jitter
+WATCH_WAIT = 300.0  # the default consul.watch_wait
 
 
 class Host:
@@ -61,6 +71,8 @@ class Host:
             for i in range(services)
         ]
         self.app: Optional[App] = None
+        self.repair: Optional[Repair] = None  # with the node watch attached
+        self.news_at: List[float] = []  # when its watch had an answer (monotonic)
 
     def intents(self, *_: Any) -> List[ServiceIntent]:
         out = []
@@ -94,7 +106,12 @@ def base_config(cluster: SimCluster, workdir: Path, outage_cooldown: Tuple[float
 def start(host: Host, config: Config, args: argparse.Namespace) -> None:
     """A fresh regagent process for `host`: new pool, nothing remembered."""
     node = dataclasses.replace(config.node, name=host.name)
-    app = build(dataclasses.replace(config, node=node), intent_source=host.intents)
+    # A state directory per host: hosts sharing one would take each other's node for their
+    # own previous name (a rename) and remove it.
+    state = Path(config.sync.state_dir) / host.name
+    state.mkdir(mode=0o700, exist_ok=True)
+    sync = dataclasses.replace(config.sync, state_dir=str(state))
+    app = build(dataclasses.replace(config, node=node, sync=sync), intent_source=host.intents)
     if args.single_writes:
         app.pool.capabilities["txn"] = False
     if args.no_spread:
@@ -327,7 +344,7 @@ def hostile_figures(config: Config) -> Tuple[float, str, float, float, str]:
         )
         started = time.perf_counter()
         try:
-            client.status.leader()
+            client.leader()
             endless_error = "no error!"
         except ServerFailed as exc:
             endless_error = str(exc)
@@ -338,12 +355,202 @@ def hostile_figures(config: Config) -> Tuple[float, str, float, float, str]:
         client = make_client(f"127.0.0.1:{port}", consul, None, RetryPolicy.from_consul(consul))
         started = time.perf_counter()
         try:
-            client.status.leader()
+            client.leader()
             drip_error = "no error!"
         except ServerFailed as exc:
             drip_error = str(exc)
         drip_s = time.perf_counter() - started
     return endless_s, endless_error, rss_growth, drip_s, drip_error
+
+
+# --- the node watch (issue 25): before (watch off, each cycle reads) and after ---------------
+
+
+def service_ids(cluster: SimCluster, node: str) -> List[str]:
+    data = cluster.get(cluster.live_server(), f"/v1/catalog/node/{node}?stale")
+    return [] if data is None else sorted(data["Services"])
+
+
+def third_party_deregister(cluster: SimCluster, node: str, service_id: str) -> None:
+    """`consul catalog deregister -node <node> -id <id>`, as another client would."""
+    request = urllib.request.Request(
+        cluster.url(cluster.live_server()) + "/v1/catalog/deregister",
+        data=json.dumps({"Node": node, "ServiceID": service_id}).encode(),
+        method="PUT",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
+
+
+def attach_watch(host: Host, wait: float, news: queue.Queue[Host]) -> None:
+    """What `regagent run` builds in catalog mode (`app.make_node_watch`): the host's node
+    watch, read by its registrar, its news repaired by the loop (here: `drain`)."""
+    app = host.app
+    assert app is not None and isinstance(app.registrar, CatalogRegistrar)
+    watch = NodeWatch(app.pool, host.name, wait)
+    app.registrar.watch = watch
+    host.repair = Repair(app.engine, watch)
+
+    def told() -> None:
+        host.news_at = [*host.news_at[-9:], time.monotonic()]
+        news.put(host)
+
+    watch.on_news = told
+    watch.start()
+
+
+def drain(news: queue.Queue[Host], timeout: float = 0.0) -> int:
+    """Repairs every host with news, as each daemon's loop would; waits up to `timeout` for
+    the first. One thread for all hosts: an engine is never used by two at once."""
+    done = 0
+    try:
+        host = news.get(timeout=timeout) if timeout > 0 else news.get_nowait()
+        while True:
+            if host.repair is not None and host.repair.due:
+                host.repair.run()
+                done += 1
+            host = news.get_nowait()
+    except queue.Empty:
+        return done
+
+
+def paced(
+    hosts: List[Host], seconds: float, interval: float, news: queue.Queue[Host]
+) -> Tuple[int, int]:
+    """Every host cycles once per `interval` (a round), repairs run between cycles; for
+    `seconds`. Returns (rounds, failed cycles)."""
+    ended = time.monotonic() + seconds
+    rounds = errors = 0
+    while time.monotonic() < ended:
+        started = time.monotonic()
+        for host in hosts:
+            assert host.app is not None
+            errors += host.app.engine.cycle().error is not None
+            drain(news)
+        rounds += 1
+        while time.monotonic() < min(ended, started + interval):
+            drain(news, timeout=min(0.05, max(0.001, started + interval - time.monotonic())))
+    return rounds, errors
+
+
+def restoration_before(cluster: SimCluster, sample: List[Host], rng: random.Random) -> List[float]:
+    """Watch off: each sample host cycles every sync.interval +/- jitter (real time, the
+    defaults); a third party deregisters one of its services at a random moment; seconds
+    until the service is back."""
+    now = time.monotonic()
+    due = {host.name: now + rng.uniform(0, INTERVAL) for host in sample}
+    struck = {host.name: now + rng.uniform(0, INTERVAL) for host in sample}
+    lost: Dict[str, float] = {}
+    back: Dict[str, float] = {}
+    while len(back) < len(sample):
+        now = time.monotonic()
+        for host in sample:
+            assert host.app is not None
+            if host.name not in lost and now >= struck[host.name]:
+                third_party_deregister(cluster, host.name, host.services[1].id)
+                lost[host.name] = time.monotonic()
+            if now >= due[host.name]:
+                host.app.engine.cycle()
+                due[host.name] = now + INTERVAL + rng.uniform(-JITTER, JITTER)
+                if (
+                    host.name in lost
+                    and host.name not in back
+                    and host.services[1].id in service_ids(cluster, host.name)
+                ):
+                    back[host.name] = time.monotonic() - lost[host.name]
+        time.sleep(0.01)
+    return sorted(back.values())
+
+
+def restoration_after(
+    cluster: SimCluster, sample: List[Host], news: queue.Queue[Host], rng: random.Random
+) -> Tuple[List[float], List[float]]:
+    """Watch on (the whole fleet's polls held): a third party deregisters a service of one
+    sample host at a time; seconds until it is back (the loop only repairs meanwhile), and
+    of those the seconds until the watch had Consul's answer."""
+    took = []
+    woke = []
+    for host in sample:
+        time.sleep(rng.uniform(0.2, 1.0))
+        wanted = host.services[1].id
+        third_party_deregister(cluster, host.name, wanted)
+        lost = time.monotonic()
+        while wanted not in service_ids(cluster, host.name):
+            drain(news, timeout=0.005)
+            if time.monotonic() - lost > 120:
+                raise SystemExit(f"{host.name}: {wanted} not restored within 120s")
+        took.append(time.monotonic() - lost)
+        woke.append(min((t for t in host.news_at if t > lost), default=lost + took[-1]) - lost)
+    return sorted(took), sorted(woke)
+
+
+def spread(values: List[float]) -> str:
+    return f"p50 {statistics.median(values):.2f}s, max {max(values):.2f}s"
+
+
+def node_watch_figures(
+    cluster: SimCluster, hosts: List[Host], steady: Dict[str, Any], args: argparse.Namespace
+) -> None:
+    """Before (consul.watch_wait 0s: main's reads, two per cycle) and after (the watch on),
+    side by side in this run, at the defaults (interval 30s +/- 5s, wait 5m)."""
+    rng = random.Random(25)
+    scale = args.time_scale
+    n = len(hosts)
+    sample = rng.sample(hosts, min(args.samples, n))
+    before_reads = [s["reads"] / args.steady_rounds / INTERVAL for s in steady["servers"]]
+    print(f"\nnode watch, {n} hosts: third-party deregistration to restoration, watch off:")
+    before_restore = restoration_before(cluster, sample, rng)
+    print(f"  {len(sample)} hosts, cycles every {INTERVAL:g}s +/- {JITTER:g}s: "
+          f"{spread(before_restore)}")  # fmt: skip
+
+    news: queue.Queue[Host] = queue.Queue()
+    wait = WATCH_WAIT / scale
+    # Started over one wait, as a fleet's daemons start at different times: polls started in
+    # the same second would also end in the same second (give or take Consul's jitter).
+    for host in hosts:
+        attach_watch(host, wait, news)
+        drain(news, timeout=wait / n)
+    ready = time.monotonic() + 60
+    while time.monotonic() < ready and not all(
+        h.repair is not None and h.repair.watch.fresh() is not None for h in hosts
+    ):
+        drain(news, timeout=0.1)
+    paced(hosts, INTERVAL / scale, INTERVAL / scale, news)  # the first cycles read the checks
+    print(f"steady state with the watch, time {scale:g}x faster (wait {wait:g}s, "
+          f"cycles every {INTERVAL / scale:g}s), over {4 * wait:g}s:")  # fmt: skip
+    before = counts(cluster)
+    held = sum(h.repair.watch.counts.get("unchanged", 0) for h in hosts if h.repair)
+    started = time.monotonic()
+    rounds, errors = paced(hosts, 4 * wait, INTERVAL / scale, news)
+    elapsed = time.monotonic() - started
+    d = delta(before, counts(cluster))
+    real = elapsed * scale
+    after_reads = [s["reads"] / real for s in d["servers"]]
+    after_writes = sum(s["writes"] for s in d["servers"])
+    polls = sum(h.repair.watch.counts.get("unchanged", 0) for h in hosts if h.repair) - held
+    failed = sum(h.repair.watch.counts.get("failed", 0) for h in hosts if h.repair)
+    print(f"  {rounds} rounds ({rounds / (elapsed / (INTERVAL / scale)):.2f} of the nominal), "
+          f"{errors} failed cycles, {after_writes} write requests, {polls} polls held to "
+          f"their wait, {failed} failed polls since the start")  # fmt: skip
+    print("\nnode watch, before/after at the defaults (reads per second; after: measured "
+          f"{scale:g}x faster, divided by {scale:g}):")  # fmt: skip
+    print(f"  {'':34} {'before (watch off)':>20} {'after (watch on)':>18}")
+    for i, (b, a) in enumerate(zip(before_reads, after_reads)):
+        print(f"  server {i + 1}:{'':25} {b:16.2f}/s {a:16.3f}/s")
+    per_host_b = sum(before_reads) / n * INTERVAL
+    per_host_a = sum(after_reads) / n * INTERVAL
+    print(f"  per host, per {INTERVAL:g}s:{'':15} {per_host_b:18.3f} {per_host_a:18.4f}"
+          f"   ({per_host_b / per_host_a:.1f}x fewer; goal >= 10x)")  # fmt: skip
+    after_restore, woke = restoration_after(cluster, sample, news, rng)
+    print(f"  third-party deregister to restored: {spread(before_restore):>22}   "
+          f"{spread(after_restore)} (goal p50 <= 1s)")  # fmt: skip
+    print(
+        f"    of which until the poll's answer arrived: {spread(woke)} (the emulator wakes "
+        f"every held query on each write: {n} here; Consul only the changed node's)"
+    )
+    for host in hosts:
+        if host.repair is not None:
+            host.repair.watch.stop()
 
 
 def main() -> None:
@@ -355,9 +562,22 @@ def main() -> None:
     parser.add_argument("--single-writes", action="store_true", help="no /v1/txn (the old way)")
     parser.add_argument("--no-spread", action="store_true", help="every host starts at server 1")
     parser.add_argument("--skip-wire", action="store_true", help="no one-shot/hostile figures")
+    parser.add_argument(
+        "--only-watch", action="store_true", help="only the node watch's before/after figures"
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=10.0,
+        help="the node watch's steady state runs this many times faster than real time",
+    )
+    parser.add_argument("--samples", type=int, default=20, help="restorations measured")
     args = parser.parse_args()
     configure_logging("error")
-    cluster = SimCluster(servers=3, election_delay="0.5s", rpc_hold="1s")
+    # Blocking reads held as Consul holds them (max_query_time 10m), for the node watch.
+    cluster = SimCluster(
+        servers=3, election_delay="0.5s", rpc_hold="1s", wait_cap="10m", default_wait="5m"
+    )
     with cluster, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         leader = cluster.wait_for_leader()
@@ -378,7 +598,10 @@ def main() -> None:
         started = time.perf_counter()
         scenario(cluster, "cold start (every host's first sync)", hosts)
         print(f"  took {time.perf_counter() - started:.1f}s")
-        scenario(cluster, "steady state", hosts, args.steady_rounds)
+        steady = scenario(cluster, "steady state", hosts, args.steady_rounds)
+        if args.only_watch:
+            node_watch_figures(cluster, hosts, steady, args)
+            return
         for host in hosts:
             start(host, config, args)
         scenario(cluster, "fleet-wide restart of regagent, nothing changed", hosts)
@@ -407,6 +630,7 @@ def main() -> None:
                 f"RSS +{rss:.0f} MiB"
             )
             print(f"  headers dripped at 1 byte/s: {drip_error!r} after {drip_s:.1f}s")
+        node_watch_figures(cluster, hosts, steady, args)
 
 
 if __name__ == "__main__":

@@ -381,3 +381,22 @@ def test_a_cycle_after_every_server_was_down_and_healed_writes_at_once(
     assert healed.error is None, healed.error
     assert healed.writes_by_kind == {"register": 1}
     assert set(node_services(consul_cluster)) == {"queue-9000", "cache-6379"}
+
+
+def test_a_blocking_query_held_for_minutes_is_no_slowness_and_no_observed_request() -> None:
+    """The node watch's polls (`blocking=True`) are held by the server for the whole wait: that
+    is no latency of the server's, and the observer (the loop's heartbeat, the request
+    histogram) hears only of failures."""
+    clock = FakeClock()
+    latency = {"a:1": 300.0, "b:1": 0.01, "c:1": 0.01}  # each poll held 5 minutes
+    pool = pool_of(latency, clock, NODE)
+    heard: List[str] = []
+    pool.observer = lambda server, outcome, seconds: heard.append(str(outcome))
+    home = pool.current_server.address
+    latency[home] = 300.0
+    answered = [pool.call("watch node", timed_call, blocking=True) for _ in range(10)]
+    assert set(answered) == {home}, "still its home server: not demoted as slow"
+    assert pool.current_server.latency is None and heard == []
+    # A read that took as long is a slow server's: measured, and heard.
+    pool.call("read", timed_call)
+    assert pool.current_server.latency is not None and len(heard) == 1

@@ -433,10 +433,13 @@ def test_daemon_rotates_its_token_without_a_failed_cycle(
         _replace(token, NEW + "\n")
         acl_cluster.set_acl(_acl(NEW))  # revoked at once: a cycle in flight gets 403s
         _eventually(lambda: bool(_events(log, "credential_rotated")), "the rotation logged")
-        rotated_at = _credential_metrics(port)[
-            ("regagent_credential_loaded_timestamp_seconds", "token")
-        ]
-        assert rotated_at > loaded
+        _eventually(  # the endpoint renders at most once a second
+            lambda: (
+                _credential_metrics(port)[("regagent_credential_loaded_timestamp_seconds", "token")]
+                > loaded
+            ),
+            "the new load time exported",
+        )
         writes = _writes(acl_cluster)
         acl_cluster.snapshot_restore(empty)  # the catalog forgets: the daemon must write again
         _eventually(lambda: _registered(acl_cluster, ADMIN), "registered with the new token")
@@ -586,8 +589,11 @@ def test_daemon_renews_its_client_certificate_before_it_expires_without_a_failed
         assert started[("regagent_credential_expiry_timestamp_seconds", "ca")] == ca.not_after
         _rotate_pair(live_cert, live_key, *renewed)
         _eventually(lambda: bool(_events(log, "credential_rotated")), "the renewal logged")
+        _eventually(  # the endpoint renders at most once a second
+            lambda: _credential_metrics(port)[expiry] == second.not_after,
+            "the new expiry exported",
+        )
         renewed_metrics = _credential_metrics(port)
-        assert renewed_metrics[expiry] == second.not_after
         loaded = "regagent_credential_loaded_timestamp_seconds"
         assert renewed_metrics[(loaded, "cert")] > started[(loaded, "cert")]
         assert renewed_metrics[(loaded, "ca")] == started[(loaded, "ca")]  # the CA did not change

@@ -107,8 +107,13 @@ def test_a_wedged_cycle_stops_the_pings_and_sigterm_still_ends_it(
     cycle hangs in one request, far longer than the watchdog interval (0.5s). The pings must
     stop (systemd would restart the service), and SIGTERM must end the process within the stop
     bound, not after the call."""
+    # Without the node watch: its fresh answer would spare the cycles every request, and
+    # this is about a cycle that hangs in one.
     config = write_config(
-        tmp_path, consul_cluster, [static("queue", 9000)], consul={"read_timeout": "30s"}
+        tmp_path,
+        consul_cluster,
+        [static("queue", 9000)],
+        consul={"read_timeout": "30s", "watch_wait": "0s"},
     )
     with notified_daemon(config, watchdog_usec=1_000_000) as (daemon, notify, log):
         notify.wait_for(has("READY=1"))

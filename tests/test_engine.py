@@ -4,6 +4,7 @@ alone, and where health checks run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, List, Optional
 
 from helpers.fakes import NO_CHANGE, NODE, FakeClock, FakeIntents, FakeRegistrar
@@ -211,3 +212,50 @@ def test_a_partial_cycle_asks_about_the_looks_change_until_the_kept_state_is_for
     engine.forget_known()  # the watch's pass broke: wait for a full cycle's read
     assert not engine.partial_cycle(NO_CHANGE).ran and intents.changes == [NO_CHANGE]
     assert engine.cycle().error is None and engine.partial_cycle(NO_CHANGE).ran
+
+
+def test_a_repair_writes_back_what_regagent_wrote_and_nothing_it_did_not() -> None:
+    registrar = FakeRegistrar(EMPTY)
+    engine = engine_for(registrar, FakeIntents([static("app-80", 80), static("db-5432", 5432)]))
+    assert engine.repair(None, ()) is None, "no kept state yet: the next cycle repairs"
+    assert engine.cycle().writes == 2
+    known = engine.known
+    assert known is not None and known.node is not None
+    # regagent's own write, seen back by the watch: nothing to do.
+    assert engine.repair(known.node, known.services) is None
+    sent = len(registrar.sent)
+    # A third party deregistered db-5432 and added a service of its own.
+    foreign = ServiceRegistration("other-1", "other", 1, NODE.address)
+    app = next(s for s in known.services if s.id == "app-80")
+    report = engine.repair(known.node, (app, foreign))
+    assert report is not None and report.error is None and report.plan is not None
+    assert [w.service.id for w in report.plan.services] == ["db-5432"]
+    assert report.plan.services[0].check is not None, "its check went with it: written too"
+    assert not report.plan.deregister and report.plan.node_write is None
+    assert len(registrar.sent) == sent + 1 and registrar.reads == 1, "no Consul read"
+    # The whole node deleted: node and every service, in one plan.
+    again = engine.repair(None, ())
+    assert again is not None and again.plan is not None
+    assert again.plan.node_write == () and len(again.plan.services) == 2
+    # Only the node's meta altered (a register without NodeMeta): the node alone is written.
+    assert engine.known is not None and engine.known.node is not None
+    bare = replace(engine.known.node, meta={})
+    alone = engine.repair(bare, engine.known.services)
+    assert alone is not None and alone.plan is not None
+    assert alone.plan.node_write and not alone.plan.services
+
+
+def test_a_repair_never_deregisters_and_keeps_no_state_after_a_failed_write() -> None:
+    registrar = FakeRegistrar(EMPTY)
+    engine = engine_for(registrar, FakeIntents([static("app-80", 80)]))
+    engine.cycle()
+    known = engine.known
+    assert known is not None and known.node is not None
+    # A snapshot restore brought back a regagent service removed long ago: left to the cycle.
+    old = canonical_service(ServiceRegistration("gone-9", "gone", 9, NODE.address))
+    assert engine.repair(known.node, (*known.services, old)) is not None
+    assert all(not plan.deregister for plan in registrar.sent)
+    registrar.failure = NodeOwnedByOther("refused")
+    failed = engine.repair(None, ())
+    assert failed is not None and failed.error is not None
+    assert engine.known is None and engine.repair(None, ()) is None

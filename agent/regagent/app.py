@@ -12,6 +12,7 @@ Nothing here is a module-level singleton: two apps in one process share no state
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -22,6 +23,7 @@ from regagent.consul.answers import Outcome
 from regagent.consul.catalog import CatalogRegistrar, SessionSwitch
 from regagent.consul.credentials import Credentials
 from regagent.consul.deadman import SessionEvents, SessionKeeper, SessionSettings, default_ttl
+from regagent.consul.node_watch import NodeWatch
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import Registrar
 from regagent.consul.retry import RetryPolicy
@@ -41,6 +43,7 @@ from regagent.maintenance.store import MaintenanceStore
 from regagent.model import ActualState, ServiceIntent
 from regagent.nodechecks import NodeCheckSource
 from regagent.notify import Notifier, watchdog_interval
+from regagent.repair import Repair
 from regagent.statedir import Lock
 from regagent.watch import Watch
 
@@ -96,6 +99,7 @@ class App:
     maintenance_metric: Optional[MaintenanceCollector] = None
     maintenance: Optional[MaintenanceChecks] = None  # the window as a node check, and its end
     sessions: Optional[SessionKeeper] = None  # catalog mode: the dead-man's switch
+    repair: Optional[Repair] = None  # the node watch (catalog mode, `regagent run`)
 
 
 def build(
@@ -152,7 +156,8 @@ def build(
         maintenance_metric.store = maintenance  # read at each scrape
 
     def observe(server: str, outcome: Outcome, seconds: float) -> None:
-        heartbeat.beat()
+        if threading.current_thread() is threading.main_thread():
+            heartbeat.beat()  # only the loop's own progress (not the node watch's thread)
         if metrics is not None:
             metrics.observe_request(server, outcome, seconds)
 
@@ -172,7 +177,12 @@ def build(
     )
     if sessions is not None:
         node_checks.append(sessions)  # the dead-man's switch: regagent:alive
-    registrar = make_registrar(config, pool, identity, node_checks, switch=sessions)
+    node_watch = make_node_watch(
+        config, pool, identity, metrics, previous=previous, daemon=writer.daemon
+    )
+    registrar = make_registrar(
+        config, pool, identity, node_checks, switch=sessions, node_watch=node_watch
+    )
     engine = SyncEngine(
         registrar,
         discovery if intent_source is None else GivenIntents(intent_source),
@@ -198,7 +208,45 @@ def build(
         maintenance_metric,
         maintenance_checks,
         sessions,
+        make_repair(engine, node_watch, metrics),
     )
+
+
+def make_node_watch(
+    config: Config,
+    pool: ServerPool,
+    identity: NodeIdentity,
+    metrics: Optional[Metrics],
+    *,
+    previous: Optional[App],
+    daemon: bool,
+) -> Optional[NodeWatch]:
+    """The blocking query on the node, for the daemon in catalog mode with consul.watch_wait
+    on (one-shot commands read as they always did). A reload keeps the previous watch, its
+    index and its answer, when the servers, the node name and the wait are unchanged; else the
+    previous one stops and the daemon starts the new one."""
+    kept = previous.repair.watch if previous is not None and previous.repair else None
+    wanted = daemon and config.consul.mode == "catalog" and config.consul.watch_wait > 0
+    on_event = metrics.observe_watch if metrics is not None else None
+    if kept is not None:
+        if wanted and kept.same_target(pool, identity.name, config.consul.watch_wait):
+            kept.rebind(pool)
+            kept.on_event = on_event
+            return kept
+        kept.stop()
+    if not wanted:
+        return None
+    return NodeWatch(pool, identity.name, config.consul.watch_wait, on_event=on_event)
+
+
+def make_repair(
+    engine: SyncEngine, node_watch: Optional[NodeWatch], metrics: Optional[Metrics]
+) -> Optional[Repair]:
+    """The loop's side of the node watch: its news repaired between cycles."""
+    if node_watch is None:
+        return None
+    on_report = metrics.observe_repair if metrics is not None else None
+    return Repair(engine, node_watch, on_report=on_report)
 
 
 def session_settings(config: Config, node: str) -> SessionSettings:
@@ -274,6 +322,7 @@ def make_registrar(
     node_checks: Sequence[NodeCheckSource] = (),
     *,
     switch: Optional[SessionSwitch] = None,
+    node_watch: Optional[NodeWatch] = None,
 ) -> Registrar:
     """The backend for `consul.mode`: with `make_pool`, the only code that knows there are
     two modes. `node_checks` go on the host's node in catalog mode; in agent mode the agent
@@ -287,6 +336,7 @@ def make_registrar(
         config.consul.datacenter,
         node_checks=node_checks,
         switch=switch,
+        watch=node_watch,
     )
 
 
@@ -362,6 +412,7 @@ def loop_parts(app: App) -> LoopParts:
         app.metrics,
         nothing_due if app.maintenance is None else app.maintenance.due,
         on_stop,
+        app.repair,
     )
 
 

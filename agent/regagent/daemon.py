@@ -34,6 +34,7 @@ from regagent.errors import (
 from regagent.failures import REMIND_EVERY, ErrorReporter
 from regagent.liveness import Heartbeat, SystemdWatchdog
 from regagent.notify import Notifier
+from regagent.repair import Repair
 from regagent.report import CycleReport
 from regagent.signals import Signals, StopNow
 from regagent.threads import signals_blocked
@@ -105,6 +106,7 @@ class LoopParts:
     # Told once the loop ends, before an opt-in deregistration (True: one follows): the
     # dead-man's switch disarms (bounded by its own STOP_BOUND) or hands over to it.
     on_stop: Optional[Callable[[bool], None]] = None
+    repair: Optional[Repair] = None  # the node watch's news, repaired between cycles
 
 
 # Re-reads the configuration (raises ConfigError if it is invalid), or renews the connections.
@@ -142,9 +144,15 @@ class _Waiting:
                 left = min(left, self.due_at - clock())
             if left <= 0:
                 break
-            if self.daemon.signals.wait(min(left, DUE_EVERY)) or self.over():
+            if self.daemon.signals.wait(min(left, DUE_EVERY)) or self.over() or self.news():
                 return True
-        return self.over()
+        return self.over() or self.news()
+
+    def news(self) -> bool:
+        """The node watch has an answer to repair (`regagent.repair`): the wait ends, not the
+        interval; the loop repairs and waits on."""
+        repair = self.daemon.parts.repair
+        return repair is not None and repair.due
 
 
 class Daemon:
@@ -212,6 +220,7 @@ class Daemon:
         if self.watchdog is not None:
             self.watchdog.start()
         self._serve_metrics(self.parts.telemetry_listen)
+        self._start_node_watch()
         cycles = 0
         try:
             # A fleet restarted at once spreads its first reads (capped: register fast).
@@ -288,6 +297,7 @@ class Daemon:
             if left <= 0:
                 return
             self.heartbeat.beat()
+            self._repair()
             step = left if self.beat_every is None else min(left, self.beat_every)
             watch = self.parts.watch
             if watch is None:
@@ -297,6 +307,21 @@ class Daemon:
             # a full cycle (the pool's observer and the probes beat the heartbeat meanwhile).
             with self.signals.interruptible():
                 watch.run_for(step, waiting)
+
+    def _start_node_watch(self) -> None:
+        """The blocking query on the node (catalog mode); its news ends the wait."""
+        repair = self.parts.repair
+        if repair is not None:
+            repair.watch.on_news = self.signals.wake
+            repair.watch.start()
+
+    def _repair(self) -> None:
+        """What the node watch saw changed, put back now (`regagent.repair`); a stop may
+        interrupt its writes as it does a cycle's."""
+        repair = self.parts.repair
+        if repair is not None and repair.due:
+            with self.signals.interruptible():
+                repair.run()
 
     # -- reload ------------------------------------------------------------------------------
 
@@ -333,6 +358,7 @@ class Daemon:
 
     def _reload_applied(self, parts: LoopParts) -> None:
         old, self.parts = self.parts, parts
+        self._start_node_watch()  # a no-op for a watch the reload kept (`regagent.app`)
         self.reload_problem = None
         if parts.metrics is not None:
             parts.metrics.observe_reload(True)
@@ -370,6 +396,8 @@ class Daemon:
             log.info("deregistered_on_shutdown", removed=removed)
 
     def _shut_down(self) -> None:
+        if self.parts.repair is not None:
+            self.parts.repair.watch.stop()
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.metrics_server is not None:

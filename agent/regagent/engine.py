@@ -33,6 +33,7 @@ from typing import (
     List,
     Optional,
     Protocol,
+    Sequence,
     Set,
     Tuple,
 )
@@ -46,6 +47,8 @@ from regagent.health import Health
 from regagent.model import (
     ActualState,
     CheckState,
+    DesiredState,
+    NodeRegistration,
     ServiceIntent,
     ServiceRegistration,
     Source,
@@ -202,6 +205,35 @@ class SyncEngine:
         result.held = {sid: chosen[sid].service.port for sid in held}
         return result
 
+    def repair(
+        self, node: Optional[NodeRegistration], services: Sequence[ServiceRegistration]
+    ) -> Optional[CycleReport]:
+        """Puts back what regagent last wrote when the node watch (`regagent.consul.node_watch`)
+        shows Consul holding something else for the node and its services: someone deregistered
+        a service or the node, altered one, or a snapshot restore brought an old state back.
+        Planned like a partial cycle (the one planner, the one write path, no Consul read,
+        never a deregistration, no node check: those are the full cycle's), against the answer
+        and the checks last known; what regagent wants is what it last wrote (`known`), so
+        nothing new is decided here. None when there is no kept state (the next full cycle
+        repairs it) or nothing differs. Never raises RegagentError."""
+        known = self.known
+        if known is None or known.node is None:
+            return None
+        seen = watched(known, node, tuple(services))
+        if (seen.node, seen.services) == (known.node, known.services):
+            return None  # regagent's own writes, seen back
+        owned = {s.id for s in known.services if s.managed}
+        report = CycleReport()
+        report.actual = seen
+        report.desired = DesiredState(
+            node=known.node,
+            services=tuple(s for s in known.services if s.id in owned),
+            checks=tuple(c for c in known.checks if c.service_id in owned),
+        )
+        phases = _Phases(report, self.clock, self.progress)
+        self._plan_and_apply(report, seen, phases, hold=(), node_alone=True)
+        return report
+
     def _plan_and_apply(
         self,
         report: CycleReport,
@@ -210,6 +242,7 @@ class SyncEngine:
         *,
         leader: bool = True,
         hold: Optional[Collection[str]] = None,
+        node_alone: bool = False,
     ) -> Set[str]:
         """Both cycles end here: plans `report.desired` against `against`, writes the plan
         unless something stops it, keeps what Consul then holds for partial cycles, and
@@ -224,7 +257,7 @@ class SyncEngine:
         if report.error is not None:
             return set()
         whole = plan(report.desired, against)
-        report.plan = whole if hold is None else _partial(whole, hold)
+        report.plan = whole if hold is None else _partial(whole, hold, node_alone)
         report.planned_writes = self.registrar.planned_writes(report.plan)
         phases.end("plan")
         for conflict in report.plan.conflicts:
@@ -298,12 +331,13 @@ def _held(whole: Plan, hold: Collection[str]) -> Set[str]:
     return planned & set(hold)
 
 
-def _partial(whole: Plan, hold: Collection[str]) -> Plan:
+def _partial(whole: Plan, hold: Collection[str], node_alone: bool = False) -> Plan:
     """The plan minus writes to held services and minus any deregistration, ever."""
     services = tuple(w for w in whole.services if w.service.id not in hold)
     checks = tuple(w for w in whole.checks if w.check.service_id not in hold)
-    # A node change alone waits for the full cycle; with a service it rides in the same request.
-    node_write = whole.node_write if services or checks else None
+    # A node change alone waits for the full cycle (unless `node_alone`: a repair of the
+    # node); with a service it rides in the same request.
+    node_write = whole.node_write if services or checks or node_alone else None
     return replace(
         whole,
         node_write=node_write,
@@ -312,6 +346,24 @@ def _partial(whole: Plan, hold: Collection[str]) -> Plan:
         deregister=(),
         node_checks=(),  # node checks are the full cycle's (their sources read Consul's view)
         node_checks_removed=(),
+    )
+
+
+def watched(
+    known: ActualState,
+    node: Optional[NodeRegistration],
+    services: Tuple[ServiceRegistration, ...],
+) -> ActualState:
+    """What Consul holds after the node watch's answer (node and services) over the kept
+    state: the checks kept for services still there, none once the node is gone (pure)."""
+    if node is None:
+        return ActualState(node=None, services=(), checks=())
+    present = {s.id for s in services}
+    return replace(
+        known,
+        node=node,
+        services=services,
+        checks=tuple(c for c in known.checks if c.service_id in present),
     )
 
 

@@ -102,6 +102,20 @@ class Metrics:
             "Times a cycle was served by another Consul server than the cycle before.",
             registry=r,
         )
+        # The blocking query on the node (regagent.consul.node_watch), by what each answer was.
+        self.watch_answers = Counter(
+            "regagent_consul_watch_answers_total",
+            "Answers of the blocking query on this host's node, by result (changed, "
+            "unchanged, index_reset, not_blocking, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.repairs = Counter(
+            "regagent_catalog_repairs_total",
+            "Times the node watch saw Consul hold something else than regagent wrote, and "
+            "regagent wrote it back between cycles.",
+            registry=r,
+        )
         self.reloads = Counter(
             "regagent_config_reloads_total",
             "Configuration reloads (SIGHUP) by result (success, failure).",
@@ -165,6 +179,16 @@ class Metrics:
         """The writes of a partial cycle (the watch between full cycles): counted, nothing
         else, since such a pass sees only the services whose listeners changed."""
         self._count_writes(report)
+
+    def observe_watch(self, result: str) -> None:
+        """One answer (or failure) of the node watch's blocking query."""
+        self.watch_answers.labels(result).inc()
+
+    def observe_repair(self, report: CycleReport) -> None:
+        """A repair between cycles: its writes counted like a partial cycle's."""
+        self._count_writes(report)
+        if report.error is None:
+            self.repairs.inc()
 
     def observe_session_renewal(self, result: str) -> None:
         self.session_renewals.labels(result).inc()

@@ -98,6 +98,11 @@ class Signals:
                     os.read(self._wake_r, 512)
         return self.pending
 
+    def wake(self) -> None:
+        """Ends the wait at once without asking anything (another thread has news for the
+        loop, e.g. the node watch); safe from any thread."""
+        self._wake()
+
     def close(self) -> None:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):

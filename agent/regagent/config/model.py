@@ -72,6 +72,9 @@ class ConsulConfig:
     agent_address: str = field(default="127.0.0.1:8500", metadata=_kind("hostport"))
     cooldown_initial: float = field(default=5.0, metadata=_kind("duration", low=0.1, high=HOUR))
     cooldown_max: float = field(default=300.0, metadata=_kind("duration", low=0.1, high=DAY))
+    # The blocking query on this host's own node (catalog mode, `regagent run`): how long each
+    # poll may wait for a change. 0 turns it off; at most Consul's own cap, max_query_time (10m).
+    watch_wait: float = field(default=300.0, metadata=_kind("duration", low=0.0, high=600.0))
     session: SessionConfig = field(default_factory=SessionConfig)
 
 

@@ -513,6 +513,9 @@ def _cross_checks(validator: _Validator, config: Config) -> None:
             validator.report(("consul", "cooldown_initial"), "is longer than consul.cooldown_max")
         if bool(consul.tls.cert_file) != bool(consul.tls.key_file):
             validator.report(("consul", "tls"), "cert_file and key_file must be set together")
+        if 0 < consul.watch_wait < 1.0:
+            # A poll per few hundred milliseconds would be the periodic read, only faster.
+            validator.report(("consul", "watch_wait"), "must be 0s (off) or at least 1s")
     if ("discovery",) in validator.built and 0 < config.discovery.watch_interval < 0.1:
         # Each look costs ~0.1 ms plus a wake-up; faster than 10/s buys nothing Prometheus sees.
         validator.report(("discovery", "watch_interval"), "must be 0s (off) or at least 100ms")

@@ -9,7 +9,18 @@ index, decision 3).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+)
 
 import structlog
 
@@ -48,6 +59,9 @@ from regagent.model import (
 )
 from regagent.nodechecks import SERF_HEALTH, NodeCheckSource, merged
 from regagent.plan import NodeCheckWrite, Plan
+
+if TYPE_CHECKING:
+    from regagent.consul.node_watch import NodeWatch, Watched
 
 log = structlog.get_logger(__name__)
 
@@ -136,18 +150,13 @@ def read_with_leader(pool: ServerPool, node_name: str) -> Tuple[ActualState, boo
     """`read_actual`, and whether both answers knew a cluster leader."""
     # Unencoded: the transport percent-encodes the path once (`BoundedHTTPClient.target`).
     node_path = f"/v1/catalog/node/{node_name}"
-    check_path = f"/v1/health/node/{node_name}"
 
     def read_node(c: Any) -> Tuple[NodeAnswer, bool]:
         answer = stale_get(c, node_path, dict)
         return parsed(answer.data, parse_node, node_path), answer.known_leader
 
-    def read_checks(c: Any) -> Tuple[CheckAnswer, bool]:
-        answer = stale_get(c, check_path, list)
-        return parsed(answer.data, parse_all_checks, check_path), answer.known_leader
-
     (node, services), node_leader = pool.call("read node services", read_node, hedge=True)
-    (checks, node_checks), check_leader = pool.call("read node checks", read_checks, hedge=True)
+    (checks, node_checks), check_leader = read_checks(pool, node_name)
     actual = ActualState(
         node=node,
         services=services,
@@ -156,6 +165,56 @@ def read_with_leader(pool: ServerPool, node_name: str) -> Tuple[ActualState, boo
         node_checks=node_checks,
     )
     return actual, node_leader and check_leader
+
+
+def read_checks(pool: ServerPool, node_name: str) -> Tuple[CheckAnswer, bool]:
+    """The node's checks (one stale read, hedged), and whether the answer knew a leader."""
+    check_path = f"/v1/health/node/{node_name}"  # unencoded, as in `read_with_leader`
+
+    def read(c: Any) -> Tuple[CheckAnswer, bool]:
+        answer = stale_get(c, check_path, list)
+        return parsed(answer.data, parse_all_checks, check_path), answer.known_leader
+
+    return pool.call("read node checks", read, hedge=True)
+
+
+def touches_node(plan: Plan) -> bool:
+    """Whether sending `plan` moves the node's index in Consul (a node or service write, a
+    deregistration); check writes do not (`regagent.consul.node_watch`)."""
+    return bool(plan.node_write is not None or plan.services or plan.deregister)
+
+
+def checks_after(checks: Tuple[CheckState, ...], done: Plan) -> Tuple[CheckState, ...]:
+    """The service checks Consul holds once `done` is written over `checks` (pure)."""
+    kept: Dict[str, CheckState] = {c.check_id: c for c in checks}
+    for write in done.services:
+        if write.check is not None:
+            kept[write.check.check_id] = write.check
+    for check_write in done.checks:
+        kept[check_write.check.check_id] = check_write.check
+    gone = {s.id for s in done.deregister}
+    return tuple(sorted((c for c in kept.values() if c.service_id not in gone), key=_check_id))
+
+
+def _check_id(check: CheckState) -> str:
+    return check.check_id
+
+
+def watched_actual(watched: Watched, checks: CheckAnswer) -> ActualState:
+    """The node and services of the watch's answer with the checks last read (and written):
+    only those of services still there, none when the node is gone (Consul deletes a
+    service's checks with it, and every check with its node)."""
+    if watched.node is None:
+        return ActualState(node=None, services=(), checks=())
+    present = {s.id for s in watched.services}
+    service_checks, node_checks = checks
+    return ActualState(
+        node=watched.node,
+        services=watched.services,
+        checks=tuple(c for c in service_checks if c.service_id in present),
+        node_check_ids=tuple(c.check_id for c in node_checks),
+        node_checks=node_checks,
+    )
 
 
 def node_fields(node: NodeRegistration, datacenter: Optional[str]) -> Dict[str, Any]:
@@ -420,8 +479,15 @@ class CatalogRegistrar:
         *,
         node_checks: Sequence[NodeCheckSource] = (),
         switch: Optional[SessionSwitch] = None,
+        watch: Optional[NodeWatch] = None,
     ) -> None:
         self.switch = switch
+        # The daemon's blocking query on the node (None: one-shot commands, watch_wait 0).
+        self.watch = watch
+        # The node's checks as last read and written since, and when they were read: served
+        # to cycles while the watch is fresh, for at most `watch.checks_max_age`.
+        self._checks: Optional[CheckAnswer] = None
+        self._checks_read = float("-inf")
         self.pool = pool
         self.identity = identity
         self.node_meta = dict(node_meta)
@@ -431,14 +497,41 @@ class CatalogRegistrar:
         pool.place(identity.name)
 
     def read(self) -> Tuple[ActualState, ReadMeta]:
-        actual, leader = read_with_leader(self.pool, self.identity.name)
+        watched = self.watch.fresh() if self.watch is not None else None
+        if watched is not None and watched.known_leader:
+            return self._read_watched(watched)
+        actual, leader = self._read_both()
         # A server cut off from the others still answers stale reads but knows no leader: ask
         # the next ones before concluding that the cluster has none (bounded by the pool size).
         for _ in range(self.pool.policy.leader_searches(len(self.pool.servers))):
             if leader or not self.pool.move_on("no cluster leader"):
                 break
-            actual, leader = read_with_leader(self.pool, self.identity.name)
+            actual, leader = self._read_both()
         return actual, ReadMeta(self.pool.current_server.address, leader)
+
+    def _read_both(self) -> Tuple[ActualState, bool]:
+        """The read without the watch: the node and its checks, two requests; the checks are
+        kept."""
+        actual, leader = read_with_leader(self.pool, self.identity.name)
+        self._keep_checks((actual.checks, actual.node_checks))
+        return actual, leader
+
+    def _keep_checks(self, checks: Optional[CheckAnswer]) -> None:
+        self._checks = checks
+        if checks is not None and self.watch is not None:
+            self._checks_read = self.watch.clock()
+
+    def _read_watched(self, watched: Watched) -> Tuple[ActualState, ReadMeta]:
+        """The watch's answer for the node and services, the kept checks while they are
+        young enough (else one read of them): no request at all in the steady state."""
+        assert self.watch is not None
+        checks = None if self.watch.node_was_gone() else self._checks
+        leader = True
+        if checks is None or self.watch.clock() - self._checks_read > self.watch.checks_max_age:
+            checks, leader = read_checks(self.pool, self.identity.name)
+            self._keep_checks(checks)
+        server = self.pool.current_server.address
+        return watched_actual(watched, checks), ReadMeta(server, leader)
 
     def node_address(self, actual: Optional[ActualState]) -> str:
         """For `auto`, the route to the server that answered (kept once one did); before any
@@ -485,7 +578,18 @@ class CatalogRegistrar:
             switch = self.switch
             armed = tuple(replace(w, check=switch.arm(w.check)) for w in plan.node_checks)
             plan = replace(plan, node_checks=armed)
+        watch = self.watch if touches_node(plan) else None
+        if watch is not None:
+            watch.writing()
         outcome = self.sender.send(plan_units(plan, self.datacenter))
+        if watch is not None:
+            watch.wrote(ok=outcome.error is None)
+        if outcome.error is not None or plan.node_checks or plan.node_checks_removed:
+            # Not known what landed; or node checks, whose stored form (a Definition an older
+            # Consul drops, a status Consul owns) only a read shows: the next cycle reads them.
+            self._checks = None
+        elif self._checks is not None:
+            self._checks = (checks_after(self._checks[0], plan), self._checks[1])
         if outcome.error is None:
             # Also after an empty plan: a local file read, Consul only while a rename is pending.
             self.retire_previous_node()

@@ -254,16 +254,27 @@ class ServerPool:
         )
         return [index]
 
-    def call(self, what: str, operation: Callable[[Any], T], *, hedge: bool = False) -> T:
+    def call(
+        self,
+        what: str,
+        operation: Callable[[Any], T],
+        *,
+        hedge: bool = False,
+        blocking: bool = False,
+    ) -> T:
         """`operation(client)` on a live server; raises ConsulUnreachable/ConsulRefused.
 
         `operation` should parse what it reads, so that a malformed answer raises
         UnexpectedAnswer inside the call and counts against the server that sent it.
         `hedge=True` (reads only) also sends the request to the next server if the first has
-        not answered within `policy.hedge_delay`; never for writes."""
+        not answered within `policy.hedge_delay`; never for writes. `blocking=True`: a blocking
+        query (`regagent.consul.node_watch`), from a thread of its own; its answer takes as long
+        as the server holds it, so an answer neither feeds the latency estimate nor reaches the
+        observer, and it never takes a cycle's early try. Failures cool the server down, fail
+        over and reach the observer as for any call."""
         operation = self._with_credentials(operation)
         with self._lock:
-            candidates = self._candidates() or self._early_try()
+            candidates = self._candidates() or ([] if blocking else self._early_try())
         if not candidates:
             wait = min(s.cooldown_until for s in self.servers) - self.clock()
             causes = "; ".join(f"{s.address}: {s.last_error}" for s in self.servers)
@@ -287,7 +298,7 @@ class ServerPool:
             for attempt in started:
                 pending.remove(attempt.index)
             for attempt in attempts:
-                failed = self._judge(attempt, what)
+                failed = self._judge(attempt, what, timed=not blocking)
                 if failed is None:
                     self.hedged.leave([a for a in started if a not in attempts])
                     return attempt.result  # type: ignore[no-any-return]
@@ -351,38 +362,44 @@ class ServerPool:
         with contextlib.suppress(Exception):
             self._judge(attempt, "hedged read", adopt=False)
 
-    def _judge(self, attempt: Attempt, what: str, *, adopt: bool = True) -> _Failed:
+    def _judge(
+        self, attempt: Attempt, what: str, *, adopt: bool = True, timed: bool = True
+    ) -> _Failed:
         """None if the attempt succeeded (the server becomes the one in use, if `adopt`);
         otherwise the reason, the server cooled down unless the cluster has no leader.
-        Raises ConsulRefused for a refusal another server would repeat."""
+        Raises ConsulRefused for a refusal another server would repeat. `timed` False: a
+        blocking query, whose duration says nothing of the server (see `call`)."""
         with self._lock:
             server = self.servers[attempt.index]
             exc = attempt.error
             if exc is None:
-                self._record_latency(attempt.index, self.clock() - attempt.started)
+                if timed:
+                    self._record_latency(attempt.index, self.clock() - attempt.started)
                 self._succeeded(attempt.index, adopt=adopt)
-                self._observe(server, Outcome.SUCCESS, attempt)
+                self._observe(server, Outcome.SUCCESS, attempt, timed)
                 return None
             refusal = classify_refusal(exc, getattr(server.client, "dc", None))
             if refusal is not None:
                 server.last_error = f"{refusal[0]} {refusal[1]}"
-                self._observe(server, Outcome.REFUSED, attempt)
+                self._observe(server, Outcome.REFUSED, attempt, timed)
                 raise ConsulRefused(server.address, refusal[0], refusal[1]) from None
             if is_no_leader(exc):
                 server.last_error = "no cluster leader"
-                self._observe(server, Outcome.NO_LEADER, attempt)
+                self._observe(server, Outcome.NO_LEADER, attempt, timed)
                 return server.last_error
             if not isinstance(exc, (ConsulError, OSError)):
                 raise exc  # a bug, not the server
             retry_after = exc.retry_after if isinstance(exc, ServerBusy) else None
             self._cool_down(server, describe_failure(exc), what, retry_after)
-            self._observe(server, Outcome.FAILURE, attempt)
+            self._observe(server, Outcome.FAILURE, attempt, timed)
             return server.last_error
 
-    def _observe(self, server: ServerState, outcome: Outcome, attempt: Attempt) -> None:
+    def _observe(
+        self, server: ServerState, outcome: Outcome, attempt: Attempt, timed: bool = True
+    ) -> None:
         server.last_outcome = outcome
-        if self.observer is None:
-            return
+        if self.observer is None or (not timed and outcome is Outcome.SUCCESS):
+            return  # a blocking query's answer: its duration is the server's wait
         try:
             self.observer(server.address, outcome, self.clock() - attempt.started)
         except Exception:  # an observer must never break a Consul call
