@@ -87,9 +87,9 @@ def run_daemon(mode: str, config_path: str) -> int:
 
     engine.cycle = timed_cycle  # type: ignore[method-assign]
     engine.partial_cycle = timed_partial  # type: ignore[method-assign]
-    loop = daemon(app, config_path)
-    loop.install_signal_handlers()
-    return loop.run()
+    service = daemon(app, config_path)
+    service.install_signal_handlers()
+    return service.run()
 
 
 def emit(kind: str, started: float, writes: int, planned: int, error: Optional[Exception]) -> None:

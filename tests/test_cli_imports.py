@@ -17,9 +17,18 @@ from typing import Iterable, Set
 
 import yaml
 
-# structlog's optional renderer (an import of it is tried, and halted: cli.without_rich), and
-# python-consul2 with what it drags in.
-NEVER = ("rich.console", "rich.traceback", "consul", "requests", "urllib3")
+# structlog's optional extras (an import of each is tried, and halted:
+# cli.without_structlog_extras), and python-consul2 with what it drags in.
+NEVER = (
+    "rich.console",
+    "rich.traceback",
+    "colorama.initialise",
+    "greenlet._greenlet",
+    "asyncio.base_events",  # asyncio itself is a stand-in until used: cli.asyncio_when_used
+    "consul",
+    "requests",
+    "urllib3",
+)
 METRICS = ("prometheus_client", "http.server", "regagent.metrics", "regagent.metrics_endpoint")
 
 
@@ -70,6 +79,53 @@ def test_check_config_imports_no_consul_client_and_no_metrics(tmp_path: Path) ->
     found = modules(result.stderr)
     assert "regagent.config" in found  # the listing works
     assert among(found, (*NEVER, *METRICS, "regagent.consul", "regagent.daemon")) == set()
+
+
+def test_structlogs_extras_stay_unimported_where_they_are_installed(tmp_path: Path) -> None:
+    """rich, colorama and greenlet planted on the path, each failing loudly if imported: the
+    command runs and logs as it does without them."""
+    for name in ("rich", "colorama", "greenlet"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise RuntimeError('{name} imported')\n")
+    config = write_config(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    result = subprocess.run(
+        [sys.executable, "-m", "regagent", "-c", str(config), "--log-level", "debug", "sync"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert "imported" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]  # no Consul: one line, exit 1
+    assert "regagent: " in result.stderr
+
+
+def test_asyncio_is_imported_when_used_and_then_works() -> None:
+    """After the process policy, structlog imports only asyncio's stand-in; code that uses
+    asyncio (structlog's own async logging among it) gets the real module and works."""
+    code = (
+        "import sys\n"
+        "from regagent.cli import process_policy\n"
+        "process_policy()\n"
+        "import structlog\n"
+        "print('before', 'asyncio.base_events' in sys.modules)\n"
+        "import asyncio\n"
+        "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(20))\n"
+        "asyncio.run(structlog.get_logger().ainfo('async_hello'))\n"
+        "from asyncio import sleep\n"
+        "asyncio.run(sleep(0))\n"
+        "print('after', 'asyncio.base_events' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "before False"
+    assert "async_hello" in lines[1]
+    assert lines[-1] == "after True"
 
 
 def run_until_ready(config: Path, tmp_path: Path) -> Set[str]:

@@ -22,12 +22,12 @@ from regagent.discovery.listeners import (
     Listing,
     build_request,
     dedupe,
-    iter_messages,
     listening_sockets,
     listening_sockets_proc,
     parse_diag_msg,
     parse_proc_net_tcp,
 )
+from regagent.netlink import iter_messages
 
 DATA = Path(__file__).parent / "data" / "discovery"
 little_endian_only = pytest.mark.skipif(

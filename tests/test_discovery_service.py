@@ -186,3 +186,19 @@ def test_passes_between_full_cycles_share_the_cap_on_new_exporters(tmp_path: Pat
         intents, _ = discovery.intents(NODE, None, discovery.sensor.look(), now=T0 + step)
         assert len(intents.intents) == 10
     assert len(full_pass(discovery, NODE, T0 + 30)) == 20  # the next full cycle: ten more
+
+
+def test_with_discovery_off_the_exporter_table_is_never_read(tmp_path: Path) -> None:
+    """Static services only: no exporter table in memory (1 MB, bench/footprint.py)."""
+    from regagent.discovery.exporters import load_exporter_table
+
+    config = Config(
+        discovery=DiscoveryConfig(enabled=False),
+        sync=SyncConfig(state_dir=str(tmp_path)),
+    )
+    load_exporter_table.cache_clear()
+    discovery = FakeHost().discovery(config)
+    assert full_pass(discovery, NODE, T0) == ()
+    assert load_exporter_table.cache_info().currsize == 0
+    discovery.sensor.could_matter(PORT)  # what needs it reads it, once
+    assert load_exporter_table.cache_info().currsize == 1

@@ -7,6 +7,7 @@ emulator on loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -176,6 +177,44 @@ def test_auto_on_a_host_with_only_loopback_is_a_clear_error(tmp_path: Path) -> N
     shown = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert "the route to 127.0.0.1:8500 is the loopback interface" in shown.stderr
     assert "set node.address" in shown.stderr
+
+
+@needs_namespaces
+def test_the_host_addresses_are_every_address_ip_lists_and_auto_takes_one() -> None:
+    """A network namespace of the test's own, addresses set with ip(8): the kernel's list
+    (netlink) has each one, a point-to-point address as its own end, and `auto`, routed to
+    loopback, registers at one of them."""
+    script = (
+        "ip link set lo up\n"
+        "ip link add v0 type veth peer name v1\n"
+        "ip addr add 198.51.100.7/24 dev v0\n"
+        "ip addr add 10.9.9.1 peer 10.9.9.2 dev v0\n"
+        "ip addr add 2001:db8::7/64 dev v0 nodad\n"
+        'exec "$@"\n'
+    )
+    code = (
+        "import json\n"
+        "from regagent.config.model import NodeConfig\n"
+        "from regagent.identity import NodeIdentity\n"
+        "from regagent.netlink import host_addresses\n"
+        "auto = NodeIdentity(NodeConfig(name='h')).address('127.0.0.1:8500')\n"
+        "print(json.dumps([sorted(host_addresses()), auto]))\n"
+    )
+    argv = [UNSHARE or "unshare", "--net", "sh", "-ec", script, "host", sys.executable, "-c", code]
+    shown = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    listed, auto = json.loads(shown.stdout.splitlines()[-1])
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    assert listed == sorted(
+        [
+            [v4, "127.0.0.1"],
+            [v4, "198.51.100.7"],
+            [v4, "10.9.9.1"],  # this end of the point-to-point link, not its peer
+            [v6, "::1"],
+            [v6, "2001:db8::7"],
+        ]
+    )
+    assert auto in ("198.51.100.7", "10.9.9.1")
 
 
 @needs_namespaces

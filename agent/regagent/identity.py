@@ -31,6 +31,7 @@ import structlog
 
 from regagent.config.model import NodeConfig
 from regagent.errors import ConfigError, NoLocalRoute, StateDirectoryInUse
+from regagent.netlink import host_addresses
 from regagent.rules import node_name_problem, printable_text, split_hostport
 from regagent.statedir import Corrupt, Lock, StateDir, StateFile, Untrusted, Warnings
 
@@ -58,18 +59,6 @@ def route_source_address(server: str) -> str:
         probe.connect(sockaddr)
         address: str = probe.getsockname()[0]
     return address.split("%", 1)[0]
-
-
-def interface_addresses() -> List[Tuple[int, str]]:
-    """(family, address) of every IPv4/IPv6 address configured on this host."""
-    import psutil  # type: ignore[import-untyped]  # no stubs for 5.9.x; imported when needed
-
-    found: List[Tuple[int, str]] = []
-    for addresses in psutil.net_if_addrs().values():
-        for item in addresses:
-            if item.family in (socket.AF_INET, socket.AF_INET6):
-                found.append((int(item.family), str(item.address).split("%", 1)[0]))
-    return found
 
 
 def host_id(path: str = MACHINE_ID) -> Optional[str]:
@@ -120,7 +109,7 @@ class NodeIdentity:
         warnings: Optional[Warnings] = None,
         hostname: Callable[[], str] = socket.gethostname,
         route: Route = route_source_address,
-        interfaces: Interfaces = interface_addresses,
+        interfaces: Interfaces = host_addresses,
         machine_id: str = MACHINE_ID,
     ) -> None:
         self.config = config

@@ -7,7 +7,6 @@ Each problem names the file that set the value and its key path, e.g.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import math
 import os
@@ -465,6 +464,8 @@ def _describe(value: Any) -> str:
 
 
 def _did_you_mean(key: Any, fields: Dict[str, Any]) -> str:
+    import difflib  # only a misspelt key needs it
+
     close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 

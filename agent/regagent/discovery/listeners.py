@@ -7,7 +7,7 @@ only (what `ss -tln` does): it then never touches the established-connection has
 Reading `/proc/net/tcp{,6}` is the fallback when netlink is unavailable (some sandboxes); it
 lists every socket, so it is O(connections), but it needs no privilege either.
 
-Layouts follow linux/include/uapi/linux/inet_diag.h and linux/netlink.h.
+Layouts follow linux/include/uapi/linux/inet_diag.h; the netlink framing is `regagent.netlink`.
 """
 
 from __future__ import annotations
@@ -21,20 +21,22 @@ from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional
 
 import structlog
 
+from regagent.netlink import (
+    NLM_F_DUMP_INTR,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    dump_request,
+    error_of,
+    message_spans,
+)
+
 log = structlog.get_logger(__name__)
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 TCPDIAG_GETSOCK = 18  # the older inet_diag request, answered for both address families
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
-NLM_F_DUMP_INTR = 0x10
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 TCP_LISTEN = 10
 
-# struct nlmsghdr: len, type, flags, seq, pid (host byte order).
-_NLMSGHDR = struct.Struct("=IHHII")
 # struct inet_diag_req_v2: family, protocol, ext, pad, states, then struct inet_diag_sockid
 # (sport, dport and addresses in network byte order; interface and cookie in host order).
 _REQ_HEAD = struct.Struct("=BBBBI")
@@ -161,10 +163,7 @@ def build_request(family: int, seq: int) -> bytes:
         + _SOCKID.pack(0, 0, b"\0" * 16, b"\0" * 16)
         + _SOCKID_TAIL.pack(0, 0, 0)
     )
-    header = _NLMSGHDR.pack(
-        _NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
-    )
-    return header + body
+    return dump_request(SOCK_DIAG_BY_FAMILY, body, seq)
 
 
 def build_compat_request(seq: int) -> bytes:
@@ -177,28 +176,7 @@ def build_compat_request(seq: int) -> bytes:
         + _SOCKID_TAIL.pack(0, 0, 0)
         + struct.pack("=II", 1 << TCP_LISTEN, 0)  # idiag_states, idiag_dbs
     )
-    header = _NLMSGHDR.pack(
-        _NLMSGHDR.size + len(body), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
-    )
-    return header + body
-
-
-def _messages(data: bytes) -> Iterator[Tuple[int, int, int, int, int]]:
-    """(type, flags, seq, payload offset, payload length) for each netlink message in one
-    datagram: offsets rather than copies, since a datagram holds thousands of sockets."""
-    offset, head, end = 0, _NLMSGHDR.size, len(data)
-    while offset + head <= end:
-        length, msg_type, flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < head or offset + length > end:
-            raise OSError("truncated netlink message")
-        yield msg_type, flags, seq, offset + head, length - head
-        offset += (length + 3) & ~3  # NLMSG_ALIGN
-
-
-def iter_messages(data: bytes) -> Iterator[Tuple[int, int, int, bytes]]:
-    """(type, flags, seq, payload) for each netlink message in one datagram."""
-    for msg_type, flags, seq, body, size in _messages(data):
-        yield msg_type, flags, seq, data[body : body + size]
+    return dump_request(TCPDIAG_GETSOCK, body, seq)
 
 
 def parse_diag_msg(payload: bytes, offset: int = 0) -> Optional[Listener]:
@@ -245,16 +223,16 @@ def _parse(data: bytes, seq: int) -> _Datagram:
     keys: List[Tuple[int, int]] = []
     records: List[int] = []
     interrupted = False
-    for msg_type, flags, msg_seq, body, size in _messages(data):
+    for msg_type, flags, msg_seq, body, size in message_spans(data):
         if msg_seq != seq:
             continue  # a late answer to an earlier, abandoned dump
         interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
         if msg_type == NLMSG_DONE:
             return _Datagram(data, tuple(keys), tuple(records), True, interrupted)
         if msg_type == NLMSG_ERROR:
-            (errno,) = struct.unpack_from("=i", data, body)
-            if errno:
-                raise OSError(-errno, f"sock_diag: {os.strerror(-errno)}")
+            error = error_of(data, body, "sock_diag")
+            if error is not None:
+                raise error
         elif msg_type in _DIAG_ANSWERS and size >= _MSG_LEN and data[body + 1] == TCP_LISTEN:
             (port,) = _PORT.unpack_from(data, body + _SPORT_OFFSET)
             (inode,) = _INODE.unpack_from(data, body + _INODE_OFFSET)

@@ -83,10 +83,17 @@ class Sensor:
         self.unconfirmed: Optional[UnconfirmedProbes] = unconfirmed or (
             UnconfirmedProbes.for_one_shot(prober)  # the plain prober: tells nobody
         )
-        self.table = table or load_exporter_table()
+        self._table = table  # read on first use: a daemon with discovery off never needs it
         self._keys: Optional[ListenerKeys] = None  # the last reading; None before the first
         # Ports of services discovery keeps, and of exporters the last complete pass found.
         self._kept: FrozenSet[int] = frozenset()
+
+    @property
+    def table(self) -> ExporterTable:
+        """The exporter table (`regagent/data/exporters.yaml`), read on first use."""
+        if self._table is None:
+            self._table = load_exporter_table()
+        return self._table
 
     def configure(self, config: Config) -> None:
         """A reload's configuration; what was seen and probed stays."""

@@ -171,7 +171,7 @@ class Discovery:
             result,
             now,
             previous=previous,
-            table=self.sensor.table,
+            table=None if result is None else self.sensor.table,  # None: discovery is off
             max_new=budget,
         )
         self._new_since_full += sum(1 for sid in wanted.by_port.values() if sid not in previous)
