@@ -10,9 +10,10 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 OPENSSL_TIMEOUT = 30.0
 
@@ -113,3 +114,51 @@ def make_tls_files(directory: Path) -> TLSFiles:
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
     )
+
+
+_CA_CONFIG = """\
+[ca]
+default_ca = issuing
+[issuing]
+database = {directory}/index.txt
+new_certs_dir = {directory}
+serial = {directory}/serial
+default_md = sha256
+policy = any_name
+unique_subject = no
+[any_name]
+commonName = supplied
+"""
+
+
+def issue_client_certificate(
+    files: TLSFiles, directory: Path, name: str, *, valid_seconds: int = 86400
+) -> Tuple[Path, Path]:
+    """A new client certificate and key from the test CA, valid from a minute ago for
+    `valid_seconds` (short-lived ones expire during a test): (certificate, key) in `directory`.
+    ``openssl ca`` is used because only it takes an exact end date on OpenSSL 3.0."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, csr, ext = (directory / f"{name}-key.pem", directory / f"{name}.csr",
+                     directory / f"{name}.ext")  # fmt: skip
+    ext.write_text(_CLIENT_EXT)
+    _openssl("req", "-new", *_new_key_args(key), "-subj", f"/CN={name}", "-out", str(csr))
+    key.chmod(0o600)
+    state = directory / f"{name}-ca"
+    state.mkdir()
+    (state / "index.txt").write_text("")
+    (state / "serial").write_text(secrets.token_hex(8) + "\n")
+    config = state / "ca.cnf"
+    config.write_text(_CA_CONFIG.format(directory=state))
+    now = time.time()
+    cert = directory / f"{name}.pem"
+    _openssl(
+        "ca", "-batch", "-config", str(config), "-notext",
+        "-cert", str(files.ca), "-keyfile", str(files.ca.parent / "ca-key.pem"),
+        "-startdate", _asn1_time(now - 60), "-enddate", _asn1_time(now + valid_seconds),
+        "-extfile", str(ext), "-in", str(csr), "-out", str(cert),
+    )  # fmt: skip
+    return cert, key
+
+
+def _asn1_time(unix_time: float) -> str:
+    return time.strftime("%Y%m%d%H%M%SZ", time.gmtime(unix_time))

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Sequence,
 
 from regagent.config import load_config
 from regagent.config.model import Config
-from regagent.config.token import load_token
 from regagent.consul.agent import AgentRegistrar
 from regagent.consul.answers import Outcome
 from regagent.consul.catalog import CatalogRegistrar, SessionSwitch
+from regagent.consul.credentials import Credentials
 from regagent.consul.deadman import SessionEvents, SessionKeeper, SessionSettings, default_ttl
 from regagent.consul.node_watch import NodeWatch
 from regagent.consul.pool import ServerPool
@@ -173,6 +173,7 @@ def build(
         metrics=metrics,
         writer=writer,
         previous=previous,
+        credentials=pool.credentials,
     )
     if sessions is not None:
         node_checks.append(sessions)  # the dead-man's switch: regagent:alive
@@ -267,10 +268,12 @@ def make_sessions(
     metrics: Optional[Metrics],
     writer: Writer,
     previous: Optional[App],
+    credentials: Optional[Credentials] = None,
 ) -> Optional[SessionKeeper]:
     """The dead-man's switch in catalog mode. The daemon's renews its session through a
     server pool of its own (a thread of its own); a one-shot command's only claims the check
-    (it leaves the daemon's as it is, and `deregister` removes it)."""
+    (it leaves the daemon's as it is, and `deregister` removes it). `credentials` are the main
+    pool's: one watch of the token and TLS files serves both pools."""
     kept = previous.sessions if previous is not None else None
     if config.consul.mode != "catalog":
         if kept is not None:  # reloaded into agent mode: the agent's node, not ours
@@ -279,7 +282,7 @@ def make_sessions(
     settings = session_settings(config, identity.name)
     pool = None
     if writer.daemon:
-        pool = make_pool(config, policy)
+        pool = make_pool(config, policy, credentials)
         pool.place(identity.name)
         if metrics is not None:
             pool.observer = metrics.observe_request  # no heartbeat: not the loop's progress
@@ -298,12 +301,18 @@ def make_sessions(
     return SessionKeeper(settings, pool, active=writer.daemon, events=events)
 
 
-def make_pool(config: Config, policy: RetryPolicy) -> ServerPool:
-    """The servers, or in agent mode only the local agent (which forwards to them)."""
+def make_pool(
+    config: Config, policy: RetryPolicy, credentials: Optional[Credentials] = None
+) -> ServerPool:
+    """The servers, or in agent mode only the local agent (which forwards to them). The token
+    and TLS files are read (and then followed) by `credentials`, new unless another pool's are
+    given."""
     consul = config.consul
     if consul.mode == "agent":
         consul = replace(consul, servers=(consul.agent_address,))
-    return ServerPool(consul, load_token(config.consul), policy=policy)
+    if credentials is None:
+        credentials = Credentials(consul)
+    return ServerPool(consul, credentials.token, policy=policy, credentials=credentials)
 
 
 def make_registrar(

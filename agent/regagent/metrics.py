@@ -6,7 +6,8 @@ renders"):
   outcome (the server pool's observer), failovers, reloads, and the duration histograms;
 - state is read when Prometheus scrapes (`_StateCollector`): the servers, which one the last
   cycle used and how many are reachable come from the server pool itself, the services and
-  checks from the last cycle's report. Nothing is copied, so nothing can drift from the pool.
+  checks from the last cycle's report, the credentials' load times and certificate expiries
+  from the pool's `Credentials`. Nothing is copied, so nothing can drift from the pool.
 
 Each `Metrics` has its own `CollectorRegistry` (not the global one): two apps in one process
 share no state. Names follow Prometheus's own Consul SD metrics
@@ -30,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from regagent import __version__
 from regagent.consul.answers import Outcome
+from regagent.consul.credentials import Credentials
 from regagent.consul.pool import ServerPool
 from regagent.errors import ConsulRefused, ConsulUnreachable, CycleDeadline, NoClusterLeader
 from regagent.model import Source
@@ -287,3 +289,46 @@ class _StateCollector(Collector):
             "1 if the last reload was applied (or none was asked), 0 if it was rejected.",
             value=1 if m.reload_ok else 0,
         )
+        credentials = m.pool.credentials if scrape and m.pool is not None else None
+        yield from _credential_families(credentials)
+
+
+def _credential_families(credentials: Optional[Credentials]) -> Iterator[Metric]:
+    """Per credential (token, ca, cert): when the one in use was loaded, a certificate's
+    validity (an alert warns before it ends), and whether a new file on disk is refused."""
+    loaded = GaugeMetricFamily(
+        "regagent_credential_loaded_timestamp_seconds",
+        "Unix time the credential in use (token, ca, cert) was loaded: at start, at a reload, "
+        "or when its rotated file was taken in.",
+        labels=["credential"],
+    )
+    not_before = GaugeMetricFamily(
+        "regagent_credential_not_before_timestamp_seconds",
+        "Unix time the certificate in use (cert; ca: the one of the bundle that expires first) "
+        "became valid.",
+        labels=["credential"],
+    )
+    expiry = GaugeMetricFamily(
+        "regagent_credential_expiry_timestamp_seconds",
+        "Unix time the certificate in use (cert; ca: the one of the bundle that expires first) "
+        "expires (notAfter).",
+        labels=["credential"],
+    )
+    rejected = GaugeMetricFamily(
+        "regagent_credential_rejected",
+        "1 while the credential's file on disk is refused (empty, cut off, expired, a key that "
+        "does not match) and the previous one stays in use.",
+        labels=["credential"],
+    )
+    states = credentials.snapshot() if credentials is not None else {}
+    for name, state in sorted(states.items()):
+        loaded.add_metric([name], state.loaded_at)
+        if state.not_before is not None:
+            not_before.add_metric([name], state.not_before)
+        if state.not_after is not None:
+            expiry.add_metric([name], state.not_after)
+        rejected.add_metric([name], 1 if state.rejected else 0)
+    yield loaded
+    yield not_before
+    yield expiry
+    yield rejected

@@ -45,6 +45,7 @@ from regagent.consul.answers import (
     describe_failure,
     is_no_leader,
 )
+from regagent.consul.credentials import Credentials
 from regagent.consul.hedge import Attempt, HedgedReads
 from regagent.consul.retry import RetryPolicy, Rng, server_order
 from regagent.consul.transport import BoundedHTTPClient, ConsulClient, RequestLimits, TLSOptions
@@ -155,7 +156,9 @@ class ServerPool:
         policy: Optional[RetryPolicy] = None,
         rng: Rng = random.random,
         observer: Optional[RequestObserver] = None,
+        credentials: Optional[Credentials] = None,
     ) -> None:
+        self.credentials = credentials  # None: the token and TLS files are read once
         self.observer = observer
         self.clock = clock
         self.rng = rng
@@ -164,6 +167,8 @@ class ServerPool:
             ServerState(address, client_factory(address, config, token, self.policy))
             for address in config.servers
         ]
+        if credentials is not None:
+            credentials.attach([server.client for server in self.servers])
         if not config.tls.verify and config.scheme == "https":
             # Once per pool (per configuration loaded), not once per request.
             log.warning("consul_tls_verify_off", hint="set consul.tls.ca_file instead")
@@ -227,7 +232,10 @@ class ServerPool:
         return sorted(live, key=lambda i: self.servers[i].demoted(now))
 
     def new_cycle(self) -> None:
-        """A sync cycle begins: it may ask a cooling server early again (see `_early_try`)."""
+        """A sync cycle begins: it may ask a cooling server early again (see `_early_try`),
+        and a rotated token or TLS file is taken in (`regagent.consul.credentials`)."""
+        if self.credentials is not None:
+            self.credentials.refresh()
         with self._lock:
             self._early_tries = self.policy.early_tries_per_cycle
 
@@ -264,6 +272,7 @@ class ServerPool:
         as the server holds it, so an answer neither feeds the latency estimate nor reaches the
         observer, and it never takes a cycle's early try. Failures cool the server down, fail
         over and reach the observer as for any call."""
+        operation = self._with_credentials(operation)
         with self._lock:
             candidates = self._candidates() or ([] if blocking else self._early_try())
         if not candidates:
@@ -302,6 +311,32 @@ class ServerPool:
         if no_leader:
             raise NoClusterLeader(f"{what} failed: the Consul cluster has no leader ({detail})")
         raise ConsulUnreachable(f"no Consul server reachable for {what} ({detail})")
+
+    def _with_credentials(self, operation: Callable[[Any], T]) -> Callable[[Any], T]:
+        """`operation`, sent once more on the same server when it failed for want of a
+        credential that has just been rotated, here or by another thread while it was in
+        flight (`Credentials.retry_after`): the server is judged on the second answer only."""
+        credentials = self.credentials
+        if credentials is None:
+            return operation
+
+        def with_credentials(client: Any) -> T:
+            sent_at = credentials.generation
+            try:
+                result = operation(client)
+            except Exception as exc:
+                if not credentials.retry_after(exc, sent_at):
+                    raise
+                log.info("consul_request_resent", reason="credential re-read")
+                try:
+                    result = operation(client)
+                except Exception as again:
+                    credentials.retry_after(again)  # only to say once what is refused
+                    raise
+            credentials.worked()
+            return result
+
+        return with_credentials
 
     def _attempt(self, operation: Callable[[Any], Any], index: int) -> Attempt:
         """Runs the request in the calling thread."""
