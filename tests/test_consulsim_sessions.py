@@ -20,6 +20,8 @@ import requests
 
 from consulsim import SimCluster
 from consulsim.state import aggregated_status
+from helpers.consul import fast_cluster
+from helpers.waits import wait_for
 
 NODE = "host1"
 SESSION_NAME = "regagent:host1"
@@ -29,15 +31,7 @@ SESSION_CHECK = "regagent:alive"
 @pytest.fixture
 def cluster() -> Iterator[SimCluster]:
     """A 3-server emulator whose shortest session TTL is 1 s instead of Consul's 10 s."""
-    sim = SimCluster(
-        servers=3,
-        wait_cap="5s",
-        default_wait="5s",
-        election_delay="0.3s",
-        rpc_hold="0.2s",
-        ae_interval="0.5s",
-        session_ttl_min="1s",
-    )
+    sim = fast_cluster(wait_cap="5s", default_wait="5s", session_ttl_min="1s")
     sim.start()
     try:
         yield sim
@@ -120,12 +114,7 @@ def sessions_on_node(sim: SimCluster, i: int = 2) -> List[Dict[str, Any]]:
 
 
 def wait_until(what: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not true within {timeout}s")
+    wait_for("the condition", what, timeout)
 
 
 def index_of(resp: requests.Response) -> int:

@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 
 from consulsim import SimCluster
 from helpers.ports import free_port
+from helpers.waits import wait_for
 from regagent.app import make_pool
 from regagent.config.model import Config, ConsulConfig, TLSConfig
 from regagent.consul.answers import ErrorAnswer
@@ -147,12 +148,7 @@ def _events(log: Path, name: Optional[str] = None) -> List[Dict[str, Any]]:
 
 
 def _eventually(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout:g}s: {what}")
+    wait_for(what, condition, timeout)
 
 
 def _registered(cluster: SimCluster, token: str = "") -> bool:

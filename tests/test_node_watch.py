@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import yaml
 
 from consulsim import SimCluster
+from helpers.waits import wait_for
 from regagent.consul.node_watch import BACKOFF_MAX, MIN_GAP
 from regagent.consul.retry import start_index
 from regagent.daemon import STOP_BOUND
@@ -110,12 +111,7 @@ def daemon(config: Path) -> Iterator[Daemon]:
 
 
 def wait_until(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
+    wait_for(what, condition, timeout)
 
 
 def services_of(sim: SimCluster) -> Dict[str, Any]:

@@ -25,6 +25,7 @@ from helpers.catalog_sim import (
     wait_for,
     write_config,
 )
+from helpers.consul import fast_cluster
 
 CHECK = "regagent:alive"
 TTL = 2.0  # seconds; the emulator accepts it with --session-ttl-min 1s
@@ -33,15 +34,7 @@ TTL = 2.0  # seconds; the emulator accepts it with --session-ttl-min 1s
 @pytest.fixture
 def cluster() -> Iterator[SimCluster]:
     """Three emulated servers that accept short session TTLs."""
-    sim = SimCluster(
-        servers=3,
-        wait_cap="2s",
-        default_wait="2s",
-        election_delay="0.3s",
-        rpc_hold="0.2s",
-        ae_interval="0.5s",
-        session_ttl_min="1s",
-    )
+    sim = fast_cluster(session_ttl_min="1s")
     sim.start()
     try:
         yield sim
