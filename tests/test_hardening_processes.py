@@ -28,7 +28,7 @@ from helpers.ports import free_port
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.discovery.identify import NOT_CANDIDATE, discover
 from regagent.discovery.listeners import listening_sockets_netlink
-from regagent.discovery.processes import ProcessResolver, describe_process
+from regagent.discovery.processes import ProcessResolver, describe_process, executable_trusted
 
 NODE = "192.0.2.10"
 T0 = 1_800_000_000.0
@@ -198,3 +198,36 @@ def test_a_process_name_with_escapes_is_shown_printable() -> None:
 
     assert info.name == "evil"
     assert info.uid == os.geteuid()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root-owned executable")
+def test_a_root_owned_executable_is_recognised_when_its_path_comes_with_a_foreign_prefix(
+    tmp_path: Path,
+) -> None:
+    """A process in another mount namespace or chroot (a container, `ip netns exec` inside
+    a chroot, as CI runs) has an exe path the kernel gives with a prefix its own root lacks.
+    Its directory is then the longest tail of that path that is the very file running; a tail
+    that is another file, or a directory others may write, vouches for nothing."""
+    safe = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        safe.chmod(0o755)
+        program = safe / "prometheus-sleepy-exporter"
+        shutil.copy2("/bin/sleep", program)
+        program.chmod(0o755)
+        proc = subprocess.Popen([str(program), "30"])
+        try:
+            foreign = f"/var/tmp/elsewhere/run.x{program}"
+            assert executable_trusted(proc.pid, str(program))
+            assert executable_trusted(proc.pid, foreign)
+            # a tail that names another file (same name, another inode) is not the program
+            decoy = tmp_path / "usr" / "bin"
+            decoy.mkdir(parents=True)
+            (decoy / program.name).write_bytes(b"")
+            assert not executable_trusted(proc.pid, f"/var/tmp/elsewhere{decoy / program.name}")
+            # the same program in a directory anyone may write vouches for nothing
+            safe.chmod(0o777)
+            assert not executable_trusted(proc.pid, foreign)
+        finally:
+            stop(proc)
+    finally:
+        shutil.rmtree(safe)

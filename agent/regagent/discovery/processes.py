@@ -161,13 +161,38 @@ def executable_trusted(pid: int, exe: str, proc_root: str = "/proc") -> bool:
     """
     if not exe:
         return False
-    directory = os.path.dirname(exe.removesuffix(" (deleted)"))  # an upgraded package's old binary
     try:
         program = os.stat(os.path.join(proc_root, str(pid), "exe"))
-        parent = os.stat(os.path.join(proc_root, str(pid), "root", directory.lstrip("/")))
     except OSError:
         return False
-    return _root_only(program) and _root_only(parent)
+    parent = _directory_of(program, exe, os.path.join(proc_root, str(pid), "root"))
+    return parent is not None and _root_only(program) and _root_only(parent)
+
+
+def _directory_of(program: os.stat_result, exe: str, root: str) -> Optional[os.stat_result]:
+    """The directory `exe` is in, seen from the process's root. The kernel gives `exe` from
+    the reader's root when it can reach the file; a process in another mount namespace (a
+    container, `ip netns exec`, a chroot) may get a path with a prefix that its own root lacks.
+    Then the longest tail of `exe` under `root` that is the running file itself (same inode)
+    names the directory; none: None."""
+    path = exe.removesuffix(" (deleted)")  # an upgraded package's old binary
+    try:
+        return os.stat(os.path.join(root, os.path.dirname(path).lstrip("/")))
+    except OSError:
+        pass
+    parts = path.strip("/").split("/")
+    for start in range(1, len(parts)):
+        tail = os.path.join(root, *parts[start:])
+        try:
+            found = os.stat(tail)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (program.st_dev, program.st_ino):
+            try:
+                return os.stat(os.path.dirname(tail))
+            except OSError:
+                return None
+    return None
 
 
 def _root_only(info: os.stat_result) -> bool:
