@@ -17,7 +17,7 @@ from regagent.config.model import ConsulConfig
 from regagent.consul.pool import ServerPool
 from regagent.consul.retry import RetryPolicy, jittered
 from regagent.daemon import next_delay
-from regagent.errors import ConsulUnreachable, NoClusterLeader, RegagentError
+from regagent.errors import ConsulRefused, ConsulUnreachable, NoClusterLeader, RegagentError
 from regagent.failures import REMIND_EVERY, ErrorReporter, error_kind
 
 POLICY = RetryPolicy(cooldown_initial=5.0, cooldown_max=300.0, cooldown_jitter=0.2)
@@ -160,3 +160,18 @@ def test_a_refusal_is_its_text_and_an_outage_its_class() -> None:
     assert error_kind(NoClusterLeader("x")) != error_kind(ConsulUnreachable("x"))
     denied = RegagentError("Consul s1 refused the request (403): ACL not found")
     assert error_kind(denied) == str(denied)
+
+
+def test_one_refusal_from_several_servers_is_one_failure() -> None:
+    """A denied token is refused by whichever server a cycle asks: one sync_failed, not one
+    per server (a real daemon's rotation test logged two when cycles used two servers)."""
+    reporter = ErrorReporter()
+    with capture_logs() as logs:
+        reporter.report(ConsulRefused("s1:8500", 403, "ACL not found"))
+        reporter.report(ConsulRefused("s2:8500", 403, "ACL not found"))
+        reporter.report(ConsulRefused("s2:8500", 403, "Permission denied"))
+    failed = [e for e in logs if e["event"] == "sync_failed"]
+    assert [e["error"] for e in failed] == [
+        "Consul s1:8500 refused the request (403): ACL not found",
+        "Consul s2:8500 refused the request (403): Permission denied",
+    ]

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 
 import structlog
 
-from regagent.errors import ConsulUnreachable, CycleDeadline, RegagentError
+from regagent.errors import ConsulRefused, ConsulUnreachable, CycleDeadline, RegagentError
 
 log = structlog.get_logger(__name__)
 
@@ -28,9 +28,13 @@ _KINDS_KEPT = 16  # distinct failures remembered in one spell; more are treated 
 def error_kind(error: RegagentError) -> str:
     """What stays the same from cycle to cycle of one failure. An unreachable or leaderless
     cluster, or a cycle past its deadline, names servers, seconds and counts that change every
-    cycle: its class is the kind. Anything else (a refusal, a bug) is its text."""
+    cycle: its class is the kind. A refusal is its status and message, whichever server gave it
+    (a denied token is refused by every server the cycles happen to ask). Anything else (a
+    bug) is its text."""
     if isinstance(error, (ConsulUnreachable, CycleDeadline)):
         return type(error).__name__
+    if isinstance(error, ConsulRefused):
+        return f"refused ({error.status}): {error.message}"
     return str(error)
 
 
