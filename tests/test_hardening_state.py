@@ -437,7 +437,9 @@ from regagent.discovery.seen import save_state
 from helpers.discovery import seen_entry
 entries = {f"node-exporter-{p}": seen_entry(f"node-exporter-{p}") for p in range(9100, 9400)}
 print("saving", flush=True)
-while True:
+for n in range(10**9):  # a new content each time: every save writes a temporary
+    entries.pop(f"node-exporter-{9400 + (n + 1) % 2}", None)
+    entries[f"node-exporter-{9400 + n % 2}"] = seen_entry(f"node-exporter-{9400 + n % 2}")
     save_state(sys.argv[1], entries)
 """
 
@@ -447,7 +449,7 @@ def test_temporaries_left_by_a_kill_during_a_save_are_removed_by_a_later_save(
 ) -> None:
     path = state_dir / "discovered.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    for _ in range(100):  # until a kill lands between the temporary's creation and its rename
+    for _ in range(300):  # until a kill lands between the temporary's creation and its rename
         saver = subprocess.Popen(
             [sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, env=env, text=True
         )
@@ -460,7 +462,7 @@ def test_temporaries_left_by_a_kill_during_a_save_are_removed_by_a_later_save(
         if list(state_dir.glob(".discovered.*.tmp")):
             break
     leftovers = sorted(p.name for p in state_dir.glob(".discovered.*.tmp"))
-    assert leftovers, "no kill landed mid-save in 100 tries"
+    assert leftovers, "no kill landed mid-save in 300 tries"
     assert list(load_state(str(path))) != []  # the file itself stayed whole
 
     # Someone else's file of the same shape is never touched (a link, another name).
