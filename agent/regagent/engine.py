@@ -31,6 +31,7 @@ from typing import (
     Dict,
     FrozenSet,
     List,
+    Mapping,
     Optional,
     Protocol,
     Sequence,
@@ -42,13 +43,14 @@ import structlog
 
 from regagent.consul.registrar import ReadMeta, Registrar
 from regagent.consul.retry import CYCLE_DEADLINE
-from regagent.errors import CycleDeadline, NoClusterLeader, RegagentError
+from regagent.errors import CycleDeadline, NoClusterLeader, NodeVanished, RegagentError
 from regagent.health import Health
 from regagent.model import (
     ActualState,
     CheckState,
     DesiredState,
     NodeRegistration,
+    Result,
     ServiceIntent,
     ServiceRegistration,
     Source,
@@ -103,7 +105,8 @@ class _Phases:
 
     def end(self, name: str) -> None:
         now = self.clock()
-        self.report.timings[name] = now - self.mark
+        # Added up: a cycle that reads again after a refused write has each phase twice.
+        self.report.timings[name] = self.report.timings.get(name, 0.0) + now - self.mark
         self.mark = now
         self.progress()
 
@@ -146,6 +149,9 @@ class SyncEngine:
         except RegagentError as exc:
             report.error = exc
         phases.end("read")
+        intents: List[ServiceIntent] = []
+        results: Dict[str, Result] = {}
+        address = ""
         try:
             address = self.registrar.node_address(report.actual)
             if report.actual is not None:
@@ -164,7 +170,36 @@ class SyncEngine:
             self.known = None  # until this cycle shows what Consul holds now
         if report.error is None and report.actual is not None and report.desired is not None:
             self._plan_and_apply(report, report.actual, phases, leader=meta.known_leader)
+        if isinstance(report.error, NodeVanished):
+            self._read_again(report, phases, intents, results, address)
         return report
+
+    def _read_again(
+        self,
+        report: CycleReport,
+        phases: _Phases,
+        intents: Sequence[ServiceIntent],
+        results: Mapping[str, Result],
+        address: str,
+    ) -> None:
+        """The node was deleted between this cycle's read and its write (a snapshot restore,
+        an operator's deregistration): read once more and write the node with the rest now,
+        from the intents and results already gathered, instead of a cycle later."""
+        log.info("cycle_reads_again", reason=str(report.error))
+        earlier, written = report.requests, dict(report.writes_by_kind)  # batches that landed
+        try:
+            report.actual, meta = self.registrar.read()
+            report.server = meta.server
+            report.desired = self.registrar.desired(intents, report.actual, address, results)
+        except RegagentError as exc:
+            report.error = exc
+            return
+        finally:
+            phases.end("read")
+        self._plan_and_apply(report, report.actual, phases, leader=meta.known_leader)
+        report.requests += earlier
+        for kind, count in written.items():
+            report.writes_by_kind[kind] = report.writes_by_kind.get(kind, 0) + count
 
     def partial_cycle(
         self, change: Change, hold: Collection[str] = (), also: Collection[int] = ()

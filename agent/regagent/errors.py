@@ -73,6 +73,12 @@ class ConsulRefused(RegagentError):
         super().__init__(f"Consul {server} refused the request ({status}): {message}")
 
 
+class NodeVanished(ConsulRefused):
+    """A write refused because Consul no longer holds this host's node: it was deleted after
+    the cycle read it (a snapshot restore, an operator's deregistration). Read again and write
+    the node with the rest, rather than wait for the next cycle."""
+
+
 class NoLocalRoute(RegagentError):
     """This host has no route to a Consul server, so `node.address: auto` finds no address."""
 

@@ -42,6 +42,7 @@ from regagent.errors import (
     NodeOwnedByAgent,
     NodeOwnedByOther,
     NodeOwnedByOtherHost,
+    NodeVanished,
     RegagentError,
 )
 from regagent.identity import HOST_ID_KEY, NodeIdentity
@@ -488,6 +489,7 @@ class CatalogRegistrar:
         # to cycles while the watch is fresh, for at most `watch.checks_max_age`.
         self._checks: Optional[CheckAnswer] = None
         self._checks_read = float("-inf")
+        self._vanished = False  # the last write found the node gone
         self.pool = pool
         self.identity = identity
         self.node_meta = dict(node_meta)
@@ -498,6 +500,9 @@ class CatalogRegistrar:
 
     def read(self) -> Tuple[ActualState, ReadMeta]:
         watched = self.watch.fresh() if self.watch is not None else None
+        if self._vanished:
+            # A write found the node gone: the watch's answer may predate that; ask Consul.
+            watched, self._vanished = None, False
         if watched is not None and watched.known_leader:
             return self._read_watched(watched)
         actual, leader = self._read_both()
@@ -584,6 +589,7 @@ class CatalogRegistrar:
         outcome = self.sender.send(plan_units(plan, self.datacenter))
         if watch is not None:
             watch.wrote(ok=outcome.error is None)
+        self._vanished = isinstance(outcome.error, NodeVanished)
         if outcome.error is not None or plan.node_checks or plan.node_checks_removed:
             # Not known what landed; or node checks, whose stored form (a Definition an older
             # Consul drops, a status Consul owns) only a read shows: the next cycle reads them.

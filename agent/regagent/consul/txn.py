@@ -42,7 +42,7 @@ from regagent.consul.http import (
 )
 from regagent.consul.pool import ServerPool
 from regagent.consul.registrar import ApplyOutcome
-from regagent.errors import ConsulRefused, RegagentError
+from regagent.errors import ConsulRefused, NodeVanished, RegagentError
 
 log = structlog.get_logger(__name__)
 
@@ -228,10 +228,13 @@ class TxnSender:
             try:
                 answer = self._put(txn)
                 if answer.status == 409:
-                    failures.append(self._refused(txn, answer))
+                    refusal = self._refused(txn, answer)
+                    failures.append(refusal)
                     refused = [txn.unit_of(i) for i, _ in answer.errors]
                     rest = Transaction(tuple(u for u in txn.units if u not in refused))
-                    if any(u is not None and u.kind == "node" for u in refused):
+                    if isinstance(refusal, NodeVanished) or any(
+                        u is not None and u.kind == "node" for u in refused
+                    ):
                         break  # without its node, nothing else of this host can be written
                     if not rest.units:
                         continue
@@ -264,11 +267,28 @@ class TxnSender:
         return outcome
 
     def _refused(self, txn: Transaction, answer: TxnAnswer) -> ConsulRefused:
-        error = ConsulRefused(
-            self.pool.current_server.address, 409, conflict_message(txn, answer.errors)
-        )
+        """The refusal; NodeVanished when the transaction did not write the node and Consul
+        says it holds none (deleted since the cycle read it): the caller reads again, so that
+        is a warning, not an error."""
+        message = conflict_message(txn, answer.errors)
+        server = self.pool.current_server.address
+        if node_vanished(txn, answer.errors):
+            vanished = NodeVanished(server, 409, message)
+            log.warning("consul_node_vanished", what="transaction", error=str(vanished))
+            return vanished
+        error = ConsulRefused(server, 409, message)
         log.error("consul_write_refused", what="transaction", error=str(error))
         return error
+
+
+MISSING_NODE = "Missing node registration"  # Consul's ErrMissingNode
+
+
+def node_vanished(txn: Transaction, errors: Sequence[Tuple[int, str]]) -> bool:
+    """Whether a refusal says the node is gone: a transaction without the node's own op,
+    refused because Consul holds no node for one of its ops."""
+    writes_node = any(unit.kind == "node" for unit in txn.units)
+    return not writes_node and any(MISSING_NODE in what for _, what in errors)
 
 
 def counted(units: Sequence[Unit]) -> List[Unit]:
