@@ -9,6 +9,7 @@ moment that makes the race certain: right after the registrar's read returns."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, List, Optional, Tuple, cast
 
@@ -20,21 +21,26 @@ from helpers.consul import NODE, OTHER_SERVER, node_checks, node_services, write
 from helpers.waits import wait_for
 from regagent.app import App, build
 from regagent.config import load_config
-from regagent.consul.catalog import CatalogRegistrar
+from regagent.consul.catalog import CatalogRegistrar, plan_units
 from regagent.consul.node_watch import NodeWatch, Watched
 from regagent.consul.registrar import ReadMeta, Registrar
+from regagent.consul.txn import TxnSender
+from regagent.errors import NodeVanished
 from regagent.model import (
     CRITICAL,
     PASSING,
     ActualState,
+    NodeCheck,
     ServiceIntent,
     ServiceRegistration,
     Source,
     canonical_service,
 )
+from regagent.plan import CheckWrite, NodeCheckWrite, Plan
 
 SERVICE = canonical_service(ServiceRegistration("queue-9000", "queue", 9000, "127.0.0.1"))
 TXN = "PUT /v1/txn"
+REGISTER = "PUT /v1/catalog/register"
 
 
 class DeletedAfterReading:
@@ -145,3 +151,29 @@ def test_the_second_read_asks_consul_even_while_the_node_watch_offers_an_older_a
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
     cycle_with_the_node_deleted_after_its_read(consul_cluster, tmp_path, watch=True)
+
+
+def test_a_node_check_sent_alone_is_not_sent_once_the_node_is_known_gone(
+    consul_cluster: SimCluster, tmp_path: Path
+) -> None:
+    """A node check with a Definition needs its own catalog register, which carries the node:
+    sent after the refusal, it would bring the node back with nothing else on it."""
+    intents = [ServiceIntent(SERVICE, Source.STATIC, status=(PASSING, "up"))]
+    app = app_on(consul_cluster, tmp_path, intents)
+    first = app.engine.cycle()
+    assert first.error is None and first.desired is not None
+    put(consul_cluster, "/v1/catalog/deregister", {"Node": NODE}, server=OTHER_SERVER)
+    [check] = first.desired.checks
+    alone = NodeCheck("regagent:test", "needs its own request", PASSING, definition={"A": "b"})
+    plan = Plan(
+        node=first.desired.node,
+        checks=(CheckWrite(replace(check, status=CRITICAL), check, SERVICE.name),),
+        node_checks=(NodeCheckWrite(alone),),
+    )
+    units = plan_units(plan, None)
+    assert [bool(u.ops) for u in units] == [True, False]  # one txn op, one single write
+    registers = int(consul_cluster.stats()["endpoints"].get(REGISTER, 0))
+    outcome = TxnSender(app.pool, None).send(units)
+    assert isinstance(outcome.error, NodeVanished), outcome.error
+    assert int(consul_cluster.stats()["endpoints"].get(REGISTER, 0)) == registers
+    assert consul_cluster.get(OTHER_SERVER, f"/v1/catalog/node/{NODE}") is None

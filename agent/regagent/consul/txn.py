@@ -210,7 +210,7 @@ class TxnSender:
             batched = []  # every single catalog register carries the node
 
         outcome = self._send(batched, planned=len(counted(units)))
-        if singles and (outcome.error is None or isinstance(outcome.error, ConsulRefused)):
+        if singles and _singles_may_pass(outcome.error):
             failures: List[RegagentError] = [outcome.error] if outcome.error else []
             outcome = _merge(outcome, send_all(self.pool, singles), failures)
         return outcome
@@ -289,6 +289,15 @@ def node_vanished(txn: Transaction, errors: Sequence[Tuple[int, str]]) -> bool:
     refused because Consul holds no node for one of its ops."""
     writes_node = any(unit.kind == "node" for unit in txn.units)
     return not writes_node and any(MISSING_NODE in what for _, what in errors)
+
+
+def _singles_may_pass(error: Optional[RegagentError]) -> bool:
+    """After another refusal the single writes may still pass; not without a cluster, nor when
+    the node is gone: each single carries the node, and would bring it back with nothing on it
+    but a node check (the cycle reads again and writes it whole)."""
+    if error is None:
+        return True
+    return isinstance(error, ConsulRefused) and not isinstance(error, NodeVanished)
 
 
 def counted(units: Sequence[Unit]) -> List[Unit]:
