@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from consulsim import SimCluster
+from helpers.catalog_sim import daemon_process
 from helpers.ports import free_port
 from helpers.waits import wait_for
 from regagent.app import make_pool
@@ -103,31 +104,9 @@ def _config(
 
 @contextlib.contextmanager
 def _daemon(config: Path) -> Iterator[Path]:
-    """`regagent run`, its JSON log in a file; SIGTERM by pid at the end (KILL if it hangs)."""
-    with _daemon_process(config) as (_, log):
-        yield log
-
-
-@contextlib.contextmanager
-def _daemon_process(config: Path) -> Iterator[Tuple[subprocess.Popen[bytes], Path]]:
-    """`_daemon`, with the process too (to signal it)."""
-    log = config.parent / "daemon.log"
-    with open(log, "w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "regagent", "-c", str(config), "run"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    try:
-        yield process, log
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    """`regagent run`, its JSON log in a file (`daemon_process`)."""
+    with daemon_process(config) as daemon:
+        yield daemon.log_path
 
 
 def _credential_metrics(port: int) -> Dict[Tuple[str, str], float]:
@@ -701,15 +680,16 @@ def test_a_reload_with_a_broken_ca_file_is_rejected_and_the_daemon_keeps_syncing
     settings["consul"]["tls"]["ca_file"] = str(ca)
     config.write_text(yaml.safe_dump(settings))
     empty = mtls_cluster.snapshot_save()
-    with _daemon_process(config) as (process, log):
+    with daemon_process(config) as daemon:
+        log = daemon.log_path
         _eventually(lambda: _registered(mtls_cluster), "registered")
         whole = tls_files.ca.read_text()
         _replace(ca, whole[: len(whole) // 2])
-        os.kill(process.pid, signal.SIGHUP)
+        daemon.signal(signal.SIGHUP)
         _eventually(lambda: bool(_events(log, "config_reload_rejected")), "the reload rejected")
         mtls_cluster.snapshot_restore(empty)
         _eventually(lambda: _registered(mtls_cluster), "written with the CA in use")
-        assert process.poll() is None
+        assert daemon.proc.poll() is None
     [problem] = _events(log, "config_reload_problem")
     assert problem["problem"] == (
         f"consul.tls.ca_file: CA file {ca} holds a PEM certificate that is cut off"

@@ -3,23 +3,21 @@ emulator, the daemon's metrics endpoint; exit codes, stdout, stderr, the state f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 import pytest
 import yaml
 
 from consulsim import SimCluster
-from helpers.catalog_sim import node_checks, service_health
+from helpers.catalog_sim import daemon_process, node_checks, service_health
 from helpers.ports import free_port
 from helpers.vmagent import wait_for
 from regagent.maintenance.store import MaintenanceStore
@@ -63,26 +61,6 @@ def regagent(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=environment,
         stdin=subprocess.DEVNULL,
     )
-
-
-@contextlib.contextmanager
-def running_daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`regagent run`, stopped by its pid (SIGTERM, then SIGKILL) however the test ends."""
-    with log.open("wb") as out:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "regagent", "-c", str(config), "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
-    try:
-        yield daemon
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
 
 
 def scrape(listen: str) -> Optional[str]:
@@ -275,7 +253,7 @@ def test_the_running_daemon_shows_start_and_stop_at_its_next_scrape(
 ) -> None:
     listen = f"127.0.0.1:{free_port()}"
     config = write_config(tmp_path, list(consul_cluster.addresses), telemetry={"listen": listen})
-    with running_daemon(config, tmp_path / "daemon.log"):
+    with daemon_process(config, tmp_path / "daemon.log"):
         text = wait_for("the metrics endpoint", lambda: scrape(listen))
         assert metric_value(text) is None  # no window, no series
         started = regagent(config, "maint", "start", "--for", "2h", "--reason", "reboot")
@@ -362,7 +340,7 @@ def test_the_running_daemon_keeps_the_check_and_ends_it_on_time(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, list(consul_cluster.addresses))
-    with running_daemon(config, tmp_path / "daemon.log"):
+    with daemon_process(config, tmp_path / "daemon.log"):
         wait_for("the first sync", lambda: service_health(consul_cluster, "app"))
         started = regagent(config, "maint", "start", "--for", "6s", "--reason", "reboot")
         assert started.returncode == 0, started.stderr
@@ -387,7 +365,7 @@ def test_the_daemon_syncs_at_the_end_of_the_window_not_an_interval_later(
     settings = yaml.safe_load(config.read_text())
     settings["sync"]["interval"] = "60s"
     config.write_text(yaml.safe_dump(settings))
-    with running_daemon(config, tmp_path / "daemon.log"):
+    with daemon_process(config, tmp_path / "daemon.log"):
         wait_for("the first sync", lambda: service_health(consul_cluster, "app"))
         started = regagent(config, "maint", "start", "--for", "4s", "--reason", "reboot")
         assert started.returncode == 0, started.stderr
@@ -400,7 +378,7 @@ def test_a_window_that_ended_while_the_daemon_was_down_is_ended_when_it_starts(
     consul_cluster: SimCluster, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, list(consul_cluster.addresses))
-    with running_daemon(config, tmp_path / "daemon-1.log"):
+    with daemon_process(config, tmp_path / "daemon-1.log"):
         wait_for("the first sync", lambda: service_health(consul_cluster, "app"))
         started = regagent(config, "maint", "start", "--for", "3s", "--reason", "reboot")
         assert started.returncode == 0, started.stderr
@@ -411,7 +389,7 @@ def test_a_window_that_ended_while_the_daemon_was_down_is_ended_when_it_starts(
     status = regagent(config, "maint", "status")
     assert "not in maintenance (the last window ended at" in status.stdout
     assert "Consul: check _node_maintenance critical" in status.stdout
-    with running_daemon(config, tmp_path / "daemon-2.log"):
+    with daemon_process(config, tmp_path / "daemon-2.log"):
         wait_for("the check removed", lambda: maintenance_check(consul_cluster) is None, 15)
         assert len(service_health(consul_cluster, "app", passing=True)) == 1
 
@@ -422,7 +400,7 @@ def test_a_window_survives_a_restart_of_the_daemon(
     config = write_config(tmp_path, list(consul_cluster.addresses))
     assert regagent(config, "maint", "start", "--for", "1h", "--reason", "reboot").returncode == 0
     for log in ("daemon-1.log", "daemon-2.log"):
-        with running_daemon(config, tmp_path / log):
+        with daemon_process(config, tmp_path / log):
             wait_for("the daemon's cycles", lambda: service_health(consul_cluster, "app"))
             time.sleep(1.5)
             assert maintenance_check(consul_cluster) is not None

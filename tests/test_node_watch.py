@@ -15,11 +15,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import yaml
 
 from consulsim import SimCluster
+from helpers.catalog_sim import daemon_process
 from helpers.waits import wait_for
 from regagent.consul.node_watch import BACKOFF_MAX, MIN_GAP
 from regagent.consul.retry import start_index
@@ -66,48 +67,6 @@ def write_config(
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
-
-
-class Daemon:
-    """`regagent run` as a process; its JSON log in a file (never a full pipe)."""
-
-    def __init__(self, config: Path) -> None:
-        self.log_path = config.parent / "daemon.log"
-        with open(self.log_path, "w") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "regagent", "-c", str(config), "run"],
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def events(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
-        found = []
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if name is None or entry.get("event") == name:
-                    found.append(entry)
-        return found
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_BOUND + 5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-@contextlib.contextmanager
-def daemon(config: Path) -> Iterator[Daemon]:
-    running = Daemon(config)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def wait_until(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -157,7 +116,7 @@ def home() -> int:
 def test_a_deregistered_service_comes_back_through_another_server_when_the_first_dies(
     tmp_path: Path,
 ) -> None:
-    with cluster() as sim, daemon(write_config(tmp_path, sim)) as run:
+    with cluster() as sim, daemon_process(write_config(tmp_path, sim)) as run:
         wait_until("registered", lambda: registered(sim))
         first = home()
         wait_until(
@@ -179,7 +138,7 @@ def test_a_deregistered_service_comes_back_through_another_server_when_the_first
 
 
 def test_a_server_that_holds_the_poll_past_its_bound_is_left(tmp_path: Path) -> None:
-    with cluster() as sim, daemon(write_config(tmp_path, sim)) as run:
+    with cluster() as sim, daemon_process(write_config(tmp_path, sim)) as run:
         wait_until("registered", lambda: registered(sim))
         first = home()
         wait_until("the watch polls home", lambda: endpoint(sim, NODE_READ, first) >= 2)
@@ -202,7 +161,7 @@ def test_a_server_that_holds_the_poll_past_its_bound_is_left(tmp_path: Path) -> 
 def test_a_snapshot_restore_resets_the_index_and_the_node_comes_back(tmp_path: Path) -> None:
     with cluster() as sim:
         empty = sim.snapshot_save()  # before regagent ever wrote: restoring it loses the node
-        with daemon(write_config(tmp_path, sim)) as run:
+        with daemon_process(write_config(tmp_path, sim)) as run:
             wait_until("registered", lambda: registered(sim))
             # Polls: index 0 (no node yet), then the node's first index, then one held on
             # the index after regagent's write: that one is released by the restore.
@@ -220,7 +179,7 @@ def test_a_server_that_never_blocks_costs_a_bounded_number_of_polls(tmp_path: Pa
             sim.no_block(i)
         sim.reset_stats()
         started = time.monotonic()
-        with daemon(write_config(tmp_path, sim)) as run:
+        with daemon_process(write_config(tmp_path, sim)) as run:
             wait_until("registered", lambda: registered(sim))
             time.sleep(12)
             elapsed = time.monotonic() - started
@@ -240,7 +199,7 @@ def test_a_server_that_never_blocks_costs_a_bounded_number_of_polls(tmp_path: Pa
 def test_a_reload_keeps_the_watch_and_its_answer(tmp_path: Path) -> None:
     with cluster() as sim:
         config = write_config(tmp_path, sim)
-        with daemon(config) as run:
+        with daemon_process(config) as run:
             wait_until("registered", lambda: registered(sim))
             wait_until("the watch holds a poll", lambda: endpoint(sim, NODE_READ) >= 2)
             plain_reads = sim.stats()
@@ -256,7 +215,7 @@ def test_a_reload_keeps_the_watch_and_its_answer(tmp_path: Path) -> None:
             assert since <= 4
         # A reload that changes the wait starts a new watch.
         write_config(tmp_path, sim, wait=3.0)
-        with daemon(config) as run:
+        with daemon_process(config) as run:
             wait_until("started", lambda: bool(run.events("node_watch_started")))
             run.proc.send_signal(signal.SIGHUP)
             wait_until("reloaded", lambda: bool(run.events("config_reloaded")))
@@ -266,7 +225,7 @@ def test_a_reload_keeps_the_watch_and_its_answer(tmp_path: Path) -> None:
 
 
 def test_sigterm_ends_the_daemon_while_a_poll_is_held(tmp_path: Path) -> None:
-    with cluster() as sim, daemon(write_config(tmp_path, sim, wait=25.0)) as run:
+    with cluster() as sim, daemon_process(write_config(tmp_path, sim, wait=25.0)) as run:
         wait_until("registered", lambda: registered(sim))
         wait_until("the watch holds a poll", lambda: endpoint(sim, NODE_READ) >= 2)
         asked = time.monotonic()
@@ -296,7 +255,7 @@ def test_a_check_status_set_by_a_third_party_is_written_back_when_the_checks_are
 ) -> None:
     """Check writes do not move the node's index: the watch does not see this one, and the
     cycles go on with the checks they last read until those are two waits old (4 s here)."""
-    with cluster() as sim, daemon(write_config(tmp_path, sim, interval="1s")) as run:
+    with cluster() as sim, daemon_process(write_config(tmp_path, sim, interval="1s")) as run:
         wait_until("registered", lambda: registered(sim))
         wait_until("the watch holds a poll", lambda: endpoint(sim, NODE_READ) >= 3)
         reads = endpoint(sim, CHECK_READ)

@@ -4,12 +4,13 @@ made by a third party (an operator's `consul` command, another tool) over the HT
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
@@ -102,17 +103,19 @@ class DeclaredNodeChecks:
 
 
 class DaemonProcess:
-    """`regagent run` as a real process, its log (JSON lines) in a file; stopped by its pid:
-    `stop()` sends SIGTERM and waits (bounded), `kill()` is SIGKILL; both idempotent."""
+    """`regagent run` as a real process, its log (JSON lines) in a file emptied at its start;
+    stopped by its pid: `stop()` sends SIGTERM and waits (bounded), `kill()` is SIGKILL; both
+    idempotent."""
 
     def __init__(self, config: Path, log_path: Path) -> None:
         import subprocess
         import sys
 
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop/kill)
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop/kill)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "regagent", "-c", str(config), "run"],
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
         )
@@ -144,17 +147,29 @@ class DaemonProcess:
         self.proc.wait(timeout=10)
         self._log.close()
 
-    def events(self) -> List[Dict[str, Any]]:
-        """The log lines that are JSON objects (the daemon logs JSON when not on a terminal)."""
+    def events(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        """The log lines that are JSON objects (the daemon logs JSON when not on a terminal);
+        with `name`, only that event's."""
         out: List[Dict[str, Any]] = []
         for line in self.log_path.read_text(errors="replace").splitlines():
             try:
                 item = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(item, dict):
+            if isinstance(item, dict) and (name is None or item.get("event") == name):
                 out.append(item)
         return out
+
+
+@contextlib.contextmanager
+def daemon_process(config: Path, log_path: Optional[Path] = None) -> Iterator[DaemonProcess]:
+    """A `DaemonProcess` (its log `daemon.log` beside `config` unless given) for a `with` block:
+    stopped by its pid however the block ends (SIGTERM; SIGKILL and an error if it hangs)."""
+    daemon = DaemonProcess(config, log_path or config.parent / "daemon.log")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def wait_for(what: str, predicate: Any, timeout: float = 20.0, step: float = 0.05) -> Any:
