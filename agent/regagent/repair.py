@@ -39,7 +39,6 @@ class Repair:
         self.watch = watch
         self.on_report = on_report  # the writes, for the metrics
         self.clock = clock
-        self.repairs = 0
 
     @property
     def due(self) -> bool:
@@ -63,7 +62,6 @@ class Repair:
         if report.error is not None:
             log.warning("catalog_repair_failed", error=str(report.error), retry="next full cycle")
         elif done is not None and report.writes:
-            self.repairs += 1
             log.warning(
                 "catalog_repaired",
                 node="recreated" if done.node_write == () else None,

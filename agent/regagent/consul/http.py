@@ -26,6 +26,7 @@ def _headers(client: Any) -> Dict[str, str]:
 class ReadAnswer:
     data: Any
     known_leader: bool
+    index: int = 0  # X-Consul-Index (0: none, or not a number)
 
 
 _BUSY = {429: "rate limited (429 Too Many Requests)", 503: "unavailable (503 Service Unavailable)"}
@@ -71,12 +72,17 @@ def read_answer(response: Any) -> ReadAnswer:
         data = json.loads(response.body)
     except ValueError:
         raise UnexpectedAnswer("answer is not JSON (is this a Consul server?)") from None
-    return ReadAnswer(data, response.headers.get("X-Consul-KnownLeader") == "true")
+    index = (response.headers.get("X-Consul-Index") or "").strip()
+    known_leader = response.headers.get("X-Consul-KnownLeader") == "true"
+    return ReadAnswer(data, known_leader, int(index) if index.isdigit() else 0)
 
 
-def stale_get(client: Any, path: str, shape: type) -> ReadAnswer:
-    """A stale read: any server answers from its replica, with or without a leader."""
-    params: List[Tuple[str, str]] = [("stale", "1")]
+def stale_get(
+    client: Any, path: str, shape: type, more: Sequence[Tuple[str, str]] = ()
+) -> ReadAnswer:
+    """A stale read: any server answers from its replica, with or without a leader. `more`:
+    other query parameters (a blocking read's `index` and `wait`)."""
+    params: List[Tuple[str, str]] = [("stale", "1"), *more]
     if client.dc:
         params.append(("dc", client.dc))
     return get_json(client, path, shape, params)

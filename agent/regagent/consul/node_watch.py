@@ -39,9 +39,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import structlog
 
-from regagent.consul.answers import UnexpectedAnswer
 from regagent.consul.catalog import parse_node
-from regagent.consul.http import parsed, read_answer
+from regagent.consul.http import parsed, stale_get
 from regagent.consul.pool import ServerPool
 from regagent.errors import RegagentError
 from regagent.model import NodeRegistration, ServiceRegistration
@@ -74,37 +73,21 @@ class Watched:
     received: float = 0.0  # the watch's clock
 
 
-def _params(client: Any, index: int, wait: float) -> List[Tuple[str, str]]:
-    params: List[Tuple[str, str]] = [("stale", "1")]
-    if index > 0:
-        params += [("index", str(index)), ("wait", f"{max(1, round(wait))}s")]
-    if client.dc:
-        params.append(("dc", client.dc))
-    return params
-
-
 def read_node(client: Any, node_name: str, index: int, wait: float, bound: float) -> Watched:
     """One poll on `client`'s server: a plain read for index 0, else a blocking one, its time
     bound raised to `bound` (the client's other limits, the answer-size cap included, kept)."""
     path = f"/v1/catalog/node/{node_name}"  # the transport percent-encodes it, once
-    http = copy.copy(client.http)
-    limits = http.limits
+    blocking: List[Tuple[str, str]] = []
     if index > 0:
-        http.limits = replace(limits, read_timeout=bound, deadline=limits.connect_timeout + bound)
-
-    def judged(response: Any) -> Watched:
-        answer = read_answer(response)
-        if answer.data is not None and not isinstance(answer.data, dict):
-            raise UnexpectedAnswer(f"{path} answered a JSON {type(answer.data).__name__}")
-        raw = (response.headers.get("X-Consul-Index") or "").strip()
-        node, services = parsed(answer.data, parse_node, path)
-        return Watched(node, services, int(raw) if raw.isdigit() else 0, answer.known_leader)
-
-    headers = {"X-Consul-Token": client.token} if client.token else {}
-    result: Watched = http.get(
-        judged, path=path, params=_params(client, index, wait), headers=headers
-    )
-    return result
+        blocking = [("index", str(index)), ("wait", f"{max(1, round(wait))}s")]
+        limits = client.http.limits
+        client = copy.copy(client)
+        client.http = client.http.bounded_by(
+            replace(limits, read_timeout=bound, deadline=limits.connect_timeout + bound)
+        )
+    answer = stale_get(client, path, dict, blocking)
+    node, services = parsed(answer.data, parse_node, path)
+    return Watched(node, services, answer.index, answer.known_leader)
 
 
 class NodeWatch:
@@ -163,10 +146,6 @@ class NodeWatch:
         """Stops at once: a poll in flight is abandoned (a daemon thread, bounded by
         `bound`), its answer ignored."""
         self._stop.set()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and not self._stop.is_set()
 
     def same_target(self, pool: ServerPool, node_name: str, wait: float) -> bool:
         """Whether a reload to these settings can keep this watch."""

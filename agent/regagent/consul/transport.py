@@ -25,6 +25,7 @@ target's quoting, the answer's shape, the leader call) is a few lines below and 
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import socket
@@ -68,7 +69,8 @@ class TLSOptions:
 
 
 def tls_context(options: TLSOptions) -> ssl.SSLContext:
-    """The client context for HTTPS to Consul; built once per server."""
+    """The client context for HTTPS to Consul (the pool's `Credentials` builds the one its
+    clients share)."""
     context = ssl.create_default_context(cafile=options.ca_file or None)
     if not options.verify:
         context.check_hostname = False
@@ -107,7 +109,10 @@ class BoundedHTTPClient:
         self.port = port
         self.scheme = scheme
         self.limits = limits or RequestLimits()
-        self.context = tls_context(tls or TLSOptions()) if scheme == "https" else None
+        self.tls = tls or TLSOptions()
+        # Built at the first HTTPS request, unless handed in before (`Credentials` gives every
+        # client of a pool the one context it keeps): loading a CA store costs ~25 ms.
+        self.context: Optional[ssl.SSLContext] = None
         self.resolve = None if is_ip_literal(host) else BoundedResolver(host, port)
 
     def get(
@@ -151,6 +156,21 @@ class BoundedHTTPClient:
         body = _bytes(data)
         return callback(self.request("POST", self.target(path, params), body, headers or {}))
 
+    def bounded_by(self, limits: RequestLimits) -> BoundedHTTPClient:
+        """This client under other limits (a blocking read's longer bound), sharing its TLS
+        context, built first so that the copy does not build its own."""
+        self._tls_context()
+        other = copy.copy(self)
+        other.limits = limits
+        return other
+
+    def _tls_context(self) -> Optional[ssl.SSLContext]:
+        if self.scheme != "https":
+            return None
+        if self.context is None:  # two threads may both build one: either serves
+            self.context = tls_context(self.tls)
+        return self.context
+
     @staticmethod
     def target(path: str, params: Params) -> str:
         """The request target: the path quoted (`/` and `:` kept), then the query string.
@@ -165,7 +185,7 @@ class BoundedHTTPClient:
         limits = self.limits
         deadline = Deadline(limits.deadline, limits.read_timeout)
         conn = deadline.connection(
-            self.host, self.port, limits.connect_timeout, self.context, self.resolve
+            self.host, self.port, limits.connect_timeout, self._tls_context(), self.resolve
         )
         phase = "connect"
         response: Optional[http.client.HTTPResponse] = None
