@@ -47,7 +47,6 @@ from regagent.errors import CycleDeadline, NoClusterLeader, NodeVanished, Regage
 from regagent.health import Health
 from regagent.model import (
     ActualState,
-    CheckState,
     DesiredState,
     NodeRegistration,
     Result,
@@ -55,7 +54,7 @@ from regagent.model import (
     ServiceRegistration,
     Source,
 )
-from regagent.plan import Plan, plan
+from regagent.plan import Plan, applied, plan, watched
 from regagent.report import CycleReport
 
 if TYPE_CHECKING:
@@ -381,53 +380,4 @@ def _partial(whole: Plan, hold: Collection[str], node_alone: bool = False) -> Pl
         deregister=(),
         node_checks=(),  # node checks are the full cycle's (their sources read Consul's view)
         node_checks_removed=(),
-    )
-
-
-def watched(
-    known: ActualState,
-    node: Optional[NodeRegistration],
-    services: Tuple[ServiceRegistration, ...],
-) -> ActualState:
-    """What Consul holds after the node watch's answer (node and services) over the kept
-    state: the checks kept for services still there, none once the node is gone (pure)."""
-    if node is None:
-        return ActualState(node=None, services=(), checks=())
-    present = {s.id for s in services}
-    return replace(
-        known,
-        node=node,
-        services=services,
-        checks=tuple(c for c in known.checks if c.service_id in present),
-    )
-
-
-def applied(actual: ActualState, done: Plan) -> ActualState:
-    """What Consul holds after `done` was written to `actual` (pure; the kept state)."""
-    services: Dict[str, ServiceRegistration] = {s.id: s for s in actual.services}
-    checks: Dict[str, CheckState] = {c.check_id: c for c in actual.checks}
-    for write in done.services:
-        services[write.service.id] = write.service
-        if write.check is not None:
-            checks[write.check.check_id] = write.check
-    for check_write in done.checks:
-        checks[check_write.check.check_id] = check_write.check
-    for gone in done.deregister:
-        services.pop(gone.id, None)
-        for check_id in [k for k, c in checks.items() if c.service_id == gone.id]:
-            del checks[check_id]
-    node_checks = {c.check_id: c for c in actual.node_checks}
-    unparsed = [i for i in actual.node_check_ids if i not in node_checks]  # IDs only
-    for node_check_write in done.node_checks:
-        node_checks[node_check_write.check.check_id] = node_check_write.check
-    for removed in done.node_checks_removed:
-        node_checks.pop(removed.check_id, None)
-    node = done.node if done.node_write is not None else actual.node
-    return replace(
-        actual,
-        node=node,
-        services=tuple(sorted(services.values(), key=lambda s: s.id)),
-        checks=tuple(sorted(checks.values(), key=lambda c: c.check_id)),
-        node_check_ids=tuple(sorted([*unparsed, *node_checks])),
-        node_checks=tuple(sorted(node_checks.values(), key=lambda c: c.check_id)),
     )

@@ -4,11 +4,15 @@ Only services carrying Meta `managed-by=regagent` are ever changed or removed (d
 foreign service with an ID regagent wants is reported as a conflict and left alone. Node-level
 checks are diffed like service checks, but only those whose IDs the desired state owns
 (`DesiredState.owned_node_checks`): a node check nobody in regagent claims is never touched.
+
+The other direction lives here too, for every layer that keeps what Consul holds without
+reading it again: `applied` (a plan written over a state) and `watched` (the node watch's
+answer over a state).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from regagent.model import (
@@ -201,3 +205,52 @@ def plan_node_checks(
         if c.check_id in desired.owned_node_checks and c.check_id not in wanted
     )
     return tuple(writes), removed
+
+
+def watched(
+    known: ActualState,
+    node: Optional[NodeRegistration],
+    services: Tuple[ServiceRegistration, ...],
+) -> ActualState:
+    """What Consul holds after the node watch's answer (node and services) over the kept
+    state: the checks kept for services still there, none once the node is gone (pure)."""
+    if node is None:
+        return ActualState(node=None, services=(), checks=())
+    present = {s.id for s in services}
+    return replace(
+        known,
+        node=node,
+        services=services,
+        checks=tuple(c for c in known.checks if c.service_id in present),
+    )
+
+
+def applied(actual: ActualState, done: Plan) -> ActualState:
+    """What Consul holds after `done` was written to `actual` (pure; the kept state)."""
+    services: Dict[str, ServiceRegistration] = {s.id: s for s in actual.services}
+    checks: Dict[str, CheckState] = {c.check_id: c for c in actual.checks}
+    for write in done.services:
+        services[write.service.id] = write.service
+        if write.check is not None:
+            checks[write.check.check_id] = write.check
+    for check_write in done.checks:
+        checks[check_write.check.check_id] = check_write.check
+    for gone in done.deregister:
+        services.pop(gone.id, None)
+        for check_id in [k for k, c in checks.items() if c.service_id == gone.id]:
+            del checks[check_id]
+    node_checks = {c.check_id: c for c in actual.node_checks}
+    unparsed = [i for i in actual.node_check_ids if i not in node_checks]  # IDs only
+    for node_check_write in done.node_checks:
+        node_checks[node_check_write.check.check_id] = node_check_write.check
+    for removed in done.node_checks_removed:
+        node_checks.pop(removed.check_id, None)
+    node = done.node if done.node_write is not None else actual.node
+    return replace(
+        actual,
+        node=node,
+        services=tuple(sorted(services.values(), key=lambda s: s.id)),
+        checks=tuple(sorted(checks.values(), key=lambda c: c.check_id)),
+        node_check_ids=tuple(sorted([*unparsed, *node_checks])),
+        node_checks=tuple(sorted(node_checks.values(), key=lambda c: c.check_id)),
+    )

@@ -28,10 +28,9 @@ from regagent.discovery.probe import Exposition, ProbeResult, probe_metrics
 from regagent.discovery.processes import ProcessInfo, ProcessResolver
 from regagent.discovery.sensor import Change, Sensor
 from regagent.discovery.service import Discovery
-from regagent.engine import applied
 from regagent.errors import RegagentError
 from regagent.model import ActualState, DesiredState, NodeRegistration, Result, ServiceIntent
-from regagent.plan import Plan
+from regagent.plan import Plan, applied
 
 NODE = NodeRegistration("host", "192.0.2.1", {"managed-by": "regagent"})
 

@@ -59,7 +59,7 @@ from regagent.model import (
     ServiceRegistration,
 )
 from regagent.nodechecks import SERF_HEALTH, NodeCheckSource, merged
-from regagent.plan import NodeCheckWrite, Plan
+from regagent.plan import NodeCheckWrite, Plan, applied, watched
 
 if TYPE_CHECKING:
     from regagent.consul.node_watch import NodeWatch, Watched
@@ -185,34 +185,18 @@ def touches_node(plan: Plan) -> bool:
     return bool(plan.node_write is not None or plan.services or plan.deregister)
 
 
-def checks_after(checks: Tuple[CheckState, ...], done: Plan) -> Tuple[CheckState, ...]:
-    """The service checks Consul holds once `done` is written over `checks` (pure)."""
-    kept: Dict[str, CheckState] = {c.check_id: c for c in checks}
-    for write in done.services:
-        if write.check is not None:
-            kept[write.check.check_id] = write.check
-    for check_write in done.checks:
-        kept[check_write.check.check_id] = check_write.check
-    gone = {s.id for s in done.deregister}
-    return tuple(sorted((c for c in kept.values() if c.service_id not in gone), key=_check_id))
+def watched_actual(answer: Watched, checks: CheckAnswer) -> ActualState:
+    """The node and services of the watch's answer with the checks last read (and written),
+    as `regagent.plan.watched` keeps them."""
+    return watched(_checks_only(checks), answer.node, answer.services)
 
 
-def _check_id(check: CheckState) -> str:
-    return check.check_id
-
-
-def watched_actual(watched: Watched, checks: CheckAnswer) -> ActualState:
-    """The node and services of the watch's answer with the checks last read (and written):
-    only those of services still there, none when the node is gone (Consul deletes a
-    service's checks with it, and every check with its node)."""
-    if watched.node is None:
-        return ActualState(node=None, services=(), checks=())
-    present = {s.id for s in watched.services}
+def _checks_only(checks: CheckAnswer) -> ActualState:
     service_checks, node_checks = checks
     return ActualState(
-        node=watched.node,
-        services=watched.services,
-        checks=tuple(c for c in service_checks if c.service_id in present),
+        node=None,
+        services=(),
+        checks=service_checks,
         node_check_ids=tuple(c.check_id for c in node_checks),
         node_checks=node_checks,
     )
@@ -595,7 +579,7 @@ class CatalogRegistrar:
             # Consul drops, a status Consul owns) only a read shows: the next cycle reads them.
             self._checks = None
         elif self._checks is not None:
-            self._checks = (checks_after(self._checks[0], plan), self._checks[1])
+            self._checks = (applied(_checks_only(self._checks), plan).checks, self._checks[1])
         if outcome.error is None:
             # Also after an empty plan: a local file read, Consul only while a rename is pending.
             self.retire_previous_node()
