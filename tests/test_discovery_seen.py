@@ -14,13 +14,13 @@ from regagent.discovery.seen import (
     SeenService,
     decode_state,
     encode_state,
-    format_time,
     load_state,
     parse_time,
     save_state,
     state_path,
     worth_saving,
 )
+from regagent.rules import utc_text
 
 T0 = 1_800_000_000.0
 
@@ -113,7 +113,7 @@ def test_unknown_keys_survive_a_rewrite() -> None:
 
 
 def test_time_format() -> None:
-    assert format_time(T0 + 0.9) == "2027-01-15T08:00:00Z"
+    assert utc_text(T0 + 0.9) == "2027-01-15T08:00:00Z"
     assert parse_time("2027-01-15T08:00:00Z") == T0
 
 

@@ -16,8 +16,9 @@ from structlog.testing import capture_logs
 from helpers.fakes import FakeHost, full_pass
 from regagent.config.model import Config, DiscoveryConfig, SyncConfig
 from regagent.discovery import service as service_module
-from regagent.discovery.seen import SeenService, format_time
+from regagent.discovery.seen import SeenService
 from regagent.model import CRITICAL, PASSING, ActualState, ServiceIntent, ServiceRegistration
+from regagent.rules import utc_text
 from regagent.statedir import Warnings
 
 NODE = "192.0.2.10"
@@ -95,7 +96,7 @@ def test_state_file_is_rewritten_on_change_not_every_cycle(
 
     host.close(PORT)
     gone = only(full_pass(discovery, NODE, T0 + 930))
-    since = f"not listening on :{PORT} since {format_time(T0 + 600)}"  # the stored last_seen
+    since = f"not listening on :{PORT} since {utc_text(T0 + 600)}"  # the stored last_seen
     assert gone.status == (CRITICAL, since)
     assert only(full_pass(discovery, NODE, T0 + 960)).status == gone.status
     assert only(full_pass(host.discovery(config), NODE, T0 + 990)).status == gone.status  # restart
@@ -127,7 +128,7 @@ def test_a_failing_probe_turns_a_known_exporter_critical_only_after_three_in_a_r
         ("exporter_probe_failed", 2, "timed out after 2s"),
     ]
     third = only(full_pass(discovery, NODE, T0 + 90))
-    assert third.status == (CRITICAL, f"not serving metrics on :{PORT} since {format_time(T0)}")
+    assert third.status == (CRITICAL, f"not serving metrics on :{PORT} since {utc_text(T0)}")
     assert only(full_pass(discovery, NODE, T0 + 120)).status == third.status
 
     host.serving.add(PORT)  # recovers at once, and the count starts again
@@ -142,11 +143,11 @@ def test_a_vanished_listener_is_critical_at_once(host: FakeHost, tmp_path: Path)
     full_pass(discovery, NODE, T0)
     host.close(PORT)
     gone = only(full_pass(discovery, NODE, T0 + 30))
-    assert gone.status == (CRITICAL, f"not listening on :{PORT} since {format_time(T0)}")
+    assert gone.status == (CRITICAL, f"not listening on :{PORT} since {utc_text(T0)}")
 
     host.listen(PORT, serving=False)  # back on the port, but not serving: nothing to hold
     back = only(full_pass(discovery, NODE, T0 + 60))
-    assert back.status == (CRITICAL, f"not serving metrics on :{PORT} since {format_time(T0)}")
+    assert back.status == (CRITICAL, f"not serving metrics on :{PORT} since {utc_text(T0)}")
 
 
 def test_a_new_discovery_has_no_last_good_result_to_hold(host: FakeHost, tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import structlog
@@ -32,7 +31,7 @@ import structlog
 from regagent.config.model import NodeConfig
 from regagent.errors import ConfigError, NoLocalRoute, StateDirectoryInUse
 from regagent.netlink import host_addresses
-from regagent.rules import node_name_problem, printable_text, split_hostport
+from regagent.rules import node_name_problem, printable_text, split_hostport, utc_text
 from regagent.statedir import Corrupt, Lock, StateDir, StateFile, Untrusted, Warnings
 
 log = structlog.get_logger(__name__)
@@ -293,7 +292,7 @@ class NodeNames:
         ):
             return True
         records[self.writer.config] = NameRecord(
-            name, self.host, self.writer.command, _timestamp(self.clock())
+            name, self.host, self.writer.command, utc_text(self.clock())
         )
         newest = sorted(records.items(), key=lambda item: item[1].recorded, reverse=True)
         return self.file.write(_encode_names(dict(newest[:MAX_NODE_RECORDS])))
@@ -322,10 +321,6 @@ class NodeNames:
                 "no node and writes none of its files",
             )
         return True
-
-
-def _timestamp(moment: float) -> str:
-    return datetime.fromtimestamp(int(moment), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _encode_names(records: Mapping[str, NameRecord]) -> str:

@@ -9,10 +9,10 @@ enough to notice it, without inotify. The reading, the TLS context and the log l
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from regagent.rules import utc_text
 from regagent.x509 import CertificateFacts
 
 # Consul's 403 texts for a token it does not know and for one that may not do this request.
@@ -44,9 +44,9 @@ def certificate_problem(facts: Sequence[CertificateFacts], now: float) -> Option
         return "holds no certificate"
     leaf = facts[0]
     if now >= leaf.not_after:
-        return f"holds a certificate that expired at {utc(leaf.not_after)}"
+        return f"holds a certificate that expired at {utc_text(leaf.not_after)}"
     if now < leaf.not_before:
-        return f"holds a certificate that is not valid before {utc(leaf.not_before)}"
+        return f"holds a certificate that is not valid before {utc_text(leaf.not_before)}"
     return None
 
 
@@ -61,9 +61,4 @@ def describe_certificate(facts: Sequence[CertificateFacts]) -> str:
         return "no certificate"
     leaf = facts[0]
     subject = f"subject CN={leaf.subject}" if leaf.subject else "no subject CN"
-    return f"{subject}, expires {utc(leaf.not_after)}"
-
-
-def utc(unix_time: float) -> str:
-    """A unix time as ISO 8601 UTC, to the second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_time))
+    return f"{subject}, expires {utc_text(leaf.not_after)}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 import unicodedata
 from typing import Dict, List, Optional, Tuple
 
@@ -268,3 +269,9 @@ def exporter_text(text: Optional[str]) -> Optional[str]:
     if text is None:
         return None
     return printable_text(text) or None
+
+
+def utc_text(moment: float) -> str:
+    """A unix time as ISO 8601 UTC in whole seconds (cut, not rounded): `2026-11-26T10:00:00Z`,
+    the one form regagent prints in check output, logs, state files and `maint status`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(moment)))

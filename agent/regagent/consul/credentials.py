@@ -34,9 +34,8 @@ from regagent.rotation import (
     describe_certificate,
     first_to_expire,
     is_auth_refusal,
-    utc,
 )
-from regagent.rules import token_text
+from regagent.rules import token_text, utc_text
 from regagent.x509 import CertificateFacts, certificates_in
 
 log = structlog.get_logger(__name__)
@@ -174,7 +173,9 @@ class Credentials:
                         "credential_refused",
                         credential=TOKEN,
                         path=self._token_file,
-                        loaded=utc(self.state[TOKEN].loaded_at) if TOKEN in self.state else None,
+                        loaded=utc_text(self.state[TOKEN].loaded_at)
+                        if TOKEN in self.state
+                        else None,
                         answer=refusal[1],
                         fix="write a token Consul knows to the file; it is read at the next cycle",
                     )
@@ -340,7 +341,7 @@ class Credentials:
             "credential_expired",
             credential=CERT,
             path=tls.cert_file,
-            expired=utc(state.not_after),
+            expired=utc_text(state.not_after),
             fix="renew the certificate; a new file is used at the next cycle, without a reload",
         )
 
@@ -361,7 +362,7 @@ class Credentials:
 
     def _loaded_text(self, credential: str) -> str:
         state = self.state.get(credential)
-        return utc(state.loaded_at) if state is not None else "start"
+        return utc_text(state.loaded_at) if state is not None else "start"
 
     def _apply(self) -> None:
         for client in self._clients:

@@ -51,7 +51,7 @@ from regagent.discovery.identify import (
     Finding,
 )
 from regagent.discovery.probe import url_host
-from regagent.discovery.seen import SeenService, format_time, parse_time
+from regagent.discovery.seen import SeenService, parse_time
 from regagent.model import (
     CRITICAL,
     PASSING,
@@ -63,7 +63,7 @@ from regagent.model import (
     Source,
     canonical_service,
 )
-from regagent.rules import exporter_text, service_id, split_hostport
+from regagent.rules import exporter_text, service_id, split_hostport, utc_text
 
 LOOPBACK_REASON = "listens on loopback only"
 HELD_BACK_REASON = "held back"
@@ -440,7 +440,7 @@ def slow_intent(entry: SeenService, reason: str) -> ServiceIntent:
 def vanished_intent(entry: SeenService, still_listening: bool) -> ServiceIntent:
     """A kept exporter that no longer serves metrics: critical, registered as it was."""
     what = "not serving metrics" if still_listening else "not listening"
-    output = f"{what} on :{entry.port} since {format_time(entry.last_seen)}"
+    output = f"{what} on :{entry.port} since {utc_text(entry.last_seen)}"
     return ServiceIntent(_registration(entry), Source.DISCOVERY, status=(CRITICAL, output))
 
 

@@ -45,6 +45,7 @@ from regagent.rules import (
     printable_text,
     service_name_problem,
     url_path_problem,
+    utc_text,
 )
 from regagent.rules import service_id as service_id_rule
 from regagent.statedir import StateDir, StateFile, Warnings
@@ -80,11 +81,6 @@ class SeenService:
 
 def state_path(state_dir: str) -> str:
     return os.path.join(state_dir, STATE_FILE)
-
-
-def format_time(timestamp: float) -> str:
-    """UTC, whole seconds: `2026-11-26T10:00:00Z` (stable text for check output)."""
-    return datetime.fromtimestamp(int(timestamp), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> float:
@@ -232,8 +228,8 @@ def encode_state(entries: Mapping[str, SeenService]) -> str:
             "address": entry.address,
             "tags": list(entry.tags),
             "meta": dict(entry.meta),
-            "first_seen": format_time(entry.first_seen),
-            "last_seen": format_time(entry.last_seen),
+            "first_seen": utc_text(entry.first_seen),
+            "last_seen": utc_text(entry.last_seen),
         }
         for service_id, entry in sorted(entries.items())
     }

@@ -22,6 +22,7 @@ from regagent.maintenance.window import (
 )
 from regagent.model import CRITICAL, ActualState, NodeCheck
 from regagent.nodechecks import NodeCheckClaim
+from regagent.rules import utc_text
 
 OWNED = frozenset({NODE_MAINTENANCE_CHECK_ID})
 END_MARGIN = 0.1  # seconds past the end: the cycle then finds the window over
@@ -29,7 +30,7 @@ END_MARGIN = 0.1  # seconds past the end: the cycle then finds the window over
 
 def maintenance_check(window: Window) -> NodeCheck:
     """The node check of a running window."""
-    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(round(window.until)))
+    until = utc_text(round(window.until))
     return NodeCheck(
         NODE_MAINTENANCE_CHECK_ID,
         NODE_MAINTENANCE_CHECK_NAME,
@@ -47,7 +48,10 @@ def maintenance_claim(window: Optional[Window], now: float) -> NodeCheckClaim:
 
 
 class MaintenanceChecks:
-    """Reads the window from the state directory at every full cycle (a few hundred bytes)."""
+    """Reads the window from the state directory (a few hundred bytes) at every full cycle,
+    and about once a second while the daemon waits (`due`): a window `maint start` opened
+    during the wait is then ended on time. A stat-keyed cache would save a few syscalls a
+    second at the price of a second source of truth; not worth it."""
 
     def __init__(self, store: MaintenanceStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store

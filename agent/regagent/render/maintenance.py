@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Any, Dict, List, Optional
 
 from regagent.maintenance.window import NODE_MAINTENANCE_CHECK_ID, Window
 from regagent.model import NodeCheck
 from regagent.render.escape import safe_lines
-from regagent.rules import format_duration
-
-
-def timestamp(seconds: float) -> str:
-    """UTC, to the second, ISO 8601 (what `date -u -Is` prints)."""
-    moment = datetime.datetime.fromtimestamp(round(seconds), tz=datetime.timezone.utc)
-    return moment.isoformat()
+from regagent.rules import format_duration, utc_text
 
 
 def remaining_text(seconds: float) -> str:
@@ -47,10 +40,10 @@ def window_report(
         recorded = {
             "state": window.state(now),
             "reason": window.reason,
-            "since": timestamp(window.since),
-            "until": timestamp(window.until),
+            "since": utc_text(round(window.since)),
+            "until": utc_text(round(window.until)),
             "remaining_seconds": int(window.remaining(now)),  # whole seconds left
-            "stopped": None if window.stopped is None else timestamp(window.stopped),
+            "stopped": None if window.stopped is None else utc_text(round(window.stopped)),
         }
     return {
         "node": node,
@@ -107,5 +100,5 @@ def window_text(report: Dict[str, Any]) -> str:
 def started_text(node: str, window: Window, replaced: bool) -> str:
     length = format_duration(round(window.until - window.since))
     what = "replaces the previous window" if replaced else "starts now"
-    line = f"Node {node} in maintenance until {timestamp(window.until)} ({length}; {what}): "
+    line = f"Node {node} in maintenance until {utc_text(round(window.until))} ({length}; {what}): "
     return "".join(text + "\n" for text in safe_lines([line + window.reason]))
