@@ -55,11 +55,19 @@ time.sleep(120)
 """
 
 
+class PortTaken(RuntimeError):
+    """One of the ports picked free was taken before the impostor bound it (an outgoing
+    connection's ephemeral port, say): pick others."""
+
+
 def _wait_all_listening(ports: List[int], proc: subprocess.Popen[bytes]) -> None:
     """Until every port has a LISTEN socket (bounded: 400 x 25 ms)."""
     for _ in range(400):
         if proc.poll() is not None:
-            raise RuntimeError(f"impostor exited with {proc.returncode}")
+            error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if "Address already in use" in error:
+                raise PortTaken(error.strip().splitlines()[-1])
+            raise RuntimeError(f"impostor exited with {proc.returncode}: {error[-500:]}")
         listening = {lst.port for lst in listening_sockets_netlink()}
         if set(ports) <= listening:
             return
@@ -79,16 +87,31 @@ def private_dir() -> Iterator[Path]:
 
 
 def _start(argv: List[str]) -> Tuple[subprocess.Popen[bytes], List[int]]:
-    ports = sorted({free_port(addr="0.0.0.0") for _ in range(PORTS * 2)})[:PORTS]
-    proc = subprocess.Popen(
-        [*argv, *map(str, ports)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait_all_listening(ports, proc)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, ports
+    """The impostor on PORTS free ports; other ports (3 tries) if one was taken meanwhile."""
+    for attempt in range(3):
+        ports = sorted({free_port(addr="0.0.0.0") for _ in range(PORTS * 2)})[:PORTS]
+        proc = subprocess.Popen(
+            [*argv, *map(str, ports)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            _wait_all_listening(ports, proc)
+        except PortTaken:
+            _stop(proc)
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:
+            _stop(proc)
+            raise
+        return proc, ports
+    raise AssertionError("unreachable")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stopped by its pid, its stderr pipe closed."""
+    stop(proc)
+    if proc.stderr is not None:
+        proc.stderr.close()
 
 
 @pytest.fixture(params=["argv0-and-comm", "own-executable"])
@@ -109,7 +132,7 @@ def impostor(request: pytest.FixtureRequest, private_dir: Path) -> Iterator[List
     try:
         yield ports
     finally:
-        stop(proc)
+        _stop(proc)
 
 
 @needs_root
